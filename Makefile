@@ -1,0 +1,39 @@
+# twisted_ws4redis developer commands. Everything runs inside $(VENV), created on demand.
+PYTHON ?= python3
+VENV ?= .venv
+PORT ?= 8000
+REDIS_URL ?= embedded
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+EXAMPLE := examples/chatserver
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo install clean
+
+# The editable install uses "compat" mode: with the default mode, twistd cannot
+# see the plugin in twisted/plugins/ of a flat layout. The last line refreshes
+# Twisted's plugin cache so that `twistd --help` lists ws4redis at once.
+$(STAMP): setup.py
+	$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is needed, this is " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --config-settings editable_mode=compat -e '.[test,embedded]'
+	$(BIN)/python -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	cd $(EXAMPLE) && ../../$(BIN)/python manage.py migrate --noinput
+	cd $(EXAMPLE) && ../../$(BIN)/python manage.py loaddata demo_users
+	cd $(EXAMPLE) && ../../$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	cd $(EXAMPLE) && ../../$(BIN)/twistd --nodaemon --pidfile= ws4redis \
+		--settings=chatserver.settings --endpoint=tcp:$(PORT):interface=127.0.0.1 \
+		--redis=$(REDIS_URL) --static
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,117 @@
+"""Django work for the websocket door, always on the service's thread pool.
+
+The handshake becomes a real Django ``WSGIRequest`` (path, query, cookies,
+headers, REMOTE_ADDR), so session engines, auth backends and the hooks see what
+they see in a view. Nothing here runs on the reactor thread.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from importlib import import_module
+from io import BytesIO
+from typing import Any, Callable
+from urllib.parse import unquote_to_bytes
+
+from django.apps import apps
+from django.conf import settings as django_settings
+from django.core.handlers.wsgi import WSGIRequest
+from django.db import close_old_connections
+from twisted.internet import threads
+
+from . import audience
+from .conf import Settings
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """What the reactor knows about a websocket request, in plain values."""
+
+    path: str  # as sent, percent-encoded
+    query: str
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names, latin-1 values
+    remote_addr: str = ""
+    remote_port: int = 0
+    server_port: int = 0
+    secure: bool = False
+
+    def environ(self) -> dict[str, Any]:
+        """A PEP 3333 environ for this request."""
+        host = self.headers.get("host", "")
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "SCRIPT_NAME": "",
+            "PATH_INFO": unquote_to_bytes(self.path).decode("latin-1"),
+            "QUERY_STRING": self.query,
+            "SERVER_NAME": host.rsplit(":", 1)[0] if host and not host.endswith("]") else host or "localhost",
+            "SERVER_PORT": str(self.server_port),
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": self.remote_addr,
+            "REMOTE_PORT": str(self.remote_port),
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "https" if self.secure else "http",
+            "wsgi.input": BytesIO(b""),
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+        }
+        for name, value in self.headers.items():
+            key = name.upper().replace("-", "_")
+            if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                environ[key] = value
+            else:
+                environ[f"HTTP_{key}"] = value
+        return environ
+
+
+def process_request(request: WSGIRequest) -> None:
+    """The default authentication: the session from its cookie and the user
+    from the session. Both are loaded here, in the thread, so that later
+    reads (``is_authenticated``, group names) never touch the database."""
+    engine = import_module(django_settings.SESSION_ENGINE)
+    request.session = engine.SessionStore(request.COOKIES.get(django_settings.SESSION_COOKIE_NAME))
+    if apps.is_installed("django.contrib.auth"):
+        from django.contrib.auth import get_user
+
+        request.user = get_user(request)
+    else:
+        request.user = None
+    # Loading forgets a key that names no session, so session_key is trustworthy.
+    request.session.keys()
+
+
+@dataclass
+class Accepted:
+    request: WSGIRequest
+    subscriber: Any
+    echo: bool
+
+
+def authorize(handshake: Handshake, facility: str, settings: Settings, bus: Any) -> Accepted:
+    """Everything Django decides about one websocket, in ws4redis' order:
+    authenticate, parse the flags, ask WS4REDIS_ALLOWED_CHANNELS, name the
+    Redis channels. ``PermissionDenied`` from a hook refuses the handshake."""
+    request = WSGIRequest(handshake.environ())
+    request.facility = facility
+    (settings.process_request or process_request)(request)
+    flags, echo = audience.parse_flags(handshake.query, settings.subscriber.recognised_flags())
+    if settings.allowed_channels is not None:
+        flags = list(settings.allowed_channels(request, flags))
+    subscriber = settings.subscriber(bus)
+    subscriber.set_pubsub_channels(request, flags)
+    return Accepted(request, subscriber, echo)
+
+
+def _in_django(function: Callable, *args: Any) -> Any:
+    close_old_connections()
+    try:
+        return function(*args)
+    finally:
+        close_old_connections()
+
+
+def defer_to_django(reactor, pool, function: Callable, *args: Any):
+    """Run ``function(*args)`` on ``pool`` with Django's connection hygiene
+    around it; a Deferred of its result."""
+    return threads.deferToThreadPool(reactor, pool, _in_django, function, *args)

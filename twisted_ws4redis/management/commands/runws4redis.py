@@ -1,0 +1,33 @@
+"""``manage.py runws4redis``: the twistd ws4redis server, for development."""
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+from twisted_ws4redis import tap
+
+
+class Command(BaseCommand):
+    help = "Serve this project's websockets and Django on one port with Twisted (as 'twistd ws4redis')."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--endpoint", action="append", help=tap.ENDPOINT_HELP)
+        for name, default, text in tap.OPTIONS:
+            if name != "settings":  # manage.py has its own --settings
+                parser.add_argument(f"--{name}", default=default, help=text)
+        for name, text in tap.FLAGS:
+            parser.add_argument(f"--{name}", action="store_true", help=text)
+
+    def handle(self, *args, **options):
+        from twisted.internet import reactor
+        from twisted.logger import globalLogBeginner, textFileLogObserver
+
+        from twisted_ws4redis.service import make_service
+
+        try:
+            service = make_service(tap.server_config(options))
+        except Exception as exc:
+            raise CommandError(str(exc)) from exc
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+        service.startService()
+        reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+        reactor.run()

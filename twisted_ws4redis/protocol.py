@@ -1,0 +1,215 @@
+"""The websocket door: an Autobahn server protocol that asks Django (on a
+thread) who the client is, then relays between the socket and Redis."""
+from __future__ import annotations
+
+from http import HTTPStatus
+from urllib.parse import urlsplit
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from django.core.exceptions import PermissionDenied
+from twisted.internet import defer
+from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
+
+from . import __version__, audience
+from .conf import Settings
+from .django_bridge import Accepted, Handshake, authorize, defer_to_django
+from .pubsub import PubSubMessage, RedisBus
+
+log = Logger()
+
+#: Seconds without any frame to the client after which a heartbeat is sent.
+HEARTBEAT_IDLE = 4.0
+#: Seconds the opening waits for Redis (subscriptions, persisted messages).
+REDIS_WAIT = 5.0
+
+
+def _address(address) -> tuple[str, int]:
+    """(host, port) of a transport address; a UNIX socket peer is local."""
+    return getattr(address, "host", "127.0.0.1"), getattr(address, "port", 0)
+
+
+class WebSocketProtocol(WebSocketServerProtocol):
+    factory: WebSocketFactory
+
+    subscriber = None
+    django_request = None
+    echo = False
+    _heartbeat_call = None
+
+    # -- opening handshake --------------------------------------------------------
+
+    def onConnect(self, request):
+        uri = urlsplit(self.http_request_uri)
+        try:
+            facility = audience.facility_from_path(uri.path, self.factory.settings.websocket_url)
+        except (ValueError, UnicodeDecodeError):
+            raise ConnectionDeny(400, "The facility is not valid UTF-8 under WEBSOCKET_URL") from None
+        host, port = _address(self.transport.getPeer())
+        handshake = Handshake(
+            path=uri.path, query=uri.query, headers=dict(self.http_headers),
+            remote_addr=host, remote_port=port, server_port=_address(self.transport.getHost())[1],
+            secure=ISSLTransport.providedBy(self.transport))
+        self.facility = facility
+        d = defer_to_django(self.factory.reactor, self.factory.pool, authorize,
+                            handshake, facility, self.factory.settings, self.factory.bus)
+        return d.addCallbacks(self._accepted, self._refused)
+
+    def _accepted(self, accepted: Accepted):
+        self.django_request = accepted.request
+        self.subscriber = accepted.subscriber
+        self.echo = accepted.echo
+        # ws4redis echoed the whole offer, which clients reject; pick the first.
+        return self.websocket_protocols[0] if self.websocket_protocols else None
+
+    def _refused(self, failure):
+        if failure.check(ConnectionDeny):
+            return failure
+        if failure.check(PermissionDenied):
+            raise ConnectionDeny(403, str(failure.value) or "Forbidden")
+        log.failure("Websocket handshake for {path} failed", failure, path=self.http_request_uri)
+        raise ConnectionDeny(500, "Internal Server Error")
+
+    def sendHttpErrorResponse(self, code, reason, responseHeaders=None):
+        """A complete HTTP response: the reason goes into the body, never into the
+        status line (where a client-supplied string would break the response)."""
+        body = f"{reason}\n".encode("utf-8", "replace")
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "Error"
+        lines = [f"HTTP/1.1 {code} {phrase}", "Content-Type: text/plain; charset=utf-8",
+                 f"Content-Length: {len(body)}", "Connection: close"]
+        if code == 426:
+            lines += ["Upgrade: websocket", "Sec-WebSocket-Version: 13"]
+        lines += [f"{name}: {value}" for name, value in responseHeaders or ()]
+        log.info("WSREJECT {path} {peer} {code} {reason}", path=getattr(self, "http_request_uri", "?"),
+                 peer=self.peer, code=code, reason=reason)
+        self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+
+    # -- open ------------------------------------------------------------------------
+
+    def onOpen(self):
+        self._ready = False
+        self._backlog: list[PubSubMessage] = []
+        self._last_published: bytes | None = None
+        self._last_sent = self.factory.reactor.seconds()
+        self.factory.connections.add(self)
+        log.info("WSCONNECT {path} {peer} subscribe={subscribed} publish={publishers}",
+                 path=self.http_request_uri, peer=self.peer,
+                 subscribed=self.subscriber.subscribed, publishers=self.subscriber.publishers)
+        heartbeat = self.factory.settings.heartbeat
+        if heartbeat is not None:
+            self.sendMessage(heartbeat)
+            self._heartbeat_call = self.factory.reactor.callLater(HEARTBEAT_IDLE, self._heartbeat_due)
+        d = self.subscriber.subscribe(self._deliver)
+        d.addCallback(lambda _: self.subscriber.fetch_persisted_messages())
+        d.addTimeout(REDIS_WAIT, self.factory.reactor)
+        d.addCallbacks(self._send_persisted, self._redis_unavailable)
+        d.addBoth(self._go_live)
+
+    def _send_persisted(self, messages: list[bytes]) -> None:
+        for payload in messages:
+            self._send(PubSubMessage(b"", payload))
+
+    def _redis_unavailable(self, failure) -> None:
+        log.warn("Websocket {path}: no persisted messages, Redis did not answer: {error}",
+                 path=self.http_request_uri, error=failure.getErrorMessage())
+
+    def _go_live(self, _) -> None:
+        """Messages that arrived while the persisted ones were fetched go out now,
+        after them, in order."""
+        self._ready = True
+        backlog, self._backlog = self._backlog, []
+        for message in backlog:
+            self._deliver(message)
+
+    def _deliver(self, message: PubSubMessage) -> None:
+        if not self._ready:
+            self._backlog.append(message)
+        elif self.echo or message.payload != self._last_published:
+            self._send(message)
+
+    def _send(self, message: PubSubMessage) -> None:
+        if self.state != self.STATE_OPEN:
+            return
+        self.sendPreparedMessage(message.prepared(self.factory))
+        self._last_sent = self.factory.reactor.seconds()
+
+    def _send_heartbeat(self) -> None:
+        self.sendMessage(self.factory.settings.heartbeat)
+        self._last_sent = self.factory.reactor.seconds()
+
+    def _heartbeat_due(self) -> None:
+        idle = self.factory.reactor.seconds() - self._last_sent
+        if idle >= HEARTBEAT_IDLE:
+            self._send_heartbeat()
+            idle = 0.0
+        self._heartbeat_call = self.factory.reactor.callLater(HEARTBEAT_IDLE - idle, self._heartbeat_due)
+
+    # -- from the client -----------------------------------------------------------
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if payload == self.factory.settings.heartbeat:
+            # Answer at once: a client counting missed heartbeats stays happy
+            # even while other traffic keeps the socket busy.
+            self._send_heartbeat()
+            return
+        if not payload or not self.subscriber.publishers:
+            return
+        self._last_published = payload
+        d = self.subscriber.publish_message(payload)
+        d.addErrback(lambda failure: log.warn("Websocket {path}: publishing failed: {error}",
+                                              path=self.http_request_uri, error=failure.getErrorMessage()))
+
+    # -- close ---------------------------------------------------------------------
+
+    def onClose(self, wasClean, code, reason):
+        if self._heartbeat_call is not None and self._heartbeat_call.active():
+            self._heartbeat_call.cancel()
+        if self.subscriber is not None:
+            self.subscriber.release()
+        if self in self.factory.connections:
+            self.factory.connections.discard(self)
+            log.info("WSDISCONNECT {path} {peer} code={code}", path=self.http_request_uri,
+                     peer=self.peer, code=code)
+
+
+class WebSocketFactory(WebSocketServerFactory):
+    protocol = WebSocketProtocol
+
+    def __init__(self, settings: Settings, bus: RedisBus, pool, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        super().__init__(server=f"twisted_ws4redis/{__version__}", reactor=reactor)
+        self.settings = settings
+        self.bus = bus
+        self.pool = pool
+        self.connections: set[WebSocketProtocol] = set()
+        self.setProtocolOptions(
+            webStatus=False,
+            maxMessagePayloadSize=settings.max_message_size,
+            maxFramePayloadSize=settings.max_message_size,
+            autoFragmentSize=0,
+            openHandshakeTimeout=30,
+            closeHandshakeTimeout=5,
+            allowNullOrigin=True,
+        )
+
+    def close_all(self, code: int = 1001, reason: str = "Server is shutting down",
+                  timeout: float = 3.0) -> defer.Deferred:
+        """Close every websocket with ``code``; fires when they are gone (or after
+        ``timeout`` seconds)."""
+        for connection in list(self.connections):
+            connection.sendClose(code, reason)
+        done = defer.Deferred()
+
+        def check(remaining: float) -> None:
+            if not self.connections or remaining <= 0:
+                done.callback(None)
+            else:
+                self.reactor.callLater(0.05, check, remaining - 0.05)
+
+        check(timeout)
+        return done

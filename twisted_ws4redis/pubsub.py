@@ -1,0 +1,209 @@
+"""The process' Redis clients on the reactor: ONE shared subscriber connection,
+whatever the number of websockets, and a small pool for PUBLISH/SETEX/MGET.
+
+Channels are reference-counted: SUBSCRIBE when the first listener arrives,
+UNSUBSCRIBE after the last one leaves. txredisapi reconnects with back-off but
+does not restore subscriptions; we re-issue them on every new connection.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import txredisapi
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .redis_address import RedisAddress
+
+log = Logger()
+
+
+class PubSubMessage:
+    """A message from Redis, as every listener of its channel sees it. The
+    websocket frame is built once, by the first listener that needs it."""
+
+    __slots__ = ("channel", "payload", "is_binary", "_prepared")
+
+    def __init__(self, channel: bytes, payload: bytes):
+        self.channel = channel
+        self.payload = payload
+        try:
+            payload.decode("utf-8")
+            self.is_binary = False
+        except UnicodeDecodeError:
+            # ws4redis sent these as text frames, which browsers reject (1007).
+            self.is_binary = True
+        self._prepared = None
+
+    def prepared(self, factory):
+        if self._prepared is None:
+            self._prepared = factory.prepareMessage(self.payload, self.is_binary)
+        return self._prepared
+
+
+Listener = Callable[[PubSubMessage], None]
+
+
+class _SubscriberProtocol(txredisapi.SubscriberProtocol):
+    """Every reply on a subscribed connection is a push; we route them ourselves
+    instead of through txredisapi's reply queue."""
+
+    def replyReceived(self, reply):
+        if isinstance(reply, list) and len(reply) == 3:
+            kind = reply[0]
+            if kind == b"message":
+                self.factory.bus._message(reply[1], reply[2])
+                return
+            if kind == b"subscribe":
+                self.factory.bus._subscribed(reply[1])
+                return
+            if kind == b"unsubscribe":
+                return
+        log.error("Unexpected reply on the Redis subscriber connection: {reply!r}", reply=reply)
+
+    def send(self, command: str, channels: Iterable[bytes]) -> None:
+        self.transport.write(self._build_command(command, *channels))
+
+
+class _SubscriberFactory(txredisapi.SubscriberFactory):
+    protocol = _SubscriberProtocol
+    initialDelay = 0.5
+
+    def __init__(self, bus: RedisBus, address: RedisAddress):
+        super().__init__(isLazy=True)
+        self.bus = bus
+        self.charset = None
+        self.convertNumbers = False
+        self.password = address.password
+        self.username = address.username
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        protocol.whenConnected().addCallback(self.bus._connected)
+        return protocol
+
+
+class RedisBus(Service):
+    """Subscriptions and commands of one process, over txredisapi."""
+
+    def __init__(self, address: RedisAddress, reactor=None, poolsize: int = 2):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.address = address
+        self._reactor = reactor
+        self._timeout = address.socket_timeout
+        self._listeners: dict[bytes, set[Listener]] = {}
+        self._waiting: dict[bytes, list[defer.Deferred]] = {}
+        self._confirmed: set[bytes] = set()
+        self._subscriber: _SubscriberProtocol | None = None
+        self._subscriber_factory = _SubscriberFactory(self, address)
+        self._commands = txredisapi.RedisFactory(
+            str(address), address.db or None, poolsize, isLazy=True, charset=None,
+            password=address.password, username=address.username,
+            replyTimeout=address.socket_timeout, convertNumbers=False)
+
+    # -- service ---------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        endpoint = self.address.client_endpoint(self._reactor)
+        self._subscriber_factory.startConnecting(endpoint)
+        self._commands.startConnecting(endpoint)
+        log.info("Redis at {address}", address=str(self.address))
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        return defer.gatherResults(
+            [self._subscriber_factory.disconnect(), self._commands.disconnect()], consumeErrors=True)
+
+    # -- subscriptions ---------------------------------------------------------
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._listeners)
+
+    def listen(self, channel: str, listener: Listener) -> defer.Deferred:
+        """Deliver ``channel``'s messages to ``listener``. The Deferred fires once
+        Redis has confirmed the subscription."""
+        key = channel.encode("utf-8")
+        listeners = self._listeners.get(key)
+        if listeners is None:
+            listeners = self._listeners[key] = set()
+            if self._subscriber is not None:
+                self._subscriber.send("SUBSCRIBE", [key])
+        listeners.add(listener)
+        if key in self._confirmed:
+            return defer.succeed(None)
+        waiting = defer.Deferred()
+        self._waiting.setdefault(key, []).append(waiting)
+        return waiting
+
+    def unlisten(self, channel: str, listener: Listener) -> None:
+        key = channel.encode("utf-8")
+        listeners = self._listeners.get(key)
+        if listeners is None:
+            return
+        listeners.discard(listener)
+        if not listeners:
+            del self._listeners[key]
+            self._confirmed.discard(key)
+            for waiting in self._waiting.pop(key, ()):
+                waiting.callback(None)
+            if self._subscriber is not None:
+                self._subscriber.send("UNSUBSCRIBE", [key])
+
+    def _connected(self, protocol: _SubscriberProtocol) -> None:
+        self._subscriber = protocol
+        protocol.whenDisconnected().addCallback(self._disconnected)
+        if self._listeners:
+            protocol.send("SUBSCRIBE", list(self._listeners))
+        log.info("Redis subscriber connected; subscribing {count} channel(s)", count=len(self._listeners))
+
+    def _disconnected(self, protocol: _SubscriberProtocol) -> None:
+        if self._subscriber is protocol:
+            self._subscriber = None
+            self._confirmed.clear()
+            if self.running:
+                log.warn("Redis subscriber connection lost; reconnecting")
+
+    def _subscribed(self, key: bytes) -> None:
+        if key not in self._listeners:
+            return
+        self._confirmed.add(key)
+        for waiting in self._waiting.pop(key, ()):
+            waiting.callback(None)
+
+    def _message(self, channel: bytes, payload: bytes) -> None:
+        listeners = self._listeners.get(channel)
+        if not listeners:
+            return
+        message = PubSubMessage(channel, payload)
+        for listener in list(listeners):
+            try:
+                listener(message)
+            except Exception:
+                log.failure("A listener of {channel!r} failed", channel=channel)
+
+    # -- commands --------------------------------------------------------------
+
+    def _run(self, command: str, *args) -> defer.Deferred:
+        d = getattr(self._commands.handler, command)(*args)
+        # Without a timeout a command waits forever while Redis is away.
+        return d.addTimeout(self._timeout, self._reactor)
+
+    def publish(self, channels: Iterable[str], message: bytes, expire: int = 0) -> defer.Deferred:
+        """PUBLISH on every channel and, if ``expire`` > 0, keep the message
+        there for that many seconds (pipelined on one connection, in order)."""
+        calls = []
+        for channel in channels:
+            calls.append(self._run("publish", channel, message))
+            if expire > 0:
+                calls.append(self._run("setex", channel, expire, message))
+        return defer.gatherResults(calls, consumeErrors=True)
+
+    def fetch(self, keys: list[str]) -> defer.Deferred:
+        """The persisted messages of ``keys`` (None where there is none)."""
+        if not keys:
+            return defer.succeed([])
+        return self._run("mget", keys)

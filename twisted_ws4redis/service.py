@@ -1,0 +1,155 @@
+"""The server: endpoints, thread pool, Redis clients, and the one site that
+serves websockets and Django side by side. ``make_service`` is what both the
+twistd plugin and ``manage.py runws4redis`` run."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from twisted.web.server import Site
+from twisted.web.wsgi import WSGIResource
+
+from . import conf
+from .embedded import EmbeddedRedis, EmbeddedRedisService
+from .protocol import WebSocketFactory
+from .pubsub import RedisBus
+from .redis_address import RedisAddress
+from .resource import Request, Root, WebSocketDoor
+
+log = Logger()
+
+
+@dataclass
+class ServerConfig:
+    """What the command line chooses; the rest comes from Django's settings."""
+
+    endpoints: list[str] = field(default_factory=lambda: ["tcp:8000"])
+    wsgi: str | None = None  # dotted path; None: settings.WSGI_APPLICATION
+    serve_wsgi: bool = True
+    threads: int = 10
+    redis: str | None = None  # redis:// or unix:// URL, or "embedded"; None: WS4REDIS_CONNECTION
+    static: bool = False
+
+
+class ThreadPoolService(Service):
+    """Owns the pool that runs all Django work (WSGI requests and handshakes)."""
+
+    def __init__(self, pool: ThreadPool):
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+
+class Ws4RedisService(MultiService):
+    """Stops in a useful order: stop listening, close the websockets (1001),
+    disconnect Redis, stop the threads, stop an embedded Redis."""
+
+    def __init__(self, factory: WebSocketFactory):
+        super().__init__()
+        self.factory = factory
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        Service.stopService(self)
+        children = list(self)
+        listeners = [s for s in children if isinstance(s, StreamServerEndpointService)]
+        yield defer.gatherResults([defer.maybeDeferred(s.stopService) for s in listeners], consumeErrors=True)
+        yield self.factory.close_all()
+        for child in reversed([s for s in children if s not in listeners]):
+            yield defer.maybeDeferred(child.stopService)
+
+
+def load_wsgi_application(dotted_path: str | None):
+    from django.core.servers.basehttp import get_internal_wsgi_application
+    from django.utils.module_loading import import_string
+
+    if dotted_path:
+        try:
+            return import_string(dotted_path)
+        except ImportError as exc:
+            raise ImproperlyConfigured(f"--wsgi: cannot import {dotted_path!r}: {exc}") from None
+    return get_internal_wsgi_application()
+
+
+def with_static_files(application):
+    """Serve STATIC_URL from STATIC_ROOT (after collectstatic) or, without one,
+    straight from the static files finders, in front of ``application``."""
+    from whitenoise import WhiteNoise
+
+    url = django_settings.STATIC_URL
+    if not url or "://" in url or not url.startswith("/"):
+        raise ImproperlyConfigured(f"--static needs a local STATIC_URL such as '/static/', got {url!r}")
+    static = WhiteNoise(application, autorefresh=django_settings.DEBUG)
+    root = getattr(django_settings, "STATIC_ROOT", None)
+    if root:
+        static.add_files(str(root), prefix=url)
+    else:
+        from django.contrib.staticfiles import finders
+
+        for finder in finders.get_finders():
+            for storage in getattr(finder, "storages", {}).values():
+                static.add_files(storage.location, prefix=url + (getattr(storage, "prefix", None) or ""))
+    return static
+
+
+def redis_address_for(choice: str | None) -> tuple[RedisAddress, EmbeddedRedis | None]:
+    if choice == "embedded":
+        embedded = EmbeddedRedis()
+        return embedded.address, embedded
+    if choice:
+        return RedisAddress.from_url(choice), None
+    return conf.get_settings().connection, None
+
+
+def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
+    """The whole server as one service; Django must be set up already."""
+    if reactor is None:
+        from twisted.internet import reactor
+    settings = conf.get_settings()
+    if config.threads < 1:
+        raise ImproperlyConfigured(f"--threads must be at least 1, got {config.threads}")
+    address, embedded = redis_address_for(config.redis)
+    if config.redis:
+        conf.set_redis_override(address)
+
+    pool = ThreadPool(minthreads=1, maxthreads=config.threads, name="ws4redis-django")
+    bus = RedisBus(address, reactor)
+    factory = WebSocketFactory(settings, bus, pool, reactor)
+    wsgi = None
+    if config.serve_wsgi:
+        application = load_wsgi_application(config.wsgi)
+        if config.static:
+            application = with_static_files(application)
+        wsgi = WSGIResource(reactor, pool, application)
+    site = Site(Root(settings.websocket_url, WebSocketDoor(factory), wsgi))
+    site.requestFactory = Request
+
+    top = Ws4RedisService(factory)
+    if embedded is not None:
+        EmbeddedRedisService(embedded, reactor).setServiceParent(top)
+    ThreadPoolService(pool).setServiceParent(top)
+    bus.setServiceParent(top)
+    for description in config.endpoints:
+        try:
+            endpoint = serverFromString(reactor, description)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ImproperlyConfigured(f"--endpoint {description!r} is not a valid endpoint: {exc}") from None
+        listener = StreamServerEndpointService(endpoint, site)
+        # A port that cannot be bound must stop the start-up, not just be logged.
+        listener._raiseSynchronously = True
+        listener.setServiceParent(top)
+        log.info("Serving websockets under {url} on {endpoint}", url=settings.websocket_url, endpoint=description)
+    return top

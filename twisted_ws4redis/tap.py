@@ -1,0 +1,83 @@
+"""``twistd ws4redis``: command-line options and ``makeService``.
+
+The same option table drives ``manage.py runws4redis``."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.python import usage
+
+from .service import ServerConfig
+
+#: (long name, default, help) of the options that take a value.
+OPTIONS: list[tuple[str, Any, str]] = [
+    ("settings", None, "Django settings module (DJANGO_SETTINGS_MODULE), e.g. mysite.settings."),
+    ("wsgi", None, "Dotted path of the WSGI application; default: settings.WSGI_APPLICATION."),
+    ("threads", 10, "Most threads running Django code (WSGI requests and websocket handshakes)."),
+    ("redis", None, "Redis to use instead of WS4REDIS_CONNECTION: redis://host:port/db, "
+                    "rediss://…, unix:///path?db=N, or 'embedded' for a private redis-server."),
+]
+ENDPOINT_HELP = "Twisted endpoint to listen on (repeatable), e.g. tcp:8000, ssl:8443:privateKey=key.pem, unix:/run/ws.sock; default tcp:8000."
+FLAGS: list[tuple[str, str]] = [
+    ("no-wsgi", "Serve websockets only, not the Django application."),
+    ("static", "Serve STATIC_URL (from STATIC_ROOT, or the static files finders when it is not set)."),
+]
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "Websockets for Django (ws4redis-compatible) and the Django application, on one port."
+    optParameters = [[name, None, default, help] for name, default, help in OPTIONS]
+    optFlags = [[name, None, help] for name, help in FLAGS]
+
+    def __init__(self):
+        super().__init__()
+        self["endpoint"] = []
+
+    def opt_endpoint(self, description: str) -> None:
+        self["endpoint"].append(description)
+
+    opt_endpoint.__doc__ = ENDPOINT_HELP
+
+    def postOptions(self) -> None:
+        try:
+            self["threads"] = int(self["threads"])
+        except ValueError:
+            raise usage.UsageError(f"--threads must be a whole number, got {self['threads']!r}") from None
+
+
+def server_config(options: dict[str, Any]) -> ServerConfig:
+    """A ServerConfig from parsed options (twistd's or the management command's)."""
+    return ServerConfig(
+        endpoints=list(options.get("endpoint") or ["tcp:8000"]),
+        wsgi=options.get("wsgi"),
+        serve_wsgi=not options.get("no-wsgi", options.get("no_wsgi", False)),
+        threads=int(options.get("threads") or 10),
+        redis=options.get("redis"),
+        static=bool(options.get("static")),
+    )
+
+
+def makeService(options: Options):
+    """Set Django up, validate the settings, build the server. A bad setting or
+    option ends twistd here with a message naming it."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    if options["settings"]:
+        os.environ["DJANGO_SETTINGS_MODULE"] = options["settings"]
+    if not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        raise SystemExit("twistd ws4redis: give --settings=mysite.settings (or set DJANGO_SETTINGS_MODULE)")
+    # Like manage.py, find the project in the current directory.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        import django
+
+        django.setup()
+        from .service import make_service
+
+        return make_service(server_config(options))
+    except (ImproperlyConfigured, ValueError, ImportError, RuntimeError) as exc:
+        raise SystemExit(f"twistd ws4redis: {exc}") from None
