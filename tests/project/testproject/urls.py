@@ -1,0 +1,9 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.index),
+    path("login/", views.login_view),
+    path("publish/", views.publish),
+]
