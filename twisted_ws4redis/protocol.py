@@ -192,6 +192,8 @@ class WebSocketFactory(WebSocketServerFactory):
             maxMessagePayloadSize=settings.max_message_size,
             maxFramePayloadSize=settings.max_message_size,
             autoFragmentSize=0,
+            # Tell a misbehaving client why (1002, 1007, 1009…) before closing.
+            failByDrop=False,
             openHandshakeTimeout=30,
             closeHandshakeTimeout=5,
             allowNullOrigin=True,
