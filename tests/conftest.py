@@ -165,8 +165,9 @@ def login(server: TwistdServer, username: str, password: str = "secret") -> str:
     return "; ".join(cookies)
 
 
-def http_post_json(server: TwistdServer, path: str, payload: dict) -> dict:
+def http_post_json(server: TwistdServer, path: str, payload: dict, headers: dict | None = None) -> dict:
+    """POST ``payload`` as JSON; ``headers`` are added (e.g. {"Cookie": login(server, "john")})."""
     request = urllib.request.Request(server.http_url(path), data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **(headers or {})})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())

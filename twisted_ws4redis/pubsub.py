@@ -1,5 +1,11 @@
 """The process' Redis clients on the reactor: ONE shared subscriber connection,
-whatever the number of websockets, and a small pool for PUBLISH/SETEX/MGET.
+whatever the number of websockets, and ONE pipelined command connection for
+PUBLISH/SETEX/MGET.
+
+The commands share one connection on purpose: txredisapi's pool hands each
+command to a random connection, which reorders a socket's PUBLISH and SETEX
+(stale persisted messages, out-of-order delivery). Pipelined on one connection,
+Redis executes them in the order they were sent.
 
 Channels are reference-counted: SUBSCRIBE when the first listener arrives,
 UNSUBSCRIBE after the last one leaves. txredisapi reconnects with back-off but
@@ -87,7 +93,7 @@ class _SubscriberFactory(txredisapi.SubscriberFactory):
 class RedisBus(Service):
     """Subscriptions and commands of one process, over txredisapi."""
 
-    def __init__(self, address: RedisAddress, reactor=None, poolsize: int = 2):
+    def __init__(self, address: RedisAddress, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.address = address
@@ -99,7 +105,7 @@ class RedisBus(Service):
         self._subscriber: _SubscriberProtocol | None = None
         self._subscriber_factory = _SubscriberFactory(self, address)
         self._commands = txredisapi.RedisFactory(
-            str(address), address.db or None, poolsize, isLazy=True, charset=None,
+            str(address), address.db or None, 1, isLazy=True, charset=None,
             password=address.password, username=address.username,
             replyTimeout=address.socket_timeout, convertNumbers=False)
 
