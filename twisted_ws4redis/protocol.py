@@ -194,6 +194,8 @@ class WebSocketFactory(WebSocketServerFactory):
             autoFragmentSize=0,
             # Tell a misbehaving client why (1002, 1007, 1009…) before closing.
             failByDrop=False,
+            # Answer a client's close with its own code, as RFC 6455 (5.5.1) suggests.
+            echoCloseCodeReason=True,
             openHandshakeTimeout=30,
             closeHandshakeTimeout=5,
             allowNullOrigin=True,
@@ -203,8 +205,11 @@ class WebSocketFactory(WebSocketServerFactory):
                   timeout: float = 3.0) -> defer.Deferred:
         """Close every websocket with ``code``; fires when they are gone (or after
         ``timeout`` seconds)."""
+        # sendClose() refuses the protocol's own codes (1001…); the frame-level call does not.
+        reason_utf8 = reason.encode("utf-8")
         for connection in list(self.connections):
-            connection.sendClose(code, reason)
+            if connection.state == connection.STATE_OPEN:
+                connection.sendCloseFrame(code=code, reasonUtf8=reason_utf8, isReply=False)
         done = defer.Deferred()
 
         def check(remaining: float) -> None:

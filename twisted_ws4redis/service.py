@@ -57,9 +57,10 @@ class Ws4RedisService(MultiService):
     """Stops in a useful order: stop listening, close the websockets (1001),
     disconnect Redis, stop the threads, stop an embedded Redis."""
 
-    def __init__(self, factory: WebSocketFactory):
+    def __init__(self, factory: WebSocketFactory, reactor):
         super().__init__()
         self.factory = factory
+        self.reactor = reactor
 
     @defer.inlineCallbacks
     def stopService(self):
@@ -70,6 +71,11 @@ class Ws4RedisService(MultiService):
         yield self.factory.close_all()
         for child in reversed([s for s in children if s not in listeners]):
             yield defer.maybeDeferred(child.stopService)
+        # twistd re-raises the signal that stopped the reactor once it is down,
+        # so the exit status says "killed by SIGTERM". A completed graceful stop
+        # is a success: exit 0, as process supervisors expect.
+        if getattr(self.reactor, "_exitSignal", None) is not None:
+            self.reactor._exitSignal = None
 
 
 def load_wsgi_application(dotted_path: str | None):
@@ -137,7 +143,7 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
     site = Site(Root(settings.websocket_url, WebSocketDoor(factory), wsgi))
     site.requestFactory = Request
 
-    top = Ws4RedisService(factory)
+    top = Ws4RedisService(factory, reactor)
     if embedded is not None:
         EmbeddedRedisService(embedded, reactor).setServiceParent(top)
     ThreadPoolService(pool).setServiceParent(top)
