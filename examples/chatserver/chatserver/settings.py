@@ -57,7 +57,9 @@ DATABASES = {
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
 
 STATIC_URL = "/static/"
-STATIC_ROOT = BASE_DIR / "static_root"
+STATIC_ROOT = os.environ.get("CHATSERVER_STATIC_ROOT", str(BASE_DIR / "static_root"))
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "home"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 

@@ -5,6 +5,9 @@ from . import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("chat/", views.chat, name="chat"),
+    path("userchat/", views.userchat, name="userchat"),
+    path("groupchat/", views.groupchat, name="groupchat"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]

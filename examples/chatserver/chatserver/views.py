@@ -1,11 +1,66 @@
+"""The three chats of the demo.
+
+The broadcast chat publishes straight from the browser's websocket
+(``publish-broadcast``). The user and group chats send through a Django view
+instead, which knows who is writing and publishes with ``RedisPublisher``: the
+sender cannot be forged and only the addressees receive the message.
+"""
+import json
+
+from django.contrib.auth.decorators import login_required
+from django.http import JsonResponse
 from django.shortcuts import render
+from django.views.decorators.http import require_http_methods
 
 from twisted_ws4redis.publisher import RedisPublisher
-from twisted_ws4redis.redis_store import RedisMessage
+from twisted_ws4redis.redis_store import SELF, RedisMessage
+
+from .forms import GroupMessageForm, UserMessageForm
+
+WELCOME = "Hello everybody"
 
 
 def home(request):
-    """A minimal page that opens a broadcast websocket; the welcome message is
-    published (and persisted) here, so the socket receives it on connect."""
-    RedisPublisher(facility="foobar", broadcast=True).publish_message(RedisMessage("Hello everybody"))
     return render(request, "chatserver/home.html")
+
+
+def chat(request):
+    # Persisted (WS4REDIS_EXPIRE), so every page load shows it first.
+    RedisPublisher(facility="chat", broadcast=True).publish_message(RedisMessage(WELCOME))
+    return render(request, "chatserver/chat.html")
+
+
+def _publish(request, form, facility: str, **audience) -> JsonResponse:
+    message = json.dumps({"from": request.user.get_username(), "to": form.addressee,
+                          "text": form.cleaned_data["message"]})
+    received = RedisPublisher(facility=facility, request=request, **audience).publish_message(
+        RedisMessage(message))
+    return JsonResponse({"ok": True, "received": received})
+
+
+def _invalid(form) -> JsonResponse:
+    return JsonResponse({"ok": False, "errors": form.errors.get_json_data()}, status=400)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def userchat(request):
+    form = UserMessageForm(request.user, request.POST or None)
+    if request.method == "POST":
+        if not form.is_valid():
+            return _invalid(form)
+        return _publish(request, form, "userchat", users=[form.cleaned_data["user"].get_username()])
+    return render(request, "chatserver/userchat.html", {"form": form})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def groupchat(request):
+    form = GroupMessageForm(request.user, request.POST or None)
+    if request.method == "POST":
+        if not form.is_valid():
+            return _invalid(form)
+        group = form.cleaned_data["group"]
+        # SELF: every group of the sender, resolved by the publisher from the session.
+        return _publish(request, form, "groupchat", groups=[SELF] if group == form.ALL else [group])
+    return render(request, "chatserver/groupchat.html", {"form": form})

@@ -1,0 +1,308 @@
+"""The example chat project and ws4redis.js in a real headless Chromium,
+against a real ``twistd ws4redis`` serving examples/chatserver on a real Redis.
+
+Screenshots of the pages land in test-artifacts/ (not committed)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import JavascriptException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
+
+from conftest import ROOT, TwistdServer, free_port
+
+EXAMPLE = ROOT / "examples" / "chatserver"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+# Without the networking flags Chromium keeps calling home, which this network refuses.
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--window-size=1100,760")
+WELCOME = "Hello everybody"
+HEARTBEAT = "--heartbeat--"
+
+
+@pytest.fixture(scope="module")
+def example_env(tmp_path_factory, redis_server) -> dict:
+    """The example project's environment: its own database with the demo users
+    and its static files collected, as ``make demo`` prepares them."""
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.fail("The browser tests need Chromium and its driver: apt-get install chromium chromium-driver")
+    work = tmp_path_factory.mktemp("chatserver")
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="chatserver.settings",
+               CHATSERVER_DB=str(work / "db.sqlite3"), CHATSERVER_STATIC_ROOT=str(work / "static"),
+               PYTHONPATH=os.pathsep.join([str(EXAMPLE), str(ROOT)]))
+    for command in (["migrate", "--noinput", "-v0"], ["loaddata", "-v0", "demo_users"],
+                    ["collectstatic", "--noinput", "-v0"]):
+        subprocess.run([sys.executable, "manage.py", *command], env=env, cwd=EXAMPLE, check=True)
+    return env
+
+
+def start_example(redis_server, env: dict, port: int | None = None) -> TwistdServer:
+    server = TwistdServer(redis_server.url, "", args=("--static",), port=port,
+                          project=EXAMPLE, settings="chatserver.settings", env=env)
+    return server
+
+
+@pytest.fixture(scope="module")
+def chat_server(redis_server, example_env):
+    server = start_example(redis_server, example_env)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def open_browser():
+    """``open_browser()``: a new headless Chromium with its own profile."""
+    drivers = []
+
+    def start() -> webdriver.Chrome:
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in CHROMIUM_FLAGS:
+            options.add_argument(flag)
+        # The performance log carries the websocket frames (DevTools Network events).
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        drivers.append(driver)
+        return driver
+
+    yield start
+    for driver in drivers:
+        driver.quit()
+
+
+def wait_until(condition, timeout: float = 10.0, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = condition()
+        except JavascriptException:
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(0.1)
+
+
+def messages(driver) -> list[str]:
+    return [item.text for item in driver.find_elements(By.CSS_SELECTOR, "#messages .text")]
+
+
+def wait_connected(driver, timeout: float = 10.0) -> None:
+    wait_until(lambda: driver.execute_script("return window.chatClient && window.chatClient.is_connected()"),
+               timeout, "the page's websocket to open")
+
+
+def sign_in(driver, server: TwistdServer, username: str, page: str) -> None:
+    driver.get(server.http_url(f"/accounts/login/?next={page}"))
+    driver.find_element(By.NAME, "username").send_keys(username)
+    driver.find_element(By.NAME, "password").send_keys("secret")
+    driver.find_element(By.CSS_SELECTOR, ".login button").click()
+    wait_until(lambda: driver.current_url.endswith(page), message=f"{username} to land on {page}")
+    wait_connected(driver)
+
+
+def send(driver, text: str) -> None:
+    driver.find_element(By.ID, "message").send_keys(text)
+    driver.find_element(By.CSS_SELECTOR, "#send button").click()
+
+
+def screenshot(driver, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def frames(driver) -> dict[str, list[str]]:
+    """Payloads of the websocket frames DevTools saw since the last call, by
+    direction ('sent', 'received')."""
+    seen = {"sent": [], "received": []}
+    events = {"Network.webSocketFrameSent": "sent", "Network.webSocketFrameReceived": "received"}
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] in events:
+            seen[events[message["method"]]].append(message["params"]["response"]["payloadData"])
+    return seen
+
+
+def test_landing_page_links_the_three_chats(chat_server, open_browser):
+    driver = open_browser()
+    driver.get(chat_server.http_url("/"))
+    links = {link.get_attribute("pathname") for link in driver.find_elements(By.CSS_SELECTOR, ".cards a")}
+    assert links == {"/chat/", "/userchat/", "/groupchat/"}
+    assert "secret" in driver.find_element(By.TAG_NAME, "main").text
+    css = driver.execute_script("return getComputedStyle(document.querySelector('.bar')).display")
+    assert css == "flex", "the stylesheet was not served"
+    screenshot(driver, "home")
+
+
+def test_broadcast_chat_between_two_browsers(chat_server, open_browser):
+    first, second = open_browser(), open_browser()
+    for driver in (first, second):
+        driver.get(chat_server.http_url("/chat/"))
+        wait_connected(driver)
+    send(first, "Hi from the first window")
+    for driver in (first, second):
+        wait_until(lambda: "Hi from the first window" in messages(driver), message="the message in both windows")
+    send(second, "And hello back")
+    wait_until(lambda: messages(first)[-1:] == ["And hello back"], message="the reply in the first window")
+    screenshot(first, "chat")
+
+
+def test_reload_shows_the_persisted_welcome(chat_server, open_browser, redis_server):
+    """The view publishes the welcome before the page's socket exists: the page
+    can only get it from the persisted copy (WS4REDIS_EXPIRE)."""
+    driver = open_browser()
+    for _ in range(2):
+        driver.get(chat_server.http_url("/chat/"))
+        wait_connected(driver)
+        wait_until(lambda: messages(driver)[:1] == [WELCOME], message="the welcome message")
+    assert redis_server.client().ttl("demo:broadcast:chat") > 0
+
+
+def test_user_chat_reaches_only_the_addressee(chat_server, open_browser):
+    john, mary, admin = open_browser(), open_browser(), open_browser()
+    for driver, name in ((john, "john"), (mary, "mary"), (admin, "admin")):
+        sign_in(driver, chat_server, name, "/userchat/")
+    Select(john.find_element(By.NAME, "user")).select_by_value("mary")
+    send(john, "Just for you, Mary")
+    wait_until(lambda: "Just for you, Mary" in messages(mary), message="mary to receive john's message")
+    assert "john → mary" in mary.find_element(By.CSS_SELECTOR, "#messages li").text
+    wait_until(lambda: "Just for you, Mary" in messages(john), message="john's page to show what he sent")
+    time.sleep(0.5)
+    assert messages(admin) == []
+    screenshot(mary, "userchat")
+
+
+def test_user_chat_post_needs_the_csrf_token(chat_server, open_browser):
+    """The view is CSRF-protected: a POST without the token is refused."""
+    driver = open_browser()
+    sign_in(driver, chat_server, "john", "/userchat/")
+    status = driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const body = new FormData();
+        body.append('user', 'mary');
+        body.append('message', 'forged');
+        fetch('/userchat/', {method: 'POST', body}).then(r => done(r.status));
+    """)
+    assert status == 403
+
+
+def test_group_chat_reaches_only_members(chat_server, open_browser):
+    john, mary, admin = open_browser(), open_browser(), open_browser()
+    for driver, name in ((john, "john"), (mary, "mary"), (admin, "admin")):
+        sign_in(driver, chat_server, name, "/groupchat/")
+    assert "in no group" in admin.find_element(By.TAG_NAME, "main").text
+    Select(john.find_element(By.NAME, "group")).select_by_value("chatusers")
+    send(john, "Hello chatusers")
+    for member in (john, mary):
+        wait_until(lambda: "Hello chatusers" in messages(member), message="every member to receive it")
+    time.sleep(0.5)
+    assert messages(admin) == []
+    screenshot(mary, "groupchat")
+
+
+def test_page_reconnects_after_a_server_restart_but_not_after_close(redis_server, example_env, open_browser):
+    server = start_example(redis_server, example_env)
+    try:
+        driver = open_browser()
+        driver.get(server.http_url("/chat/"))
+        wait_connected(driver)
+        assert server.stop() == 0, server.log()
+        wait_until(lambda: not driver.execute_script("return chatClient.is_connected()"),
+                   message="the page to notice the server is gone")
+        server = start_example(redis_server, example_env, port=server.port)
+        wait_connected(driver, timeout=30)
+        redis = redis_server.client()
+        wait_until(lambda: redis.publish("demo:broadcast:chat", "after the restart") > 0,
+                   message="the page's channel to be subscribed again")
+        wait_until(lambda: "after the restart" in messages(driver), message="the message after the restart")
+
+        driver.execute_script("chatClient.close()")
+        # A reconnect, if close() failed to stop it, would come within a second.
+        time.sleep(3)
+        assert driver.execute_script("return chatClient.is_closed()")
+        assert redis.pubsub_numsub("demo:broadcast:chat") == [(b"demo:broadcast:chat", 0)]
+    finally:
+        server.stop()
+
+
+def test_heartbeats_keep_the_page_connected_and_never_reach_receive_message(chat_server, open_browser):
+    """Three heartbeat intervals (5 s each) and more: still on the first
+    connection, heartbeats went both ways, and none was shown as a message."""
+    driver = open_browser()
+    driver.get(chat_server.http_url("/chat/"))
+    wait_connected(driver)
+    frames(driver)  # forget what came before
+    driver.execute_script("""
+        window.stateChanges = 0;
+        new MutationObserver(() => { window.stateChanges += 1; })
+            .observe(document.getElementById('status'), {childList: true});
+    """)
+    time.sleep(16.5)
+    assert driver.execute_script("return chatClient.is_connected() && window.stateChanges") == 0
+    seen = frames(driver)
+    assert seen["sent"].count(HEARTBEAT) >= 3
+    assert seen["received"].count(HEARTBEAT) >= 3
+    assert HEARTBEAT not in messages(driver)
+
+
+def test_missed_heartbeats_close_and_reconnect(chat_server, open_browser):
+    """A client whose heartbeats go unanswered (the server's heartbeat is not
+    the one it waits for) closes after three misses and opens a new socket."""
+    driver = open_browser()
+    driver.get(chat_server.http_url("/chat/"))
+    wait_connected(driver)
+    driver.execute_script("""
+        window.probe = {opened: 0, closes: [], received: []};
+        window.probeClient = WS4Redis({
+            uri: document.querySelector('section.chat').dataset.wsUri.replace(/\\?.*/, '?subscribe-broadcast'),
+            heartbeat_msg: 'never-answered', heartbeat_interval: 0.2, max_reconnect_delay: 0.5,
+            connected: () => { probe.opened += 1; },
+            disconnected: (evt) => { probe.closes.push(evt.code); },
+            receive_message: (data) => { probe.received.push(data); },
+        });
+    """)
+    probe = wait_until(lambda: (lambda p: p if p["opened"] >= 2 else None)(driver.execute_script("return probe")),
+                       message="a second connection after the missed heartbeats")
+    assert probe["closes"][0] == 4000
+    driver.execute_script("probeClient.close()")
+
+
+def test_client_api(chat_server, open_browser):
+    driver = open_browser()
+    driver.get(chat_server.http_url("/chat/"))
+    wait_connected(driver)
+    result = driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const out = {};
+        try { WS4Redis({}); } catch (error) { out.error = error.message; }
+        const client = WS4Redis({uri: chatClient && document.querySelector('section.chat').dataset.wsUri});
+        out.withoutNew = client instanceof WS4Redis;
+        out.connecting = client.is_connecting();
+        import('/static/twisted_ws4redis/js/ws4redis.mjs').then((module) => {
+            out.module = module.default === WS4Redis && module.WS4Redis === WS4Redis;
+            const wait = setInterval(() => {
+                if (!client.is_connected()) return;
+                clearInterval(wait);
+                out.state = client.get_state();
+                client.close();
+                out.closing = client.is_closing();
+                done(out);
+            }, 50);
+        });
+    """)
+    assert result == {"error": "No Websocket URI in options", "withoutNew": True, "connecting": True,
+                      "module": True, "state": 1, "closing": True}
