@@ -11,11 +11,13 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import uuid
 import urllib.request
 from pathlib import Path
 
 import pytest
 import redis
+from websockets.sync.client import connect
 
 from twisted_ws4redis.embedded import EmbeddedRedis
 
@@ -174,3 +176,31 @@ def http_post_json(server: TwistdServer, path: str, payload: dict, headers: dict
                                      headers={"Content-Type": "application/json", **(headers or {})})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
+
+
+def session_key(cookie: str) -> str:
+    """The session key in a Cookie header value from login()."""
+    for part in cookie.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == "sessionid":
+            return value
+    raise AssertionError(f"no sessionid in {cookie!r}")
+
+
+def open_ws(server: TwistdServer, path: str, cookie: str | None = None, timeout: float = 5.0):
+    """A websocket client on ``server``'s WEBSOCKET_URL + ``path``."""
+    headers = {"Cookie": cookie} if cookie else None
+    return connect(server.ws_url(path), additional_headers=headers, open_timeout=timeout)
+
+
+def unique(name: str) -> str:
+    """A facility (or other name) no other test uses."""
+    return f"{name}-{uuid.uuid4().hex[:10]}"
+
+
+def wait_subscribed(client: redis.Redis, channel: str, count: int = 1, timeout: float = 5.0) -> None:
+    """Wait until ``channel`` has at least ``count`` subscribers."""
+    deadline = time.monotonic() + timeout
+    while dict(client.pubsub_numsub(channel)).get(channel.encode(), 0) < count:
+        assert time.monotonic() < deadline, f"{channel!r} has no subscriber after {timeout}s"
+        time.sleep(0.01)

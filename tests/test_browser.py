@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from selenium import webdriver
@@ -19,7 +18,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from conftest import ROOT, TwistdServer, free_port
+from conftest import ROOT, TwistdServer
 
 EXAMPLE = ROOT / "examples" / "chatserver"
 ARTIFACTS = ROOT / "test-artifacts"

@@ -8,42 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 
 import pytest
-import redis
-from websockets.sync.client import connect
 
-from conftest import login
+from conftest import login, open_ws, session_key, unique, wait_subscribed
 
 TIMEOUT = 5
 
 
-# -- helpers (kept local: each test module stands alone) -------------------------
-
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:10]}"
-
-
-def session_key(cookie: str) -> str:
-    for part in cookie.split(";"):
-        name, _, value = part.strip().partition("=")
-        if name == "sessionid":
-            return value
-    raise AssertionError(f"no sessionid in {cookie!r}")
-
-
-def open_ws(server, path: str, cookie: str | None = None):
-    headers = {"Cookie": cookie} if cookie else None
-    return connect(server.ws_url(path), additional_headers=headers, open_timeout=TIMEOUT)
-
-
-def wait_subscribed(client: redis.Redis, channel: str, count: int = 1) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while dict(client.pubsub_numsub(channel)).get(channel.encode(), 0) < count:
-        assert time.monotonic() < deadline, f"{channel!r} has no subscriber after {TIMEOUT}s"
-        time.sleep(0.01)
+# -- helpers -------------------------------------------------------------------
 
 
 def round_trip(ws) -> None:

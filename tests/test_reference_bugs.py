@@ -3,20 +3,12 @@ import base64
 import os
 import socket
 import struct
-import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-
-def wait_subscribed(redis_client, channel: str, count: int = 1, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if dict(redis_client.pubsub_numsub(channel)).get(channel.encode(), 0) >= count:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{channel} has no subscriber after {timeout}s")
+from conftest import wait_subscribed
 
 
 def test_a_burst_is_delivered_whole_and_in_order(server, redis_client):

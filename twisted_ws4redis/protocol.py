@@ -189,6 +189,8 @@ class WebSocketFactory(WebSocketServerFactory):
         self.connections: set[WebSocketProtocol] = set()
         self.setProtocolOptions(
             webStatus=False,
+            # RFC 6455 only: drafts (version 8) have been dead for a decade.
+            versions=[13],
             maxMessagePayloadSize=settings.max_message_size,
             maxFramePayloadSize=settings.max_message_size,
             autoFragmentSize=0,

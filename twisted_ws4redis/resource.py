@@ -21,11 +21,19 @@ class WebSocketDoor(WebSocketResource):
 
     def render(self, request: server.Request):
         if request.clientproto != b"HTTP/1.1":
-            return errorPage(505, "HTTP Version Not Supported", "Websockets need HTTP/1.1.").render(request)
+            return _refuse(request, 505, "HTTP Version Not Supported", "Websockets need HTTP/1.1.")
         for name, values in request.requestHeaders.getAllRawHeaders():
             if _SMUGGLING.search(name) or any(_SMUGGLING.search(value) for value in values):
-                return errorPage(400, "Bad Request", "Control characters in a header.").render(request)
+                return _refuse(request, 400, "Bad Request", "Control characters in a header.")
         return super().render(request)
+
+
+def _refuse(request: server.Request, code: int, brief: str, detail: str) -> bytes:
+    """An error page, then the end of the connection: a client that asked for
+    an upgrade has nothing more to say on it."""
+    request.setHeader(b"connection", b"close")
+    request.channel.persistent = False
+    return errorPage(code, brief, detail).render(request)
 
 
 class Root(Resource):
