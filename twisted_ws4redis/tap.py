@@ -54,7 +54,7 @@ def server_config(options: dict[str, Any]) -> ServerConfig:
         endpoints=list(options.get("endpoint") or ["tcp:8000"]),
         wsgi=options.get("wsgi"),
         serve_wsgi=not options.get("no-wsgi", options.get("no_wsgi", False)),
-        threads=int(options.get("threads") or 10),
+        threads=int(10 if options.get("threads") is None else options["threads"]),
         redis=options.get("redis"),
         static=bool(options.get("static")),
     )

@@ -13,7 +13,8 @@ class Command(BaseCommand):
         parser.add_argument("--endpoint", action="append", help=tap.ENDPOINT_HELP)
         for name, default, text in tap.OPTIONS:
             if name != "settings":  # manage.py has its own --settings
-                parser.add_argument(f"--{name}", default=default, help=text)
+                parser.add_argument(f"--{name}", default=default, help=text,
+                                    type=type(default) if default is not None else str)
         for name, text in tap.FLAGS:
             parser.add_argument(f"--{name}", action="store_true", help=text)
 
