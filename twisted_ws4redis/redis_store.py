@@ -59,7 +59,8 @@ class RedisStore:
         for channel in self._publishers:
             pipe.publish(channel, message)
             if expire > 0:
-                pipe.setex(channel, expire, message)
+                # SETEX as ws4redis sends it (redis-py deprecates its setex() wrapper).
+                pipe.execute_command("SETEX", channel, expire, message)
         replies = pipe.execute()
         return sum(replies[:: 2 if expire > 0 else 1])
 
