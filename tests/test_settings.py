@@ -1,0 +1,139 @@
+"""Settings: ws4redis' names and defaults, validated at start-up with a
+message naming the bad setting; Redis addresses from settings and URLs."""
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.test import override_settings
+
+from twisted_ws4redis.redis_address import RedisAddress
+
+pytestmark = pytest.mark.usefixtures("django_in_process")
+
+# The test project sets WEBSOCKET_URL, WS4REDIS_EXPIRE and WS4REDIS_CONNECTION;
+# deleting them shows the defaults.
+UNSET = ("WEBSOCKET_URL", "WS4REDIS_EXPIRE", "WS4REDIS_CONNECTION")
+
+
+def settings_now():
+    from twisted_ws4redis.conf import get_settings
+
+    return get_settings()
+
+
+def test_the_defaults_are_those_of_ws4redis():
+    from django.conf import settings
+
+    from twisted_ws4redis.subscriber import RedisSubscriber
+
+    with override_settings():
+        for name in UNSET:
+            delattr(settings, name)
+        current = settings_now()
+    assert current.websocket_url == "/ws/"
+    assert (current.connection.host, current.connection.port, current.connection.db,
+            current.connection.password) == ("localhost", 6379, 0, None)
+    assert current.prefix == ""
+    assert current.expire == 3600
+    assert current.subscriber is RedisSubscriber
+    assert current.heartbeat is None
+    assert current.allowed_channels is None and current.process_request is None
+
+
+def test_an_override_is_seen_at_once():
+    with override_settings(WS4REDIS_PREFIX="site", WS4REDIS_HEARTBEAT="--hb--", WS4REDIS_EXPIRE=7):
+        current = settings_now()
+        assert (current.prefix, current.heartbeat, current.expire) == ("site:", b"--hb--", 7)
+    assert settings_now().prefix == ""
+
+
+def test_hooks_by_dotted_path_or_callable():
+    from testproject import hooks
+
+    with override_settings(WS4REDIS_ALLOWED_CHANNELS="testproject.hooks.allowed_channels",
+                           WS4REDIS_PROCESS_REQUEST=hooks.token_process_request,
+                           WS4REDIS_SUBSCRIBER="testproject.hooks.BroadcastOnlySubscriber"):
+        current = settings_now()
+        assert current.allowed_channels is hooks.allowed_channels
+        assert current.process_request is hooks.token_process_request
+        assert current.subscriber is hooks.BroadcastOnlySubscriber
+
+
+def test_the_reference_subscriber_path_means_ours():
+    from twisted_ws4redis.subscriber import RedisSubscriber
+
+    with override_settings(WS4REDIS_SUBSCRIBER="ws4redis.subscriber.RedisSubscriber"):
+        assert settings_now().subscriber is RedisSubscriber
+
+
+BAD = [
+    ("WEBSOCKET_URL", "ws/"),
+    ("WEBSOCKET_URL", "/ws"),
+    ("WEBSOCKET_URL", None),
+    ("WS4REDIS_CONNECTION", "redis://localhost"),
+    ("WS4REDIS_CONNECTION", {"host": "localhost", "port": 70000}),
+    ("WS4REDIS_CONNECTION", {"host": "localhost", "db": -1}),
+    ("WS4REDIS_CONNECTION", {"hostname": "localhost"}),
+    ("WS4REDIS_CONNECTION", {"socket_timeout": 0}),
+    ("WS4REDIS_PREFIX", 3),
+    ("WS4REDIS_EXPIRE", -1),
+    ("WS4REDIS_EXPIRE", "3600"),
+    ("WS4REDIS_EXPIRE", True),
+    ("WS4REDIS_SUBSCRIBER", "testproject.hooks.nothing"),
+    ("WS4REDIS_SUBSCRIBER", "testproject.hooks.allowed_channels"),
+    ("WS4REDIS_HEARTBEAT", ""),
+    ("WS4REDIS_HEARTBEAT", 5),
+    ("WS4REDIS_ALLOWED_CHANNELS", "testproject.hooks.allowed_channelz"),
+    ("WS4REDIS_ALLOWED_CHANNELS", 42),
+    ("WS4REDIS_PROCESS_REQUEST", "nowhere.at.all"),
+    ("WS4REDIS_MAX_MESSAGE_SIZE", 0),
+]
+
+
+@pytest.mark.parametrize("name, value", BAD, ids=[f"{n}={v!r}" for n, v in BAD])
+def test_a_bad_value_names_its_setting(name, value):
+    """ws4redis silently allowed everything on a misspelt hook path (§R11)."""
+    with override_settings(**{name: value}):
+        with pytest.raises(ImproperlyConfigured, match=name):
+            settings_now()
+
+
+def test_context_processor_gives_the_uri_and_a_safe_heartbeat_literal():
+    from django.test import RequestFactory
+
+    from twisted_ws4redis.context_processors import default
+
+    request = RequestFactory().get("/", HTTP_HOST="example.com")
+    with override_settings(ALLOWED_HOSTS=["example.com"], WS4REDIS_HEARTBEAT='</script>"x'):
+        context = default(request)
+        assert context["WEBSOCKET_URI"] == "ws://example.com/ws/"
+        assert "</script>" not in context["WS4REDIS_HEARTBEAT"]
+        assert context["WS4REDIS_HEARTBEAT"] == '"<\\/script>\\"x"'
+        secure = RequestFactory().get("/", HTTP_HOST="example.com", secure=True)
+        assert default(secure)["WEBSOCKET_URI"] == "wss://example.com/ws/"
+    assert default(request)["WS4REDIS_HEARTBEAT"] == "null"
+
+
+# -- Redis addresses ---------------------------------------------------------------------------
+
+
+def test_redis_urls():
+    assert RedisAddress.from_url("redis://user:p%40ss@db.example:6380/3") == RedisAddress(
+        host="db.example", port=6380, db=3, username="user", password="p@ss")
+    assert RedisAddress.from_url("rediss://db.example").ssl is True
+    assert RedisAddress.from_url("unix:///run/redis.sock?db=2&password=x") == RedisAddress(
+        unix_socket_path="/run/redis.sock", db=2, password="x")
+
+
+@pytest.mark.parametrize("url", ["ftp://x", "redis://x:notaport", "redis://x/notadb", "unix:///s?db=x"])
+def test_a_bad_redis_url_is_refused_with_the_option_named(url):
+    with pytest.raises(ValueError, match="--redis"):
+        RedisAddress.from_url(url)
+
+
+def test_a_ws4redis_connection_dict_keeps_its_meaning():
+    address = RedisAddress.from_dict({"host": "h", "port": 1234, "db": 5, "password": None,
+                                      "unix_socket_path": None})
+    assert (address.host, address.port, address.db, address.password) == ("h", 1234, 5, None)
+    kwargs = RedisAddress.from_dict({"unix_socket_path": "/tmp/r.sock"}).redis_py_kwargs()
+    assert kwargs["path"] == "/tmp/r.sock"
