@@ -115,6 +115,7 @@ def private_server(tmp_path, test_db):
     redis_server = EmbeddedRedis(port=free_port())
     redis_server.start()
     server = TwistdServer(f"redis://127.0.0.1:{redis_server.port}/0", test_db)
+    server.test_redis = redis_server
     client = redis.Redis(host="127.0.0.1", port=redis_server.port)
     yield server, client
     client.close()
@@ -153,3 +154,30 @@ def test_two_hundred_sockets_share_one_subscriber_connection(private_server):
         wait_subscribed(client, f"broadcast:{facilities[0]}")
         client.publish(f"broadcast:{facilities[0]}", "after the crowd left")
         assert ws.recv(timeout=TIMEOUT) == "after the crowd left"
+
+
+def test_subscriptions_come_back_after_redis_restarts(private_server):
+    """Redis goes away and comes back on the same port: the websockets stay
+    open, the shared subscriber reconnects and subscribes every channel again."""
+    from twisted_ws4redis.embedded import EmbeddedRedis
+
+    server, client = private_server
+    redis_process = server.test_redis
+    facilities = [unique("restart") for _ in range(3)]
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(open_ws(server, f"{facility}?subscribe-broadcast")) for facility in facilities]
+        for facility in facilities:
+            wait_subscribed(client, f"broadcast:{facility}")
+        redis_process.stop()
+        restarted = EmbeddedRedis(port=redis_process.port)
+        restarted.start()
+        try:
+            fresh = redis.Redis(host="127.0.0.1", port=restarted.port)
+            for facility in facilities:
+                wait_subscribed(fresh, f"broadcast:{facility}", timeout=15)
+            for ws, facility in zip(sockets, facilities):
+                fresh.publish(f"broadcast:{facility}", f"back for {facility}")
+                assert ws.recv(timeout=TIMEOUT) == f"back for {facility}"
+            fresh.close()
+        finally:
+            restarted.stop()
