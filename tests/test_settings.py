@@ -26,10 +26,14 @@ def test_the_defaults_are_those_of_ws4redis():
 
     from twisted_ws4redis.subscriber import RedisSubscriber
 
+    from twisted_ws4redis.conf import get_settings
+
     with override_settings():
         for name in UNSET:
             delattr(settings, name)
+        get_settings.cache_clear()  # deleting a setting sends no setting_changed
         current = settings_now()
+    get_settings.cache_clear()
     assert current.websocket_url == "/ws/"
     assert (current.connection.host, current.connection.port, current.connection.db,
             current.connection.password) == ("localhost", 6379, 0, None)
