@@ -2,6 +2,7 @@
 ``twistd -n ws4redis`` process serving tests/project, real sockets."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -241,3 +242,49 @@ def wait_subscribed(client: redis.Redis, channel: str, count: int = 1, timeout: 
     while dict(client.pubsub_numsub(channel)).get(channel.encode(), 0) < count:
         assert time.monotonic() < deadline, f"{channel!r} has no subscriber after {timeout}s"
         time.sleep(0.01)
+
+
+def round_trip(ws) -> None:
+    """Returns once the server has processed every frame sent before (ping → pong)."""
+    assert ws.ping().wait(5.0), "no pong"
+
+
+class Recorder:
+    """A redis-py pattern subscriber on ``*:<facility>``: what the server PUBLISHes."""
+
+    def __init__(self, pubsub):
+        self._pubsub = pubsub
+
+    def next(self, timeout: float = 5.0) -> tuple[str, bytes]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = self._pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+            if message is not None and message["type"] in ("message", "pmessage"):
+                return message["channel"].decode(), message["data"]
+        raise AssertionError(f"nothing published within {timeout}s")
+
+    def until(self, payload: bytes) -> list[tuple[str, bytes]]:
+        """Every publication up to and including the first one of ``payload``."""
+        seen = []
+        while True:
+            seen.append(self.next())
+            if seen[-1][1] == payload:
+                return seen
+
+
+@contextlib.contextmanager
+def recording(redis_server, facility: str, pattern: str | None = None):
+    """Record what is published on ``*:<facility>`` (or on the channel ``pattern``)."""
+    client = redis_server.client()
+    pubsub = client.pubsub()
+    if pattern is None:
+        pubsub.psubscribe(f"*:{facility}")
+    else:
+        pubsub.subscribe(pattern)
+    confirmation = pubsub.get_message(timeout=5.0)
+    assert confirmation and confirmation["type"] in ("psubscribe", "subscribe"), confirmation
+    try:
+        yield Recorder(pubsub)
+    finally:
+        pubsub.close()
+        client.close()

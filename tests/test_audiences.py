@@ -10,14 +10,12 @@ arrives first proves that nothing was queued before it.
 """
 from __future__ import annotations
 
-import contextlib
-import time
 import uuid
 
 import pytest
 import redis
 
-from conftest import http_post_json, login, open_ws, session_key, unique, wait_subscribed
+from conftest import http_post_json, login, open_ws, recording, round_trip, session_key, unique, wait_subscribed
 
 TIMEOUT = 5
 
@@ -42,51 +40,6 @@ def publish_until_received(client: redis.Redis, channel: str, message) -> None:
     """PUBLISH once the channel has a subscriber (exactly one delivery)."""
     wait_subscribed(client, channel)
     assert client.publish(channel, message) >= 1
-
-
-def round_trip(ws) -> None:
-    """Returns once the server has processed every frame sent before (ping → pong)."""
-    assert ws.ping().wait(TIMEOUT), "no pong"
-
-
-class Recorder:
-    """A redis-py pattern subscriber on ``*:<facility>``: what the server PUBLISHes."""
-
-    def __init__(self, pubsub):
-        self._pubsub = pubsub
-
-    def next(self, timeout: float = TIMEOUT) -> tuple[str, bytes]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            message = self._pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
-            if message is not None and message["type"] in ("message", "pmessage"):
-                return message["channel"].decode(), message["data"]
-        raise AssertionError(f"nothing published within {timeout}s")
-
-    def until(self, payload: bytes) -> list[tuple[str, bytes]]:
-        """Every publication up to and including the first one of ``payload``."""
-        seen = []
-        while True:
-            seen.append(self.next())
-            if seen[-1][1] == payload:
-                return seen
-
-
-@contextlib.contextmanager
-def recording(redis_server, facility: str, pattern: str | None = None):
-    client = redis_server.client()
-    pubsub = client.pubsub()
-    if pattern is None:
-        pubsub.psubscribe(f"*:{facility}")
-    else:
-        pubsub.subscribe(pattern)
-    confirmation = pubsub.get_message(timeout=TIMEOUT)
-    assert confirmation and confirmation["type"] in ("psubscribe", "subscribe"), confirmation
-    try:
-        yield Recorder(pubsub)
-    finally:
-        pubsub.close()
-        client.close()
 
 
 # -- subscribe-broadcast -------------------------------------------------------------

@@ -6,58 +6,16 @@ used to prove that something did NOT happen without sleeping).
 """
 from __future__ import annotations
 
-import contextlib
 import time
 
 import pytest
 
-from conftest import login, open_ws, session_key, unique, wait_subscribed
+from conftest import login, open_ws, recording, round_trip, session_key, unique, wait_subscribed
 
 TIMEOUT = 5
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-def round_trip(ws) -> None:
-    """Returns once the server has processed every frame sent before (ping → pong)."""
-    assert ws.ping().wait(TIMEOUT), "no pong"
-
-
-class Recorder:
-    """A redis-py pattern subscriber on ``*:<facility>``: what the server PUBLISHes."""
-
-    def __init__(self, pubsub):
-        self._pubsub = pubsub
-
-    def next(self, timeout: float = TIMEOUT) -> tuple[str, bytes]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            message = self._pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
-            if message is not None and message["type"] in ("message", "pmessage"):
-                return message["channel"].decode(), message["data"]
-        raise AssertionError(f"nothing published within {timeout}s")
-
-    def until(self, payload: bytes) -> list[tuple[str, bytes]]:
-        seen = []
-        while True:
-            seen.append(self.next())
-            if seen[-1][1] == payload:
-                return seen
-
-
-@contextlib.contextmanager
-def recording(redis_server, facility: str):
-    client = redis_server.client()
-    pubsub = client.pubsub()
-    pubsub.psubscribe(f"*:{facility}")
-    confirmation = pubsub.get_message(timeout=TIMEOUT)
-    assert confirmation and confirmation["type"] == "psubscribe", confirmation
-    try:
-        yield Recorder(pubsub)
-    finally:
-        pubsub.close()
-        client.close()
 
 
 @pytest.fixture
