@@ -199,6 +199,18 @@ def test_user_chat_post_needs_the_csrf_token(chat_server, open_browser):
     assert status == 403
 
 
+def test_sign_out_and_the_admin(chat_server, open_browser):
+    driver = open_browser()
+    sign_in(driver, chat_server, "admin", "/chat/")
+    driver.get(chat_server.http_url("/admin/"))
+    assert "Site administration" in driver.title
+    driver.get(chat_server.http_url("/"))
+    driver.find_element(By.CSS_SELECTOR, ".who button").click()
+    wait_until(lambda: driver.find_elements(By.LINK_TEXT, "Sign in"), message="the page to show 'Sign in'")
+    driver.get(chat_server.http_url("/userchat/"))
+    assert "/accounts/login/" in driver.current_url
+
+
 def test_group_chat_reaches_only_members(chat_server, open_browser):
     john, mary, admin = open_browser(), open_browser(), open_browser()
     for driver, name in ((john, "john"), (mary, "mary"), (admin, "admin")):
