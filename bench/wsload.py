@@ -1,0 +1,422 @@
+"""Load generator for ws4redis-compatible servers (twisted_ws4redis, ws4redis).
+
+One process drives thousands of websockets with a minimal client written on
+asyncio's Protocol (handshake, frame parsing and masking only), so that the
+client costs far less than the server it measures; its own CPU time is
+reported with every scenario.
+
+    python bench/wsload.py --url ws://127.0.0.1:8000/ws/ --redis redis://127.0.0.1:6379/0 \\
+        --server-pid 1234 --scenarios connect,fanout -n 1000
+
+Each scenario prints one JSON line on stdout; ``--summary`` adds a readable table.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import re
+import struct
+import time
+import urllib.parse
+import urllib.request
+from http.cookiejar import CookieJar
+
+import redis
+
+PAYLOAD_SIZE = 100
+
+
+# -- a minimal websocket client ---------------------------------------------------------
+
+
+class Client(asyncio.Protocol):
+    """One websocket. ``on_message(payload: bytes, arrival_ns: int)`` gets each
+    text or binary message; pings are answered; a close frame is echoed."""
+
+    def __init__(self, host: str, path: str, cookie: str | None, on_message):
+        self.host, self.path, self.cookie, self.on_message = host, path, cookie, on_message
+        self.opened: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.transport = None
+        self._buffer = bytearray()
+        self._handshaken = False
+
+    def connection_made(self, transport):
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [f"GET {self.path} HTTP/1.1", f"Host: {self.host}", "Upgrade: websocket", "Connection: Upgrade",
+                 f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+        if self.cookie:
+            lines.append(f"Cookie: {self.cookie}")
+        transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+    def data_received(self, data: bytes):
+        now = time.monotonic_ns()
+        buffer = self._buffer
+        buffer += data
+        if not self._handshaken:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = bytes(buffer[:12])
+            del buffer[:end + 4]
+            if not status.startswith(b"HTTP/1.1 101"):
+                self.opened.set_exception(ConnectionError(f"handshake refused: {status!r}"))
+                self.transport.close()
+                return
+            self._handshaken = True
+            self.opened.set_result(None)
+        offset, size = 0, len(buffer)
+        while size - offset >= 2:
+            opcode = buffer[offset] & 0x0F
+            length = buffer[offset + 1] & 0x7F
+            header = 2
+            if length == 126:
+                if size - offset < 4:
+                    break
+                length = struct.unpack_from(">H", buffer, offset + 2)[0]
+                header = 4
+            elif length == 127:
+                if size - offset < 10:
+                    break
+                length = struct.unpack_from(">Q", buffer, offset + 2)[0]
+                header = 10
+            if size - offset < header + length:
+                break
+            payload = bytes(buffer[offset + header:offset + header + length])
+            offset += header + length
+            if opcode in (1, 2):
+                self.on_message(payload, now)
+            elif opcode == 9:
+                self._send(0xA, payload)
+            elif opcode == 8:
+                self._send(0x8, payload[:2])
+                self.transport.close()
+        del buffer[:offset]
+
+    def connection_lost(self, exc):
+        if not self.opened.done():
+            self.opened.set_exception(exc or ConnectionError("closed during the handshake"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        length = len(payload)
+        if length < 126:
+            header = struct.pack(">BB", 0x80 | opcode, 0x80 | length)
+        elif length < 65536:
+            header = struct.pack(">BBH", 0x80 | opcode, 0x80 | 126, length)
+        else:
+            header = struct.pack(">BBQ", 0x80 | opcode, 0x80 | 127, length)
+        key = int.from_bytes((mask * (length // 4 + 1))[:length], "big")
+        masked = (int.from_bytes(payload, "big") ^ key).to_bytes(length, "big")
+        self.transport.write(header + mask + masked)
+
+    def send_text(self, text: bytes) -> None:
+        self._send(0x1, text)
+
+    def close(self) -> None:
+        if self.transport and not self.transport.is_closing():
+            self._send(0x8, struct.pack(">H", 1000))
+
+
+# -- what is measured --------------------------------------------------------------------
+
+
+class Target:
+    """The server under test, its Redis, and how to log in to it."""
+
+    def __init__(self, args: argparse.Namespace):
+        parts = urllib.parse.urlsplit(args.url)
+        self.host, self.port = parts.hostname, parts.port or 80
+        self.base_path = parts.path if parts.path.endswith("/") else parts.path + "/"
+        self.redis = redis.Redis.from_url(args.redis)
+        self.prefix = f"{args.prefix}:" if args.prefix else ""
+        self.server_pid = args.server_pid
+        self.login_url, self.username, self.password = args.login_url, args.username, args.password
+
+    def path(self, facility: str, flags: str) -> str:
+        return f"{self.base_path}{facility}?{flags}"
+
+    def channel(self, facility: str) -> str:
+        return f"{self.prefix}broadcast:{facility}"
+
+    def rss_kib(self) -> int | None:
+        if not self.server_pid:
+            return None
+        with open(f"/proc/{self.server_pid}/status") as status:
+            return int(re.search(r"VmRSS:\s+(\d+)", status.read()).group(1))
+
+    def redis_clients(self) -> int:
+        return int(self.redis.info("clients")["connected_clients"])
+
+    def wait_subscribers(self, facility: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while dict(self.redis.pubsub_numsub(self.channel(facility))).get(self.channel(facility).encode(), 0) < 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nobody subscribed {self.channel(facility)}")
+            time.sleep(0.01)
+
+    def session_cookie(self) -> str:
+        """Log in through Django's login form (CSRF and all); the Cookie header."""
+        jar = CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        page = opener.open(self.login_url, timeout=10).read().decode()
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+        data = urllib.parse.urlencode({"username": self.username, "password": self.password,
+                                       "csrfmiddlewaretoken": token}).encode()
+        opener.open(urllib.request.Request(self.login_url, data=data, headers={"Referer": self.login_url}),
+                    timeout=10).read()
+        cookies = {cookie.name: cookie.value for cookie in jar}
+        if "sessionid" not in cookies:
+            raise RuntimeError(f"login as {self.username!r} at {self.login_url} failed")
+        return "; ".join(f"{name}={value}" for name, value in cookies.items())
+
+
+def stamp(sequence: int) -> bytes:
+    """A message carrying its sequence number and send time, PAYLOAD_SIZE bytes long."""
+    head = f"{sequence}:{time.monotonic_ns()}:".encode()
+    return head + b"x" * (PAYLOAD_SIZE - len(head))
+
+
+def unstamp(payload: bytes) -> tuple[int, int] | None:
+    """(sequence, send time) of one of our messages; None for anything else
+    (heartbeats, persisted welcome messages)."""
+    parts = payload.split(b":", 2)
+    if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit():
+        return int(parts[0]), int(parts[1])
+    return None
+
+
+class Deliveries:
+    """Counts our messages as they arrive, with their latency."""
+
+    def __init__(self):
+        self.count = 0
+        self.latencies_ns: list[int] = []
+        self.last_ns = 0
+        self.done = asyncio.Event()
+        self.expected = None
+
+    def __call__(self, payload: bytes, arrival_ns: int) -> None:
+        stamped = unstamp(payload)
+        if stamped is None:
+            return
+        self.count += 1
+        self.latencies_ns.append(arrival_ns - stamped[1])
+        self.last_ns = arrival_ns
+        if self.expected is not None and self.count >= self.expected:
+            self.done.set()
+
+    def latency_ms(self) -> dict:
+        if not self.latencies_ns:
+            return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+        ordered = sorted(self.latencies_ns)
+        return {"p50_ms": round(ordered[len(ordered) // 2] / 1e6, 2),
+                "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / 1e6, 2),
+                "max_ms": round(ordered[-1] / 1e6, 2)}
+
+
+async def open_clients(target: Target, count: int, path: str, on_message=None, cookie: str | None = None,
+                       concurrency: int = 100) -> tuple[list[Client], int, float]:
+    """Open ``count`` websockets, ``concurrency`` handshakes at a time;
+    (clients, failures, seconds)."""
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(concurrency)
+    ignore = on_message or (lambda payload, arrival: None)
+
+    async def one() -> Client | None:
+        async with gate:
+            try:
+                _, client = await loop.create_connection(
+                    lambda: Client(f"{target.host}:{target.port}", path, cookie, ignore), target.host, target.port)
+                await asyncio.wait_for(client.opened, 30)
+                return client
+            except (OSError, asyncio.TimeoutError):
+                return None
+
+    started = time.monotonic()
+    results = await asyncio.gather(*(one() for _ in range(count)))
+    elapsed = time.monotonic() - started
+    clients = [client for client in results if client is not None]
+    return clients, count - len(clients), elapsed
+
+
+async def close_all(clients: list[Client]) -> None:
+    for client in clients:
+        client.close()
+    await asyncio.wait([asyncio.ensure_future(asyncio.wait_for(c.closed, 10)) for c in clients] or
+                       [asyncio.ensure_future(asyncio.sleep(0))])
+
+
+async def scenario_connect(target: Target, args) -> dict:
+    before = target.rss_kib()
+    clients, failures, elapsed = await open_clients(target, args.n, target.path("bench-connect", "subscribe-broadcast"))
+    target.wait_subscribers("bench-connect")
+    await asyncio.sleep(1)
+    after = target.rss_kib()
+    result = {"handshakes_per_s": round(len(clients) / elapsed, 1), "failures": failures, "seconds": round(elapsed, 2),
+              "rss_before_kib": before, "rss_after_kib": after, "redis_clients": target.redis_clients(),
+              "kib_per_connection": round((after - before) / max(1, len(clients)), 2) if before else None}
+    await close_all(clients)
+    return result
+
+
+async def scenario_fanout(target: Target, args) -> dict:
+    deliveries = Deliveries()
+    clients, failures, _ = await open_clients(target, args.n, target.path("bench-fanout", "subscribe-broadcast"),
+                                              deliveries)
+    target.wait_subscribers("bench-fanout")
+    await asyncio.sleep(0.5)
+    deliveries.expected = len(clients) * args.messages
+    pipe = target.redis.pipeline(transaction=False)
+    first_ns = time.monotonic_ns()
+    for sequence in range(args.messages):
+        pipe.publish(target.channel("bench-fanout"), stamp(sequence))
+    pipe.execute()
+    try:
+        await asyncio.wait_for(deliveries.done.wait(), args.timeout)
+    except asyncio.TimeoutError:
+        pass
+    span = max(1, deliveries.last_ns - first_ns) / 1e9
+    result = {"subscribers": len(clients), "failures": failures, "messages": args.messages,
+              "deliveries": deliveries.count, "lost": deliveries.expected - deliveries.count,
+              "deliveries_per_s": round(deliveries.count / span), **deliveries.latency_ms()}
+    await close_all(clients)
+    return result
+
+
+async def scenario_chat(target: Target, args) -> dict:
+    deliveries = Deliveries()
+    clients, failures, _ = await open_clients(
+        target, args.chat_clients, target.path("bench-chat", "subscribe-broadcast&publish-broadcast&echo"), deliveries)
+    target.wait_subscribers("bench-chat")
+    await asyncio.sleep(0.5)
+    deliveries.expected = len(clients) * len(clients) * args.chat_messages
+    first_ns = time.monotonic_ns()
+    sequence = 0
+    for _ in range(args.chat_messages):
+        for client in clients:
+            client.send_text(stamp(sequence))
+            sequence += 1
+        await asyncio.sleep(0)
+    try:
+        await asyncio.wait_for(deliveries.done.wait(), args.timeout)
+    except asyncio.TimeoutError:
+        pass
+    span = max(1, deliveries.last_ns - first_ns) / 1e9
+    result = {"clients": len(clients), "failures": failures, "sent": sequence, "deliveries": deliveries.count,
+              "lost": deliveries.expected - deliveries.count, "deliveries_per_s": round(deliveries.count / span),
+              **deliveries.latency_ms()}
+    await close_all(clients)
+    return result
+
+
+async def scenario_churn(target: Target, args) -> dict:
+    await asyncio.sleep(1)
+    rss_before, clients_before = target.rss_kib(), target.redis_clients()
+    channel = target.channel("bench-churn")
+    stop = time.monotonic() + args.churn_seconds
+    done = 0
+    failed = 0
+
+    async def publisher():
+        while time.monotonic() < stop + 1:
+            target.redis.publish(channel, stamp(0))
+            await asyncio.sleep(0.005)
+
+    async def worker():
+        nonlocal done, failed
+        loop = asyncio.get_running_loop()
+        while time.monotonic() < stop:
+            got = loop.create_future()
+
+            def on_message(payload, arrival, got=got):
+                if not got.done() and unstamp(payload):
+                    got.set_result(None)
+
+            try:
+                _, client = await loop.create_connection(
+                    lambda: Client(f"{target.host}:{target.port}", target.path("bench-churn", "subscribe-broadcast"),
+                                   None, on_message), target.host, target.port)
+                await asyncio.wait_for(client.opened, 10)
+                await asyncio.wait_for(got, 10)
+                client.close()
+                await asyncio.wait_for(client.closed, 10)
+                done += 1
+            except (OSError, asyncio.TimeoutError):
+                failed += 1
+
+    publishing = asyncio.ensure_future(publisher())
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(args.churn_workers)))
+    elapsed = time.monotonic() - started
+    await publishing
+    await asyncio.sleep(2)
+    rss_after, clients_after = target.rss_kib(), target.redis_clients()
+    return {"connections_per_s": round(done / elapsed, 1), "connections": done, "failures": failed,
+            "rss_before_kib": rss_before, "rss_after_kib": rss_after,
+            "rss_growth_pct": round(100 * (rss_after - rss_before) / rss_before, 2) if rss_before else None,
+            "redis_clients_before": clients_before, "redis_clients_after": clients_after}
+
+
+async def scenario_session(target: Target, args) -> dict:
+    cookie = target.session_cookie()
+    clients, failures, elapsed = await open_clients(target, args.n, target.path("bench-session", "subscribe-user"),
+                                                    cookie=cookie)
+    result = {"handshakes_per_s": round(len(clients) / elapsed, 1), "failures": failures,
+              "seconds": round(elapsed, 2)}
+    await close_all(clients)
+    return result
+
+
+SCENARIOS = {"connect": scenario_connect, "fanout": scenario_fanout, "chat": scenario_chat,
+             "churn": scenario_churn, "session": scenario_session}
+
+
+async def run(args) -> list[dict]:
+    target = Target(args)
+    results = []
+    for name in args.scenarios.split(","):
+        cpu = time.process_time()
+        wall = time.monotonic()
+        result = {"scenario": name, "n": args.n, **await SCENARIOS[name](target, args)}
+        result["client_cpu_s"] = round(time.process_time() - cpu, 2)
+        result["wall_s"] = round(time.monotonic() - wall, 2)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", required=True, help="websocket base URL, e.g. ws://127.0.0.1:8000/ws/")
+    parser.add_argument("--redis", required=True, help="the server's Redis, e.g. redis://127.0.0.1:6379/0")
+    parser.add_argument("--prefix", default="", help="the server's WS4REDIS_PREFIX")
+    parser.add_argument("--server-pid", type=int, help="server process, for its RSS")
+    parser.add_argument("--scenarios", default="connect,fanout,chat,churn,session")
+    parser.add_argument("-n", type=int, default=1000, help="connections (connect, fanout, session)")
+    parser.add_argument("--messages", type=int, default=100, help="fanout: messages published")
+    parser.add_argument("--chat-clients", type=int, default=100)
+    parser.add_argument("--chat-messages", type=int, default=10, help="chat: messages sent by each client")
+    parser.add_argument("--churn-seconds", type=float, default=10)
+    parser.add_argument("--churn-workers", type=int, default=20)
+    parser.add_argument("--timeout", type=float, default=60, help="longest wait for deliveries")
+    parser.add_argument("--login-url", help="session: Django login page, e.g. http://127.0.0.1:8000/accounts/login/")
+    parser.add_argument("--username", default="john")
+    parser.add_argument("--password", default="secret")
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(run(args))
+    else:
+        uvloop.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
