@@ -196,6 +196,8 @@ class Deliveries:
     """Counts our messages as they arrive, with their latency."""
 
     def __init__(self):
+        # Persisted messages of earlier runs replay on connect: not ours.
+        self.since_ns = time.monotonic_ns()
         self.count = 0
         self.latencies_ns: list[int] = []
         self.last_ns = 0
@@ -204,7 +206,7 @@ class Deliveries:
 
     def __call__(self, payload: bytes, arrival_ns: int) -> None:
         stamped = unstamp(payload)
-        if stamped is None:
+        if stamped is None or stamped[1] < self.since_ns:
             return
         self.count += 1
         self.latencies_ns.append(arrival_ns - stamped[1])

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from . import __version__, audience
 from .conf import Settings
 from .django_bridge import Accepted, Handshake, authorize, defer_to_django
+from .outbox import Outbox
 from .pubsub import PubSubMessage, RedisBus
 
 log = Logger()
@@ -128,8 +129,12 @@ class WebSocketProtocol(WebSocketServerProtocol):
     def _deliver(self, message: PubSubMessage) -> None:
         if not self._ready:
             self._backlog.append(message)
-        elif self.echo or message.payload != self._last_published:
-            self._send(message)
+        elif (self.echo or message.payload != self._last_published) and self.state == self.STATE_OPEN:
+            # The frame as framed once for every listener (no permessage-deflate is
+            # negotiated, so it is valid on every connection), written at the end of
+            # this reactor turn together with the others of the same burst.
+            self.factory.outbox.put(self, message.prepared(self.factory).payloadHybi)
+            self._last_sent = self.factory.reactor.seconds()
 
     def _send(self, message: PubSubMessage) -> None:
         if self.state != self.STATE_OPEN:
@@ -187,6 +192,7 @@ class WebSocketFactory(WebSocketServerFactory):
         self.bus = bus
         self.pool = pool
         self.connections: set[WebSocketProtocol] = set()
+        self.outbox = Outbox(self.reactor)
         self.setProtocolOptions(
             webStatus=False,
             # RFC 6455 only: drafts (version 8) have been dead for a decade.
