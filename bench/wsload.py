@@ -151,6 +151,14 @@ class Target:
         with open(f"/proc/{self.server_pid}/status") as status:
             return int(re.search(r"VmRSS:\s+(\d+)", status.read()).group(1))
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the server has used so far."""
+        if not self.server_pid:
+            return None
+        with open(f"/proc/{self.server_pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def redis_clients(self) -> int:
         return int(self.redis.info("clients")["connected_clients"])
 
@@ -223,6 +231,12 @@ class Deliveries:
                 "max_ms": round(ordered[-1] / 1e6, 2)}
 
 
+def server_cpu_per_delivery(target: Target, cpu_before: float | None, deliveries: int) -> dict:
+    if cpu_before is None or not deliveries:
+        return {}
+    return {"server_cpu_us_per_delivery": round(1e6 * (target.cpu_seconds() - cpu_before) / deliveries, 2)}
+
+
 async def open_clients(target: Target, count: int, path: str, on_message=None, cookie: str | None = None,
                        concurrency: int = 100) -> tuple[list[Client], int, float]:
     """Open ``count`` websockets, ``concurrency`` handshakes at a time;
@@ -276,6 +290,7 @@ async def scenario_fanout(target: Target, args) -> dict:
     await asyncio.sleep(0.5)
     deliveries.expected = len(clients) * args.messages
     pipe = target.redis.pipeline(transaction=False)
+    cpu = target.cpu_seconds()
     first_ns = time.monotonic_ns()
     for sequence in range(args.messages):
         pipe.publish(target.channel("bench-fanout"), stamp(sequence))
@@ -287,7 +302,8 @@ async def scenario_fanout(target: Target, args) -> dict:
     span = max(1, deliveries.last_ns - first_ns) / 1e9
     result = {"subscribers": len(clients), "failures": failures, "messages": args.messages,
               "deliveries": deliveries.count, "lost": deliveries.expected - deliveries.count,
-              "deliveries_per_s": round(deliveries.count / span), **deliveries.latency_ms()}
+              "deliveries_per_s": round(deliveries.count / span), **deliveries.latency_ms(),
+              **server_cpu_per_delivery(target, cpu, deliveries.count)}
     await close_all(clients)
     return result
 
@@ -299,6 +315,7 @@ async def scenario_chat(target: Target, args) -> dict:
     target.wait_subscribers("bench-chat")
     await asyncio.sleep(0.5)
     deliveries.expected = len(clients) * len(clients) * args.chat_messages
+    cpu = target.cpu_seconds()
     first_ns = time.monotonic_ns()
     sequence = 0
     for _ in range(args.chat_messages):
@@ -313,7 +330,7 @@ async def scenario_chat(target: Target, args) -> dict:
     span = max(1, deliveries.last_ns - first_ns) / 1e9
     result = {"clients": len(clients), "failures": failures, "sent": sequence, "deliveries": deliveries.count,
               "lost": deliveries.expected - deliveries.count, "deliveries_per_s": round(deliveries.count / span),
-              **deliveries.latency_ms()}
+              **deliveries.latency_ms(), **server_cpu_per_delivery(target, cpu, deliveries.count)}
     await close_all(clients)
     return result
 

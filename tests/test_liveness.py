@@ -181,3 +181,27 @@ def test_subscriptions_come_back_after_redis_restarts(private_server):
             fresh.close()
         finally:
             restarted.stop()
+
+
+def test_a_password_protected_redis(tmp_path, test_db):
+    """AUTH on both connections (txredisapi's handshake replies pass through the
+    subscriber's own reply routing)."""
+    from twisted_ws4redis.embedded import EmbeddedRedis
+    from conftest import free_port
+
+    private = EmbeddedRedis(port=free_port())
+    private.start()
+    client = redis.Redis(host="127.0.0.1", port=private.port)
+    client.config_set("requirepass", "s3cret")
+    client = redis.Redis(host="127.0.0.1", port=private.port, password="s3cret")
+    server = TwistdServer(f"redis://:s3cret@127.0.0.1:{private.port}/0", test_db)
+    try:
+        facility = unique("auth")
+        with open_ws(server, f"{facility}?subscribe-broadcast&publish-broadcast&echo") as ws:
+            wait_subscribed(client, f"broadcast:{facility}")
+            ws.send("through AUTH")
+            assert ws.recv(timeout=TIMEOUT) == "through AUTH"
+    finally:
+        server.stop()
+        client.close()
+        private.stop()

@@ -52,8 +52,25 @@ Listener = Callable[[PubSubMessage], None]
 
 
 class _SubscriberProtocol(txredisapi.SubscriberProtocol):
-    """Every reply on a subscribed connection is a push; we route them ourselves
-    instead of through txredisapi's reply queue."""
+    """Pushes (messages, subscription confirmations) are routed here rather
+    than through txredisapi's reply queue, and a burst read from Redis at once
+    is parsed at once."""
+
+    _leftover = b""
+
+    def dataReceived(self, data, unpause=False):
+        super().dataReceived(data, unpause)
+        while self._leftover:
+            data, self._leftover = self._leftover, b""
+            super().dataReceived(data)
+
+    def setLineMode(self, extra=b""):
+        # txredisapi pauses the socket and parses the rest of a read in the next
+        # reactor turn, one reply per turn: a burst of N messages then costs N
+        # turns, N pause/resume system calls and N separate writes to every
+        # websocket. dataReceived() above goes on with the rest at once.
+        self.line_mode = 1
+        self._leftover = extra
 
     def replyReceived(self, reply):
         if isinstance(reply, list) and len(reply) == 3:
@@ -66,7 +83,8 @@ class _SubscriberProtocol(txredisapi.SubscriberProtocol):
                 return
             if kind == b"unsubscribe":
                 return
-        log.error("Unexpected reply on the Redis subscriber connection: {reply!r}", reply=reply)
+        # Replies to the commands txredisapi sends on connecting (AUTH).
+        super().replyReceived(reply)
 
     def send(self, command: str, channels: Iterable[bytes]) -> None:
         self.transport.write(self._build_command(command, *channels))
