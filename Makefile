@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 EXAMPLE := examples/chatserver
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install clean
+.PHONY: test demo install clean bench
 
 # The editable install uses "compat" mode: with the default mode, twistd cannot
 # see the plugin in twisted/plugins/ of a flat layout. The last line refreshes
@@ -34,6 +34,12 @@ demo: $(STAMP)
 	cd $(EXAMPLE) && ../../$(BIN)/twistd --nodaemon --pidfile= ws4redis \
 		--settings=chatserver.settings --endpoint=tcp:$(PORT):interface=127.0.0.1 \
 		--redis=$(REDIS_URL) --static
+
+# Load tests (bench/README.md): a fresh server per run, medians into bench/results.md.
+BENCH_ARGS ?= --sizes 1000,5000 --runs 3
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet uvloop
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

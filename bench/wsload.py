@@ -292,9 +292,16 @@ async def scenario_fanout(target: Target, args) -> dict:
     pipe = target.redis.pipeline(transaction=False)
     cpu = target.cpu_seconds()
     first_ns = time.monotonic_ns()
-    for sequence in range(args.messages):
-        pipe.publish(target.channel("bench-fanout"), stamp(sequence))
-    pipe.execute()
+    if args.interval:
+        # One broadcast at a time: the latency of a single message to everyone.
+        for sequence in range(args.messages):
+            target.redis.publish(target.channel("bench-fanout"), stamp(sequence))
+            await asyncio.sleep(args.interval)
+    else:
+        # A burst: every message at once.
+        for sequence in range(args.messages):
+            pipe.publish(target.channel("bench-fanout"), stamp(sequence))
+        pipe.execute()
     try:
         await asyncio.wait_for(deliveries.done.wait(), args.timeout)
     except asyncio.TimeoutError:
@@ -420,6 +427,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenarios", default="connect,fanout,chat,churn,session")
     parser.add_argument("-n", type=int, default=1000, help="connections (connect, fanout, session)")
     parser.add_argument("--messages", type=int, default=100, help="fanout: messages published")
+    parser.add_argument("--interval", type=float, default=0,
+                        help="fanout: seconds between messages (0: one burst)")
     parser.add_argument("--chat-clients", type=int, default=100)
     parser.add_argument("--chat-messages", type=int, default=10, help="chat: messages sent by each client")
     parser.add_argument("--churn-seconds", type=float, default=10)

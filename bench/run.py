@@ -1,0 +1,159 @@
+"""``make bench``: every scenario of wsload.py against a fresh twistd ws4redis
+per run (server pinned to CPU 0, load generator to CPU 1), medians of several
+runs, written as a Markdown table.
+
+    python bench/run.py --sizes 1000,5000 --runs 3 --out bench/results.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "chatserver"
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+
+from twisted_ws4redis.embedded import EmbeddedRedis  # noqa: E402
+
+#: The columns of the results table: (scenario, metric, heading).
+COLUMNS = [
+    ("connect", "handshakes_per_s", "handshakes/s"),
+    ("connect", "kib_per_connection", "KiB/connection"),
+    ("connect", "redis_clients", "Redis clients"),
+    ("fanout", "deliveries_per_s", "fan-out deliveries/s"),
+    ("fanout", "lost", "lost"),
+    ("fanout", "p50_ms", "burst p50 ms"),
+    ("fanout", "p99_ms", "burst p99 ms"),
+    ("fanout", "server_cpu_us_per_delivery", "server µs/delivery"),
+    ("paced", "p99_ms", "single broadcast p99 ms"),
+    ("chat", "deliveries_per_s", "chat deliveries/s"),
+    ("churn", "connections_per_s", "churn conn/s"),
+    ("churn", "rss_growth_pct", "RSS growth after churn %"),
+    ("churn", "redis_clients_after", "Redis clients after churn"),
+    ("session", "handshakes_per_s", "session handshakes/s"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def prepare_project(work: Path) -> dict:
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="chatserver.settings", CHATSERVER_DB=str(work / "db.sqlite3"),
+               CHATSERVER_STATIC_ROOT=str(work / "static"), PYTHONPATH=f"{EXAMPLE}{os.pathsep}{ROOT}")
+    for command in (["migrate", "--noinput", "-v0"], ["loaddata", "-v0", "demo_users"]):
+        subprocess.run([sys.executable, "manage.py", *command], env=env, cwd=EXAMPLE, check=True)
+    return env
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError("the server exited at start")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def one_run(env: dict, size: int, args) -> list[dict]:
+    """A fresh Redis and server, every scenario once; the JSON results."""
+    redis_server = EmbeddedRedis(port=free_port())
+    redis_server.start()
+    port = free_port()
+    log = open(Path(tempfile.gettempdir()) / f"bench-twistd-{port}.log", "wb")
+    server = subprocess.Popen(
+        ["taskset", "-c", "0", str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis",
+         "--settings=chatserver.settings", f"--endpoint=tcp:{port}:interface=127.0.0.1:backlog=4096",
+         f"--redis=redis://127.0.0.1:{redis_server.port}/0"], env=env, cwd=EXAMPLE, stdout=log, stderr=log)
+    try:
+        wait_for_port(port, server)
+        common = ["taskset", "-c", "1", sys.executable, str(ROOT / "bench" / "wsload.py"),
+                  f"--url=ws://127.0.0.1:{port}/ws/", f"--redis=redis://127.0.0.1:{redis_server.port}/0",
+                  "--prefix=demo", f"--server-pid={server.pid}", f"-n={size}",
+                  f"--login-url=http://127.0.0.1:{port}/accounts/login/", f"--churn-seconds={args.churn_seconds}"]
+        results = []
+        for scenarios, extra in ((args.scenarios, []), ("fanout", ["--messages=50", "--interval=0.02"])):
+            output = subprocess.run(common + [f"--scenarios={scenarios}", *extra], check=True,
+                                    capture_output=True, text=True).stdout
+            for line in output.splitlines():
+                result = json.loads(line)
+                if extra:
+                    result["scenario"] = "paced"
+                results.append(result)
+        return results
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+        redis_server.stop()
+
+
+def medians(runs: list[list[dict]]) -> dict[tuple[str, str], float | None]:
+    values: dict[tuple[str, str], list[float]] = {}
+    for results in runs:
+        for result in results:
+            for metric, value in result.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    values.setdefault((result["scenario"], metric), []).append(value)
+    return {key: statistics.median(found) for key, found in values.items()}
+
+
+def table(by_size: dict[int, dict], runs: int) -> str:
+    sizes = sorted(by_size)
+    lines = [f"| metric (median of {runs} runs) | " + " | ".join(f"N = {size:,}" for size in sizes) + " |",
+             "|---|" + "---:|" * len(sizes)]
+    for scenario, metric, heading in COLUMNS:
+        cells = []
+        for size in sizes:
+            value = by_size[size].get((scenario, metric))
+            cells.append("–" if value is None else f"{value:,.2f}".rstrip("0").rstrip("."))
+        lines.append(f"| {heading} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,5000")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--scenarios", default="connect,fanout,chat,churn,session")
+    parser.add_argument("--churn-seconds", type=float, default=10)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        env = prepare_project(Path(work))
+        by_size = {}
+        raw = {}
+        for size in (int(n) for n in args.sizes.split(",")):
+            runs = []
+            for number in range(args.runs):
+                print(f"N = {size}: run {number + 1} of {args.runs}", file=sys.stderr, flush=True)
+                runs.append(one_run(env, size, args))
+            by_size[size] = medians(runs)
+            raw[size] = runs
+    text = table(by_size, args.runs)
+    print(text)
+    Path(args.out).write_text(
+        f"# twisted_ws4redis benchmark\n\n`python bench/run.py --sizes {args.sizes} --runs {args.runs}`, "
+        f"{time.strftime('%Y-%m-%d')}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs "
+        "(server on CPU 0, load generator on CPU 1).\n\n" + text + "\n\n<details><summary>Every run (JSON)"
+        "</summary>\n\n```json\n" + json.dumps(raw, indent=1) + "\n```\n</details>\n")
+
+
+if __name__ == "__main__":
+    main()
