@@ -208,6 +208,13 @@ class WebSocketFactory(WebSocketServerFactory):
             closeHandshakeTimeout=5,
             allowNullOrigin=True,
         )
+        # Autobahn copies each of its ~40 options from the factory into every new
+        # protocol instance that lacks them: ~2 KiB per socket. As class
+        # attributes of a protocol class made for this factory, nothing is copied.
+        # (Functions among them, like perMessageCompressionAccept, must not become methods.)
+        options = {name: getattr(self, name) for name in self.protocol.CONFIG_ATTRS}
+        self.protocol = type(self.protocol.__name__, (self.protocol,), {
+            name: staticmethod(value) if callable(value) else value for name, value in options.items()})
 
     def close_all(self, code: int = 1001, reason: str = "Server is shutting down",
                   timeout: float = 3.0) -> defer.Deferred:
