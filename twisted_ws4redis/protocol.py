@@ -3,9 +3,12 @@ thread) who the client is, then relays between the socket and Redis."""
 from __future__ import annotations
 
 from http import HTTPStatus
+from pprint import pformat
 from urllib.parse import urlsplit
 
+import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.types import ConnectionDeny
 from django.core.exceptions import PermissionDenied
 from twisted.internet import defer
@@ -19,6 +22,19 @@ from .outbox import Outbox
 from .pubsub import PubSubMessage, RedisBus
 
 log = Logger()
+
+
+def _pformat_when_debugging(value) -> str:
+    """Autobahn's ``pformat``, skipped unless its debug logging is on."""
+    if txaio.get_global_log_level() in ("debug", "trace"):
+        return pformat(value)
+    return "(not formatted: debug logging is off)"
+
+
+# Autobahn pretty-prints its ~40 options for a debug log line on every new
+# connection, whether or not debug logging is on: 40 % of the reactor's time
+# while accepting handshakes (bench/README.md).
+autobahn_protocol.pformat = _pformat_when_debugging
 
 #: Seconds without any frame to the client after which a heartbeat is sent.
 HEARTBEAT_IDLE = 4.0
