@@ -104,6 +104,8 @@ class Client(asyncio.Protocol):
             self.closed.set_result(None)
 
     def _send(self, opcode: int, payload: bytes) -> None:
+        if self.transport.is_closing():
+            return  # the server closed it: counted as lost, not a client crash
         mask = os.urandom(4)
         length = len(payload)
         if length < 126:
