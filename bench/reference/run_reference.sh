@@ -43,7 +43,9 @@ WEBSOCKET_URL = "/ws/"
 WS4REDIS_PREFIX = "demo"
 WS4REDIS_EXPIRE = 3600
 WS4REDIS_HEARTBEAT = "--heartbeat--"
-WS4REDIS_CONNECTION = {"host": "${REDIS%:*}", "port": ${REDIS#*:}, "db": 0}
+# max_connections: redis-py now caps a pool at 100 connections by default (the
+# redis-py of ws4redis' time had no cap), and ws4redis holds one per websocket.
+WS4REDIS_CONNECTION = {"host": "${REDIS%:*}", "port": ${REDIS#*:}, "db": 0, "max_connections": 2 ** 31}
 PY
 cat > refproject/urls.py <<'PY'
 from django.urls import include, path
@@ -58,6 +60,11 @@ HTML
 cat > refproject/wsgi.py <<'PY'
 import os
 
+# As ws4redis' manual says for uWSGI + gevent: redis-py on gevent's sockets.
+import gevent.socket
+import redis.connection
+
+redis.connection.socket = gevent.socket
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "refproject.settings")
 from django.conf import settings  # noqa: E402
 from django.core.wsgi import get_wsgi_application  # noqa: E402
