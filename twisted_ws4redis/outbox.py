@@ -10,6 +10,10 @@ changes remove most of that:
 - writing now: when nothing is queued in the transport, the bytes go straight
   to the socket with one ``send()``; only what the kernel does not take is
   left to ``transport.write()``, which keeps the order.
+
+What the kernel does not take waits in the transport's buffer. A client that
+stops reading would make that buffer grow without bound; past
+WS4REDIS_MAX_BUFFERED_BYTES its connection is closed instead (1008).
 """
 from __future__ import annotations
 
@@ -37,11 +41,22 @@ def write_now(transport, data: bytes) -> None:
         transport.write(data[sent:])
 
 
+def buffered_bytes(transport) -> int:
+    """Bytes written to ``transport`` that the kernel has not taken yet (the
+    socket's transport under any TLS layer)."""
+    while not isinstance(transport, FileDescriptor) and getattr(transport, "transport", None) is not None:
+        transport = transport.transport
+    if not isinstance(transport, FileDescriptor):
+        return 0
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
 class Outbox:
     """Frames waiting for the end of the reactor turn, per websocket."""
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, max_buffered: int):
         self._reactor = reactor
+        self._max_buffered = max_buffered
         self._pending: dict = {}
 
     def put(self, protocol, frame: bytes) -> None:
@@ -57,5 +72,11 @@ class Outbox:
         pending, self._pending = self._pending, {}
         for protocol, frames in pending.items():
             # A socket closing since then must not send data after its close frame.
-            if protocol.state == protocol.STATE_OPEN:
-                write_now(protocol.transport, frames[0] if len(frames) == 1 else b"".join(frames))
+            if protocol.state != protocol.STATE_OPEN:
+                continue
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            waiting = buffered_bytes(protocol.transport)
+            if waiting and waiting + len(data) > self._max_buffered:
+                protocol.overflowed(waiting)
+            else:
+                write_now(protocol.transport, data)

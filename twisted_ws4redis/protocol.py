@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 from pprint import pformat
+from typing import Callable
 from urllib.parse import urlsplit
 
 import txaio
@@ -54,15 +55,23 @@ class WebSocketProtocol(WebSocketServerProtocol):
     django_request = None
     echo = False
     _heartbeat_call = None
+    # Publish rate bucket (used only with WS4REDIS_MAX_PUBLISH_RATE); starts full.
+    _publish_tokens = float("inf")
+    _publish_checked = 0.0
 
     # -- opening handshake --------------------------------------------------------
 
     def onConnect(self, request):
         uri = urlsplit(self.http_request_uri)
+        settings = self.factory.settings
         try:
-            facility = audience.facility_from_path(uri.path, self.factory.settings.websocket_url)
+            facility = audience.facility_from_path(uri.path, settings.websocket_url)
         except (ValueError, UnicodeDecodeError):
             raise ConnectionDeny(400, "The facility is not valid UTF-8 under WEBSOCKET_URL") from None
+        if not settings.facility_pattern.fullmatch(facility):
+            raise ConnectionDeny(400, "The facility is not allowed (see WS4REDIS_FACILITY_PATTERN)")
+        if not settings.origins.allows(self.http_headers.get("origin"), self.http_headers.get("host")):
+            raise ConnectionDeny(403, "This origin may not open websockets here (see WS4REDIS_ALLOWED_ORIGINS)")
         host, port = _address(self.transport.getPeer())
         handshake = Handshake(
             path=uri.path, query=uri.query, headers=dict(self.http_headers),
@@ -179,12 +188,39 @@ class WebSocketProtocol(WebSocketServerProtocol):
             return
         if not payload or not self.subscriber.publishers:
             return
+        if self.factory.settings.max_publish_rate is not None and not self._may_publish():
+            self._close_for_policy("Publishing too fast (WS4REDIS_MAX_PUBLISH_RATE)")
+            return
         self._last_published = payload
         d = self.subscriber.publish_message(payload)
         d.addErrback(lambda failure: log.warn("Websocket {path}: publishing failed: {error}",
                                               path=self.http_request_uri, error=failure.getErrorMessage()))
 
+    def overflowed(self, waiting: int) -> None:
+        """The client reads too slowly: ``waiting`` bytes are already queued for it."""
+        self._close_for_policy(f"Too slow: {waiting} bytes waiting (WS4REDIS_MAX_BUFFERED_BYTES)")
+
+    def _may_publish(self) -> bool:
+        """A token bucket: up to one second's worth of messages at once, then
+        WS4REDIS_MAX_PUBLISH_RATE per second."""
+        rate = self.factory.settings.max_publish_rate
+        now = self.factory.reactor.seconds()
+        tokens = min(rate, self._publish_tokens + (now - self._publish_checked) * rate)
+        self._publish_checked = now
+        if tokens < 1:
+            self._publish_tokens = tokens
+            return False
+        self._publish_tokens = tokens - 1
+        return True
+
     # -- close ---------------------------------------------------------------------
+
+    def _close_for_policy(self, reason: str) -> None:
+        """Close with 1008 (policy violation), once, and say why in the log."""
+        if self.state != self.STATE_OPEN:
+            return
+        log.warn("WSPOLICY {path} {peer}: {reason}", path=self.http_request_uri, peer=self.peer, reason=reason)
+        self.sendCloseFrame(code=1008, reasonUtf8=reason.encode("utf-8"), isReply=False)
 
     def onClose(self, wasClean, code, reason):
         if self._heartbeat_call is not None and self._heartbeat_call.active():
@@ -195,6 +231,22 @@ class WebSocketProtocol(WebSocketServerProtocol):
             self.factory.connections.discard(self)
             log.info("WSDISCONNECT {path} {peer} code={code}", path=self.http_request_uri,
                      peer=self.peer, code=code)
+
+
+def wait_until(reactor, done: Callable[[], bool], timeout: float, every: float = 0.05) -> defer.Deferred:
+    """A Deferred that fires (with ``done()``'s last answer) once ``done()`` is
+    true or ``timeout`` seconds have passed."""
+    result = defer.Deferred()
+
+    def check(remaining: float) -> None:
+        answer = done()
+        if answer or remaining <= 0:
+            result.callback(answer)
+        else:
+            reactor.callLater(every, check, remaining - every)
+
+    check(timeout)
+    return result
 
 
 class WebSocketFactory(WebSocketServerFactory):
@@ -208,7 +260,7 @@ class WebSocketFactory(WebSocketServerFactory):
         self.bus = bus
         self.pool = pool
         self.connections: set[WebSocketProtocol] = set()
-        self.outbox = Outbox(self.reactor)
+        self.outbox = Outbox(self.reactor, settings.max_buffered_bytes)
         self.setProtocolOptions(
             webStatus=False,
             # RFC 6455 only: drafts (version 8) have been dead for a decade.
@@ -220,8 +272,12 @@ class WebSocketFactory(WebSocketServerFactory):
             failByDrop=False,
             # Answer a client's close with its own code, as RFC 6455 (5.5.1) suggests.
             echoCloseCodeReason=True,
-            openHandshakeTimeout=30,
+            openHandshakeTimeout=settings.handshake_timeout,
             closeHandshakeTimeout=5,
+            # Dead peers (no close, no FIN) are found by their missing pongs.
+            autoPingInterval=settings.auto_ping_interval or 0,
+            autoPingTimeout=settings.auto_ping_timeout or 0,
+            # "null" and every other origin are judged by settings.origins in onConnect.
             allowNullOrigin=True,
         )
         # Autobahn copies each of its ~40 options from the factory into every new
@@ -241,13 +297,4 @@ class WebSocketFactory(WebSocketServerFactory):
         for connection in list(self.connections):
             if connection.state == connection.STATE_OPEN:
                 connection.sendCloseFrame(code=code, reasonUtf8=reason_utf8, isReply=False)
-        done = defer.Deferred()
-
-        def check(remaining: float) -> None:
-            if not self.connections or remaining <= 0:
-                done.callback(None)
-            else:
-                self.reactor.callLater(0.05, check, remaining - 0.05)
-
-        check(timeout)
-        return done
+        return wait_until(self.reactor, lambda: not self.connections, timeout)

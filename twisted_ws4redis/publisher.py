@@ -8,7 +8,7 @@ import redis
 
 from . import audience as wire
 from .conf import redis_address
-from .redis_store import RedisStore
+from .redis_store import RedisStore, reaching_redis
 
 _pools: dict = {}
 _pools_lock = threading.Lock()
@@ -47,7 +47,8 @@ class RedisPublisher(RedisStore):
                 channels = [wire.channel_name(prefix, name, facility, member)
                             for member in wire.resolve_self(name, request)]
             for channel in channels:
-                message = self._connection.get(channel)
+                with reaching_redis():
+                    message = self._connection.get(channel)
                 if message:
                     return message
         return None

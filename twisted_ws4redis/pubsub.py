@@ -8,8 +8,10 @@ command to a random connection, which reorders a socket's PUBLISH and SETEX
 Redis executes them in the order they were sent.
 
 Channels are reference-counted: SUBSCRIBE when the first listener arrives,
-UNSUBSCRIBE after the last one leaves. txredisapi reconnects with back-off but
-does not restore subscriptions; we re-issue them on every new connection.
+UNSUBSCRIBE after the last one leaves. txredisapi reconnects with exponential
+back-off (capped here at ``RECONNECT_MAX_DELAY`` seconds, so that a Redis back
+after a long outage is found quickly) but does not restore subscriptions; we
+re-issue them on every new connection.
 """
 from __future__ import annotations
 
@@ -23,6 +25,10 @@ from twisted.logger import Logger
 from .redis_address import RedisAddress
 
 log = Logger()
+
+#: Seconds: first and longest wait between attempts to reconnect to Redis.
+RECONNECT_INITIAL_DELAY = 0.5
+RECONNECT_MAX_DELAY = 5.0
 
 
 class PubSubMessage:
@@ -92,7 +98,8 @@ class _SubscriberProtocol(txredisapi.SubscriberProtocol):
 
 class _SubscriberFactory(txredisapi.SubscriberFactory):
     protocol = _SubscriberProtocol
-    initialDelay = 0.5
+    initialDelay = RECONNECT_INITIAL_DELAY
+    maxDelay = RECONNECT_MAX_DELAY
 
     def __init__(self, bus: RedisBus, address: RedisAddress):
         super().__init__(isLazy=True)
@@ -126,6 +133,8 @@ class RedisBus(Service):
             str(address), address.db or None, 1, isLazy=True, charset=None,
             password=address.password, username=address.username,
             replyTimeout=address.socket_timeout, convertNumbers=False)
+        self._commands.initialDelay = RECONNECT_INITIAL_DELAY
+        self._commands.maxDelay = RECONNECT_MAX_DELAY
 
     # -- service ---------------------------------------------------------------
 

@@ -73,10 +73,16 @@ class RedisAddress:
                 raise ValueError(f"{name}: {field} must be a positive number, got {value!r}")
 
     def redis_py_kwargs(self) -> dict:
-        """Keyword arguments for ``redis.ConnectionPool``."""
+        """Keyword arguments for ``redis.ConnectionPool``. One immediate retry
+        (a pooled connection that Redis closed, e.g. in a restart), no back-off
+        sleeps: a Redis that is down fails the call at once."""
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         kwargs = {"db": self.db, "password": self.password, "username": self.username,
                   "socket_timeout": self.socket_timeout,
-                  "socket_connect_timeout": self.socket_connect_timeout}
+                  "socket_connect_timeout": self.socket_connect_timeout,
+                  "retry": Retry(NoBackoff(), 1)}
         if self.unix_socket_path:
             import redis
             kwargs.update(path=self.unix_socket_path, connection_class=redis.UnixDomainSocketConnection)

@@ -5,11 +5,24 @@ websockets use the non-blocking clients in ``pubsub``.
 """
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import redis
 
 from . import audience
 from .audience import SELF  # noqa: F401  (public: ``from ...redis_store import SELF``)
 from .conf import get_settings
+from .exceptions import RedisUnavailable
+
+
+@contextmanager
+def reaching_redis() -> Iterator[None]:
+    """Turn redis-py's connection failures and timeouts into ``RedisUnavailable``."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise RedisUnavailable(f"Redis is unavailable: {exc}") from exc
 
 
 class RedisMessage(bytes):
@@ -51,7 +64,8 @@ class RedisStore:
         """PUBLISH ``message`` on every channel and, when ``expire`` (default
         WS4REDIS_EXPIRE) is positive, keep it there for that many seconds for
         websockets that connect later. One round trip. Returns how many
-        websockets' servers received it (PUBLISH's count, summed)."""
+        websockets' servers received it (PUBLISH's count, summed). Raises
+        ``RedisUnavailable`` when Redis cannot be reached in time."""
         if not isinstance(message, RedisMessage):
             raise ValueError("message must be a RedisMessage")
         expire = self._expire if expire is None else expire
@@ -61,7 +75,8 @@ class RedisStore:
             if expire > 0:
                 # SETEX as ws4redis sends it (redis-py deprecates its setex() wrapper).
                 pipe.execute_command("SETEX", channel, expire, message)
-        replies = pipe.execute()
+        with reaching_redis():
+            replies = pipe.execute()
         return sum(replies[:: 2 if expire > 0 else 1])
 
     # ws4redis at HEAD had a separate one-round-trip variant; ours always is.

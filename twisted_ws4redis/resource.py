@@ -1,14 +1,19 @@
 """One port, two doors: paths under WEBSOCKET_URL go to the websocket
-protocol, everything else to Django's WSGI application (or 404 without one)."""
+protocol, everything else to Django's WSGI application (or 404 without one).
+Before either, the HTTP channel bounds how long and how large a request's
+head may be."""
 from __future__ import annotations
 
 import re
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.address import IPv4Address
-from twisted.web import server
+from twisted.logger import Logger
+from twisted.web import http, server
 from twisted.web.pages import errorPage, notFound
 from twisted.web.resource import Resource
+
+log = Logger()
 
 # Characters that str.splitlines() (used by Autobahn's header parser) treats as
 # line breaks but HTTP does not: a value holding one would smuggle a header past
@@ -46,10 +51,14 @@ class Root(Resource):
         self._websocket_url = websocket_url.encode("ascii")
         self._websocket = websocket
         self._wsgi = wsgi or notFound("No Such Resource", "Only websockets are served here.")
+        #: HTTP requests being answered, which a graceful stop lets finish.
+        self.in_flight: set[server.Request] = set()
 
     def render(self, request: server.Request):
         if request.path.startswith(self._websocket_url):
             return self._websocket.render(request)
+        self.in_flight.add(request)
+        request.notifyFinish().addBoth(lambda _: self.in_flight.discard(request))
         return self._wsgi.render(request)
 
 
@@ -71,3 +80,96 @@ class Request(server.Request):
     def getClientAddress(self):
         address = super().getClientAddress()
         return address if hasattr(address, "host") else _LocalAddress()
+
+
+class Channel(http.HTTPChannel):
+    """Twisted's HTTP/1.1 channel with two limits it lacks: a request's head
+    (request line and headers) must arrive within ``site.head_timeout`` seconds
+    of the connection, or of the previous response, and be at most
+    ``site.max_head_size`` bytes. A client that sends its head a byte at a time
+    (slowloris) no longer holds a connection for ever."""
+
+    _deadline = None
+    _head_bytes = 0  # of complete lines
+    _head_begun = False  # any byte of the head received
+
+    @property
+    def MAX_LENGTH(self) -> int:  # noqa: N802 (LineReceiver's name): the longest line
+        return self.site.max_head_size
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._expect_head()
+
+    def _expect_head(self) -> None:
+        self._head_bytes = 0
+        self._head_begun = False
+        self._deadline = self.callLater(self.site.head_timeout, self._head_too_slow)
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self._head_begun = True
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._head_bytes + len(line) + 2 > self.site.max_head_size:
+            self.lineLengthExceeded(line)
+            return
+        self._head_bytes += len(line) + 2
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._head_bytes == 0:
+            self._give_up(414, "URI Too Long", "The request line is too long.")
+        else:
+            self._give_up(431, "Request Header Fields Too Large", "The request head is too large.")
+
+    def allHeadersReceived(self) -> None:
+        self._stop_deadline()
+        super().allHeadersReceived()
+
+    def requestDone(self, request) -> None:
+        # Before Twisted parses a pipelined next request, which it may do at once.
+        if self.persistent:
+            self._expect_head()
+        super().requestDone(request)
+
+    def _head_too_slow(self) -> None:
+        self._deadline = None
+        if self._head_begun:
+            self._give_up(408, "Request Timeout", "The request was not sent in time.")
+        elif self.transport is not None:
+            self.transport.loseConnection()  # an idle keep-alive connection
+
+    def _give_up(self, code: int, phrase: str, detail: str) -> None:
+        """Answer ``code`` and close: the rest of what the client sends is unusable."""
+        self._stop_deadline()
+        if self.transport is None:
+            return
+        peer = self.transport.getPeer()
+        log.info("HTTP {code} to {peer}: {detail}", code=code, peer=str(peer), detail=detail)
+        body = f"{detail}\n".encode()
+        self.transport.write(
+            f"HTTP/1.1 {code} {phrase}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n".encode() + body)
+        self.transport.loseConnection()  # LineReceiver parses no further line
+
+    def connectionLost(self, reason) -> None:
+        self._stop_deadline()
+        super().connectionLost(reason)
+
+
+class Site(server.Site):
+    """The server's site: its channels are ``Channel``, its requests ``Request``."""
+
+    protocol = Channel
+    requestFactory = Request
+
+    def __init__(self, resource, *, head_timeout: float, max_head_size: int, **kwargs):
+        super().__init__(resource, **kwargs)
+        self.head_timeout = head_timeout
+        self.max_head_size = max_head_size

@@ -9,20 +9,19 @@ from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
-from twisted.web.server import Site
 from twisted.web.wsgi import WSGIResource
 
 from . import conf
 from .embedded import EmbeddedRedis, EmbeddedRedisService
-from .protocol import WebSocketFactory
+from .protocol import WebSocketFactory, wait_until
 from .pubsub import RedisBus
 from .redis_address import RedisAddress
-from .resource import Request, Root, WebSocketDoor
+from .resource import Root, Site, WebSocketDoor
 
 log = Logger()
 
@@ -37,6 +36,7 @@ class ServerConfig:
     threads: int = 10
     redis: str | None = None  # redis:// or unix:// URL, or "embedded"; None: WS4REDIS_CONNECTION
     static: bool = False
+    grace: float = 10.0  # seconds a stop waits for HTTP requests being answered
 
 
 class ThreadPoolService(Service):
@@ -49,19 +49,24 @@ class ThreadPoolService(Service):
         super().startService()
         self.pool.start()
 
-    def stopService(self) -> None:
+    def stopService(self) -> defer.Deferred:
         super().stopService()
-        self.pool.stop()
+        # Joining the workers here would block the reactor, which a request
+        # still running needs to write its response: a deadlock.
+        return threads.deferToThread(self.pool.stop)
 
 
 class Ws4RedisService(MultiService):
     """Stops in a useful order: stop listening, close the websockets (1001),
+    let the HTTP requests being answered finish (up to ``grace`` seconds),
     disconnect Redis, stop the threads, stop an embedded Redis."""
 
-    def __init__(self, factory: WebSocketFactory, reactor):
+    def __init__(self, factory: WebSocketFactory, root: Root, reactor, grace: float = 10.0):
         super().__init__()
         self.factory = factory
+        self.root = root
         self.reactor = reactor
+        self.grace = grace
 
     #: In the foreground (twistd -n, runws4redis) an endpoint that cannot be
     #: bound ends the process with one line. A daemonizing twistd needs the
@@ -87,6 +92,13 @@ class Ws4RedisService(MultiService):
         listeners = [s for s in children if isinstance(s, StreamServerEndpointService)]
         yield defer.gatherResults([defer.maybeDeferred(s.stopService) for s in listeners], consumeErrors=True)
         yield self.factory.close_all()
+        if self.root.in_flight:
+            log.info("Waiting up to {grace} s for {count} HTTP request(s)", grace=self.grace,
+                     count=len(self.root.in_flight))
+            finished = yield wait_until(self.reactor, lambda: not self.root.in_flight, self.grace)
+            if not finished:
+                log.warn("Stopping with {count} HTTP request(s) unfinished after {grace} s",
+                         count=len(self.root.in_flight), grace=self.grace)
         for child in reversed([s for s in children if s not in listeners]):
             yield defer.maybeDeferred(child.stopService)
         # twistd re-raises the signal that stopped the reactor once it is down,
@@ -146,6 +158,8 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
     if reactor is None:
         from twisted.internet import reactor
     settings = conf.get_settings()
+    if config.grace < 0:
+        raise ImproperlyConfigured(f"--grace must be a number of seconds, at least 0, got {config.grace}")
     if config.threads < 1:
         raise ImproperlyConfigured(f"--threads must be at least 1, got {config.threads}")
     address, embedded = redis_address_for(config.redis)
@@ -161,10 +175,10 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
         if config.static:
             application = with_static_files(application)
         wsgi = WSGIResource(reactor, pool, application)
-    site = Site(Root(settings.websocket_url, WebSocketDoor(factory), wsgi))
-    site.requestFactory = Request
+    root = Root(settings.websocket_url, WebSocketDoor(factory), wsgi)
+    site = Site(root, head_timeout=settings.handshake_timeout, max_head_size=settings.max_header_size)
 
-    top = Ws4RedisService(factory, reactor)
+    top = Ws4RedisService(factory, root, reactor, config.grace)
     if embedded is not None:
         EmbeddedRedisService(embedded, reactor).setServiceParent(top)
     ThreadPoolService(pool).setServiceParent(top)

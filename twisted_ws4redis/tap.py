@@ -16,6 +16,7 @@ OPTIONS: list[tuple[str, Any, str]] = [
     ("settings", None, "Django settings module (DJANGO_SETTINGS_MODULE), e.g. mysite.settings."),
     ("wsgi", None, "Dotted path of the WSGI application; default: settings.WSGI_APPLICATION."),
     ("threads", 10, "Most threads running Django code (WSGI requests and websocket handshakes)."),
+    ("grace", 10.0, "Seconds a stop (SIGTERM) waits for HTTP requests being answered."),
     ("redis", None, "Redis to use instead of WS4REDIS_CONNECTION: redis://host:port/db, "
                     "rediss://…, unix:///path?db=N, or 'embedded' for a private redis-server."),
 ]
@@ -42,10 +43,11 @@ class Options(usage.Options):
     opt_endpoint.__doc__ = ENDPOINT_HELP
 
     def postOptions(self) -> None:
-        try:
-            self["threads"] = int(self["threads"])
-        except ValueError:
-            raise usage.UsageError(f"--threads must be a whole number, got {self['threads']!r}") from None
+        for name, kind, what in (("threads", int, "a whole number"), ("grace", float, "a number of seconds")):
+            try:
+                self[name] = kind(self[name])
+            except ValueError:
+                raise usage.UsageError(f"--{name} must be {what}, got {self[name]!r}") from None
 
 
 def server_config(options: dict[str, Any]) -> ServerConfig:
@@ -57,6 +59,7 @@ def server_config(options: dict[str, Any]) -> ServerConfig:
         threads=int(10 if options.get("threads") is None else options["threads"]),
         redis=options.get("redis"),
         static=bool(options.get("static")),
+        grace=float(10 if options.get("grace") is None else options["grace"]),
     )
 
 

@@ -6,4 +6,5 @@ urlpatterns = [
     path("", views.index),
     path("login/", views.login_view),
     path("publish/", views.publish),
+    path("slow/", views.slow),
 ]

@@ -1,5 +1,6 @@
 """Views the tests call over HTTP, served by the same twistd process."""
 import json
+import time
 
 from django.contrib.auth import authenticate, login
 from django.http import HttpResponse, JsonResponse
@@ -37,3 +38,9 @@ def publish(request):
         sessions=_audience(spec.get("sessions", [])), request=request)
     count = publisher.publish_message(RedisMessage(spec["message"]), spec.get("expire"))
     return JsonResponse({"channels": publisher._publishers, "received": count})
+
+
+def slow(request):
+    """Answers after ?seconds= (to test stopping while a request is answered)."""
+    time.sleep(float(request.GET.get("seconds", "1")))
+    return HttpResponse("slow and done", content_type="text/plain")
