@@ -49,9 +49,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def prepare_project(work: Path) -> dict:
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="chatserver.settings", CHATSERVER_DB=str(work / "db.sqlite3"),
-               CHATSERVER_STATIC_ROOT=str(work / "static"), PYTHONPATH=f"{EXAMPLE}{os.pathsep}{ROOT}")
+def prepare_project(work: Path, overrides: dict) -> dict:
+    """The example project, migrated, with its demo users; ``overrides``
+    (``--set``) go into a settings module that extends the example's."""
+    (work / "bench_settings.py").write_text(
+        "from chatserver.settings import *  # noqa\n"
+        + "".join(f"{name} = {value!r}\n" for name, value in overrides.items()))
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="bench_settings", CHATSERVER_DB=str(work / "db.sqlite3"),
+               CHATSERVER_STATIC_ROOT=str(work / "static"), PYTHONPATH=os.pathsep.join(map(str, (work, EXAMPLE, ROOT))))
     for command in (["migrate", "--noinput", "-v0"], ["loaddata", "-v0", "demo_users"]):
         subprocess.run([sys.executable, "manage.py", *command], env=env, cwd=EXAMPLE, check=True)
     return env
@@ -79,7 +84,7 @@ def one_run(env: dict, size: int, args) -> list[dict]:
     log = open(Path(tempfile.gettempdir()) / f"bench-twistd-{port}.log", "wb")
     server = subprocess.Popen(
         ["taskset", "-c", "0", str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis",
-         "--settings=chatserver.settings", f"--endpoint=tcp:{port}:interface=127.0.0.1:backlog=4096",
+         "--settings=bench_settings", f"--endpoint=tcp:{port}:interface=127.0.0.1:backlog=4096",
          f"--redis=redis://127.0.0.1:{redis_server.port}/0"], env=env, cwd=EXAMPLE, stdout=log, stderr=log)
     try:
         wait_for_port(port, server)
@@ -134,9 +139,15 @@ def main() -> None:
     parser.add_argument("--scenarios", default="connect,fanout,chat,churn,session")
     parser.add_argument("--churn-seconds", type=float, default=10)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=JSON",
+                        help="a Django setting for the server, e.g. WS4REDIS_AUTO_PING_INTERVAL=null (repeatable)")
     args = parser.parse_args()
+    overrides = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        overrides[name] = json.loads(value)
     with tempfile.TemporaryDirectory() as work:
-        env = prepare_project(Path(work))
+        env = prepare_project(Path(work), overrides)
         by_size = {}
         raw = {}
         for size in (int(n) for n in args.sizes.split(",")):
@@ -148,8 +159,9 @@ def main() -> None:
             raw[size] = runs
     text = table(by_size, args.runs)
     print(text)
+    settings = "".join(f" --set {item}" for item in args.set)
     Path(args.out).write_text(
-        f"# twisted_ws4redis benchmark\n\n`python bench/run.py --sizes {args.sizes} --runs {args.runs}`, "
+        f"# twisted_ws4redis benchmark\n\n`python bench/run.py --sizes {args.sizes} --runs {args.runs}{settings}`, "
         f"{time.strftime('%Y-%m-%d')}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs "
         "(server on CPU 0, load generator on CPU 1).\n\n" + text + "\n\n<details><summary>Every run (JSON)"
         "</summary>\n\n```json\n" + json.dumps(raw, indent=1) + "\n```\n</details>\n")

@@ -80,6 +80,14 @@ class RawSocket:
         self.sock.close()
 
 
+def listening(redis_client, channel: str):
+    """A Redis subscriber on ``channel``, confirmed."""
+    listener = redis_client.pubsub()
+    listener.subscribe(channel)
+    assert listener.get_message(timeout=TIMEOUT)["type"] == "subscribe"
+    return listener
+
+
 # -- Origin --------------------------------------------------------------------------
 
 
@@ -271,9 +279,7 @@ def test_fragments_with_a_ping_between_them_make_one_message(server, redis_clien
 
 def test_a_binary_frame_is_published_as_is(server, redis_client):
     facility = unique("binary")
-    listener = redis_client.pubsub()
-    listener.subscribe(f"broadcast:{facility}")
-    assert listener.get_message(timeout=TIMEOUT)["type"] == "subscribe"
+    listener = listening(redis_client, f"broadcast:{facility}")
     ws = RawSocket(server.port, f"/ws/{facility}?publish-broadcast")
     try:
         ws.send_frame(0x2, b"\x00\xffbinary")
@@ -289,9 +295,7 @@ def test_a_binary_frame_is_published_as_is(server, redis_client):
 def test_a_client_publishing_too_fast_is_closed_with_1008(twistd_servers, redis_client):
     server = twistd_servers({"WS4REDIS_MAX_PUBLISH_RATE": 5})
     facility = unique("rate")
-    listener = redis_client.pubsub()
-    listener.subscribe(f"broadcast:{facility}")
-    assert listener.get_message(timeout=TIMEOUT)["type"] == "subscribe"
+    listener = listening(redis_client, f"broadcast:{facility}")
     ws = RawSocket(server.port, f"/ws/{facility}?publish-broadcast")
     try:
         for i in range(20):

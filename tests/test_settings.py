@@ -58,7 +58,7 @@ def test_the_new_limits_have_safe_defaults():
 
 def test_no_auto_ping_when_the_interval_is_none():
     with override_settings(WS4REDIS_AUTO_PING_INTERVAL=None):
-        assert (settings_now().auto_ping_interval, settings_now().auto_ping_timeout) == (None, None)
+        assert settings_now().auto_ping_interval is None
 
 
 def test_the_origin_check_follows_allowed_hosts():
@@ -124,8 +124,8 @@ BAD = [
     ("WS4REDIS_MAX_PUBLISH_RATE", -1),
     ("WS4REDIS_MAX_BUFFERED_BYTES", "4M"),
     ("WS4REDIS_AUTO_PING_INTERVAL", 0),
-    ("WS4REDIS_AUTO_PING_INTERVAL", 0.5),
     ("WS4REDIS_AUTO_PING_TIMEOUT", "30"),
+    ("WS4REDIS_AUTO_PING_TIMEOUT", None),
 ]
 
 

@@ -65,7 +65,7 @@ class Settings:
     max_publish_rate: float | None
     max_buffered_bytes: int
     auto_ping_interval: float | None
-    auto_ping_timeout: float | None
+    auto_ping_timeout: float
 
 
 def _raw(name: str) -> Any:
@@ -84,16 +84,14 @@ def _callable(name: str) -> Callable | None:
     raise ImproperlyConfigured(f"{name} must be a callable or a dotted path, got {value!r}")
 
 
-def _number(name: str, *, integer: bool = False, optional: bool = False, unit: str = "",
-            minimum: float = 0) -> Any:
-    """A positive number (at least ``minimum``; None too when ``optional``),
-    else a message naming the setting."""
+def _number(name: str, *, integer: bool = False, optional: bool = False, unit: str = "") -> Any:
+    """A positive number (or None when ``optional``), else a message naming the setting."""
     value = _raw(name)
     if value is None and optional:
         return None
     kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0 or value < minimum:
-        what = "a positive integer" if integer else f"a number of at least {minimum}" if minimum else "a positive number"
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+        what = "a positive integer" if integer else "a positive number"
         raise ImproperlyConfigured(
             f"{name} must be {what}{f' ({unit})' if unit else ''}{' or None' if optional else ''}, got {value!r}")
     return value
@@ -136,9 +134,8 @@ def _load() -> Settings:
     expire = _raw("WS4REDIS_EXPIRE")
     if isinstance(expire, bool) or not isinstance(expire, int) or expire < 0:
         raise ImproperlyConfigured(f"WS4REDIS_EXPIRE must be a non-negative integer (seconds), got {expire!r}")
-    # Autobahn schedules pings on a timer of whole seconds: below 1 s they misfire.
-    ping_interval = _number("WS4REDIS_AUTO_PING_INTERVAL", optional=True, unit="seconds", minimum=1)
-    ping_timeout = _number("WS4REDIS_AUTO_PING_TIMEOUT", optional=True, unit="seconds", minimum=1)
+    ping_interval = _number("WS4REDIS_AUTO_PING_INTERVAL", optional=True, unit="seconds")
+    ping_timeout = _number("WS4REDIS_AUTO_PING_TIMEOUT", unit="seconds")
 
     subscriber_path = _raw("WS4REDIS_SUBSCRIBER")
     if subscriber_path == _REFERENCE_SUBSCRIBER:
@@ -175,7 +172,7 @@ def _load() -> Settings:
         max_publish_rate=_number("WS4REDIS_MAX_PUBLISH_RATE", optional=True, unit="messages per second"),
         max_buffered_bytes=_number("WS4REDIS_MAX_BUFFERED_BYTES", integer=True, unit="bytes"),
         auto_ping_interval=ping_interval,
-        auto_ping_timeout=ping_timeout if ping_interval else None,
+        auto_ping_timeout=ping_timeout,
     )
 
 

@@ -10,18 +10,18 @@ from . import audience as wire
 from .conf import redis_address
 from .redis_store import RedisStore, reaching_redis
 
-_pools: dict = {}
-_pools_lock = threading.Lock()
+_clients: dict = {}
+_clients_lock = threading.Lock()
 
 
 def _connection() -> redis.Redis:
-    """A client on this process' pool for the current Redis address."""
+    """This process' client (and its pool) for the current Redis address."""
     address = redis_address()
-    with _pools_lock:
-        pool = _pools.get(address)
-        if pool is None:
-            pool = _pools[address] = redis.ConnectionPool(**address.redis_py_kwargs())
-    return redis.Redis(connection_pool=pool)
+    with _clients_lock:
+        client = _clients.get(address)
+        if client is None:
+            client = _clients[address] = address.redis_py_client()
+    return client
 
 
 class RedisPublisher(RedisStore):

@@ -128,6 +128,7 @@ class RedisBus(Service):
         self._waiting: dict[bytes, list[defer.Deferred]] = {}
         self._confirmed: set[bytes] = set()
         self._subscriber: _SubscriberProtocol | None = None
+        self._endpoint = None
         self._subscriber_factory = _SubscriberFactory(self, address)
         self._commands = txredisapi.RedisFactory(
             str(address), address.db or None, 1, isLazy=True, charset=None,
@@ -140,15 +141,17 @@ class RedisBus(Service):
 
     def startService(self) -> None:
         super().startService()
-        endpoint = self.address.client_endpoint(self._reactor)
-        self._subscriber_factory.startConnecting(endpoint)
-        self._commands.startConnecting(endpoint)
+        self._endpoint = self.address.client_endpoint(self._reactor)
+        self._subscriber_factory.startConnecting(self._endpoint)
+        self._commands.startConnecting(self._endpoint)
         log.info("Redis at {address}", address=str(self.address))
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
-        return defer.gatherResults(
-            [self._subscriber_factory.disconnect(), self._commands.disconnect()], consumeErrors=True)
+        stopping = [self._subscriber_factory.disconnect(), self._commands.disconnect()]
+        if hasattr(self._endpoint, "disconnect"):  # Sentinel connections
+            stopping.append(self._endpoint.disconnect())
+        return defer.gatherResults(stopping, consumeErrors=True)
 
     # -- subscriptions ---------------------------------------------------------
 

@@ -1,14 +1,24 @@
 """Where Redis is: one value type read from settings or a URL, used by both the
-blocking publisher (redis-py) and the reactor's clients (txredisapi)."""
+blocking publisher (redis-py) and the reactor's clients (txredisapi).
+
+Redis may be named directly (host and port, or a UNIX socket) or through
+Sentinel: a list of Sentinels and the name of the service they watch. Then
+both clients ask the Sentinels where the master is whenever they (re)connect,
+and so follow a failover.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-#: Keys WS4REDIS_CONNECTION accepts (redis-py's names, as in ws4redis).
+from zope.interface import implementer
+from twisted.internet.interfaces import IStreamClientEndpoint
+
+#: Keys WS4REDIS_CONNECTION accepts (redis-py's names, as in ws4redis, and
+#: for Sentinel those of ``redis.sentinel.Sentinel.master_for``).
 CONNECTION_KEYS = frozenset(
     {"host", "port", "db", "password", "username", "unix_socket_path", "ssl",
-     "socket_timeout", "socket_connect_timeout"}
+     "socket_timeout", "socket_connect_timeout", "sentinels", "service_name", "sentinel_password"}
 )
 
 
@@ -24,6 +34,10 @@ class RedisAddress:
     #: Seconds a command may take before it fails (both clients).
     socket_timeout: float = 5.0
     socket_connect_timeout: float = 5.0
+    #: ((host, port), ...) of Sentinels watching ``service_name``; empty: no Sentinel.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service_name: str | None = None
+    sentinel_password: str | None = None
 
     @classmethod
     def from_dict(cls, values: dict, name: str = "WS4REDIS_CONNECTION") -> RedisAddress:
@@ -34,14 +48,20 @@ class RedisAddress:
         if unknown:
             raise ValueError(
                 f"{name} has unknown key(s) {sorted(unknown)}; allowed: {sorted(CONNECTION_KEYS)}")
-        address = cls(**{key: value for key, value in values.items() if value is not None})
+        values = {key: value for key, value in values.items() if value is not None}
+        if "sentinels" in values:
+            values["sentinels"] = _sentinel_list(values["sentinels"], name)
+        address = cls(**values)
         address._check(name)
         return address
 
     @classmethod
     def from_url(cls, url: str, name: str = "--redis") -> RedisAddress:
-        """redis://[user:password@]host[:port][/db], rediss://… (TLS) or
-        unix:///path/to/socket[?db=N] (``password=`` may be given in the query)."""
+        """redis://[user:password@]host[:port][/db], rediss://… (TLS),
+        unix:///path/to/socket[?db=N] (``password=`` may be given in the query), or
+        redis+sentinel://[:password@]host:port[,host:port…]/service_name[/db]."""
+        if url.startswith("redis+sentinel://"):
+            return cls._from_sentinel_url(url, name)
         parts = urlsplit(url)
         query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
         password = unquote(parts.password) if parts.password else query.get("password")
@@ -62,6 +82,23 @@ class RedisAddress:
         address._check(name)
         return address
 
+    @classmethod
+    def _from_sentinel_url(cls, url: str, name: str) -> RedisAddress:
+        rest = url[len("redis+sentinel://"):]
+        netloc, _, path = rest.partition("/")
+        credentials, _, hosts = netloc.rpartition("@")
+        password = unquote(credentials.partition(":")[2]) or None if credentials else None
+        segments = [segment for segment in path.split("/") if segment]
+        try:
+            if not segments or len(segments) > 2:
+                raise ValueError("give the service name after the Sentinels: …/mymaster[/db]")
+            address = cls(sentinels=_sentinel_list(hosts.split(","), name), service_name=unquote(segments[0]),
+                          db=int(segments[1]) if len(segments) == 2 else 0, password=password)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {url!r} is not a Redis URL: {exc}") from None
+        address._check(name)
+        return address
+
     def _check(self, name: str) -> None:
         if not isinstance(self.port, int) or not 0 < self.port < 65536:
             raise ValueError(f"{name}: port must be an integer from 1 to 65535, got {self.port!r}")
@@ -71,6 +108,10 @@ class RedisAddress:
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name}: {field} must be a positive number, got {value!r}")
+        if bool(self.sentinels) != bool(self.service_name):
+            raise ValueError(f"{name}: 'sentinels' and 'service_name' go together (Redis through Sentinel)")
+        if self.sentinels and (self.unix_socket_path or self.ssl):
+            raise ValueError(f"{name}: Sentinel cannot be combined with unix_socket_path or ssl")
 
     def redis_py_kwargs(self) -> dict:
         """Keyword arguments for ``redis.ConnectionPool``. One immediate retry
@@ -93,10 +134,30 @@ class RedisAddress:
                 kwargs["connection_class"] = redis.SSLConnection
         return kwargs
 
+    def redis_py_client(self):
+        """A blocking ``redis.Redis`` with its own pool: to the master through
+        the Sentinels (found again after a failover), or straight to Redis."""
+        import redis
+
+        kwargs = self.redis_py_kwargs()
+        if self.sentinels:
+            from redis.sentinel import Sentinel
+
+            for key in ("host", "port"):
+                kwargs.pop(key)
+            sentinel = Sentinel(list(self.sentinels), sentinel_kwargs={
+                "password": self.sentinel_password, "socket_timeout": self.socket_timeout,
+                "socket_connect_timeout": self.socket_connect_timeout})
+            return sentinel.master_for(self.service_name, **kwargs)
+        return redis.Redis(connection_pool=redis.ConnectionPool(**kwargs))
+
     def client_endpoint(self, reactor):
-        """A Twisted client endpoint reaching this Redis."""
+        """A Twisted client endpoint reaching this Redis (for Sentinel, one
+        with a ``disconnect()`` for its connections to the Sentinels)."""
         from twisted.internet import endpoints
 
+        if self.sentinels:
+            return SentinelEndpoint(reactor, self)
         if self.unix_socket_path:
             return endpoints.UNIXClientEndpoint(reactor, self.unix_socket_path,
                                                 timeout=self.socket_connect_timeout)
@@ -109,6 +170,58 @@ class RedisAddress:
         return endpoint
 
     def __str__(self) -> str:
+        if self.sentinels:
+            hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
+            return f"redis+sentinel://{hosts}/{self.service_name}/{self.db}"
         if self.unix_socket_path:
             return f"unix://{self.unix_socket_path}?db={self.db}"
         return f"{'rediss' if self.ssl else 'redis'}://{self.host}:{self.port}/{self.db}"
+
+
+def _sentinel_list(value, name: str) -> tuple[tuple[str, int], ...]:
+    """Sentinels given as [('host', port), ...] or ['host:port', ...]."""
+    if isinstance(value, (str, bytes)) or not value:
+        raise ValueError(f"{name}: sentinels must be a non-empty list of (host, port), got {value!r}")
+    sentinels = []
+    for item in value:
+        if isinstance(item, str):
+            host, _, port = item.rpartition(":")
+            item = (host, port)
+        try:
+            host, port = item
+            port = int(port)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: a Sentinel must be (host, port) or 'host:port', got {item!r}") from None
+        if not host or not 0 < port < 65536:
+            raise ValueError(f"{name}: a Sentinel must be (host, port) or 'host:port', got {item!r}")
+        sentinels.append((host, port))
+    return tuple(sentinels)
+
+
+@implementer(IStreamClientEndpoint)
+class SentinelEndpoint:
+    """Connects to the master that the Sentinels name at the time of each
+    connection attempt (the reactor's clients reconnect through it)."""
+
+    def __init__(self, reactor, address: RedisAddress):
+        import txredisapi
+
+        self._reactor = reactor
+        self._address = address
+        self._sentinels = txredisapi.Sentinel(
+            list(address.sentinels), password=address.sentinel_password,
+            connectTimeout=address.socket_connect_timeout, replyTimeout=address.socket_timeout)
+        self._sentinels.discovery_timeout = address.socket_connect_timeout
+
+    def connect(self, factory):
+        from twisted.internet.endpoints import HostnameEndpoint
+
+        def reach(master: tuple[str, int]):
+            host, port = master
+            return HostnameEndpoint(self._reactor, host, port,
+                                    timeout=self._address.socket_connect_timeout).connect(factory)
+
+        return self._sentinels.discover_master(self._address.service_name).addCallback(reach)
+
+    def disconnect(self):
+        return self._sentinels.disconnect()

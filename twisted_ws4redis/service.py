@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, threads
 from twisted.internet.endpoints import serverFromString
@@ -18,6 +18,7 @@ from twisted.web.wsgi import WSGIResource
 
 from . import conf
 from .embedded import EmbeddedRedis, EmbeddedRedisService
+from .outbox import buffered_bytes
 from .protocol import WebSocketFactory, wait_until
 from .pubsub import RedisBus
 from .redis_address import RedisAddress
@@ -92,15 +93,22 @@ class Ws4RedisService(MultiService):
         listeners = [s for s in children if isinstance(s, StreamServerEndpointService)]
         yield defer.gatherResults([defer.maybeDeferred(s.stopService) for s in listeners], consumeErrors=True)
         yield self.factory.close_all()
-        if self.root.in_flight:
+        # Their connections, to see their last bytes written before the reactor
+        # stops (it closes every socket then, dropping what is still buffered).
+        answering = [request.channel.transport for request in self.root.in_flight]
+        if answering:
             log.info("Waiting up to {grace} s for {count} HTTP request(s)", grace=self.grace,
-                     count=len(self.root.in_flight))
+                     count=len(answering))
             finished = yield wait_until(self.reactor, lambda: not self.root.in_flight, self.grace)
             if not finished:
                 log.warn("Stopping with {count} HTTP request(s) unfinished after {grace} s",
                          count=len(self.root.in_flight), grace=self.grace)
         for child in reversed([s for s in children if s not in listeners]):
             yield defer.maybeDeferred(child.stopService)
+        # Once the threads are done, every response is complete: let it reach the kernel.
+        yield wait_until(self.reactor, lambda: not any(
+            transport is not None and transport.connected and buffered_bytes(transport)
+            for transport in answering), 2.0)
         # twistd re-raises the signal that stopped the reactor once it is down,
         # so the exit status says "killed by SIGTERM". A completed graceful stop
         # is a success: exit 0, as process supervisors expect.
@@ -183,6 +191,10 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
         EmbeddedRedisService(embedded, reactor).setServiceParent(top)
     ThreadPoolService(pool).setServiceParent(top)
     bus.setServiceParent(top)
+    if settings.auto_ping_interval:
+        pinger = TimerService(settings.auto_ping_interval, factory.ping_all)
+        pinger.clock = reactor
+        pinger.setServiceParent(top)
     for description in config.endpoints:
         try:
             endpoint = serverFromString(reactor, description)

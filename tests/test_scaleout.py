@@ -1,0 +1,146 @@
+"""Several nodes as one service: two ``twistd ws4redis`` processes on one
+Redis behind HAProxy, run with the configuration shipped in docs/deploy."""
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from websockets.sync.client import connect
+
+from conftest import TwistdServer, free_port, login, unique, wait_for_port
+
+CONFIG = Path(__file__).resolve().parent.parent / "docs" / "deploy" / "haproxy.cfg"
+TIMEOUT = 5
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"  # Debian package haproxy (.ci/run installs it)
+
+
+class Proxy:
+    def __init__(self, tmp_path: Path, nodes: list[TwistdServer]):
+        self.port = free_port()
+        text = CONFIG.read_text()
+        text = text.replace("bind 127.0.0.1:8000", f"bind 127.0.0.1:{self.port}")
+        for number, node in enumerate(nodes, 1):
+            text = text.replace(f"127.0.0.1:800{number}", f"127.0.0.1:{node.port}")
+        assert text.count("bind 127.0.0.1:") == 1 and "127.0.0.1:8001" not in text
+        path = tmp_path / "haproxy.cfg"
+        path.write_text(text)
+        subprocess.run([HAPROXY, "-c", "-q", "-f", str(path)], check=True)
+        self.log_path = tmp_path / "haproxy.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen([HAPROXY, "-db", "-f", str(path)], stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, process=self.process)
+
+    def ws_url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/{path}"
+
+    def http_url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def cluster(tmp_path, redis_server, test_db):
+    nodes = [TwistdServer(redis_server.url, test_db) for _ in range(2)]
+    proxy = None
+    try:
+        proxy = Proxy(tmp_path, nodes)
+        yield proxy, nodes
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        for node in nodes:
+            node.stop()
+
+
+def connections_on(node: TwistdServer, facility: str) -> int:
+    return len(re.findall(rf"WSCONNECT /ws/{facility}\b", node.log()))
+
+
+def test_one_publish_reaches_clients_on_every_node(cluster, redis_client):
+    proxy, nodes = cluster
+    facility = unique("cluster")
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(connect(proxy.ws_url(f"{facility}?subscribe-broadcast"),
+                                               open_timeout=TIMEOUT)) for _ in range(6)]
+        # leastconn spread them: both nodes hold some.
+        assert [connections_on(node, facility) for node in nodes] == [3, 3]
+        deadline = time.monotonic() + TIMEOUT
+        while redis_client.pubsub_numsub(f"broadcast:{facility}")[0][1] < 2:  # one subscriber per node
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert redis_client.publish(f"broadcast:{facility}", "to everybody, once") == 2
+        for ws in sockets:
+            assert ws.recv(timeout=TIMEOUT) == "to everybody, once"
+
+
+def test_a_message_sent_on_one_node_reaches_the_other(cluster, redis_client):
+    proxy, nodes = cluster
+    facility = unique("across")
+    path = f"{facility}?subscribe-broadcast&publish-broadcast"
+    with connect(proxy.ws_url(path), open_timeout=TIMEOUT) as first, \
+            connect(proxy.ws_url(path), open_timeout=TIMEOUT) as second:
+        assert [connections_on(node, facility) for node in nodes] == [1, 1]
+        deadline = time.monotonic() + TIMEOUT
+        while redis_client.pubsub_numsub(f"broadcast:{facility}")[0][1] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        first.send("from one node to the other")
+        assert second.recv(timeout=TIMEOUT) == "from one node to the other"
+
+
+def test_a_logged_in_client_is_known_on_any_node(cluster, redis_client):
+    """Log in through the proxy (Django, on one node), then open user sockets
+    that land on both nodes: both know the user from the shared session."""
+    proxy, nodes = cluster
+    facility = unique("anynode")
+    cookie = login(proxy, "john")
+    with connect(proxy.ws_url(f"{facility}?subscribe-user"), additional_headers={"Cookie": cookie},
+                 open_timeout=TIMEOUT) as one, \
+            connect(proxy.ws_url(f"{facility}?subscribe-user"), additional_headers={"Cookie": cookie},
+                    open_timeout=TIMEOUT) as two:
+        assert [connections_on(node, facility) for node in nodes] == [1, 1]
+        deadline = time.monotonic() + TIMEOUT
+        while redis_client.pubsub_numsub(f"user:john:{facility}")[0][1] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        redis_client.publish(f"user:john:{facility}", "hello john, wherever you are")
+        assert one.recv(timeout=TIMEOUT) == two.recv(timeout=TIMEOUT) == "hello john, wherever you are"
+
+
+def test_a_client_reconnects_to_the_node_left_when_one_stops(cluster, redis_client):
+    proxy, nodes = cluster
+    facility = unique("failover")
+    with connect(proxy.ws_url(f"{facility}?subscribe-broadcast"), open_timeout=TIMEOUT) as ws:
+        owner = next(node for node in nodes if connections_on(node, facility))
+        owner.stop()
+        with pytest.raises(Exception):
+            ws.recv(timeout=TIMEOUT)
+        assert ws.close_code == 1001
+    survivor = next(node for node in nodes if node is not owner)
+    # Until its health check notices, HAProxy may still try the stopped node
+    # once; a client simply tries again, as ws4redis.js does.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            ws = connect(proxy.ws_url(f"{facility}?subscribe-broadcast"), open_timeout=TIMEOUT)
+            break
+        except Exception:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    with ws:
+        assert connections_on(survivor, facility) == 1
+        deadline = time.monotonic() + TIMEOUT
+        while redis_client.pubsub_numsub(f"broadcast:{facility}")[0][1] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        redis_client.publish(f"broadcast:{facility}", "still served")
+        assert ws.recv(timeout=TIMEOUT) == "still served"
