@@ -184,6 +184,19 @@ def test_a_failing_process_request_gives_500_and_a_logged_traceback(twistd_serve
     assert (got, body) == (200, b"testproject")
 
 
+def test_a_session_engine_that_fails_gives_500_and_costs_nothing_else(twistd_servers, redis_client):
+    """The real session middleware path, with a store that raises: that
+    handshake gets 500 with the traceback logged; a handshake without a cookie
+    (nothing to load) and the other websockets are served."""
+    server = twistd_servers({"SESSION_ENGINE": "testproject.broken_sessions"})
+    status = refused_status(server, "door?subscribe-user",
+                            additional_headers={"Cookie": "sessionid=abcdefghijklmnopqrstuvwxyz012345"})
+    assert status == 500
+    log = server.log()
+    assert "Traceback" in log and "the session store is unreachable (test)" in log
+    assert_still_serving(server, redis_client)
+
+
 # -- WS4REDIS_SUBSCRIBER ------------------------------------------------------------------
 
 
