@@ -153,6 +153,40 @@ def private_redis():
     instance.stop()
 
 
+def test_after_a_long_outage_the_server_is_back_within_the_capped_delay(private_redis, test_db):
+    """Redis away for 7 s: the subscriber's attempts back off exponentially
+    (0.5 s, 1.4 s, 3.7 s…) but never wait more than RECONNECT_MAX_DELAY (5 s),
+    so it is subscribed again a few seconds after Redis returns (txredisapi's
+    own cap, 10 s, would take about 9), and the open websocket receives."""
+    from twisted_ws4redis.embedded import EmbeddedRedis
+
+    server = TwistdServer(f"redis://127.0.0.1:{private_redis.port}/0", test_db)
+    facility = unique("outage")
+    channel = f"broadcast:{facility}"
+    try:
+        with connect(server.ws_url(f"{facility}?subscribe-broadcast"), open_timeout=TIMEOUT) as ws:
+            wait_subscribed(private_redis_client(private_redis), channel)
+            private_redis.stop()
+            time.sleep(7)
+            back = EmbeddedRedis(port=private_redis.port)
+            back.start()
+            try:
+                returned = time.monotonic()
+                client = private_redis_client(back)
+                wait_subscribed(client, channel, timeout=15)
+                assert time.monotonic() - returned < 6.5
+                client.publish(channel, "after a long outage")
+                assert ws.recv(timeout=TIMEOUT) == "after a long outage"
+            finally:
+                back.stop()
+    finally:
+        server.stop()
+
+
+def private_redis_client(instance) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=instance.port, socket_timeout=TIMEOUT)
+
+
 @pytest.mark.usefixtures("django_in_process")
 def test_the_publisher_raises_redis_unavailable_while_redis_is_down(private_redis):
     from twisted_ws4redis.conf import set_redis_override

@@ -211,7 +211,10 @@ class SentinelEndpoint:
         self._sentinels = txredisapi.Sentinel(
             list(address.sentinels), password=address.sentinel_password,
             connectTimeout=address.socket_connect_timeout, replyTimeout=address.socket_timeout)
-        self._sentinels.discovery_timeout = address.socket_connect_timeout
+        # A Sentinel that answers "no master" (in the middle of a failover)
+        # leaves txredisapi waiting for this long before the attempt fails and
+        # the next one is scheduled: keep it short.
+        self._sentinels.discovery_timeout = min(1.0, address.socket_connect_timeout)
 
     def connect(self, factory):
         from twisted.internet.endpoints import HostnameEndpoint
