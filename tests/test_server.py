@@ -27,7 +27,7 @@ import psutil
 import pytest
 from websockets.sync.client import connect, unix_connect
 
-from conftest import BIN, PROJECT, TwistdServer, free_port, project_env, unique, wait_for_port
+from conftest import BIN, PROJECT, TwistdServer, free_port, open_ws, project_env, unique, wait_for_port, wait_subscribed
 
 TIMEOUT = 5
 #: How long a start that must fail may take.
@@ -248,6 +248,17 @@ def test_a_failed_start_with_embedded_redis_leaves_no_directory(test_db, own_tmp
     assert list(own_tmpdir.iterdir()) == []
 
 
+def test_a_tmpdir_too_long_for_the_embedded_redis_socket_stops_the_start_with_one_line(test_db, tmp_path):
+    long_tmpdir = tmp_path / ("d" * 60) / ("e" * 60)
+    long_tmpdir.mkdir(parents=True)
+    env = private_env(test_db, long_tmpdir)
+    code, output, _ = run_to_failure(
+        twistd_command("--redis=embedded", f"--endpoint=tcp:{free_port()}:interface=127.0.0.1"), env)
+    assert code not in (0, None), output
+    assert "set TMPDIR to a shorter directory" in output and "Traceback" not in output
+    assert list(long_tmpdir.iterdir()) == []
+
+
 # -- stopping -------------------------------------------------------------------------------
 
 
@@ -345,6 +356,19 @@ def test_static_serves_the_file_django_finds_first(static_server):
     app's file must get its own file."""
     status, _, body = http_get(static_server.port, "/static/testproject/override-me.txt")
     assert (status, body) == (200, b"from STATICFILES_DIRS\n")
+
+
+def test_static_without_wsgi_serves_static_files_and_websockets_only(twistd_servers, redis_client):
+    server = twistd_servers(args=("--static", "--no-wsgi"))
+    status, _, body = http_get(server.port, "/static/testproject/hello.txt")
+    assert status == 200 and body
+    assert http_get(server.port, "/")[0] == 404
+    assert http_get(server.port, "/login/")[0] == 404
+    facility = unique("static-ws")
+    with open_ws(server, f"{facility}?subscribe-broadcast") as ws:
+        wait_subscribed(redis_client, f"broadcast:{facility}")
+        redis_client.publish(f"broadcast:{facility}", "beside the files")
+        assert ws.recv(timeout=5) == "beside the files"
 
 
 def test_static_serves_nothing_outside_its_directories(static_server):

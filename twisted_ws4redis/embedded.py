@@ -21,6 +21,9 @@ from .redis_address import RedisAddress
 
 log = Logger()
 
+#: Bytes in a UNIX socket path (sun_path holds 108, with the final NUL).
+_MAX_SOCKET_PATH = 107
+
 
 def redis_server_binary() -> str:
     """Path of a redis-server executable, or a RuntimeError saying how to get one."""
@@ -54,6 +57,10 @@ class EmbeddedRedis:
         # (a port in use, a bad option) leaves no directory behind.
         self.directory = os.path.join(tempfile.gettempdir(), f"ws4redis-redis-{secrets.token_hex(4)}")
         self.socket_path = os.path.join(self.directory, "redis.sock")
+        if len(os.fsencode(self.socket_path)) > _MAX_SOCKET_PATH:
+            raise RuntimeError(
+                f"the embedded Redis would listen on {self.socket_path!r}, longer than the "
+                f"{_MAX_SOCKET_PATH} bytes a UNIX socket path may have: set TMPDIR to a shorter directory")
         self.port = port
         self.process: subprocess.Popen | None = None
 

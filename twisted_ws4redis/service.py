@@ -128,6 +128,12 @@ def load_wsgi_application(dotted_path: str | None):
     return get_internal_wsgi_application()
 
 
+def static_only(environ, start_response):
+    """The WSGI application behind ``--static --no-wsgi``: what is not a static file is not found."""
+    start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+    return [b"Only websockets and static files are served here.\n"]
+
+
 def with_static_files(application):
     """Serve STATIC_URL from STATIC_ROOT (after collectstatic) or, without one,
     straight from the static files finders, in front of ``application``."""
@@ -178,8 +184,8 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
     bus = RedisBus(address, reactor)
     factory = WebSocketFactory(settings, bus, pool, reactor)
     wsgi = None
-    if config.serve_wsgi:
-        application = load_wsgi_application(config.wsgi)
+    if config.serve_wsgi or config.static:
+        application = load_wsgi_application(config.wsgi) if config.serve_wsgi else static_only
         if config.static:
             application = with_static_files(application)
         wsgi = WSGIResource(reactor, pool, application)

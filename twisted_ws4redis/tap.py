@@ -22,7 +22,7 @@ OPTIONS: list[tuple[str, Any, str]] = [
 ]
 ENDPOINT_HELP = "Twisted endpoint to listen on (repeatable), e.g. tcp:8000, ssl:8443:privateKey=key.pem, unix:/run/ws.sock; default tcp:8000."
 FLAGS: list[tuple[str, str]] = [
-    ("no-wsgi", "Serve websockets only, not the Django application."),
+    ("no-wsgi", "Serve websockets only (and static files with --static), not the Django application."),
     ("static", "Serve STATIC_URL (from STATIC_ROOT, or the static files finders when it is not set)."),
 ]
 
