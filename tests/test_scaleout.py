@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
-from conftest import TwistdServer, free_port, login, unique, wait_for_port
+from conftest import TwistdServer, free_port, login, unique, wait_for_port, wait_subscribed
 
 CONFIG = Path(__file__).resolve().parent.parent / "docs" / "deploy" / "haproxy.cfg"
 TIMEOUT = 5
@@ -73,10 +73,7 @@ def test_one_publish_reaches_clients_on_every_node(cluster, redis_client):
                                                open_timeout=TIMEOUT)) for _ in range(6)]
         # leastconn spread them: both nodes hold some.
         assert [connections_on(node, facility) for node in nodes] == [3, 3]
-        deadline = time.monotonic() + TIMEOUT
-        while redis_client.pubsub_numsub(f"broadcast:{facility}")[0][1] < 2:  # one subscriber per node
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_subscribed(redis_client, f"broadcast:{facility}", 2)  # one subscriber per node
         assert redis_client.publish(f"broadcast:{facility}", "to everybody, once") == 2
         for ws in sockets:
             assert ws.recv(timeout=TIMEOUT) == "to everybody, once"
@@ -89,10 +86,7 @@ def test_a_message_sent_on_one_node_reaches_the_other(cluster, redis_client):
     with connect(proxy.ws_url(path), open_timeout=TIMEOUT) as first, \
             connect(proxy.ws_url(path), open_timeout=TIMEOUT) as second:
         assert [connections_on(node, facility) for node in nodes] == [1, 1]
-        deadline = time.monotonic() + TIMEOUT
-        while redis_client.pubsub_numsub(f"broadcast:{facility}")[0][1] < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_subscribed(redis_client, f"broadcast:{facility}", 2)
         first.send("from one node to the other")
         assert second.recv(timeout=TIMEOUT) == "from one node to the other"
 
@@ -108,10 +102,7 @@ def test_a_logged_in_client_is_known_on_any_node(cluster, redis_client):
             connect(proxy.ws_url(f"{facility}?subscribe-user"), additional_headers={"Cookie": cookie},
                     open_timeout=TIMEOUT) as two:
         assert [connections_on(node, facility) for node in nodes] == [1, 1]
-        deadline = time.monotonic() + TIMEOUT
-        while redis_client.pubsub_numsub(f"user:john:{facility}")[0][1] < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_subscribed(redis_client, f"user:john:{facility}", 2)
         redis_client.publish(f"user:john:{facility}", "hello john, wherever you are")
         assert one.recv(timeout=TIMEOUT) == two.recv(timeout=TIMEOUT) == "hello john, wherever you are"
 
@@ -138,9 +129,6 @@ def test_a_client_reconnects_to_the_node_left_when_one_stops(cluster, redis_clie
             time.sleep(0.2)
     with ws:
         assert connections_on(survivor, facility) == 1
-        deadline = time.monotonic() + TIMEOUT
-        while redis_client.pubsub_numsub(f"broadcast:{facility}")[0][1] < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_subscribed(redis_client, f"broadcast:{facility}", 1)
         redis_client.publish(f"broadcast:{facility}", "still served")
         assert ws.recv(timeout=TIMEOUT) == "still served"

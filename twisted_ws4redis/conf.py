@@ -134,8 +134,6 @@ def _load() -> Settings:
     expire = _raw("WS4REDIS_EXPIRE")
     if isinstance(expire, bool) or not isinstance(expire, int) or expire < 0:
         raise ImproperlyConfigured(f"WS4REDIS_EXPIRE must be a non-negative integer (seconds), got {expire!r}")
-    ping_interval = _number("WS4REDIS_AUTO_PING_INTERVAL", optional=True, unit="seconds")
-    ping_timeout = _number("WS4REDIS_AUTO_PING_TIMEOUT", unit="seconds")
 
     subscriber_path = _raw("WS4REDIS_SUBSCRIBER")
     if subscriber_path == _REFERENCE_SUBSCRIBER:
@@ -171,8 +169,8 @@ def _load() -> Settings:
         max_header_size=_number("WS4REDIS_MAX_HEADER_SIZE", integer=True, unit="bytes"),
         max_publish_rate=_number("WS4REDIS_MAX_PUBLISH_RATE", optional=True, unit="messages per second"),
         max_buffered_bytes=_number("WS4REDIS_MAX_BUFFERED_BYTES", integer=True, unit="bytes"),
-        auto_ping_interval=ping_interval,
-        auto_ping_timeout=ping_timeout,
+        auto_ping_interval=_number("WS4REDIS_AUTO_PING_INTERVAL", optional=True, unit="seconds"),
+        auto_ping_timeout=_number("WS4REDIS_AUTO_PING_TIMEOUT", unit="seconds"),
     )
 
 

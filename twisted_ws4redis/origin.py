@@ -32,8 +32,10 @@ class OriginPolicy:
             if "://*" in origin:
                 scheme, _, host = origin.lower().partition("://*")
                 self._subdomains.setdefault(scheme, []).append(host)
-        hosts = [host for host in allowed_hosts if host != "*"]
-        self._hosts = hosts or (_DEBUG_HOSTS if debug and not list(allowed_hosts) else [])
+        allowed_hosts = list(allowed_hosts)
+        if debug and not allowed_hosts:
+            allowed_hosts = _DEBUG_HOSTS
+        self._hosts = [host for host in allowed_hosts if host != "*"]
 
     def allows(self, origin: str | None, host: str | None) -> bool:
         """Whether a handshake with this ``Origin`` (None: absent) and ``Host`` may go on."""

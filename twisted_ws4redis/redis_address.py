@@ -190,10 +190,10 @@ def _sentinel_list(value, name: str) -> tuple[tuple[str, int], ...]:
         try:
             host, port = item
             port = int(port)
+            if not host or not 0 < port < 65536:
+                raise ValueError
         except (TypeError, ValueError):
             raise ValueError(f"{name}: a Sentinel must be (host, port) or 'host:port', got {item!r}") from None
-        if not host or not 0 < port < 65536:
-            raise ValueError(f"{name}: a Sentinel must be (host, port) or 'host:port', got {item!r}")
         sentinels.append((host, port))
     return tuple(sentinels)
 

@@ -62,7 +62,7 @@ class Ws4RedisService(MultiService):
     let the HTTP requests being answered finish (up to ``grace`` seconds),
     disconnect Redis, stop the threads, stop an embedded Redis."""
 
-    def __init__(self, factory: WebSocketFactory, root: Root, reactor, grace: float = 10.0):
+    def __init__(self, factory: WebSocketFactory, root: Root, reactor, grace: float):
         super().__init__()
         self.factory = factory
         self.root = root

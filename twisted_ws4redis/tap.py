@@ -15,8 +15,8 @@ from .service import ServerConfig
 OPTIONS: list[tuple[str, Any, str]] = [
     ("settings", None, "Django settings module (DJANGO_SETTINGS_MODULE), e.g. mysite.settings."),
     ("wsgi", None, "Dotted path of the WSGI application; default: settings.WSGI_APPLICATION."),
-    ("threads", 10, "Most threads running Django code (WSGI requests and websocket handshakes)."),
-    ("grace", 10.0, "Seconds a stop (SIGTERM) waits for HTTP requests being answered."),
+    ("threads", ServerConfig.threads, "Most threads running Django code (WSGI requests and websocket handshakes)."),
+    ("grace", ServerConfig.grace, "Seconds a stop (SIGTERM) waits for HTTP requests being answered."),
     ("redis", None, "Redis to use instead of WS4REDIS_CONNECTION: redis://host:port/db, "
                     "rediss://…, unix:///path?db=N, or 'embedded' for a private redis-server."),
 ]
@@ -56,10 +56,10 @@ def server_config(options: dict[str, Any]) -> ServerConfig:
         endpoints=list(options.get("endpoint") or ["tcp:8000"]),
         wsgi=options.get("wsgi"),
         serve_wsgi=not options.get("no-wsgi", options.get("no_wsgi", False)),
-        threads=int(10 if options.get("threads") is None else options["threads"]),
+        threads=int(ServerConfig.threads if options.get("threads") is None else options["threads"]),
         redis=options.get("redis"),
         static=bool(options.get("static")),
-        grace=float(10 if options.get("grace") is None else options["grace"]),
+        grace=float(ServerConfig.grace if options.get("grace") is None else options["grace"]),
     )
 
 
