@@ -12,6 +12,7 @@ Pure functions, used by the publisher and by every websocket.
 """
 from __future__ import annotations
 
+import hashlib
 import warnings
 from typing import Any, Iterable
 from urllib.parse import unquote_to_bytes
@@ -23,6 +24,13 @@ AUDIENCES = ("broadcast", "group", "user", "session")
 SUBSCRIBE_FLAGS = tuple(f"subscribe-{audience}" for audience in AUDIENCES)
 PUBLISH_FLAGS = tuple(f"publish-{audience}" for audience in AUDIENCES)
 ECHO_FLAG = "echo"
+
+
+def session_digest(session_key: str) -> str:
+    """A stand-in for a session key wherever the key itself must not appear
+    (log lines, commands between nodes): whoever holds the key is that user.
+    16 hex digits of its SHA-256: stable, short, not reversible."""
+    return hashlib.sha256(session_key.encode("utf-8")).hexdigest()[:16]
 
 
 class _Self:
