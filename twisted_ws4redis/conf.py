@@ -38,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "WS4REDIS_MAX_BUFFERED_BYTES": 4 * 1024 * 1024,
     "WS4REDIS_AUTO_PING_INTERVAL": 30,
     "WS4REDIS_AUTO_PING_TIMEOUT": 30,
+    # Frames a client may send: every kind counts (a ping flood is a frame flood).
+    "WS4REDIS_MAX_FRAME_RATE": 1000,
+    "WS4REDIS_MAX_FRAGMENTS": 1000,
 }
 
 #: Django settings the origin check reads.
@@ -66,6 +69,8 @@ class Settings:
     max_buffered_bytes: int
     auto_ping_interval: float | None
     auto_ping_timeout: float
+    max_frame_rate: float | None
+    max_fragments: int | None
 
 
 def _raw(name: str) -> Any:
@@ -171,6 +176,8 @@ def _load() -> Settings:
         max_buffered_bytes=_number("WS4REDIS_MAX_BUFFERED_BYTES", integer=True, unit="bytes"),
         auto_ping_interval=_number("WS4REDIS_AUTO_PING_INTERVAL", optional=True, unit="seconds"),
         auto_ping_timeout=_number("WS4REDIS_AUTO_PING_TIMEOUT", unit="seconds"),
+        max_frame_rate=_number("WS4REDIS_MAX_FRAME_RATE", optional=True, unit="frames per second"),
+        max_fragments=_number("WS4REDIS_MAX_FRAGMENTS", integer=True, optional=True, unit="frames per message"),
     )
 
 

@@ -13,7 +13,9 @@ changes remove most of that:
 
 What the kernel does not take waits in the transport's buffer. A client that
 stops reading would make that buffer grow without bound; past
-WS4REDIS_MAX_BUFFERED_BYTES its connection is closed instead (1008).
+WS4REDIS_MAX_BUFFERED_BYTES its connection is closed instead (1008). That
+check is the protocol's (``WebSocketProtocol.sendData``, the one write path
+for every byte to a websocket); the outbox hands its frames to it.
 """
 from __future__ import annotations
 
@@ -41,12 +43,19 @@ def write_now(transport, data: bytes) -> None:
         transport.write(data[sent:])
 
 
+def socket_transport(transport) -> FileDescriptor | None:
+    """The socket's own transport under ``transport``'s TLS (or other
+    wrapping) layers; None when there is no socket."""
+    while not isinstance(transport, FileDescriptor) and getattr(transport, "transport", None) is not None:
+        transport = transport.transport
+    return transport if isinstance(transport, FileDescriptor) else None
+
+
 def buffered_bytes(transport) -> int:
     """Bytes written to ``transport`` that the kernel has not taken yet (the
     socket's transport under any TLS layer)."""
-    while not isinstance(transport, FileDescriptor) and getattr(transport, "transport", None) is not None:
-        transport = transport.transport
-    if not isinstance(transport, FileDescriptor):
+    transport = socket_transport(transport)
+    if transport is None:
         return 0
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
@@ -54,9 +63,8 @@ def buffered_bytes(transport) -> int:
 class Outbox:
     """Frames waiting for the end of the reactor turn, per websocket."""
 
-    def __init__(self, reactor, max_buffered: int):
+    def __init__(self, reactor):
         self._reactor = reactor
-        self._max_buffered = max_buffered
         self._pending: dict = {}
 
     def put(self, protocol, frame: bytes) -> None:
@@ -74,9 +82,4 @@ class Outbox:
             # A socket closing since then must not send data after its close frame.
             if protocol.state != protocol.STATE_OPEN:
                 continue
-            data = frames[0] if len(frames) == 1 else b"".join(frames)
-            waiting = buffered_bytes(protocol.transport)
-            if waiting and waiting + len(data) > self._max_buffered:
-                protocol.overflowed(waiting)
-            else:
-                write_now(protocol.transport, data)
+            protocol.sendData(frames[0] if len(frames) == 1 else b"".join(frames))

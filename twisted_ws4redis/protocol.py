@@ -2,6 +2,7 @@
 thread) who the client is, then relays between the socket and Redis."""
 from __future__ import annotations
 
+import os
 from http import HTTPStatus
 from pprint import pformat
 from typing import Callable
@@ -19,7 +20,7 @@ from twisted.logger import Logger
 from . import __version__, audience
 from .conf import Settings
 from .django_bridge import Accepted, Handshake, authorize, defer_to_django
-from .outbox import Outbox
+from .outbox import Outbox, buffered_bytes, socket_transport, write_now
 from .pubsub import PubSubMessage, RedisBus
 
 log = Logger()
@@ -41,13 +42,34 @@ autobahn_protocol.pformat = _pformat_when_debugging
 HEARTBEAT_IDLE = 4.0
 #: Seconds the opening waits for Redis (subscriptions, persisted messages).
 REDIS_WAIT = 5.0
-#: What the server's pings carry.
-PING_PAYLOAD = b"ws4redis"
+#: Random bytes in each of the server's pings, which only its answer repeats.
+PING_PAYLOAD_SIZE = 8
 
 
 def _address(address) -> tuple[str, int]:
     """(host, port) of a transport address; a UNIX socket peer is local."""
     return getattr(address, "host", "127.0.0.1"), getattr(address, "port", 0)
+
+
+class TokenBucket:
+    """A rate with bursts of up to one second's worth."""
+
+    __slots__ = ("rate", "_tokens", "_checked")
+
+    def __init__(self, rate: float, now: float):
+        self.rate = rate
+        self._tokens = rate
+        self._checked = now
+
+    def take(self, now: float) -> bool:
+        """One more at ``now``: False when that is over the rate."""
+        tokens = min(self.rate, self._tokens + (now - self._checked) * self.rate)
+        self._checked = now
+        if tokens < 1:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1
+        return True
 
 
 class WebSocketProtocol(WebSocketServerProtocol):
@@ -59,9 +81,61 @@ class WebSocketProtocol(WebSocketServerProtocol):
     _heartbeat_call = None
     #: reactor time of the ping still waiting for its pong (see ``ping_all``)
     _ping_sent: float | None = None
-    # Publish rate bucket (used only with WS4REDIS_MAX_PUBLISH_RATE); starts full.
-    _publish_tokens = float("inf")
-    _publish_checked = 0.0
+    #: what that ping carried
+    _ping_payload: bytes | None = None
+    #: WS4REDIS_MAX_PUBLISH_RATE and WS4REDIS_MAX_FRAME_RATE, when set (from onOpen)
+    _publish_bucket: TokenBucket | None = None
+    _frame_bucket: TokenBucket | None = None
+    #: frames of the message being received
+    _fragments = 0
+    #: the close frame is being written (it may go past the buffer cap)
+    _sending_close = False
+    #: nothing more is read from this client (it flooded us with frames)
+    _deaf = False
+
+    # -- the transport -------------------------------------------------------------
+
+    def connectionMade(self):
+        super().connectionMade()
+        # twisted.web's HTTPChannel, which handed this transport over, is still
+        # its producer, and ignores pauses while a request (this upgrade) is
+        # open. Be the producer instead, to stop reading while writes back up.
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        """The transport's write buffer is full: read nothing more from this
+        client (no more frames to answer) until the buffer drains."""
+        socket_transport(self.transport).pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if not self._deaf:
+            socket_transport(self.transport).resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The connection is lost; Autobahn's connectionLost cleans up."""
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """The one write path: every byte to the websocket comes here (the
+        handshake response, Autobahn's frames, pongs and close frames, our
+        messages, heartbeats, replays and the outbox's broadcasts). Past
+        WS4REDIS_MAX_BUFFERED_BYTES waiting for the client, the write is
+        refused and the websocket closed. (``sync`` and ``chopsize``,
+        Autobahn's trickled writes, are never asked for by this server.)"""
+        waiting = buffered_bytes(self.transport)
+        if waiting and waiting + len(data) > self.factory.settings.max_buffered_bytes and not self._sending_close:
+            self.overflowed(waiting)
+        else:
+            write_now(self.transport, data)
+
+    def sendCloseFrame(self, code=None, reasonUtf8=None, isReply=False):
+        """Autobahn's, with the close frame let past the buffer cap: it is the
+        last frame (at most 127 bytes), and tells a client that reads again why."""
+        self._sending_close = True
+        try:
+            super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
+        finally:
+            self._sending_close = False
 
     # -- opening handshake --------------------------------------------------------
 
@@ -124,12 +198,17 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self._ready = False
         self._backlog: list[PubSubMessage] = []
         self._last_published: bytes | None = None
-        self._last_sent = self.factory.reactor.seconds()
+        self._last_sent = now = self.factory.reactor.seconds()
+        settings = self.factory.settings
+        if settings.max_publish_rate is not None:
+            self._publish_bucket = TokenBucket(settings.max_publish_rate, now)
+        if settings.max_frame_rate is not None:
+            self._frame_bucket = TokenBucket(settings.max_frame_rate, now)
         self.factory.connections.add(self)
         log.info("WSCONNECT {path} {peer} subscribe={subscribed} publish={publishers}",
                  path=self.http_request_uri, peer=self.peer,
                  subscribed=self.subscriber.subscribed, publishers=self.subscriber.publishers)
-        heartbeat = self.factory.settings.heartbeat
+        heartbeat = settings.heartbeat
         if heartbeat is not None:
             self.sendMessage(heartbeat)
             self._heartbeat_call = self.factory.reactor.callLater(HEARTBEAT_IDLE, self._heartbeat_due)
@@ -172,6 +251,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self._last_sent = self.factory.reactor.seconds()
 
     def _send_heartbeat(self) -> None:
+        if self.state != self.STATE_OPEN:
+            return
         self.sendMessage(self.factory.settings.heartbeat)
         self._last_sent = self.factory.reactor.seconds()
 
@@ -184,10 +265,40 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     # -- from the client -----------------------------------------------------------
 
+    def processData(self) -> bool:
+        return not self._deaf and super().processData()
+
+    def onFrameBegin(self) -> None:
+        """Count every frame (control frames too: a ping flood is a frame
+        flood) against WS4REDIS_MAX_FRAME_RATE, and the frames of a message
+        against WS4REDIS_MAX_FRAGMENTS, before Autobahn does anything with it."""
+        opcode = self.current_frame.opcode
+        if opcode < 8:
+            self._fragments = self._fragments + 1 if opcode == 0 else 1
+        max_fragments = self.factory.settings.max_fragments
+        if self._frame_bucket is not None and not self._frame_bucket.take(self.factory.reactor.seconds()):
+            self._flooded("Too many frames (WS4REDIS_MAX_FRAME_RATE)")
+        elif max_fragments is not None and self._fragments > max_fragments:
+            self._flooded(f"More than {max_fragments} frames in one message (WS4REDIS_MAX_FRAGMENTS)")
+        else:
+            super().onFrameBegin()
+
+    def _flooded(self, reason: str) -> None:
+        """Close (1008), and read nothing more: parsing what a flooding client
+        sends is the cost to stop. The close handshake's timeout drops it."""
+        self._close_for_policy(reason)
+        self._deaf = True
+        self.pauseProducing()
+
     def onPong(self, payload: bytes) -> None:
-        self._ping_sent = None
+        """Only the answer to the server's ping (its random payload) shows that
+        the peer reads; an unsolicited pong (RFC 6455 allows them) does not."""
+        if payload == self._ping_payload:
+            self._ping_sent = self._ping_payload = None
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.state != self.STATE_OPEN:
+            return  # after our close frame, nothing is answered or published
         if payload == self.factory.settings.heartbeat:
             # Answer at once: a client counting missed heartbeats stays happy
             # even while other traffic keeps the socket busy.
@@ -195,7 +306,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
             return
         if not payload or not self.subscriber.publishers:
             return
-        if self.factory.settings.max_publish_rate is not None and not self._may_publish():
+        if self._publish_bucket is not None and not self._publish_bucket.take(self.factory.reactor.seconds()):
             self._close_for_policy("Publishing too fast (WS4REDIS_MAX_PUBLISH_RATE)")
             return
         self._last_published = payload
@@ -205,20 +316,12 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     def overflowed(self, waiting: int) -> None:
         """The client reads too slowly: ``waiting`` bytes are already queued for it."""
-        self._close_for_policy(f"Too slow: {waiting} bytes waiting (WS4REDIS_MAX_BUFFERED_BYTES)")
-
-    def _may_publish(self) -> bool:
-        """A token bucket: up to one second's worth of messages at once, then
-        WS4REDIS_MAX_PUBLISH_RATE per second."""
-        rate = self.factory.settings.max_publish_rate
-        now = self.factory.reactor.seconds()
-        tokens = min(rate, self._publish_tokens + (now - self._publish_checked) * rate)
-        self._publish_checked = now
-        if tokens < 1:
-            self._publish_tokens = tokens
-            return False
-        self._publish_tokens = tokens - 1
-        return True
+        if self.state == self.STATE_OPEN:
+            self._close_for_policy(f"Too slow: {waiting} bytes waiting (WS4REDIS_MAX_BUFFERED_BYTES)")
+        else:
+            # Still not reading what came before its close frame (or the
+            # handshake's answer): give up on it.
+            self.dropConnection(abort=True)
 
     # -- close ---------------------------------------------------------------------
 
@@ -267,7 +370,7 @@ class WebSocketFactory(WebSocketServerFactory):
         self.bus = bus
         self.pool = pool
         self.connections: set[WebSocketProtocol] = set()
-        self.outbox = Outbox(self.reactor, settings.max_buffered_bytes)
+        self.outbox = Outbox(self.reactor)
         self.setProtocolOptions(
             webStatus=False,
             # RFC 6455 only: drafts (version 8) have been dead for a decade.
@@ -305,7 +408,8 @@ class WebSocketFactory(WebSocketServerFactory):
                 continue
             if connection._ping_sent is None:
                 connection._ping_sent = now
-                connection.sendPing(PING_PAYLOAD)
+                connection._ping_payload = os.urandom(PING_PAYLOAD_SIZE)
+                connection.sendPing(connection._ping_payload)
             elif now - connection._ping_sent >= timeout:
                 log.warn("WSDEAD {path} {peer}: no pong in {timeout} s, dropped",
                          path=connection.http_request_uri, peer=connection.peer, timeout=timeout)
