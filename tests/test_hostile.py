@@ -21,35 +21,43 @@ TIMEOUT = 5
 # -- a raw websocket client, to send what no library would -------------------------
 
 
+def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, masked: bool = True,
+                 rsv: int = 0) -> bytes:
+    """A frame as a client sends it (masked), or as told."""
+    first = (0x80 if fin else 0) | (rsv << 4) | opcode
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", first, (0x80 if masked else 0) | length)
+    elif length < 65536:
+        header = struct.pack("!BBH", first, (0x80 if masked else 0) | 126, length)
+    else:
+        header = struct.pack("!BBQ", first, (0x80 if masked else 0) | 127, length)
+    if masked:
+        key = os.urandom(4)
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+        header += key
+    return header + payload
+
+
 class RawSocket:
     """A websocket opened by hand over a plain socket."""
 
-    def __init__(self, port: int, path: str = "/ws/raw?subscribe-broadcast&publish-broadcast&echo"):
+    def __init__(self, port: int, path: str = "/ws/raw?subscribe-broadcast&publish-broadcast&echo",
+                 extra: str = ""):
+        """``extra``: more header lines for the handshake, each ending in CRLF."""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        self.sock.sendall(handshake(path))
+        self.sock.sendall(handshake(path, extra=extra))
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = self.sock.recv(1)
             assert chunk, f"closed during the handshake: {head!r}"
             head += chunk
         assert head.startswith(b"HTTP/1.1 101"), head
-        self.buffer = b""
+        self.buffer = bytearray()  # read from the front in O(1), for floods of small frames
 
     def send_frame(self, opcode: int, payload: bytes = b"", *, fin: bool = True, masked: bool = True,
                    rsv: int = 0) -> None:
-        first = (0x80 if fin else 0) | (rsv << 4) | opcode
-        length = len(payload)
-        if length < 126:
-            header = struct.pack("!BB", first, (0x80 if masked else 0) | length)
-        elif length < 65536:
-            header = struct.pack("!BBH", first, (0x80 if masked else 0) | 126, length)
-        else:
-            header = struct.pack("!BBQ", first, (0x80 if masked else 0) | 127, length)
-        if masked:
-            key = os.urandom(4)
-            payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-            header += key
-        self.sock.sendall(header + payload)
+        self.sock.sendall(client_frame(opcode, payload, fin=fin, masked=masked, rsv=rsv))
 
     def _read(self, count: int) -> bytes:
         while len(self.buffer) < count:
@@ -57,7 +65,8 @@ class RawSocket:
             if not chunk:
                 raise ConnectionError("closed by the server")
             self.buffer += chunk
-        data, self.buffer = self.buffer[:count], self.buffer[count:]
+        data = bytes(self.buffer[:count])
+        del self.buffer[:count]
         return data
 
     def read_frame(self) -> tuple[int, bytes]:

@@ -90,7 +90,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
     _fragments = 0
     #: the close frame is being written (it may go past the buffer cap)
     _sending_close = False
-    #: nothing more is read from this client (it flooded us with frames)
+    #: nothing more is read from this client (closed for a policy violation)
     _deaf = False
 
     # -- the transport -------------------------------------------------------------
@@ -277,18 +277,11 @@ class WebSocketProtocol(WebSocketServerProtocol):
             self._fragments = self._fragments + 1 if opcode == 0 else 1
         max_fragments = self.factory.settings.max_fragments
         if self._frame_bucket is not None and not self._frame_bucket.take(self.factory.reactor.seconds()):
-            self._flooded("Too many frames (WS4REDIS_MAX_FRAME_RATE)")
+            self._close_for_policy("Too many frames (WS4REDIS_MAX_FRAME_RATE)")
         elif max_fragments is not None and self._fragments > max_fragments:
-            self._flooded(f"More than {max_fragments} frames in one message (WS4REDIS_MAX_FRAGMENTS)")
+            self._close_for_policy(f"More than {max_fragments} frames in one message (WS4REDIS_MAX_FRAGMENTS)")
         else:
             super().onFrameBegin()
-
-    def _flooded(self, reason: str) -> None:
-        """Close (1008), and read nothing more: parsing what a flooding client
-        sends is the cost to stop. The close handshake's timeout drops it."""
-        self._close_for_policy(reason)
-        self._deaf = True
-        self.pauseProducing()
 
     def onPong(self, payload: bytes) -> None:
         """Only the answer to the server's ping (its random payload) shows that
@@ -326,7 +319,11 @@ class WebSocketProtocol(WebSocketServerProtocol):
     # -- close ---------------------------------------------------------------------
 
     def _close_for_policy(self, reason: str) -> None:
-        """Close with 1008 (policy violation), once, and say why in the log."""
+        """Close with 1008 (policy violation), once, and say why in the log.
+        Nothing more is read from this client (parsing a flood is the very
+        cost to stop): the close handshake's timeout drops the connection."""
+        self._deaf = True
+        self.pauseProducing()
         if self.state != self.STATE_OPEN:
             return
         log.warn("WSPOLICY {path} {peer}: {reason}", path=self.http_request_uri, peer=self.peer, reason=reason)
