@@ -56,6 +56,13 @@ def test_the_new_limits_have_safe_defaults():
     assert not current.origins.any_origin
 
 
+def test_frame_limits_are_on_by_default_and_none_turns_them_off():
+    current = settings_now()
+    assert (current.max_frame_rate, current.max_fragments) == (1000, 1000)
+    with override_settings(WS4REDIS_MAX_FRAME_RATE=None, WS4REDIS_MAX_FRAGMENTS=None):
+        assert (settings_now().max_frame_rate, settings_now().max_fragments) == (None, None)
+
+
 def test_no_auto_ping_when_the_interval_is_none():
     with override_settings(WS4REDIS_AUTO_PING_INTERVAL=None):
         assert settings_now().auto_ping_interval is None
@@ -126,6 +133,10 @@ BAD = [
     ("WS4REDIS_AUTO_PING_INTERVAL", 0),
     ("WS4REDIS_AUTO_PING_TIMEOUT", "30"),
     ("WS4REDIS_AUTO_PING_TIMEOUT", None),
+    ("WS4REDIS_MAX_FRAME_RATE", 0),
+    ("WS4REDIS_MAX_FRAME_RATE", "1000"),
+    ("WS4REDIS_MAX_FRAGMENTS", 2.5),
+    ("WS4REDIS_MAX_FRAGMENTS", -1),
 ]
 
 
