@@ -281,6 +281,7 @@ def test_a_tiny_fragment_flood_is_closed_and_the_server_stays_responsive(server,
             assert time.monotonic() < deadline, "the server still reads the flood"
             time.sleep(0.05)
         flood.stop()
+        assert flood.error is None, flood.error  # not read any more, and not yet dropped
         growth = (process.memory_info().rss - before) / MIB
         latencies.sort()
         assert latencies[len(latencies) // 2] < 0.25 and latencies[-1] < 1, latencies

@@ -54,9 +54,10 @@ def socket_transport(transport) -> FileDescriptor | None:
 def buffered_bytes(transport) -> int:
     """Bytes written to ``transport`` that the kernel has not taken yet (the
     socket's transport under any TLS layer)."""
-    transport = socket_transport(transport)
-    if transport is None:
-        return 0
+    if not isinstance(transport, FileDescriptor):  # plain TCP, the common case, without a call
+        transport = socket_transport(transport)
+        if transport is None:
+            return 0
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
