@@ -16,6 +16,7 @@ import hashlib
 import warnings
 from typing import Any, Iterable
 from urllib.parse import unquote_to_bytes
+from weakref import WeakKeyDictionary
 
 #: Session key under which the login signal stores the user's group names.
 MEMBEROF_SESSION_KEY = "ws4redis:memberof"
@@ -98,8 +99,45 @@ def resolve_self(audience: str, request: Any) -> list[str]:
         if _user(request) is None or session is None:
             return []
         return [str(name) for name in session.get(MEMBEROF_SESSION_KEY, ())]
-    key = getattr(session, "session_key", None) if session is not None else None
+    key = genuine_session_key(session)
     return [key] if key else []
+
+
+#: session store -> the key it was found to have loaded with (see ``loaded_as``).
+_genuine: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def loaded_as(store: Any, key: str | None) -> bool:
+    """Whether ``store``, made from ``key`` (the client's cookie) and just
+    loaded, really found that session: the key survived the load and the
+    store did not have to create a session instead. That is how every Django
+    engine reports a key that names no session: db, cache and cached_db forget
+    it, file creates a new one, signed_cookies (whose key *is* the data) keeps
+    the forged key but calls ``create()``, which marks the store modified.
+    An empty session that was saved (``request.session.save()`` for an
+    anonymous visitor) loads genuinely. The answer is remembered for the store."""
+    if key and store.session_key == key and not store.modified:
+        _genuine[store] = key
+        return True
+    return False
+
+
+def genuine_session_key(session: Any) -> str | None:
+    """The key of ``session`` if the session store vouches for it, else None:
+    a session channel is named after a session that really exists, never
+    after whatever a client put in its cookie. A store not known to have loaded
+    with its current key is checked with a fresh store of its class (one read
+    of the session store, on the caller's thread: never the reactor's)."""
+    key = getattr(session, "session_key", None) if session is not None else None
+    if not key:
+        return None
+    if _genuine.get(session) != key:
+        probe = type(session)(key)
+        probe.load()
+        if not loaded_as(probe, key):
+            return None
+        _genuine[session] = key
+    return key
 
 
 def message_channels(prefix: str, facility: str, *, request: Any = None, broadcast: bool = False,

@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
-from . import __version__, audience
+from . import __version__, audience, logsafe
 from .conf import Settings
 from .django_bridge import Accepted, Handshake, authorize, defer_to_django
 from .outbox import Outbox
@@ -98,8 +98,14 @@ class WebSocketProtocol(WebSocketServerProtocol):
             return failure
         if failure.check(PermissionDenied):
             raise ConnectionDeny(403, str(failure.value) or "Forbidden")
-        log.failure("Websocket handshake for {path} failed", failure, path=self.http_request_uri)
+        log.failure("Websocket handshake for {path} failed", failure, path=logsafe.text(self.http_request_uri))
         raise ConnectionDeny(500, "Internal Server Error")
+
+    def failHandshake(self, reason, code=400, responseHeaders=None):
+        """Autobahn's refusals quote what the client sent (its Host header, its
+        request line…) and Autobahn logs them twice, raw (an info line, then the
+        warning of the dropped connection): escape them before it does."""
+        super().failHandshake(logsafe.text(reason), code, responseHeaders)
 
     def sendHttpErrorResponse(self, code, reason, responseHeaders=None):
         """A complete HTTP response: the reason goes into the body, never into the
@@ -114,8 +120,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
         if code == 426:
             lines += ["Upgrade: websocket", "Sec-WebSocket-Version: 13"]
         lines += [f"{name}: {value}" for name, value in responseHeaders or ()]
-        log.info("WSREJECT {path} {peer} {code} {reason}", path=getattr(self, "http_request_uri", "?"),
-                 peer=self.peer, code=code, reason=reason)
+        log.info("WSREJECT {path} {peer} {code} {reason}", path=logsafe.text(getattr(self, "http_request_uri", "?")),
+                 peer=logsafe.text(self.peer), code=code, reason=logsafe.text(reason))
         self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
     # -- open ------------------------------------------------------------------------
@@ -127,8 +133,9 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self._last_sent = self.factory.reactor.seconds()
         self.factory.connections.add(self)
         log.info("WSCONNECT {path} {peer} subscribe={subscribed} publish={publishers}",
-                 path=self.http_request_uri, peer=self.peer,
-                 subscribed=self.subscriber.subscribed, publishers=self.subscriber.publishers)
+                 path=logsafe.text(self.http_request_uri), peer=logsafe.text(self.peer),
+                 subscribed=logsafe.channels(self.subscriber.subscribed, self.factory.settings.prefix),
+                 publishers=logsafe.channels(self.subscriber.publishers, self.factory.settings.prefix))
         heartbeat = self.factory.settings.heartbeat
         if heartbeat is not None:
             self.sendMessage(heartbeat)
@@ -145,7 +152,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     def _redis_unavailable(self, failure) -> None:
         log.warn("Websocket {path}: no persisted messages, Redis did not answer: {error}",
-                 path=self.http_request_uri, error=failure.getErrorMessage())
+                 path=logsafe.text(self.http_request_uri), error=failure.getErrorMessage())
 
     def _go_live(self, _) -> None:
         """Messages that arrived while the persisted ones were fetched go out now,
@@ -201,7 +208,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self._last_published = payload
         d = self.subscriber.publish_message(payload)
         d.addErrback(lambda failure: log.warn("Websocket {path}: publishing failed: {error}",
-                                              path=self.http_request_uri, error=failure.getErrorMessage()))
+                                              path=logsafe.text(self.http_request_uri),
+                                              error=failure.getErrorMessage()))
 
     def overflowed(self, waiting: int) -> None:
         """The client reads too slowly: ``waiting`` bytes are already queued for it."""
@@ -226,7 +234,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
         """Close with 1008 (policy violation), once, and say why in the log."""
         if self.state != self.STATE_OPEN:
             return
-        log.warn("WSPOLICY {path} {peer}: {reason}", path=self.http_request_uri, peer=self.peer, reason=reason)
+        log.warn("WSPOLICY {path} {peer}: {reason}", path=logsafe.text(self.http_request_uri),
+                 peer=logsafe.text(self.peer), reason=reason)
         self.sendCloseFrame(code=1008, reasonUtf8=reason.encode("utf-8"), isReply=False)
 
     def onClose(self, wasClean, code, reason):
@@ -236,8 +245,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
             self.subscriber.release()
         if self in self.factory.connections:
             self.factory.connections.discard(self)
-            log.info("WSDISCONNECT {path} {peer} code={code}", path=self.http_request_uri,
-                     peer=self.peer, code=code)
+            log.info("WSDISCONNECT {path} {peer} code={code}", path=logsafe.text(self.http_request_uri),
+                     peer=logsafe.text(self.peer), code=code)
 
 
 def wait_until(reactor, done: Callable[[], bool], timeout: float, every: float = 0.05) -> defer.Deferred:
@@ -308,7 +317,8 @@ class WebSocketFactory(WebSocketServerFactory):
                 connection.sendPing(PING_PAYLOAD)
             elif now - connection._ping_sent >= timeout:
                 log.warn("WSDEAD {path} {peer}: no pong in {timeout} s, dropped",
-                         path=connection.http_request_uri, peer=connection.peer, timeout=timeout)
+                         path=logsafe.text(connection.http_request_uri), peer=logsafe.text(connection.peer),
+                         timeout=timeout)
                 connection.dropConnection(abort=True)
 
     def close_all(self, code: int = 1001, reason: str = "Server is shutting down",

@@ -22,6 +22,8 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from . import logsafe
+from .conf import get_settings
 from .redis_address import RedisAddress
 
 log = Logger()
@@ -219,7 +221,8 @@ class RedisBus(Service):
             try:
                 listener(message)
             except Exception:
-                log.failure("A listener of {channel!r} failed", channel=channel)
+                log.failure("A listener of {channel!r} failed",
+                            channel=logsafe.channel(channel, get_settings().prefix))
 
     # -- commands --------------------------------------------------------------
 
