@@ -23,6 +23,13 @@ def login_view(request):
     return JsonResponse({"ok": True, "session_key": request.session.session_key})
 
 
+def new_session(request):
+    """An anonymous visitor's empty session, saved (what ws4redis sites do to
+    give anonymous pages a session channel)."""
+    request.session.save()
+    return JsonResponse({"session_key": request.session.session_key})
+
+
 def _audience(value):
     return [SELF if name == "SELF" else name for name in value]
 
