@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from websockets.sync.client import connect
 
-from conftest import http_post_json, login, round_trip, session_key, unique, wait_subscribed
+from conftest import django_request, http_post_json, login, round_trip, session_key, unique, wait_subscribed
 
 TIMEOUT = 5
 SIGNED = {"SESSION_ENGINE": "django.contrib.sessions.backends.signed_cookies"}
@@ -134,3 +134,24 @@ def test_by_default_groups_are_those_stored_at_login(twistd_servers, redis_clien
 def test_groups_read_at_handshake_time_follow_the_database(twistd_servers, redis_client, member):
     facility, channels = group_channels_after_removal(twistd_servers(CURRENT_GROUPS), redis_client, member)
     assert channels == []
+
+
+def test_the_handshake_reads_the_session_once(django_in_process, monkeypatch):
+    """process_request notes what its load found, so naming the session
+    channel costs no second read of the session store."""
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.core.handlers.wsgi import WSGIRequest
+
+    from twisted_ws4redis.audience import resolve_self
+    from twisted_ws4redis.django_bridge import Handshake, process_request
+
+    key = django_request("john").session.session_key
+    loads = []
+    load = SessionStore.load
+    monkeypatch.setattr(SessionStore, "load", lambda store: loads.append(store.session_key) or load(store))
+    for cookie, expected in ((key, [key]), ("forgedforgedforgedforged", [])):
+        loads.clear()
+        request = WSGIRequest(Handshake(path="/ws/x", query="", headers={"cookie": f"sessionid={cookie}"}).environ())
+        process_request(request)
+        assert resolve_self("session", request) == expected
+        assert loads == [cookie]

@@ -8,7 +8,8 @@ the other way round) work on one Redis::
     [prefix:]user:<username>:<facility>
     [prefix:]session:<session key>:<facility>
 
-Pure functions, used by the publisher and by every websocket.
+Pure functions, used by the publisher and by every websocket; only
+``genuine_session_key`` may ask the session store (on the caller's thread).
 """
 from __future__ import annotations
 
