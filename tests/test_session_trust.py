@@ -155,3 +155,21 @@ def test_the_handshake_reads_the_session_once(django_in_process, monkeypatch):
         process_request(request)
         assert resolve_self("session", request) == expected
         assert loads == [cookie]
+
+
+@pytest.mark.parametrize("engine", ["db", "cache", "cached_db", "file", "signed_cookies"])
+def test_every_engine_vouches_only_for_its_own_sessions(django_in_process, engine):
+    """The rule behind session channels, for each of Django's engines: a
+    saved (even empty) session is genuine, a made-up key is not."""
+    from importlib import import_module
+
+    from twisted_ws4redis.audience import genuine_session_key
+
+    store = import_module(f"django.contrib.sessions.backends.{engine}").SessionStore
+    saved = store()
+    saved.save()
+    try:
+        assert genuine_session_key(store(saved.session_key)) == saved.session_key
+        assert genuine_session_key(store("madeupmadeupmadeupmadeup")) is None
+    finally:
+        saved.delete()
