@@ -176,3 +176,24 @@ def test_logout_succeeds_when_redis_is_down(django_in_process, caplog):
     assert request.session.session_key is None and not request.user.is_authenticated
     warnings = [record.getMessage() for record in caplog.records if record.name == "twisted_ws4redis.signals"]
     assert len(warnings) == 1 and session_digest(key) in warnings[0] and key not in warnings[0], warnings
+
+
+def test_an_ended_session_is_refused_for_ten_seconds_then_forgotten(django_in_process):
+    """What a node remembers of ended sessions is bounded in time (a flood of
+    logouts costs memory for SESSION_ENDED_MEMORY seconds only)."""
+    from twisted.internet.task import Clock
+
+    from twisted_ws4redis.conf import get_settings
+    from twisted_ws4redis.protocol import SESSION_ENDED_MEMORY, WebSocketFactory
+
+    clock = Clock()
+    factory = WebSocketFactory(get_settings(), bus=None, pool=None, reactor=clock)
+    first, second = "0" * 16, "1" * 16
+    assert factory.close_session(first) == 0  # no websocket of it here
+    assert factory.session_ended(first) and not factory.session_ended(second)
+    clock.advance(SESSION_ENDED_MEMORY - 0.1)
+    assert factory.session_ended(first)
+    clock.advance(0.1)
+    assert not factory.session_ended(first)
+    factory.close_session(second)
+    assert list(factory._ended) == [second]
