@@ -2,7 +2,7 @@
 import json
 import time
 
-from django.contrib.auth import authenticate, login
+from django.contrib.auth import authenticate, login, logout
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -28,6 +28,13 @@ def new_session(request):
     give anonymous pages a session channel)."""
     request.session.save()
     return JsonResponse({"session_key": request.session.session_key})
+
+
+@csrf_exempt
+def logout_view(request):
+    """POST: Django's logout() (LogoutView would want a CSRF token)."""
+    logout(request)
+    return JsonResponse({"ok": True})
 
 
 def _audience(value):
