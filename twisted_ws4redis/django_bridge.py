@@ -121,7 +121,7 @@ def authorize(handshake: Handshake, facility: str, settings: Settings, bus: Any)
         flags = list(settings.allowed_channels(request, flags))
     subscriber = settings.subscriber(bus)
     subscriber.set_pubsub_channels(request, flags)
-    key = getattr(getattr(request, "session", None), "session_key", None)
+    key = audience.genuine_session_key(getattr(request, "session", None))
     return Accepted(request, subscriber, echo, audience.session_digest(key) if key else None)
 
 
