@@ -4,12 +4,16 @@ against a real ``twistd ws4redis`` serving examples/chatserver on a real Redis.
 Screenshots of the pages land in test-artifacts/ (not committed)."""
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 
 import pytest
 from selenium import webdriver
@@ -17,8 +21,10 @@ from selenium.common.exceptions import JavascriptException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
+from websockets.sync.client import connect
 
-from conftest import ROOT, TwistdServer
+from conftest import ROOT, TwistdServer, recording, round_trip, unique
 
 EXAMPLE = ROOT / "examples" / "chatserver"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -62,8 +68,9 @@ def chat_server(redis_server, example_env):
 
 
 @pytest.fixture
-def open_browser():
-    """``open_browser()``: a new headless Chromium with its own profile."""
+def open_browser(tmp_path):
+    """``open_browser()``: a new headless Chromium with its own profile. Its
+    profile and the files Chromium leaves in TMPDIR go into ``tmp_path``."""
     drivers = []
 
     def start() -> webdriver.Chrome:
@@ -71,9 +78,11 @@ def open_browser():
         options.binary_location = CHROMIUM
         for flag in CHROMIUM_FLAGS:
             options.add_argument(flag)
+        options.add_argument(f"--user-data-dir={tmp_path / f'profile-{len(drivers)}'}")
         # The performance log carries the websocket frames (DevTools Network events).
         options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        service = Service(CHROMEDRIVER, env=dict(os.environ, TMPDIR=str(tmp_path)))
+        driver = webdriver.Chrome(service=service, options=options)
         drivers.append(driver)
         return driver
 
@@ -317,3 +326,60 @@ def test_client_api(chat_server, open_browser):
     """)
     assert result == {"error": "No Websocket URI in options", "withoutNew": True, "connecting": True,
                       "module": True, "state": 1, "closing": True}
+
+
+def example_login(server: TwistdServer, username: str) -> str:
+    """Sign in through the example's login form (CSRF token and all); the Cookie header value."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    with opener.open(server.http_url("/accounts/login/"), timeout=10) as response:
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', response.read().decode()).group(1)
+    form = urllib.parse.urlencode({"username": username, "password": "secret", "csrfmiddlewaretoken": token})
+    with opener.open(server.http_url("/accounts/login/"), data=form.encode(), timeout=10) as response:
+        assert response.url.endswith("/"), response.url
+    assert "sessionid" in {cookie.name for cookie in jar}
+    return "; ".join(f"{cookie.name}={cookie.value}" for cookie in jar)
+
+
+def test_the_example_lets_browsers_publish_only_where_a_page_needs_it(chat_server, redis_server):
+    """The example's WS4REDIS_ALLOWED_CHANNELS (chatserver.websocket_access),
+    driven by a client that asks for more than the pages do."""
+    # A facility no page uses is refused, publishing or not.
+    for path in ("elsewhere?subscribe-broadcast&publish-broadcast", f"{unique('fill')}?publish-broadcast"):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(chat_server.ws_url(path), open_timeout=5)
+        assert refused.value.response.status_code == 403
+
+    # The broadcast chat publishes to its broadcast channel and nowhere else.
+    payload = unique("anonymous")
+    with recording(redis_server, "chat") as recorder, connect(chat_server.ws_url(
+            "chat?subscribe-broadcast&publish-broadcast&publish-session&publish-user&subscribe-session"),
+            open_timeout=5) as ws:
+        ws.send(payload)
+        assert {channel for channel, _ in recorder.until(payload.encode())} == {"demo:broadcast:chat"}
+        # Nothing near 1 MiB is kept for an hour: the example's messages are small.
+        ws.send("x" * 9000)
+        with pytest.raises(ConnectionClosedError):
+            while True:
+                ws.recv(timeout=5)
+        assert ws.close_code == 1009
+    assert "publish-session&publish-user&subscribe-session tcp" in chat_server.log()
+    assert re.search(r"WSCONNECT /ws/chat\?subscribe-broadcast&publish-broadcast&publish-session\S* \S+ "
+                     r"subscribe=\['demo:broadcast:chat'\] publish=\['demo:broadcast:chat'\]", chat_server.log())
+
+    # A member cannot publish to the group chat (or anywhere) from a socket:
+    # only the view does, and it stamps the sender.
+    channel = "demo:group:chatusers:groupchat"
+    cookie = example_login(chat_server, "john")
+    redis_server.client().delete(channel)  # a message kept from another test would come first
+    with recording(redis_server, "groupchat", pattern=channel) as recorder, connect(chat_server.ws_url(
+            "groupchat?subscribe-group&publish-group&publish-broadcast&publish-user&publish-session"),
+            additional_headers={"Cookie": cookie}, open_timeout=5) as ws:
+        ws.send(json.dumps({"from": "mary", "to": "chatusers", "text": "forged"}))
+        round_trip(ws)
+        redis_server.client().publish(channel, "after the forgery")
+        assert recorder.next() == (channel, b"after the forgery")
+        received = ws.recv(timeout=5)
+        while received == HEARTBEAT:
+            received = ws.recv(timeout=5)
+        assert received == "after the forgery"

@@ -8,14 +8,20 @@ the other way round) work on one Redis::
     [prefix:]user:<username>:<facility>
     [prefix:]session:<session key>:<facility>
 
-Pure functions, used by the publisher and by every websocket.
+and one channel of our own, which every server process subscribes, for
+commands to all of them (``control_channel``).
+
+Pure functions, used by the publisher and by every websocket; only
+``genuine_session_key`` may ask the session store (on the caller's thread).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from typing import Any, Iterable
 from urllib.parse import unquote_to_bytes
+from weakref import WeakKeyDictionary
 
 #: Session key under which the login signal stores the user's group names.
 MEMBEROF_SESSION_KEY = "ws4redis:memberof"
@@ -31,6 +37,21 @@ def session_digest(session_key: str) -> str:
     (log lines, commands between nodes): whoever holds the key is that user.
     16 hex digits of its SHA-256: stable, short, not reversible."""
     return hashlib.sha256(session_key.encode("utf-8")).hexdigest()[:16]
+
+
+def control_channel(prefix: str) -> str:
+    """The channel of commands to every server process of this prefix."""
+    return f"{prefix}ws4redis:control"
+
+
+#: The command closing one session's websockets; "session" is its digest.
+CLOSE_SESSION = "close-session"
+
+
+def close_session_command(session_key: str) -> bytes:
+    """The control message asking every node to close the websockets opened
+    with ``session_key`` (which it names by digest only)."""
+    return json.dumps({"op": CLOSE_SESSION, "session": session_digest(session_key)}).encode("ascii")
 
 
 class _Self:
@@ -98,8 +119,45 @@ def resolve_self(audience: str, request: Any) -> list[str]:
         if _user(request) is None or session is None:
             return []
         return [str(name) for name in session.get(MEMBEROF_SESSION_KEY, ())]
-    key = getattr(session, "session_key", None) if session is not None else None
+    key = genuine_session_key(session)
     return [key] if key else []
+
+
+#: session store -> the key it was found to have loaded with (see ``loaded_as``).
+_genuine: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def loaded_as(store: Any, key: str | None) -> bool:
+    """Whether ``store``, made from ``key`` (the client's cookie) and just
+    loaded, really found that session: the key survived the load and the
+    store did not have to create a session instead. That is how every Django
+    engine reports a key that names no session: db, cache and cached_db forget
+    it, file creates a new one, signed_cookies (whose key *is* the data) keeps
+    the forged key but calls ``create()``, which marks the store modified.
+    An empty session that was saved (``request.session.save()`` for an
+    anonymous visitor) loads genuinely. The answer is remembered for the store."""
+    if key and store.session_key == key and not store.modified:
+        _genuine[store] = key
+        return True
+    return False
+
+
+def genuine_session_key(session: Any) -> str | None:
+    """The key of ``session`` if the session store vouches for it, else None:
+    a session channel is named after a session that really exists, never
+    after whatever a client put in its cookie. A store not known to have loaded
+    with its current key is checked with a fresh store of its class (one read
+    of the session store, on the caller's thread: never the reactor's)."""
+    key = getattr(session, "session_key", None) if session is not None else None
+    if not key:
+        return None
+    if _genuine.get(session) != key:
+        probe = type(session)(key)
+        probe.load()
+        if not loaded_as(probe, key):
+            return None
+        _genuine[session] = key
+    return key
 
 
 def message_channels(prefix: str, facility: str, *, request: Any = None, broadcast: bool = False,

@@ -21,6 +21,7 @@ from twisted.internet import threads
 
 from . import audience
 from .conf import Settings
+from .signals import store_groups_in_session
 
 
 @dataclass(frozen=True)
@@ -68,17 +69,34 @@ class Handshake:
 def process_request(request: WSGIRequest) -> None:
     """The default authentication: the session from its cookie and the user
     from the session. Both are loaded here, in the thread, so that later
-    reads (``is_authenticated``, group names) never touch the database."""
+    reads (``is_authenticated``, group names) never touch the database.
+    Whether the cookie named a real session is noted as it loads, so that
+    naming the session channel needs no second read."""
     engine = import_module(django_settings.SESSION_ENGINE)
-    request.session = engine.SessionStore(request.COOKIES.get(django_settings.SESSION_COOKIE_NAME))
+    key = request.COOKIES.get(django_settings.SESSION_COOKIE_NAME)
+    request.session = engine.SessionStore(key)
+    request.session.keys()
+    audience.loaded_as(request.session, key)
     if apps.is_installed("django.contrib.auth"):
         from django.contrib.auth import get_user
 
         request.user = get_user(request)
     else:
         request.user = None
-    # Loading forgets a key that names no session, so session_key is trustworthy.
-    request.session.keys()
+
+
+def process_request_with_current_groups(request: WSGIRequest) -> None:
+    """``process_request``, then the user's group names read from the database
+    now instead of those stored in the session at login, so that a user
+    removed from a group loses its channels at the next handshake, not at the
+    next login. One more query per handshake of a logged-in user (on the
+    thread pool, like all of this). Set ``WS4REDIS_PROCESS_REQUEST`` to
+    ``"twisted_ws4redis.django_bridge.process_request_with_current_groups"``.
+    The names replace the snapshot in this request's session only: a
+    websocket never saves its session."""
+    process_request(request)
+    if getattr(request.user, "is_authenticated", False):
+        store_groups_in_session(None, request, request.user)
 
 
 @dataclass
@@ -86,6 +104,9 @@ class Accepted:
     request: WSGIRequest
     subscriber: Any
     echo: bool
+    #: digest of the session authenticated with (None: no session), so that
+    #: its websockets can be closed when it ends
+    session_digest: str | None = None
 
 
 def authorize(handshake: Handshake, facility: str, settings: Settings, bus: Any) -> Accepted:
@@ -100,7 +121,8 @@ def authorize(handshake: Handshake, facility: str, settings: Settings, bus: Any)
         flags = list(settings.allowed_channels(request, flags))
     subscriber = settings.subscriber(bus)
     subscriber.set_pubsub_channels(request, flags)
-    return Accepted(request, subscriber, echo)
+    key = audience.genuine_session_key(getattr(request, "session", None))
+    return Accepted(request, subscriber, echo, audience.session_digest(key) if key else None)
 
 
 def _in_django(function: Callable, *args: Any) -> Any:

@@ -3,6 +3,7 @@ thread) who the client is, then relays between the socket and Redis."""
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from http import HTTPStatus
 from pprint import pformat
 from typing import Callable
@@ -17,7 +18,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
-from . import __version__, audience
+from . import __version__, audience, logsafe
 from .conf import Settings
 from .django_bridge import Accepted, Handshake, authorize, defer_to_django
 from .outbox import Outbox, buffered_bytes, socket_transport, write_now
@@ -44,6 +45,14 @@ HEARTBEAT_IDLE = 4.0
 REDIS_WAIT = 5.0
 #: Random bytes in each of the server's pings, which only its answer repeats.
 PING_PAYLOAD_SIZE = 8
+#: Close code of websockets whose session ended (logout): 4000 + HTTP 401, as
+#: graphql-ws does; not 1008, which says the client broke a rule.
+SESSION_ENDED_CODE = 4401
+SESSION_ENDED_REASON = "Session ended"
+#: Seconds a node refuses handshakes authenticated with a session it was told
+#: has ended: one read from the session just before logout flushed it, or
+#: still in flight on a thread when the command came, must not get through.
+SESSION_ENDED_MEMORY = 10.0
 
 
 def _address(address) -> tuple[str, int]:
@@ -78,6 +87,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
     subscriber = None
     django_request = None
     echo = False
+    #: audience.session_digest of the session this websocket authenticated with
+    session_digest: str | None = None
     _heartbeat_call = None
     #: reactor time of the ping still waiting for its pong (see ``ping_all``)
     _ping_sent: float | None = None
@@ -161,6 +172,9 @@ class WebSocketProtocol(WebSocketServerProtocol):
         return d.addCallbacks(self._accepted, self._refused)
 
     def _accepted(self, accepted: Accepted):
+        if self.factory.session_ended(accepted.session_digest):
+            raise ConnectionDeny(403, "This session has ended")
+        self.session_digest = accepted.session_digest
         self.django_request = accepted.request
         self.subscriber = accepted.subscriber
         self.echo = accepted.echo
@@ -172,8 +186,14 @@ class WebSocketProtocol(WebSocketServerProtocol):
             return failure
         if failure.check(PermissionDenied):
             raise ConnectionDeny(403, str(failure.value) or "Forbidden")
-        log.failure("Websocket handshake for {path} failed", failure, path=self.http_request_uri)
+        log.failure("Websocket handshake for {path} failed", failure, path=logsafe.text(self.http_request_uri))
         raise ConnectionDeny(500, "Internal Server Error")
+
+    def failHandshake(self, reason, code=400, responseHeaders=None):
+        """Autobahn's refusals quote what the client sent (its Host header, its
+        request line…) and Autobahn logs them twice, raw (an info line, then the
+        warning of the dropped connection): escape them before it does."""
+        super().failHandshake(logsafe.text(reason), code, responseHeaders)
 
     def sendHttpErrorResponse(self, code, reason, responseHeaders=None):
         """A complete HTTP response: the reason goes into the body, never into the
@@ -188,8 +208,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
         if code == 426:
             lines += ["Upgrade: websocket", "Sec-WebSocket-Version: 13"]
         lines += [f"{name}: {value}" for name, value in responseHeaders or ()]
-        log.info("WSREJECT {path} {peer} {code} {reason}", path=getattr(self, "http_request_uri", "?"),
-                 peer=self.peer, code=code, reason=reason)
+        log.info("WSREJECT {path} {peer} {code} {reason}", path=logsafe.text(getattr(self, "http_request_uri", "?")),
+                 peer=logsafe.text(self.peer), code=code, reason=logsafe.text(reason))
         self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
     # -- open ------------------------------------------------------------------------
@@ -205,10 +225,13 @@ class WebSocketProtocol(WebSocketServerProtocol):
         if settings.max_frame_rate is not None:
             self._frame_bucket = TokenBucket(settings.max_frame_rate, now)
         self.factory.connections.add(self)
+        if self.session_digest is not None:
+            self.factory.sessions.setdefault(self.session_digest, set()).add(self)
         log.info("WSCONNECT {path} {peer} subscribe={subscribed} publish={publishers}",
-                 path=self.http_request_uri, peer=self.peer,
-                 subscribed=self.subscriber.subscribed, publishers=self.subscriber.publishers)
-        heartbeat = settings.heartbeat
+                 path=logsafe.text(self.http_request_uri), peer=logsafe.text(self.peer),
+                 subscribed=logsafe.channels(self.subscriber.subscribed, self.factory.settings.prefix),
+                 publishers=logsafe.channels(self.subscriber.publishers, self.factory.settings.prefix))
+        heartbeat = self.factory.settings.heartbeat
         if heartbeat is not None:
             self.sendMessage(heartbeat)
             self._heartbeat_call = self.factory.reactor.callLater(HEARTBEAT_IDLE, self._heartbeat_due)
@@ -224,7 +247,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     def _redis_unavailable(self, failure) -> None:
         log.warn("Websocket {path}: no persisted messages, Redis did not answer: {error}",
-                 path=self.http_request_uri, error=failure.getErrorMessage())
+                 path=logsafe.text(self.http_request_uri), error=failure.getErrorMessage())
 
     def _go_live(self, _) -> None:
         """Messages that arrived while the persisted ones were fetched go out now,
@@ -305,7 +328,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self._last_published = payload
         d = self.subscriber.publish_message(payload)
         d.addErrback(lambda failure: log.warn("Websocket {path}: publishing failed: {error}",
-                                              path=self.http_request_uri, error=failure.getErrorMessage()))
+                                              path=logsafe.text(self.http_request_uri),
+                                              error=failure.getErrorMessage()))
 
     def overflowed(self, waiting: int) -> None:
         """The client reads too slowly: ``waiting`` bytes are already queued for it."""
@@ -326,7 +350,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self.pauseProducing()
         if self.state != self.STATE_OPEN:
             return
-        log.warn("WSPOLICY {path} {peer}: {reason}", path=self.http_request_uri, peer=self.peer, reason=reason)
+        log.warn("WSPOLICY {path} {peer}: {reason}", path=logsafe.text(self.http_request_uri),
+                 peer=logsafe.text(self.peer), reason=reason)
         self.sendCloseFrame(code=1008, reasonUtf8=reason.encode("utf-8"), isReply=False)
 
     def onClose(self, wasClean, code, reason):
@@ -336,8 +361,13 @@ class WebSocketProtocol(WebSocketServerProtocol):
             self.subscriber.release()
         if self in self.factory.connections:
             self.factory.connections.discard(self)
-            log.info("WSDISCONNECT {path} {peer} code={code}", path=self.http_request_uri,
-                     peer=self.peer, code=code)
+            same_session = self.factory.sessions.get(self.session_digest)
+            if same_session is not None:
+                same_session.discard(self)
+                if not same_session:
+                    del self.factory.sessions[self.session_digest]
+            log.info("WSDISCONNECT {path} {peer} code={code}", path=logsafe.text(self.http_request_uri),
+                     peer=logsafe.text(self.peer), code=code)
 
 
 def wait_until(reactor, done: Callable[[], bool], timeout: float, every: float = 0.05) -> defer.Deferred:
@@ -367,6 +397,11 @@ class WebSocketFactory(WebSocketServerFactory):
         self.bus = bus
         self.pool = pool
         self.connections: set[WebSocketProtocol] = set()
+        #: the open websockets by session digest, so that a logout (which every
+        #: node hears) costs each node a lookup, not a pass over all its sockets
+        self.sessions: dict[str, set[WebSocketProtocol]] = {}
+        #: digest -> reactor time, oldest first, of sessions recently ended
+        self._ended: OrderedDict[str, float] = OrderedDict()
         self.outbox = Outbox(self.reactor)
         self.setProtocolOptions(
             webStatus=False,
@@ -409,8 +444,28 @@ class WebSocketFactory(WebSocketServerFactory):
                 connection.sendPing(connection._ping_payload)
             elif now - connection._ping_sent >= timeout:
                 log.warn("WSDEAD {path} {peer}: no pong in {timeout} s, dropped",
-                         path=connection.http_request_uri, peer=connection.peer, timeout=timeout)
+                         path=logsafe.text(connection.http_request_uri), peer=logsafe.text(connection.peer),
+                         timeout=timeout)
                 connection.dropConnection(abort=True)
+
+    def close_session(self, digest: str) -> int:
+        """Close the websockets of the session with this digest (4401) and
+        refuse its handshakes for SESSION_ENDED_MEMORY seconds; how many closed."""
+        now = self.reactor.seconds()
+        self._ended[digest] = now
+        self._ended.move_to_end(digest)
+        while now - next(iter(self._ended.values())) >= SESSION_ENDED_MEMORY:
+            self._ended.popitem(last=False)
+        closing = [connection for connection in self.sessions.get(digest, ())
+                   if connection.state == connection.STATE_OPEN]
+        for connection in closing:
+            connection.sendCloseFrame(code=SESSION_ENDED_CODE, reasonUtf8=SESSION_ENDED_REASON.encode("utf-8"),
+                                      isReply=False)
+        return len(closing)
+
+    def session_ended(self, digest: str | None) -> bool:
+        ended = self._ended.get(digest)
+        return ended is not None and self.reactor.seconds() - ended < SESSION_ENDED_MEMORY
 
     def close_all(self, code: int = 1001, reason: str = "Server is shutting down",
                   timeout: float = 3.0) -> defer.Deferred:

@@ -3,7 +3,9 @@
 The broadcast chat publishes straight from the browser's websocket
 (``publish-broadcast``). The user and group chats send through a Django view
 instead, which knows who is writing and publishes with ``RedisPublisher``: the
-sender cannot be forged and only the addressees receive the message.
+sender cannot be forged and only the addressees receive the message. That
+holds because their websockets may not publish at all (websocket_access.py,
+the site's WS4REDIS_ALLOWED_CHANNELS): a client is not bound to our pages' URLs.
 """
 import json
 

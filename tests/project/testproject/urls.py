@@ -5,6 +5,8 @@ from . import views
 urlpatterns = [
     path("", views.index),
     path("login/", views.login_view),
+    path("session/", views.new_session),
+    path("logout/", views.logout_view),
     path("publish/", views.publish),
     path("slow/", views.slow),
 ]

@@ -2,7 +2,7 @@
 import json
 import time
 
-from django.contrib.auth import authenticate, login
+from django.contrib.auth import authenticate, login, logout
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -21,6 +21,20 @@ def login_view(request):
         return JsonResponse({"ok": False}, status=403)
     login(request, user)
     return JsonResponse({"ok": True, "session_key": request.session.session_key})
+
+
+def new_session(request):
+    """An anonymous visitor's empty session, saved (what ws4redis sites do to
+    give anonymous pages a session channel)."""
+    request.session.save()
+    return JsonResponse({"session_key": request.session.session_key})
+
+
+@csrf_exempt
+def logout_view(request):
+    """POST: Django's logout() (LogoutView would want a CSRF token)."""
+    logout(request)
+    return JsonResponse({"ok": True})
 
 
 def _audience(value):

@@ -1,0 +1,24 @@
+"""Least privilege for the demo's websockets (``WS4REDIS_ALLOWED_CHANNELS``).
+
+The server grants whatever flags a URL asks for; a client is not bound to the
+URLs of our pages. So each facility gets the flags its page uses and no more:
+only the broadcast chat publishes from the browser; the user and group chats
+publish through their views, which stamp the sender (so it cannot be
+forged); a facility no page uses is refused.
+"""
+from django.core.exceptions import PermissionDenied
+
+#: facility -> the flags its page asks for (see the templates' ws_uri blocks)
+PAGES = {
+    "chat": {"subscribe-broadcast", "publish-broadcast"},
+    "userchat": {"subscribe-user"},
+    "groupchat": {"subscribe-group"},
+}
+
+
+def allowed_channels(request, channels):
+    """Refuse a facility no page uses (HTTP 403); drop the flags its page does not use."""
+    allowed = PAGES.get(request.facility)
+    if allowed is None:
+        raise PermissionDenied("No page of this site uses that facility")
+    return [flag for flag in channels if flag in allowed]
