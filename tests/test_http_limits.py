@@ -165,6 +165,16 @@ def test_a_body_announced_over_the_limit_gets_413_before_it_is_read(server):
     assert rss < 8 and temp < 1, f"RSS +{rss:.1f} MiB, temporary files +{temp:.1f} MiB"
 
 
+@pytest.mark.parametrize("path, status", [(b"/", 413), (b"/ws/door", 400)])
+def test_a_content_length_of_5000_digits_is_refused_not_a_traceback(server, path, status):
+    """Twisted's int() of it raises out of the HTTP parser: no answer, a
+    traceback in the log for every such request."""
+    got, _, _ = raw_request(server.port, b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
+                            + b"9" * 5000 + b"\r\nX-After: 1\r\n\r\n")
+    assert got == status
+    assert "Unhandled Error" not in server.log()
+
+
 def test_a_chunked_body_gets_413_when_it_passes_the_limit(twistd_servers):
     server = twistd_servers(SMALL)
     piece = 64 * 1024

@@ -161,19 +161,34 @@ class Channel(http.HTTPChannel):
         else:
             self._give_up(431, "Request Header Fields Too Large", "The request head is too large.")
 
+    def headerReceived(self, line: bytes) -> bool:
+        name, _, value = line.partition(b":")
+        value = value.strip(b" \t")
+        # Over 18 digits is over any limit; over 4300, Twisted's int() raises out of the parser.
+        if name.lower() == b"content-length" and value.isdigit() and len(value.lstrip(b"0")) > 18:
+            self._refuse_body()
+            return False
+        return super().headerReceived(line)
+
     def allHeadersReceived(self) -> None:
         self._stop_deadline()
         headers = self.requests[-1].requestHeaders
         # Twisted's length: None for a chunked body, else Content-Length (0 without one).
         has_body = self.length != 0 or headers.hasHeader(b"transfer-encoding")
-        if has_body and self.site.resource.is_websocket(self._target):
-            self._give_up(400, "Bad Request", "A websocket handshake has no body.")
-        elif self.length is not None and self.length > self.site.max_body_size:
-            self._body_too_large()
+        if (has_body and self.site.resource.is_websocket(self._target)) or (
+                self.length is not None and self.length > self.site.max_body_size):
+            self._refuse_body()
         else:
             super().allHeadersReceived()
             if self.length != 0:
                 self._expect_body()
+
+    def _refuse_body(self) -> None:
+        """The body's size, or its presence on the websocket door, is refused before it is read."""
+        if self.site.resource.is_websocket(self._target):
+            self._give_up(400, "Bad Request", "A websocket handshake has no body.")
+        else:
+            self._body_too_large()
 
     def _expect_body(self) -> None:
         self._body_bytes = 0
