@@ -15,6 +15,9 @@ import time
 
 import psutil
 import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.web.resource import Resource
 
 from test_door import assert_still_serving, handshake, raw_request
 
@@ -304,3 +307,60 @@ def test_a_request_target_outside_printable_ascii_gets_400(server, path, byte):
 
 def test_the_server_is_still_serving_after_the_bad_targets(server, redis_client):
     assert_still_serving(server, redis_client)
+
+
+# -- the channel alone, on a fake clock: what is served after a refusal -------------------------
+
+
+class Counting(Resource):
+    """Stands for Django: counts the requests that reach it."""
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.bodies: list[bytes] = []
+
+    def render(self, request):
+        self.bodies.append(request.content.read())
+        return b"served"
+
+
+def channel(max_body_size: int = 1000):
+    from twisted_ws4redis.resource import Root, Site
+
+    clock, django = Clock(), Counting()
+    site = Site(Root("/ws/", Resource(), django), reactor=clock, head_timeout=30, max_head_size=16384,
+                max_body_size=max_body_size, body_timeout=1, body_min_rate=500)
+    protocol = site.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport, clock, django
+
+
+def test_nothing_reaches_django_after_a_body_passed_the_limit():
+    """The rest of the read (the body's end, a pipelined request) is dropped."""
+    protocol, transport, _, django = channel()
+    protocol.dataReceived(post("/", None) + b"3e8\r\n" + b"a" * 1000 + b"\r\n1\r\nb\r\n0\r\n\r\n"
+                          + b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 413 ") and transport.value().count(b"HTTP/1.1") == 1
+    assert django.bodies == [] and transport.disconnecting
+
+
+def test_a_body_at_the_limit_reaches_django_whole():
+    protocol, transport, _, django = channel()
+    protocol.dataReceived(post("/", None) + b"3e8\r\n" + b"a" * 1000 + b"\r\n0\r\n\r\n")
+    assert django.bodies == [b"a" * 1000] and transport.value().startswith(b"HTTP/1.1 200 ")
+
+
+def test_the_body_deadline_grows_with_what_was_received():
+    """1 s, plus 1 s per 500 bytes: 600 bytes give 2.2 s in all."""
+    protocol, transport, clock, django = channel()
+    protocol.dataReceived(post("/", 1000) + b"a" * 600)
+    clock.advance(1.0)
+    clock.advance(1.1)
+    assert transport.value() == b""
+    clock.advance(0.2)
+    assert transport.value().startswith(b"HTTP/1.1 408 ") and transport.disconnecting
+    protocol.dataReceived(b"b" * 400)  # too late: not served
+    assert django.bodies == []

@@ -139,6 +139,8 @@ class Channel(http.HTTPChannel):
         self._deadline = None
 
     def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return  # answered and closing (a TLS transport may still hand over what it had decrypted)
         self._head_begun = True
         super().dataReceived(data)
 
