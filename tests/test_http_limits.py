@@ -43,7 +43,7 @@ def footprint(pid: int) -> tuple[int, int]:
 
 
 class Attack:
-    """Sends ``head``, then ``body`` bytes (1 MiB at a time, up to ``total``)
+    """Sends ``head``, then ``chunk`` after ``chunk`` (up to ``total`` bytes)
     from a thread, while the test reads the answer and samples the server's
     footprint."""
 
@@ -88,10 +88,11 @@ class Attack:
         return ((self.peak[0] - self.before[0]) / MiB, (self.peak[1] - self.before[1]) / MiB)
 
 
-def post(path: str, length: int | None, extra: str = "") -> bytes:
+def post(path: str, length: int | None) -> bytes:
+    """The head of a POST whose body has ``length`` bytes (None: chunked)."""
     framing = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
     return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
-            f"{framing}\r\n{extra}\r\n").encode()
+            f"{framing}\r\n\r\n").encode()
 
 
 def read_response(sock: socket.socket) -> tuple[int, bytes]:
@@ -109,7 +110,7 @@ def read_response(sock: socket.socket) -> tuple[int, bytes]:
             chunk = sock.recv(65536)
             assert chunk, f"closed after {rest!r}"
             rest += chunk
-        body, rest = b"", rest
+        body = b""
         while (size := int(rest.split(b"\r\n", 1)[0], 16)):
             rest = rest.split(b"\r\n", 1)[1]
             body, rest = body + rest[:size], rest[size + 2:]
@@ -125,7 +126,8 @@ def silent_for(sock: socket.socket, seconds: float) -> bool:
     """Whether the server says nothing (and does not close) for ``seconds``."""
     sock.settimeout(seconds)
     try:
-        return sock.recv(1, socket.MSG_PEEK) == b"never"
+        sock.recv(1, socket.MSG_PEEK)  # a byte of an answer, or b"" once closed
+        return False
     except TimeoutError:
         return True
     finally:
