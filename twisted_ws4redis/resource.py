@@ -222,6 +222,9 @@ class Channel(http.HTTPChannel):
         if self._refused:
             return  # the end of a body refused on the way
         self._stop_deadline()
+        if self.length is None:
+            # A chunked body, whole now: WSGI reads as many bytes as CONTENT_LENGTH says (none without it).
+            self.requests[-1].requestHeaders.setRawHeaders(b"content-length", [b"%d" % self._body_bytes])
         super().allContentReceived()
 
     def requestDone(self, request) -> None:
