@@ -150,8 +150,9 @@ def test_a_handshake_announcing_a_huge_body_gets_400_before_the_body(server, red
     assert_still_serving(server, redis_client)
 
 
-def test_a_chunked_handshake_gets_400_before_the_body(server):
-    got, _, body = raw_request(server.port, handshake(extra="Transfer-Encoding: chunked\r\n"))
+@pytest.mark.parametrize("framing", ["Transfer-Encoding: chunked", "Transfer-Encoding: identity", "Content-Length: 1"])
+def test_a_handshake_with_any_body_framing_gets_400_before_the_body(server, framing):
+    got, _, body = raw_request(server.port, handshake(extra=f"{framing}\r\n"))
     assert got == 400 and body == b"A websocket handshake has no body.\n"
 
 
@@ -178,6 +179,12 @@ def test_a_content_length_of_5000_digits_is_refused_not_a_traceback(server, path
                             + b"9" * 5000 + b"\r\nX-After: 1\r\n\r\n")
     assert got == status
     assert "Unhandled Error" not in server.log()
+
+
+def test_a_client_expecting_100_continue_gets_413_instead(server):
+    """curl asks before sending a large body: it is told not to send it."""
+    got, _, _ = raw_request(server.port, post("/body-digest/", 20 * MiB)[:-2] + b"Expect: 100-continue\r\n\r\n")
+    assert got == 413
 
 
 def test_a_chunked_body_gets_413_when_it_passes_the_limit(twistd_servers):
