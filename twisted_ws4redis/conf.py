@@ -38,10 +38,13 @@ DEFAULTS: dict[str, Any] = {
     "WS4REDIS_MAX_BUFFERED_BYTES": 4 * 1024 * 1024,
     "WS4REDIS_AUTO_PING_INTERVAL": 30,
     "WS4REDIS_AUTO_PING_TIMEOUT": 30,
+    "WS4REDIS_MAX_BODY_SIZE": 10 * 1024 * 1024,
+    "WS4REDIS_BODY_TIMEOUT": 30,
+    "WS4REDIS_BODY_MIN_RATE": 500,
 }
 
 #: Django settings the origin check reads.
-_ORIGIN_SETTINGS = ("ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "DEBUG")
+_ORIGIN_SETTINGS = ("ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "DEBUG", "USE_X_FORWARDED_HOST")
 
 #: ws4redis' own default subscriber path, accepted as an alias of ours.
 _REFERENCE_SUBSCRIBER = "ws4redis.subscriber.RedisSubscriber"
@@ -66,6 +69,9 @@ class Settings:
     max_buffered_bytes: int
     auto_ping_interval: float | None
     auto_ping_timeout: float
+    max_body_size: int
+    body_timeout: float
+    body_min_rate: float
 
 
 def _raw(name: str) -> Any:
@@ -106,7 +112,8 @@ def _origins() -> OriginPolicy:
             f"WS4REDIS_ALLOWED_ORIGINS must be a list of origins such as 'https://example.com' "
             f"(or ['*'] for any), got {trusted!r}")
     return OriginPolicy(list(trusted) + list(getattr(django_settings, "CSRF_TRUSTED_ORIGINS", [])),
-                        getattr(django_settings, "ALLOWED_HOSTS", []), bool(getattr(django_settings, "DEBUG", False)))
+                        getattr(django_settings, "ALLOWED_HOSTS", []), bool(getattr(django_settings, "DEBUG", False)),
+                        bool(getattr(django_settings, "USE_X_FORWARDED_HOST", False)))
 
 
 def _facility_pattern() -> re.Pattern:
@@ -171,6 +178,9 @@ def _load() -> Settings:
         max_buffered_bytes=_number("WS4REDIS_MAX_BUFFERED_BYTES", integer=True, unit="bytes"),
         auto_ping_interval=_number("WS4REDIS_AUTO_PING_INTERVAL", optional=True, unit="seconds"),
         auto_ping_timeout=_number("WS4REDIS_AUTO_PING_TIMEOUT", unit="seconds"),
+        max_body_size=_number("WS4REDIS_MAX_BODY_SIZE", integer=True, unit="bytes"),
+        body_timeout=_number("WS4REDIS_BODY_TIMEOUT", unit="seconds"),
+        body_min_rate=_number("WS4REDIS_BODY_MIN_RATE", unit="bytes per second"),
     )
 
 
