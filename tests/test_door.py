@@ -73,7 +73,7 @@ def refused_status(server, path: str, **kwargs) -> int:
 BAD_HANDSHAKES = {
     "no Upgrade header": (handshake(drop=("Upgrade",)), 426),
     "not GET": (handshake(method="POST"), 405),
-    "HTTP/1.0": (handshake(version="HTTP/1.0"), 505),
+    "HTTP/1.0": (handshake(version="HTTP/1.0"), 400),  # RFC 6455 4.2.1; 505 is for another major version
     "no key": (handshake(drop=("Sec-WebSocket-Key",)), 400),
     "key not 16 bytes": (handshake(key=base64.b64encode(b"short").decode()), 400),
     "no version": (handshake(drop=("Sec-WebSocket-Version",)), 400),

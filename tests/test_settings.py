@@ -56,6 +56,47 @@ def test_the_new_limits_have_safe_defaults():
     assert not current.origins.any_origin
 
 
+def test_the_request_body_limits_have_bounded_defaults():
+    current = settings_now()
+    assert current.max_body_size == 10 * 1024 * 1024
+    assert (current.body_timeout, current.body_min_rate) == (30, 500)
+
+
+def test_the_host_check_is_djangos():
+    """``HttpRequest.get_host()``'s rules: ALLOWED_HOSTS patterns, '*', the DEBUG
+    fallback, X-Forwarded-Host only with USE_X_FORWARDED_HOST."""
+    from django.http import HttpRequest
+    from django.core.exceptions import DisallowedHost
+
+    def both(host, forwarded=None):
+        headers = {"host": host} if forwarded is None else {"host": host, "x-forwarded-host": forwarded}
+        origins = settings_now().origins
+        ours = origins.valid_host(origins.request_host(headers))
+        request = HttpRequest()
+        request.META = {f"HTTP_{name.upper().replace('-', '_')}": value for name, value in headers.items()}
+        try:
+            request.get_host()
+            djangos = True
+        except DisallowedHost:
+            djangos = False
+        assert ours is djangos, (host, forwarded)
+        return ours
+
+    with override_settings(ALLOWED_HOSTS=[".example.com", "1.2.3.4"], DEBUG=False):
+        assert both("www.example.com:8000") and both("example.com") and both("1.2.3.4")
+        assert not both("evil.example") and not both("example.com.evil.example") and not both("")
+        assert not both("example.com/x") and not both("example.com, evil.example")
+        assert not both("evil.example", forwarded="example.com")
+    with override_settings(ALLOWED_HOSTS=[".example.com"], USE_X_FORWARDED_HOST=True):
+        assert both("10.0.0.1:8001", forwarded="app.example.com")
+        assert not both("example.com", forwarded="evil.example")
+    with override_settings(ALLOWED_HOSTS=[], DEBUG=True):
+        assert both("localhost:3000") and both("127.0.0.1") and both("[::1]:80")
+        assert not both("evil.example")
+    with override_settings(ALLOWED_HOSTS=["*"]):
+        assert both("anything.example")
+
+
 def test_frame_limits_are_on_by_default_and_none_turns_them_off():
     current = settings_now()
     assert (current.max_frame_rate, current.max_fragments) == (1000, 1000)
@@ -133,6 +174,10 @@ BAD = [
     ("WS4REDIS_AUTO_PING_INTERVAL", 0),
     ("WS4REDIS_AUTO_PING_TIMEOUT", "30"),
     ("WS4REDIS_AUTO_PING_TIMEOUT", None),
+    ("WS4REDIS_MAX_BODY_SIZE", None),
+    ("WS4REDIS_MAX_BODY_SIZE", 1.5),
+    ("WS4REDIS_BODY_TIMEOUT", 0),
+    ("WS4REDIS_BODY_MIN_RATE", "500"),
     ("WS4REDIS_MAX_FRAME_RATE", 0),
     ("WS4REDIS_MAX_FRAME_RATE", "1000"),
     ("WS4REDIS_MAX_FRAGMENTS", 2.5),

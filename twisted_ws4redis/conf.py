@@ -38,13 +38,16 @@ DEFAULTS: dict[str, Any] = {
     "WS4REDIS_MAX_BUFFERED_BYTES": 4 * 1024 * 1024,
     "WS4REDIS_AUTO_PING_INTERVAL": 30,
     "WS4REDIS_AUTO_PING_TIMEOUT": 30,
+    "WS4REDIS_MAX_BODY_SIZE": 10 * 1024 * 1024,
+    "WS4REDIS_BODY_TIMEOUT": 30,
+    "WS4REDIS_BODY_MIN_RATE": 500,
     # Frames a client may send: every kind counts (a ping flood is a frame flood).
     "WS4REDIS_MAX_FRAME_RATE": 1000,
     "WS4REDIS_MAX_FRAGMENTS": 1000,
 }
 
 #: Django settings the origin check reads.
-_ORIGIN_SETTINGS = ("ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "DEBUG")
+_ORIGIN_SETTINGS = ("ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "DEBUG", "USE_X_FORWARDED_HOST")
 
 #: ws4redis' own default subscriber path, accepted as an alias of ours.
 _REFERENCE_SUBSCRIBER = "ws4redis.subscriber.RedisSubscriber"
@@ -69,6 +72,9 @@ class Settings:
     max_buffered_bytes: int
     auto_ping_interval: float | None
     auto_ping_timeout: float
+    max_body_size: int
+    body_timeout: float
+    body_min_rate: float
     max_frame_rate: float | None
     max_fragments: int | None
 
@@ -111,7 +117,8 @@ def _origins() -> OriginPolicy:
             f"WS4REDIS_ALLOWED_ORIGINS must be a list of origins such as 'https://example.com' "
             f"(or ['*'] for any), got {trusted!r}")
     return OriginPolicy(list(trusted) + list(getattr(django_settings, "CSRF_TRUSTED_ORIGINS", [])),
-                        getattr(django_settings, "ALLOWED_HOSTS", []), bool(getattr(django_settings, "DEBUG", False)))
+                        getattr(django_settings, "ALLOWED_HOSTS", []), bool(getattr(django_settings, "DEBUG", False)),
+                        bool(getattr(django_settings, "USE_X_FORWARDED_HOST", False)))
 
 
 def _facility_pattern() -> re.Pattern:
@@ -176,6 +183,9 @@ def _load() -> Settings:
         max_buffered_bytes=_number("WS4REDIS_MAX_BUFFERED_BYTES", integer=True, unit="bytes"),
         auto_ping_interval=_number("WS4REDIS_AUTO_PING_INTERVAL", optional=True, unit="seconds"),
         auto_ping_timeout=_number("WS4REDIS_AUTO_PING_TIMEOUT", unit="seconds"),
+        max_body_size=_number("WS4REDIS_MAX_BODY_SIZE", integer=True, unit="bytes"),
+        body_timeout=_number("WS4REDIS_BODY_TIMEOUT", unit="seconds"),
+        body_min_rate=_number("WS4REDIS_BODY_MIN_RATE", unit="bytes per second"),
         max_frame_rate=_number("WS4REDIS_MAX_FRAME_RATE", optional=True, unit="frames per second"),
         max_fragments=_number("WS4REDIS_MAX_FRAGMENTS", integer=True, optional=True, unit="frames per message"),
     )

@@ -159,7 +159,10 @@ class WebSocketProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(400, "The facility is not valid UTF-8 under WEBSOCKET_URL") from None
         if not settings.facility_pattern.fullmatch(facility):
             raise ConnectionDeny(400, "The facility is not allowed (see WS4REDIS_FACILITY_PATTERN)")
-        if not settings.origins.allows(self.http_headers.get("origin"), self.http_headers.get("host")):
+        host = settings.origins.request_host(self.http_headers)
+        if not settings.origins.valid_host(host):
+            raise ConnectionDeny(400, "The Host is not one of ALLOWED_HOSTS")
+        if not settings.origins.allows(self.http_headers.get("origin"), host):
             raise ConnectionDeny(403, "This origin may not open websockets here (see WS4REDIS_ALLOWED_ORIGINS)")
         host, port = _address(self.transport.getPeer())
         handshake = Handshake(

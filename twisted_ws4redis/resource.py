@@ -1,7 +1,8 @@
 """One port, two doors: paths under WEBSOCKET_URL go to the websocket
 protocol, everything else to Django's WSGI application (or 404 without one).
 Before either, the HTTP channel bounds how long and how large a request's
-head may be."""
+head and body may be, and refuses what the two parsers behind it (Twisted's,
+then Autobahn's) would read differently."""
 from __future__ import annotations
 
 import re
@@ -20,13 +21,18 @@ log = Logger()
 # Twisted's parser into Autobahn's.
 _SMUGGLING = re.compile(rb"[\r\n\x0b\x0c\x1c\x1d\x1e\x85]")
 
+# A request-target is printable ASCII (RFC 9112 3.2). Twisted lets 0x7f-0xb0
+# through, which Autobahn's parser reads as line breaks (0x85) or spaces (0xa0).
+_REQUEST_TARGET = re.compile(rb"[\x21-\x7e]+")
+
 
 class WebSocketDoor(WebSocketResource):
     """Autobahn's resource, behind checks that Twisted's HTTP parser leaves to us."""
 
     def render(self, request: server.Request):
+        # RFC 6455 4.2.1 asks for 400: Twisted takes no other major version than 1.
         if request.clientproto != b"HTTP/1.1":
-            return _refuse(request, 505, "HTTP Version Not Supported", "Websockets need HTTP/1.1.")
+            return _refuse(request, 400, "Bad Request", "Websockets need HTTP/1.1.")
         for name, values in request.requestHeaders.getAllRawHeaders():
             if _SMUGGLING.search(name) or any(_SMUGGLING.search(value) for value in values):
                 return _refuse(request, 400, "Bad Request", "Control characters in a header.")
@@ -54,8 +60,12 @@ class Root(Resource):
         #: HTTP requests being answered, which a graceful stop lets finish.
         self.in_flight: set[server.Request] = set()
 
+    def is_websocket(self, target: bytes) -> bool:
+        """Whether a request-target (path and query) leads to the websocket door."""
+        return target.split(b"?", 1)[0].startswith(self._websocket_url)
+
     def render(self, request: server.Request):
-        if request.path.startswith(self._websocket_url):
+        if self.is_websocket(request.uri):
             return self._websocket.render(request)
         self.in_flight.add(request)
         request.notifyFinish().addBoth(lambda _: self.in_flight.discard(request))
@@ -81,17 +91,33 @@ class Request(server.Request):
         address = super().getClientAddress()
         return address if hasattr(address, "host") else _LocalAddress()
 
+    def handleContentChunk(self, data: bytes) -> None:
+        # The channel counts the body and stops keeping it once it refused it.
+        if self.channel.body_received(len(data)):
+            super().handleContentChunk(data)
+
 
 class Channel(http.HTTPChannel):
-    """Twisted's HTTP/1.1 channel with two limits it lacks: a request's head
+    """Twisted's HTTP/1.1 channel with the limits it lacks: a request's head
     (request line and headers) must arrive within ``site.head_timeout`` seconds
     of the connection, or of the previous response, and be at most
     ``site.max_head_size`` bytes. A client that sends its head a byte at a time
-    (slowloris) no longer holds a connection for ever."""
+    (slowloris) no longer holds a connection for ever.
+
+    Twisted reads a whole body (into a temporary file past 100 kB) before any
+    resource runs, so the body is judged here too, once the headers are in:
+    none on the websocket door, at most ``site.max_body_size`` bytes elsewhere,
+    sent within ``site.body_timeout`` seconds plus one second per
+    ``site.body_min_rate`` bytes received (a trickled body is cut off, a slow
+    but steady upload is not)."""
 
     _deadline = None
     _head_bytes = 0  # of complete lines
     _head_begun = False  # any byte of the head received
+    _target: bytes | None = None  # this head's request-target, once its request line came
+    _body_bytes = 0  # of this request's body, received so far
+    _body_started = 0.0  # reactor time the body's headers were complete
+    _refused = False  # a refusal was sent: what the client still sends is not served
 
     @property
     def MAX_LENGTH(self) -> int:  # noqa: N802 (LineReceiver's name): the longest line
@@ -104,6 +130,7 @@ class Channel(http.HTTPChannel):
     def _expect_head(self) -> None:
         self._head_bytes = 0
         self._head_begun = False
+        self._target = None
         self._deadline = self.callLater(self.site.head_timeout, self._head_too_slow)
 
     def _stop_deadline(self) -> None:
@@ -112,6 +139,8 @@ class Channel(http.HTTPChannel):
         self._deadline = None
 
     def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return  # answered and closing (a TLS transport may still hand over what it had decrypted)
         self._head_begun = True
         super().dataReceived(data)
 
@@ -120,6 +149,12 @@ class Channel(http.HTTPChannel):
             self.lineLengthExceeded(line)
             return
         self._head_bytes += len(line) + 2
+        if line and self._target is None:  # the request line (Twisted skips one empty line before it)
+            parts = line.split(b" ")
+            self._target = parts[1] if len(parts) == 3 else b""  # else Twisted's 400
+            if len(parts) == 3 and not _REQUEST_TARGET.fullmatch(self._target):
+                self._give_up(400, "Bad Request", "The request-target is not printable ASCII.")
+                return
         super().lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -128,9 +163,69 @@ class Channel(http.HTTPChannel):
         else:
             self._give_up(431, "Request Header Fields Too Large", "The request head is too large.")
 
+    def headerReceived(self, line: bytes) -> bool:
+        name, _, value = line.partition(b":")
+        value = value.strip(b" \t")
+        # Over 18 digits is over any limit; over 4300, Twisted's int() raises out of the parser.
+        if name.lower() == b"content-length" and value.isdigit() and len(value.lstrip(b"0")) > 18:
+            self._refuse_body()
+            return False
+        return super().headerReceived(line)
+
     def allHeadersReceived(self) -> None:
         self._stop_deadline()
-        super().allHeadersReceived()
+        headers = self.requests[-1].requestHeaders
+        # Twisted's length: None for a chunked body, else Content-Length (0 without one).
+        has_body = self.length != 0 or headers.hasHeader(b"transfer-encoding")
+        if (has_body and self.site.resource.is_websocket(self._target)) or (
+                self.length is not None and self.length > self.site.max_body_size):
+            self._refuse_body()
+        else:
+            super().allHeadersReceived()
+            if self.length != 0:
+                self._expect_body()
+
+    def _refuse_body(self) -> None:
+        """The body's size, or its presence on the websocket door, is refused before it is read."""
+        if self.site.resource.is_websocket(self._target):
+            self._give_up(400, "Bad Request", "A websocket handshake has no body.")
+        else:
+            self._body_too_large()
+
+    def _expect_body(self) -> None:
+        self._body_bytes = 0
+        self._body_started = self.site.reactor.seconds()
+        self._deadline = self.callLater(self.site.body_timeout, self._body_deadline)
+
+    def body_received(self, count: int) -> bool:
+        """Count ``count`` more bytes of the body; whether to keep them."""
+        self._body_bytes += count
+        if self._body_bytes > self.site.max_body_size and not self._refused:
+            self._body_too_large()
+        return not self._refused
+
+    def _body_too_large(self) -> None:
+        self._give_up(413, "Content Too Large",
+                      f"The request body is over {self.site.max_body_size} bytes (WS4REDIS_MAX_BODY_SIZE).")
+
+    def _body_deadline(self) -> None:
+        """Due once ``body_timeout`` seconds have passed, plus one per ``body_min_rate`` bytes received."""
+        elapsed = self.site.reactor.seconds() - self._body_started
+        allowed = self.site.body_timeout + self._body_bytes / self.site.body_min_rate
+        if elapsed < allowed:
+            self._deadline = self.callLater(allowed - elapsed, self._body_deadline)
+        else:
+            self._deadline = None
+            self._give_up(408, "Request Timeout", "The request body was not sent in time.")
+
+    def allContentReceived(self) -> None:
+        if self._refused:
+            return  # the end of a body refused on the way
+        self._stop_deadline()
+        if self.length is None:
+            # A chunked body, whole now: WSGI reads as many bytes as CONTENT_LENGTH says (none without it).
+            self.requests[-1].requestHeaders.setRawHeaders(b"content-length", [b"%d" % self._body_bytes])
+        super().allContentReceived()
 
     def requestDone(self, request) -> None:
         # Before Twisted parses a pipelined next request, which it may do at once.
@@ -147,6 +242,7 @@ class Channel(http.HTTPChannel):
 
     def _give_up(self, code: int, phrase: str, detail: str) -> None:
         """Answer ``code`` and close: the rest of what the client sends is unusable."""
+        self._refused = True
         self._stop_deadline()
         if self.transport is None:
             return
@@ -169,7 +265,11 @@ class Site(server.Site):
     protocol = Channel
     requestFactory = Request
 
-    def __init__(self, resource, *, head_timeout: float, max_head_size: int, **kwargs):
+    def __init__(self, resource: Root, *, head_timeout: float, max_head_size: int, max_body_size: int,
+                 body_timeout: float, body_min_rate: float, **kwargs):
         super().__init__(resource, **kwargs)
         self.head_timeout = head_timeout
         self.max_head_size = max_head_size
+        self.max_body_size = max_body_size
+        self.body_timeout = body_timeout
+        self.body_min_rate = body_min_rate

@@ -192,7 +192,9 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
             application = with_static_files(application)
         wsgi = WSGIResource(reactor, pool, application)
     root = Root(settings.websocket_url, WebSocketDoor(factory), wsgi)
-    site = Site(root, head_timeout=settings.handshake_timeout, max_head_size=settings.max_header_size)
+    site = Site(root, reactor=reactor, head_timeout=settings.handshake_timeout, max_head_size=settings.max_header_size,
+                max_body_size=settings.max_body_size, body_timeout=settings.body_timeout,
+                body_min_rate=settings.body_min_rate)
 
     top = Ws4RedisService(factory, root, reactor, config.grace)
     if embedded is not None:

@@ -9,4 +9,5 @@ urlpatterns = [
     path("logout/", views.logout_view),
     path("publish/", views.publish),
     path("slow/", views.slow),
+    path("body-digest/", views.body_digest),
 ]

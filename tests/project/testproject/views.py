@@ -1,4 +1,5 @@
 """Views the tests call over HTTP, served by the same twistd process."""
+import hashlib
 import json
 import time
 
@@ -58,3 +59,14 @@ def slow(request):
     """Answers after ?seconds= (to test stopping while a request is answered)."""
     time.sleep(float(request.GET.get("seconds", "1")))
     return HttpResponse("slow and done", content_type="text/plain")
+
+
+@csrf_exempt
+def body_digest(request):
+    """The size and SHA-256 of the request body, read as a stream (so that
+    Django's DATA_UPLOAD_MAX_MEMORY_SIZE, which guards ``request.body``, does not apply)."""
+    digest, size = hashlib.sha256(), 0
+    while chunk := request.read(65536):
+        digest.update(chunk)
+        size += len(chunk)
+    return JsonResponse({"size": size, "sha256": digest.hexdigest()})
