@@ -6,7 +6,6 @@ WS4REDIS_MAX_FRAGMENTS). Each flood runs against a real server while its
 memory, or another client's latency, is measured."""
 from __future__ import annotations
 
-import os
 import socket
 import struct
 import threading
@@ -406,6 +405,15 @@ def test_autobahn_writes_every_kind_of_frame_through_send_data():
     assert response.startswith(b"HTTP/1.1 101")
     assert frames == [b"\x89\x01i", b"\x8a\x01q", b"\x81\x07message", b"\x81\x08prepared", b"\x88\x05\x03\xf0why"]
     assert transport.value() == b""
+
+
+def test_autobahn_unregisters_the_producer_before_it_drops_the_connection():
+    """Else a connection dropped while reading is paused (the producer paused)
+    would never finish closing: Twisted resumes a paused producer instead."""
+    protocol, transport = _open_autobahn_protocol()
+    transport.registerProducer(protocol, True)
+    protocol.dropConnection(abort=False)
+    assert transport.producer is None and transport.disconnecting
 
 
 def test_autobahn_calls_on_frame_begin_for_every_frame_with_its_opcode():
