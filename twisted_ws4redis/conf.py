@@ -38,6 +38,10 @@ DEFAULTS: dict[str, Any] = {
     "WS4REDIS_MAX_BUFFERED_BYTES": 4 * 1024 * 1024,
     "WS4REDIS_AUTO_PING_INTERVAL": 30,
     "WS4REDIS_AUTO_PING_TIMEOUT": 30,
+    # Descriptors and TLS (see descriptors.py, tls.py).
+    "WS4REDIS_MAX_CONNECTIONS": None,
+    "WS4REDIS_RESERVED_DESCRIPTORS": 128,
+    "WS4REDIS_TLS_CIPHERS": "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL",
 }
 
 #: Django settings the origin check reads.
@@ -66,6 +70,9 @@ class Settings:
     max_buffered_bytes: int
     auto_ping_interval: float | None
     auto_ping_timeout: float
+    max_connections: int | None
+    reserved_descriptors: int
+    tls_ciphers: str
 
 
 def _raw(name: str) -> Any:
@@ -171,6 +178,10 @@ def _load() -> Settings:
         max_buffered_bytes=_number("WS4REDIS_MAX_BUFFERED_BYTES", integer=True, unit="bytes"),
         auto_ping_interval=_number("WS4REDIS_AUTO_PING_INTERVAL", optional=True, unit="seconds"),
         auto_ping_timeout=_number("WS4REDIS_AUTO_PING_TIMEOUT", unit="seconds"),
+        max_connections=_number("WS4REDIS_MAX_CONNECTIONS", integer=True, optional=True, unit="websockets"),
+        reserved_descriptors=_number("WS4REDIS_RESERVED_DESCRIPTORS", integer=True, unit="descriptors"),
+        # Checked against OpenSSL by tls.acceptable_ciphers, where an ssl: endpoint needs it.
+        tls_ciphers=_raw("WS4REDIS_TLS_CIPHERS"),
     )
 
 

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from . import __version__, audience
 from .conf import Settings
+from .descriptors import ConnectionBudget
 from .django_bridge import Accepted, Handshake, authorize, defer_to_django
 from .outbox import Outbox
 from .pubsub import PubSubMessage, RedisBus
@@ -62,6 +63,17 @@ class WebSocketProtocol(WebSocketServerProtocol):
     # Publish rate bucket (used only with WS4REDIS_MAX_PUBLISH_RATE); starts full.
     _publish_tokens = float("inf")
     _publish_checked = 0.0
+
+    # -- the connection, from its takeover by the websocket door ------------------
+
+    def connectionMade(self):
+        # Counted from here, so handshakes in progress count too (descriptors.py).
+        self.factory.budget.websocket_opened()
+        super().connectionMade()
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.factory.budget.websocket_closed()
 
     # -- opening handshake --------------------------------------------------------
 
@@ -267,6 +279,8 @@ class WebSocketFactory(WebSocketServerFactory):
         self.bus = bus
         self.pool = pool
         self.connections: set[WebSocketProtocol] = set()
+        #: websockets and client connections against the descriptor caps; the service applies them
+        self.budget: ConnectionBudget = ConnectionBudget(settings.reserved_descriptors, settings.max_connections)
         self.outbox = Outbox(self.reactor, settings.max_buffered_bytes)
         self.setProtocolOptions(
             webStatus=False,

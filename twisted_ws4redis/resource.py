@@ -13,6 +13,8 @@ from twisted.web import http, server
 from twisted.web.pages import errorPage, notFound
 from twisted.web.resource import Resource
 
+from .descriptors import ConnectionBudget
+
 log = Logger()
 
 # Characters that str.splitlines() (used by Autobahn's header parser) treats as
@@ -20,11 +22,19 @@ log = Logger()
 # Twisted's parser into Autobahn's.
 _SMUGGLING = re.compile(rb"[\r\n\x0b\x0c\x1c\x1d\x1e\x85]")
 
+#: Seconds a client refused for want of descriptors is asked to wait (HTTP 503).
+RETRY_AFTER = b"10"
+
 
 class WebSocketDoor(WebSocketResource):
     """Autobahn's resource, behind checks that Twisted's HTTP parser leaves to us."""
 
     def render(self, request: server.Request):
+        # First, before any parsing or Django work: the cheapest refusal.
+        if not self._factory.budget.may_open_websocket():
+            request.setHeader(b"retry-after", RETRY_AFTER)
+            return _refuse(request, 503, "Service Unavailable",
+                           "Too many websockets on this server (WS4REDIS_MAX_CONNECTIONS); try again later.")
         if request.clientproto != b"HTTP/1.1":
             return _refuse(request, 505, "HTTP Version Not Supported", "Websockets need HTTP/1.1.")
         for name, values in request.requestHeaders.getAllRawHeaders():
@@ -99,6 +109,9 @@ class Channel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        if not self.site.budget.connection_opened():
+            self._give_up(503, "Service Unavailable", "Too many connections; try again later.")
+            return
         self._expect_head()
 
     def _expect_head(self) -> None:
@@ -159,6 +172,9 @@ class Channel(http.HTTPChannel):
         self.transport.loseConnection()  # LineReceiver parses no further line
 
     def connectionLost(self, reason) -> None:
+        # Not called once the connection became a websocket: the websocket
+        # protocol, its new owner, tells the budget when it is lost.
+        self.site.budget.connection_closed()
         self._stop_deadline()
         super().connectionLost(reason)
 
@@ -169,7 +185,9 @@ class Site(server.Site):
     protocol = Channel
     requestFactory = Request
 
-    def __init__(self, resource, *, head_timeout: float, max_head_size: int, **kwargs):
+    def __init__(self, resource, *, head_timeout: float, max_head_size: int, budget: ConnectionBudget, **kwargs):
         super().__init__(resource, **kwargs)
         self.head_timeout = head_timeout
         self.max_head_size = max_head_size
+        #: every connection of this site counts against the descriptors (descriptors.py)
+        self.budget = budget
