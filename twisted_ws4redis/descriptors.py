@@ -7,6 +7,12 @@ make ``accept()`` fail with EMFILE, and then Django's and Redis' own
 limit to the hard one at start-up, keeps ``WS4REDIS_RESERVED_DESCRIPTORS`` of
 them for itself, and takes client connections only up to the rest; websockets
 stop earlier (``WS4REDIS_MAX_CONNECTIONS``), so that pages still have room.
+
+A connection past the cap is refused once it is accepted, and its descriptor
+is freed on the next reactor turn: one accept loop (at most the listen queue,
+``backlog``) may overshoot, and the reserve must absorb it. Past the soft
+limit itself, Twisted's ``tcp.Port`` closes what it cannot accept (its
+reserved descriptor), so nothing here relies on reaching EMFILE gracefully.
 """
 from __future__ import annotations
 
