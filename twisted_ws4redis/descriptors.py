@@ -10,9 +10,10 @@ stop earlier (``WS4REDIS_MAX_CONNECTIONS``), so that pages still have room.
 
 A connection past the cap is refused once it is accepted, and its descriptor
 is freed on the next reactor turn: one accept loop (at most the listen queue,
-``backlog``) may overshoot, and the reserve must absorb it. Past the soft
-limit itself, Twisted's ``tcp.Port`` closes what it cannot accept (its
-reserved descriptor), so nothing here relies on reaching EMFILE gracefully.
+``backlog``) may overshoot, and the reserve must absorb it. Were the limit
+reached anyway, Twisted's ``tcp.Port`` would close what it cannot accept (it
+keeps a spare descriptor for that); tests/test_descriptors.py asserts that
+the server never gets there.
 """
 from __future__ import annotations
 
