@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 EXAMPLE := examples/chatserver
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install clean bench
+.PHONY: test demo install clean bench system-packages
 
 # The editable install uses "compat" mode: with the default mode, twistd cannot
 # see the plugin in twisted/plugins/ of a flat layout. The last line refreshes
@@ -24,7 +24,12 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Programs pip cannot bring (redis-server, Chromium, HAProxy): installed when
+# this runs as root on Debian, else named with the command that installs them.
+system-packages:
+	tests/system_packages.sh
+
+test: system-packages $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)

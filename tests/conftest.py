@@ -27,6 +27,40 @@ PROJECT = ROOT / "tests" / "project"
 BIN = Path(sys.executable).parent
 
 
+#: Where the servers the tests start write their output (see ``server_logs``).
+_LOG_DIR: Path | None = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def server_logs(tmp_path_factory) -> Path:
+    """Server output goes into pytest's own temporary directory, which pytest
+    removes after a run that passed and keeps after a failure
+    (``tmp_path_retention_policy = failed`` in pytest.ini)."""
+    global _LOG_DIR
+    _LOG_DIR = tmp_path_factory.mktemp("server-logs")
+    return _LOG_DIR
+
+
+def new_log_path(prefix: str) -> Path:
+    """A fresh file for one server's output, in ``server_logs``."""
+    return Path(tempfile.mkstemp(prefix=prefix, suffix=".log", dir=_LOG_DIR)[1])
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """A skipped test is a failed run: the suite runs whole or it says so."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} test(s) skipped: the suite must run whole (missing programs are "
+            f"installed by tests/system_packages.sh)", red=True)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if exitstatus == 0 and reporter is not None and reporter.stats.get("skipped"):
+        session.exitstatus = 1
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -144,7 +178,7 @@ class TwistdServer:
         (the example); ``port`` reuses a port, e.g. to restart a server;
         ``preexec_fn`` runs in the child before twistd (e.g. to set rlimits)."""
         self.port = port or free_port()
-        self.log_path = Path(tempfile.mkstemp(prefix="twistd-", suffix=".log")[1])
+        self.log_path = new_log_path("twistd-")
         endpoint = endpoint or f"tcp:{self.port}:interface=127.0.0.1"
         command = [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis",
                    f"--settings={settings}", f"--endpoint={endpoint}", f"--redis={redis_url}", *args]

@@ -62,8 +62,9 @@ def chat_server(redis_server, example_env):
 
 
 @pytest.fixture
-def open_browser():
-    """``open_browser()``: a new headless Chromium with its own profile."""
+def open_browser(tmp_path):
+    """``open_browser()``: a new headless Chromium with its own profile. Its
+    profile and the files Chromium leaves in TMPDIR go into ``tmp_path``."""
     drivers = []
 
     def start() -> webdriver.Chrome:
@@ -71,9 +72,11 @@ def open_browser():
         options.binary_location = CHROMIUM
         for flag in CHROMIUM_FLAGS:
             options.add_argument(flag)
+        options.add_argument(f"--user-data-dir={tmp_path / f'profile-{len(drivers)}'}")
         # The performance log carries the websocket frames (DevTools Network events).
         options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        service = Service(CHROMEDRIVER, env=dict(os.environ, TMPDIR=str(tmp_path)))
+        driver = webdriver.Chrome(service=service, options=options)
         drivers.append(driver)
         return driver
 

@@ -144,10 +144,10 @@ def test_two_hundred_sockets_share_one_subscriber_connection(private_server):
         connections = server_connections(client)
         subscribers = [c for c in connections if int(c.get("sub", 0)) > 0]
         assert len(subscribers) == 1
-        assert int(subscribers[0]["sub"]) == 5
+        assert int(subscribers[0]["sub"]) == 5 + 1  # and the node control channel
         assert len(connections) == 2, connections  # the subscriber and the command connection
     deadline = time.monotonic() + TIMEOUT
-    while client.pubsub_channels():
+    while client.pubsub_channels() != [b"ws4redis:control"]:
         assert time.monotonic() < deadline, f"still subscribed: {client.pubsub_channels()}"
         time.sleep(0.05)
     with open_ws(server, f"{facilities[0]}?subscribe-broadcast") as ws:
@@ -175,6 +175,7 @@ def test_subscriptions_come_back_after_redis_restarts(private_server):
             fresh = redis.Redis(host="127.0.0.1", port=restarted.port)
             for facility in facilities:
                 wait_subscribed(fresh, f"broadcast:{facility}", timeout=15)
+            wait_subscribed(fresh, "ws4redis:control")  # the node control channel is back too
             for ws, facility in zip(sockets, facilities):
                 fresh.publish(f"broadcast:{facility}", f"back for {facility}")
                 assert ws.recv(timeout=TIMEOUT) == f"back for {facility}"

@@ -166,3 +166,31 @@ def test_twistd_ws4redis_help_lists_its_options():
     assert usage.returncode == 0, usage.stdout + usage.stderr
     for option in OPTIONS:
         assert option in usage.stdout
+
+
+# -- the programs pip cannot install ---------------------------------------------------------
+
+
+def test_missing_system_packages_are_named_in_one_line_before_any_test(tmp_path):
+    """Where the script can neither find the programs nor apt-get them, it stops
+    with one line naming each missing package and the command that installs them."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("bash", "id"):
+        (tools / tool).symlink_to(subprocess.run(["which", tool], capture_output=True, text=True,
+                                                 check=True).stdout.strip())
+    result = subprocess.run([str(tools / "bash"), str(ROOT / "tests" / "system_packages.sh")],
+                            env={"PATH": str(tools)}, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    for package in ("redis-server", "chromium", "chromium-driver"):
+        assert package in lines[0]
+    assert "apt-get install -y" in lines[0]
+
+
+def test_the_system_packages_of_this_machine_are_all_there():
+    """`make test` ran the script before this suite; on this machine it finds everything."""
+    result = subprocess.run([str(ROOT / "tests" / "system_packages.sh")], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0 and result.stdout == result.stderr == "", result

@@ -6,8 +6,9 @@ class Ws4RedisConfig(AppConfig):
     verbose_name = "Websockets over Redis"
 
     def ready(self) -> None:
-        from django.contrib.auth.signals import user_logged_in
+        from django.contrib.auth.signals import user_logged_in, user_logged_out
 
-        from .signals import store_groups_in_session
+        from .signals import close_websockets_at_logout, store_groups_in_session
 
         user_logged_in.connect(store_groups_in_session, dispatch_uid="twisted_ws4redis.memberof")
+        user_logged_out.connect(close_websockets_at_logout, dispatch_uid="twisted_ws4redis.logout")

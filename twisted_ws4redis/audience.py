@@ -8,11 +8,15 @@ the other way round) work on one Redis::
     [prefix:]user:<username>:<facility>
     [prefix:]session:<session key>:<facility>
 
+and one channel of our own, which every server process subscribes, for
+commands to all of them (``control_channel``).
+
 Pure functions, used by the publisher and by every websocket.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from typing import Any, Iterable
 from urllib.parse import unquote_to_bytes
@@ -31,6 +35,21 @@ def session_digest(session_key: str) -> str:
     (log lines, commands between nodes): whoever holds the key is that user.
     16 hex digits of its SHA-256: stable, short, not reversible."""
     return hashlib.sha256(session_key.encode("utf-8")).hexdigest()[:16]
+
+
+def control_channel(prefix: str) -> str:
+    """The channel of commands to every server process of this prefix."""
+    return f"{prefix}ws4redis:control"
+
+
+#: The command closing one session's websockets; "session" is its digest.
+CLOSE_SESSION = "close-session"
+
+
+def close_session_command(session_key: str) -> bytes:
+    """The control message asking every node to close the websockets opened
+    with ``session_key`` (which it names by digest only)."""
+    return json.dumps({"op": CLOSE_SESSION, "session": session_digest(session_key)}).encode("ascii")
 
 
 class _Self:

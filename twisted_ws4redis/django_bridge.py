@@ -86,6 +86,9 @@ class Accepted:
     request: WSGIRequest
     subscriber: Any
     echo: bool
+    #: digest of the session authenticated with (None: no session), so that
+    #: its websockets can be closed when it ends
+    session_digest: str | None = None
 
 
 def authorize(handshake: Handshake, facility: str, settings: Settings, bus: Any) -> Accepted:
@@ -100,7 +103,8 @@ def authorize(handshake: Handshake, facility: str, settings: Settings, bus: Any)
         flags = list(settings.allowed_channels(request, flags))
     subscriber = settings.subscriber(bus)
     subscriber.set_pubsub_channels(request, flags)
-    return Accepted(request, subscriber, echo)
+    key = getattr(getattr(request, "session", None), "session_key", None)
+    return Accepted(request, subscriber, echo, audience.session_digest(key) if key else None)
 
 
 def _in_django(function: Callable, *args: Any) -> Any:

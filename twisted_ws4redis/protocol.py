@@ -2,6 +2,7 @@
 thread) who the client is, then relays between the socket and Redis."""
 from __future__ import annotations
 
+from collections import OrderedDict
 from http import HTTPStatus
 from pprint import pformat
 from typing import Callable
@@ -44,6 +45,14 @@ HEARTBEAT_IDLE = 4.0
 REDIS_WAIT = 5.0
 #: What the server's pings carry.
 PING_PAYLOAD = b"ws4redis"
+#: Close code of websockets whose session ended (logout): 4000 + HTTP 401, as
+#: graphql-ws does; not 1008, which says the client broke a rule.
+SESSION_ENDED_CODE = 4401
+SESSION_ENDED_REASON = "Session ended"
+#: Seconds a node refuses handshakes authenticated with a session it was told
+#: has ended: one read from the session just before logout flushed it, or
+#: still in flight on a thread when the command came, must not get through.
+SESSION_ENDED_MEMORY = 10.0
 
 
 def _address(address) -> tuple[str, int]:
@@ -57,6 +66,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
     subscriber = None
     django_request = None
     echo = False
+    #: audience.session_digest of the session this websocket authenticated with
+    session_digest: str | None = None
     _heartbeat_call = None
     #: reactor time of the ping still waiting for its pong (see ``ping_all``)
     _ping_sent: float | None = None
@@ -99,6 +110,9 @@ class WebSocketProtocol(WebSocketServerProtocol):
         return d.addCallbacks(self._accepted, self._refused)
 
     def _accepted(self, accepted: Accepted):
+        if self.factory.session_ended(accepted.session_digest):
+            raise ConnectionDeny(403, "This session has ended")
+        self.session_digest = accepted.session_digest
         self.django_request = accepted.request
         self.subscriber = accepted.subscriber
         self.echo = accepted.echo
@@ -138,6 +152,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self._last_published: bytes | None = None
         self._last_sent = self.factory.reactor.seconds()
         self.factory.connections.add(self)
+        if self.session_digest is not None:
+            self.factory.sessions.setdefault(self.session_digest, set()).add(self)
         log.info("WSCONNECT {path} {peer} subscribe={subscribed} publish={publishers}",
                  path=self.http_request_uri, peer=self.peer,
                  subscribed=self.subscriber.subscribed, publishers=self.subscriber.publishers)
@@ -248,6 +264,11 @@ class WebSocketProtocol(WebSocketServerProtocol):
             self.subscriber.release()
         if self in self.factory.connections:
             self.factory.connections.discard(self)
+            same_session = self.factory.sessions.get(self.session_digest)
+            if same_session is not None:
+                same_session.discard(self)
+                if not same_session:
+                    del self.factory.sessions[self.session_digest]
             log.info("WSDISCONNECT {path} {peer} code={code}", path=self.http_request_uri,
                      peer=self.peer, code=code)
 
@@ -281,6 +302,11 @@ class WebSocketFactory(WebSocketServerFactory):
         self.connections: set[WebSocketProtocol] = set()
         #: websockets and client connections against the descriptor caps; the service applies them
         self.budget: ConnectionBudget = ConnectionBudget(settings.reserved_descriptors, settings.max_connections)
+        #: the open websockets by session digest, so that a logout (which every
+        #: node hears) costs each node a lookup, not a pass over all its sockets
+        self.sessions: dict[str, set[WebSocketProtocol]] = {}
+        #: digest -> reactor time, oldest first, of sessions recently ended
+        self._ended: OrderedDict[str, float] = OrderedDict()
         self.outbox = Outbox(self.reactor, settings.max_buffered_bytes)
         self.setProtocolOptions(
             webStatus=False,
@@ -324,6 +350,25 @@ class WebSocketFactory(WebSocketServerFactory):
                 log.warn("WSDEAD {path} {peer}: no pong in {timeout} s, dropped",
                          path=connection.http_request_uri, peer=connection.peer, timeout=timeout)
                 connection.dropConnection(abort=True)
+
+    def close_session(self, digest: str) -> int:
+        """Close the websockets of the session with this digest (4401) and
+        refuse its handshakes for SESSION_ENDED_MEMORY seconds; how many closed."""
+        now = self.reactor.seconds()
+        self._ended[digest] = now
+        self._ended.move_to_end(digest)
+        while now - next(iter(self._ended.values())) >= SESSION_ENDED_MEMORY:
+            self._ended.popitem(last=False)
+        closing = [connection for connection in self.sessions.get(digest, ())
+                   if connection.state == connection.STATE_OPEN]
+        for connection in closing:
+            connection.sendCloseFrame(code=SESSION_ENDED_CODE, reasonUtf8=SESSION_ENDED_REASON.encode("utf-8"),
+                                      isReply=False)
+        return len(closing)
+
+    def session_ended(self, digest: str | None) -> bool:
+        ended = self._ended.get(digest)
+        return ended is not None and self.reactor.seconds() - ended < SESSION_ENDED_MEMORY
 
     def close_all(self, code: int = 1001, reason: str = "Server is shutting down",
                   timeout: float = 3.0) -> defer.Deferred:

@@ -7,7 +7,7 @@ import threading
 import redis
 
 from . import audience as wire
-from .conf import redis_address
+from .conf import get_settings, redis_address
 from .redis_store import RedisStore, reaching_redis
 
 _clients: dict = {}
@@ -52,3 +52,15 @@ class RedisPublisher(RedisStore):
                 if message:
                     return message
         return None
+
+
+def close_session_websockets(session_key: str) -> int:
+    """Close, on every server process, the websockets opened with this session
+    (close code 4401; ws4redis.js reconnects, as whoever the browser is now).
+    Logout does this by itself; call it where your code ends a session another
+    way (``session.flush()``, ``cycle_key()``, deleting expired sessions), before
+    the key is gone. Returns how many server processes heard it; raises
+    ``RedisUnavailable`` when Redis cannot be reached in time."""
+    command = wire.close_session_command(session_key)
+    with reaching_redis():
+        return _connection().publish(wire.control_channel(get_settings().prefix), command)

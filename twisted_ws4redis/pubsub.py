@@ -55,6 +55,7 @@ class PubSubMessage:
 
 
 Listener = Callable[[PubSubMessage], None]
+Watcher = Callable[[bytes], None]
 
 
 class _SubscriberProtocol(txredisapi.SubscriberProtocol):
@@ -125,6 +126,7 @@ class RedisBus(Service):
         self._reactor = reactor
         self._timeout = address.socket_timeout
         self._listeners: dict[bytes, set[Listener]] = {}
+        self._watchers: dict[bytes, Watcher] = {}
         self._waiting: dict[bytes, list[defer.Deferred]] = {}
         self._confirmed: set[bytes] = set()
         self._subscriber: _SubscriberProtocol | None = None
@@ -175,6 +177,15 @@ class RedisBus(Service):
         self._waiting.setdefault(key, []).append(waiting)
         return waiting
 
+    def watch(self, channel: str, watcher: Watcher) -> None:
+        """Pass every payload of ``channel`` to ``watcher`` for the life of the
+        bus (the node control channel): subscribed after every (re)connect, never
+        unsubscribed, not counted in ``channel_count``."""
+        key = channel.encode("utf-8")
+        self._watchers[key] = watcher
+        if self._subscriber is not None:
+            self._subscriber.send("SUBSCRIBE", [key])
+
     def unlisten(self, channel: str, listener: Listener) -> None:
         key = channel.encode("utf-8")
         listeners = self._listeners.get(key)
@@ -186,14 +197,15 @@ class RedisBus(Service):
             self._confirmed.discard(key)
             for waiting in self._waiting.pop(key, ()):
                 waiting.callback(None)
-            if self._subscriber is not None:
+            if self._subscriber is not None and key not in self._watchers:
                 self._subscriber.send("UNSUBSCRIBE", [key])
 
     def _connected(self, protocol: _SubscriberProtocol) -> None:
         self._subscriber = protocol
         protocol.whenDisconnected().addCallback(self._disconnected)
-        if self._listeners:
-            protocol.send("SUBSCRIBE", list(self._listeners))
+        channels = list(self._watchers) + [key for key in self._listeners if key not in self._watchers]
+        if channels:
+            protocol.send("SUBSCRIBE", channels)
         log.info("Redis subscriber connected; subscribing {count} channel(s)", count=len(self._listeners))
 
     def _disconnected(self, protocol: _SubscriberProtocol) -> None:
@@ -211,6 +223,12 @@ class RedisBus(Service):
             waiting.callback(None)
 
     def _message(self, channel: bytes, payload: bytes) -> None:
+        watcher = self._watchers.get(channel)
+        if watcher is not None:
+            try:
+                watcher(payload)
+            except Exception:
+                log.failure("The watcher of {channel!r} failed", channel=channel)
         listeners = self._listeners.get(channel)
         if not listeners:
             return

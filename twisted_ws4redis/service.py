@@ -16,7 +16,8 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.wsgi import WSGIResource
 
-from . import conf
+from . import audience, conf
+from .control import NodeControl
 from .descriptors import raise_open_files_limit
 from .embedded import EmbeddedRedis, EmbeddedRedisService
 from .outbox import buffered_bytes
@@ -190,6 +191,7 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
     pool = ThreadPool(minthreads=1, maxthreads=config.threads, name="ws4redis-django")
     bus = RedisBus(address, reactor)
     factory = WebSocketFactory(settings, bus, pool, reactor)
+    bus.watch(audience.control_channel(settings.prefix), NodeControl(factory))
     wsgi = None
     if config.serve_wsgi or config.static:
         application = load_wsgi_application(config.wsgi) if config.serve_wsgi else static_only

@@ -2,7 +2,7 @@
 import json
 import time
 
-from django.contrib.auth import authenticate, login
+from django.contrib.auth import authenticate, login, logout
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -21,6 +21,13 @@ def login_view(request):
         return JsonResponse({"ok": False}, status=403)
     login(request, user)
     return JsonResponse({"ok": True, "session_key": request.session.session_key})
+
+
+@csrf_exempt
+def logout_view(request):
+    """POST: Django's logout() (LogoutView would want a CSRF token)."""
+    logout(request)
+    return JsonResponse({"ok": True})
 
 
 def _audience(value):
