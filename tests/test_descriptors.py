@@ -56,6 +56,13 @@ def read_head(sock: socket.socket) -> bytes:
     return data
 
 
+def read_to_the_end(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
 def status_of(head: bytes) -> int | None:
     match = re.match(rb"HTTP/1\.1 (\d{3}) ", head)
     return int(match.group(1)) if match else None
@@ -137,11 +144,15 @@ def test_a_flood_of_websockets_past_the_cap_gets_503_and_costs_no_one_else(redis
                 if status == 101:
                     sockets.append(sock)
                 else:
-                    refusal = head + sock.recv(4096)
+                    refusal = head + read_to_the_end(sock)
                     sock.close()
         assert statuses == {101: WEBSOCKET_CAP, 503: 1100 - WEBSOCKET_CAP}, statuses
-        assert b"Retry-After: 10" in refusal.replace(b"retry-after", b"Retry-After"), refusal
-        assert b"WS4REDIS_MAX_CONNECTIONS" in refusal
+        head, _, body = refusal.partition(b"\r\n\r\n")
+        headers = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:])
+        assert headers[b"retry-after"] == b"10" and headers[b"connection"] == b"close", headers
+        # Complete: its body ends where the server closes (or at its Content-Length).
+        assert int(headers.get(b"content-length", len(body))) == len(body), refusal
+        assert b"WS4REDIS_MAX_CONNECTIONS" in body, refusal
         assert open_descriptors(server.process.pid) < LIMIT
 
         # Pages are still served, while every descriptor for websockets is taken.
