@@ -43,7 +43,7 @@ def raise_open_files_limit() -> int:
     raised, hard_now = resource.getrlimit(resource.RLIMIT_NOFILE)
     log.info("Open files limit (RLIMIT_NOFILE): soft {before} -> {soft}, hard {hard}",
              before=_shown(soft), soft=_shown(raised), hard=_shown(hard_now))
-    return raised
+    return sys.maxsize if raised == resource.RLIM_INFINITY else raised
 
 
 def _shown(limit: int) -> str:
