@@ -2,8 +2,9 @@
 database connections, Redis, the log and the static files being served.
 
 Under the common limit of 1,024, a client opening a thousand sockets used to
-make ``accept()`` fail with EMFILE, and then Django's and Redis' own
-``open()``/``connect()``: everyone was reset. So the server raises its soft
+make ``accept()`` fail with EMFILE: every new client, pages included, was
+reset, and Django's or Redis' own ``open()``/``connect()`` could fail the same
+way. So the server raises its soft
 limit to the hard one at start-up, keeps ``WS4REDIS_RESERVED_DESCRIPTORS`` of
 them for itself, and takes client connections only up to the rest; websockets
 stop earlier (``WS4REDIS_MAX_CONNECTIONS``), so that pages still have room.
