@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from . import __version__, audience, logsafe
 from .conf import Settings
+from .descriptors import ConnectionBudget
 from .django_bridge import Accepted, Handshake, authorize, defer_to_django
 from .outbox import Outbox
 from .pubsub import PubSubMessage, RedisBus
@@ -73,6 +74,17 @@ class WebSocketProtocol(WebSocketServerProtocol):
     # Publish rate bucket (used only with WS4REDIS_MAX_PUBLISH_RATE); starts full.
     _publish_tokens = float("inf")
     _publish_checked = 0.0
+
+    # -- the connection, from its takeover by the websocket door ------------------
+
+    def connectionMade(self):
+        # Counted from here, so handshakes in progress count too (descriptors.py).
+        self.factory.budget.websocket_opened()
+        super().connectionMade()
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.factory.budget.websocket_closed()
 
     # -- opening handshake --------------------------------------------------------
 
@@ -300,6 +312,8 @@ class WebSocketFactory(WebSocketServerFactory):
         self.bus = bus
         self.pool = pool
         self.connections: set[WebSocketProtocol] = set()
+        #: websockets and client connections against the descriptor caps; the service applies them
+        self.budget: ConnectionBudget = ConnectionBudget(settings.reserved_descriptors, settings.max_connections)
         #: the open websockets by session digest, so that a logout (which every
         #: node hears) costs each node a lookup, not a pass over all its sockets
         self.sessions: dict[str, set[WebSocketProtocol]] = {}
