@@ -172,9 +172,11 @@ class TwistdServer:
 
     def __init__(self, redis_url: str, db_path: str, overrides: dict | None = None,
                  args: tuple[str, ...] = (), endpoint: str | None = None, *, port: int | None = None,
-                 project: Path = PROJECT, settings: str = "testproject.settings", env: dict | None = None):
+                 project: Path = PROJECT, settings: str = "testproject.settings", env: dict | None = None,
+                 preexec_fn=None):
         """``project``, ``settings`` and ``env`` serve another Django project
-        (the example); ``port`` reuses a port, e.g. to restart a server."""
+        (the example); ``port`` reuses a port, e.g. to restart a server;
+        ``preexec_fn`` runs in the child before twistd (e.g. to set rlimits)."""
         self.port = port or free_port()
         self.log_path = new_log_path("twistd-")
         endpoint = endpoint or f"tcp:{self.port}:interface=127.0.0.1"
@@ -182,7 +184,7 @@ class TwistdServer:
                    f"--settings={settings}", f"--endpoint={endpoint}", f"--redis={redis_url}", *args]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, env=env or project_env(db_path, overrides), cwd=project,
-                                            stdout=log, stderr=subprocess.STDOUT)
+                                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
         try:
             if endpoint.startswith("tcp:"):
                 wait_for_port(self.port, process=self.process)

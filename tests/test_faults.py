@@ -174,7 +174,8 @@ def test_after_a_long_outage_the_server_is_back_within_the_capped_delay(private_
                 returned = time.monotonic()
                 client = private_redis_client(back)
                 wait_subscribed(client, channel, timeout=15)
-                assert time.monotonic() - returned < 6.5
+                # 5 s at most between attempts, plus the reconnect itself on a busy machine.
+                assert time.monotonic() - returned < 7.5
                 client.publish(channel, "after a long outage")
                 assert ws.recv(timeout=TIMEOUT) == "after a long outage"
             finally:

@@ -337,11 +337,13 @@ class Counting(Resource):
 
 
 def channel(max_body_size: int = 1000):
+    from twisted_ws4redis.descriptors import ConnectionBudget
     from twisted_ws4redis.resource import Root, Site
 
     clock, django = Clock(), Counting()
     site = Site(Root("/ws/", Resource(), django), reactor=clock, head_timeout=30, max_head_size=16384,
-                max_body_size=max_body_size, body_timeout=1, body_min_rate=500)
+                max_body_size=max_body_size, body_timeout=1, body_min_rate=500,
+                budget=ConnectionBudget(reserve=128, max_websockets=None))
     protocol = site.buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)

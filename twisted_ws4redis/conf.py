@@ -41,6 +41,10 @@ DEFAULTS: dict[str, Any] = {
     "WS4REDIS_MAX_BODY_SIZE": 10 * 1024 * 1024,
     "WS4REDIS_BODY_TIMEOUT": 30,
     "WS4REDIS_BODY_MIN_RATE": 500,
+    # Descriptors and TLS (see descriptors.py, tls.py).
+    "WS4REDIS_MAX_CONNECTIONS": None,
+    "WS4REDIS_RESERVED_DESCRIPTORS": 128,
+    "WS4REDIS_TLS_CIPHERS": "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL",
     # Frames a client may send: every kind counts (a ping flood is a frame flood).
     "WS4REDIS_MAX_FRAME_RATE": 1000,
     "WS4REDIS_MAX_FRAGMENTS": 1000,
@@ -75,6 +79,9 @@ class Settings:
     max_body_size: int
     body_timeout: float
     body_min_rate: float
+    max_connections: int | None
+    reserved_descriptors: int
+    tls_ciphers: str
     max_frame_rate: float | None
     max_fragments: int | None
 
@@ -186,6 +193,10 @@ def _load() -> Settings:
         max_body_size=_number("WS4REDIS_MAX_BODY_SIZE", integer=True, unit="bytes"),
         body_timeout=_number("WS4REDIS_BODY_TIMEOUT", unit="seconds"),
         body_min_rate=_number("WS4REDIS_BODY_MIN_RATE", unit="bytes per second"),
+        max_connections=_number("WS4REDIS_MAX_CONNECTIONS", integer=True, optional=True, unit="websockets"),
+        reserved_descriptors=_number("WS4REDIS_RESERVED_DESCRIPTORS", integer=True, unit="descriptors"),
+        # Checked against OpenSSL by tls.acceptable_ciphers, where an ssl: endpoint needs it.
+        tls_ciphers=_raw("WS4REDIS_TLS_CIPHERS"),
         max_frame_rate=_number("WS4REDIS_MAX_FRAME_RATE", optional=True, unit="frames per second"),
         max_fragments=_number("WS4REDIS_MAX_FRAGMENTS", integer=True, optional=True, unit="frames per message"),
     )

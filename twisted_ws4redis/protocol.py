@@ -20,6 +20,7 @@ from twisted.logger import Logger
 
 from . import __version__, audience, logsafe
 from .conf import Settings
+from .descriptors import ConnectionBudget
 from .django_bridge import Accepted, Handshake, authorize, defer_to_django
 from .outbox import Outbox, buffered_bytes, socket_transport, write_now
 from .pubsub import PubSubMessage, RedisBus
@@ -147,6 +148,17 @@ class WebSocketProtocol(WebSocketServerProtocol):
             super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
         finally:
             self._sending_close = False
+
+    # -- the connection, from its takeover by the websocket door ------------------
+
+    def connectionMade(self):
+        # Counted from here, so handshakes in progress count too (descriptors.py).
+        self.factory.budget.websocket_opened()
+        super().connectionMade()
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.factory.budget.websocket_closed()
 
     # -- opening handshake --------------------------------------------------------
 
@@ -400,6 +412,8 @@ class WebSocketFactory(WebSocketServerFactory):
         self.bus = bus
         self.pool = pool
         self.connections: set[WebSocketProtocol] = set()
+        #: websockets and client connections against the descriptor caps; the service applies them
+        self.budget: ConnectionBudget = ConnectionBudget(settings.reserved_descriptors, settings.max_connections)
         #: the open websockets by session digest, so that a logout (which every
         #: node hears) costs each node a lookup, not a pass over all its sockets
         self.sessions: dict[str, set[WebSocketProtocol]] = {}

@@ -14,6 +14,8 @@ from twisted.web import http, server
 from twisted.web.pages import errorPage, notFound
 from twisted.web.resource import Resource
 
+from .descriptors import ConnectionBudget
+
 log = Logger()
 
 # Characters that str.splitlines() (used by Autobahn's header parser) treats as
@@ -24,12 +26,19 @@ _SMUGGLING = re.compile(rb"[\r\n\x0b\x0c\x1c\x1d\x1e\x85]")
 # A request-target is printable ASCII (RFC 9112 3.2). Twisted lets 0x7f-0xb0
 # through, which Autobahn's parser reads as line breaks (0x85) or spaces (0xa0).
 _REQUEST_TARGET = re.compile(rb"[\x21-\x7e]+")
+#: Seconds a client refused for want of descriptors is asked to wait (HTTP 503).
+RETRY_AFTER = b"10"
 
 
 class WebSocketDoor(WebSocketResource):
     """Autobahn's resource, behind checks that Twisted's HTTP parser leaves to us."""
 
     def render(self, request: server.Request):
+        # First, before any parsing or Django work: the cheapest refusal.
+        if not self._factory.budget.may_open_websocket():
+            request.setHeader(b"retry-after", RETRY_AFTER)
+            return _refuse(request, 503, "Service Unavailable",
+                           "Too many websockets on this server (WS4REDIS_MAX_CONNECTIONS); try again later.")
         # RFC 6455 4.2.1 asks for 400: Twisted takes no other major version than 1.
         if request.clientproto != b"HTTP/1.1":
             return _refuse(request, 400, "Bad Request", "Websockets need HTTP/1.1.")
@@ -125,6 +134,9 @@ class Channel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        if not self.site.budget.connection_opened():
+            self._give_up(503, "Service Unavailable", "Too many connections; try again later.")
+            return
         self._expect_head()
 
     def _expect_head(self) -> None:
@@ -255,6 +267,9 @@ class Channel(http.HTTPChannel):
         self.transport.loseConnection()  # LineReceiver parses no further line
 
     def connectionLost(self, reason) -> None:
+        # Not called once the connection became a websocket: the websocket
+        # protocol, its new owner, tells the budget when it is lost.
+        self.site.budget.connection_closed()
         self._stop_deadline()
         super().connectionLost(reason)
 
@@ -266,10 +281,12 @@ class Site(server.Site):
     requestFactory = Request
 
     def __init__(self, resource: Root, *, head_timeout: float, max_head_size: int, max_body_size: int,
-                 body_timeout: float, body_min_rate: float, **kwargs):
+                 body_timeout: float, body_min_rate: float, budget: ConnectionBudget, **kwargs):
         super().__init__(resource, **kwargs)
         self.head_timeout = head_timeout
         self.max_head_size = max_head_size
         self.max_body_size = max_body_size
         self.body_timeout = body_timeout
         self.body_min_rate = body_min_rate
+        #: every connection of this site counts against the descriptors (descriptors.py)
+        self.budget = budget

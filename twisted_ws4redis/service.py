@@ -18,12 +18,14 @@ from twisted.web.wsgi import WSGIResource
 
 from . import audience, conf
 from .control import NodeControl
+from .descriptors import raise_open_files_limit
 from .embedded import EmbeddedRedis, EmbeddedRedisService
 from .outbox import buffered_bytes
 from .protocol import WebSocketFactory, wait_until
 from .pubsub import RedisBus
 from .redis_address import RedisAddress
 from .resource import Root, Site, WebSocketDoor
+from .tls import harden
 
 log = Logger()
 
@@ -76,6 +78,11 @@ class Ws4RedisService(MultiService):
     exit_on_listen_error = False
 
     def privilegedStartService(self) -> None:
+        # Before the first descriptor of a client: the caps follow the limit.
+        try:
+            self.factory.budget.apply(raise_open_files_limit())
+        except ImproperlyConfigured as exc:
+            raise SystemExit(f"ws4redis: {exc}") from None
         # The endpoints are bound here, before the reactor runs, before
         # privileges are dropped and before any thread or redis-server starts.
         for child in self:
@@ -194,7 +201,7 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
     root = Root(settings.websocket_url, WebSocketDoor(factory), wsgi)
     site = Site(root, reactor=reactor, head_timeout=settings.handshake_timeout, max_head_size=settings.max_header_size,
                 max_body_size=settings.max_body_size, body_timeout=settings.body_timeout,
-                body_min_rate=settings.body_min_rate)
+                body_min_rate=settings.body_min_rate, budget=factory.budget)
 
     top = Ws4RedisService(factory, root, reactor, config.grace)
     if embedded is not None:
@@ -210,6 +217,7 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
             endpoint = serverFromString(reactor, description)
         except Exception as exc:  # a bad string, or files (ssl: keys, certificates) that cannot be used
             raise ImproperlyConfigured(f"--endpoint {description!r} is not a valid endpoint: {exc}") from None
+        endpoint = harden(endpoint, settings.tls_ciphers)
         listener = StreamServerEndpointService(endpoint, site)
         listener.description = description
         # A port that cannot be bound must stop the start-up, not just be logged.
