@@ -105,15 +105,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
     #: nothing more is read from this client (closed for a policy violation)
     _deaf = False
 
-    # -- the transport -------------------------------------------------------------
-
-    def connectionMade(self):
-        super().connectionMade()
-        # twisted.web's HTTPChannel, which handed this transport over, is still
-        # its producer, and ignores pauses while a request (this upgrade) is
-        # open. Be the producer instead, to stop reading while writes back up.
-        self.transport.unregisterProducer()
-        self.transport.registerProducer(self, True)
+    # -- the write path and back-pressure --------------------------------------------
 
     def pauseProducing(self) -> None:
         """The transport's write buffer is full: read nothing more from this
@@ -155,6 +147,11 @@ class WebSocketProtocol(WebSocketServerProtocol):
         # Counted from here, so handshakes in progress count too (descriptors.py).
         self.factory.budget.websocket_opened()
         super().connectionMade()
+        # twisted.web's HTTPChannel, which handed this transport over, is still
+        # its producer, and ignores pauses while a request (this upgrade) is
+        # open. Be the producer instead, to stop reading while writes back up.
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self, True)
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
