@@ -49,12 +49,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+#: Settings of the example the benchmark changes before any ``--set``: the load
+#: generator's facilities (bench-*) are no page's, which the example's
+#: least-privilege hook would refuse.
+BENCH_SETTINGS = {"WS4REDIS_ALLOWED_CHANNELS": None}
+
+
 def prepare_project(work: Path, overrides: dict) -> dict:
     """The example project, migrated, with its demo users; ``overrides``
     (``--set``) go into a settings module that extends the example's."""
     (work / "bench_settings.py").write_text(
         "from chatserver.settings import *  # noqa\n"
-        + "".join(f"{name} = {value!r}\n" for name, value in overrides.items()))
+        + "".join(f"{name} = {value!r}\n" for name, value in {**BENCH_SETTINGS, **overrides}.items()))
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="bench_settings", CHATSERVER_DB=str(work / "db.sqlite3"),
                CHATSERVER_STATIC_ROOT=str(work / "static"), PYTHONPATH=os.pathsep.join(map(str, (work, EXAMPLE, ROOT))))
     for command in (["migrate", "--noinput", "-v0"], ["loaddata", "-v0", "demo_users"]):
