@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.request
 import warnings
 
 import pytest
@@ -221,6 +222,13 @@ def test_idle_and_past_the_cap_tls_connections_are_closed(redis_server, test_db,
         assert open_now < limit - reserve + 20, open_now  # the 40 past the cap are gone already
         assert idle.closed_by_the_server(within=3)
         assert "EMFILE" not in server.log()
+        for sock in sockets:
+            sock.close()
+        time.sleep(0.5)
+        # Every refused connection left the count: a page is served again.
+        context = ssl.create_default_context(cafile=str(certificate[1]))
+        with urllib.request.urlopen(f"https://localhost:{port}/", context=context, timeout=TIMEOUT) as page:
+            assert page.status == 200
     finally:
         for sock in sockets:
             sock.close()
