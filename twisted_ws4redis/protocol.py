@@ -83,8 +83,12 @@ class WebSocketProtocol(WebSocketServerProtocol):
         super().connectionMade()
 
     def connectionLost(self, reason):
-        super().connectionLost(reason)
-        self.factory.budget.websocket_closed()
+        try:
+            super().connectionLost(reason)
+        finally:
+            # The descriptor is free whatever Autobahn raised: a count never
+            # given back would narrow the caps for good.
+            self.factory.budget.websocket_closed()
 
     # -- opening handshake --------------------------------------------------------
 
