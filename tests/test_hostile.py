@@ -331,3 +331,37 @@ def test_a_client_within_the_rate_is_never_closed(twistd_servers, redis_client):
             ws.send(f"paced {i}")
             assert ws.recv(timeout=TIMEOUT) == f"paced {i}"
             time.sleep(0.25)
+
+
+def test_what_a_client_sends_before_the_101_is_not_another_handshake(server, redis_client):
+    """Autobahn took each head sent while Django was authorizing the first for
+    a new handshake: two 101s on one socket, and subscriptions that outlived
+    it (its connectionLost raised), each counted against the caps for ever."""
+    first, later = unique("first"), unique("later")
+    # Django's ten threads busy for a second: the first handshake waits for one.
+    busy = [socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) for _ in range(10)]
+    for sock in busy:
+        sock.sendall(b"GET /slow/?seconds=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    time.sleep(0.2)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(handshake(f"/ws/{first}?subscribe-broadcast"))
+        time.sleep(0.2)
+        for _ in range(5):
+            sock.sendall(handshake(f"/ws/{later}?subscribe-broadcast"))
+            time.sleep(0.05)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):  # the early heads are frames once it is open: 1002
+                answer += chunk
+        except TimeoutError:
+            pass  # still open: the answer tells why
+    assert answer.count(b"HTTP/1.1 101 ") == 1, answer
+    deadline = time.monotonic() + TIMEOUT
+    channels = [f"broadcast:{first}".encode(), f"broadcast:{later}".encode()]
+    while any(count for _, count in redis_client.pubsub_numsub(*channels)):
+        assert time.monotonic() < deadline, redis_client.pubsub_numsub(*channels)
+        time.sleep(0.05)
+    assert "AlreadyCalledError" not in server.log()
+    for sock in busy:
+        sock.close()
+    assert_still_serving(server, redis_client)

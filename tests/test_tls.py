@@ -4,9 +4,13 @@ clients against a real server."""
 from __future__ import annotations
 
 import inspect
+import os
+import resource
 import socket
 import ssl
 import subprocess
+import time
+import urllib.request
 import warnings
 
 import pytest
@@ -16,6 +20,7 @@ from twisted.internet.testing import MemoryReactor
 from websockets.sync.client import connect
 
 from conftest import BIN, PROJECT, TwistdServer, free_port, project_env, unique, wait_for_port, wait_subscribed
+from test_door import handshake
 
 TIMEOUT = 5
 
@@ -126,6 +131,108 @@ def test_a_bad_cipher_list_stops_the_start_naming_the_setting(test_db, redis_ser
     assert result.returncode != 0
     assert "WS4REDIS_TLS_CIPHERS" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+# -- a client cannot hold a connection the server closes ------------------------------
+
+
+class SilentTLSClient:
+    """Shakes hands, then only reads the TCP stream: it never decrypts what
+    comes, so it never answers the server's close_notify, and never closes."""
+
+    def __init__(self, port: int, certificate):
+        self.raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        context = ssl.create_default_context(cafile=str(certificate[1]))
+        self.tls = context.wrap_bio(self._in, self._out, server_hostname="localhost")
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.raw.sendall(self._out.read())
+                self._in.write(self.raw.recv(65536))
+        self.raw.sendall(self._out.read())
+
+    def send(self, data: bytes) -> None:
+        self.tls.write(data)
+        self.raw.sendall(self._out.read())
+
+    def closed_by_the_server(self, within: float) -> bool:
+        """Whether the server closes the TCP connection within ``within`` seconds."""
+        deadline = time.monotonic() + within
+        while (remaining := deadline - time.monotonic()) > 0:
+            self.raw.settimeout(remaining)
+            try:
+                if not self.raw.recv(65536):
+                    return True
+            except TimeoutError:
+                return False
+            except ConnectionResetError:
+                return True
+        return False
+
+
+REFUSALS = {
+    "400 request-target": b"GET /\x85 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    "431 head": b"GET / HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n",
+    "Connection: close page": b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    "403 websocket origin": handshake(extra="Origin: http://evil.example\r\n"),
+    "400 websocket facility": handshake("/ws/a:b"),
+}
+
+
+@pytest.mark.parametrize("request_bytes", REFUSALS.values(), ids=REFUSALS.keys())
+def test_a_refused_client_that_ignores_close_notify_is_disconnected(tls_server, certificate, request_bytes):
+    """Twisted's TLS waited for the client's close_notify (and the channel, still
+    the transport's producer, kept even ours from going out): each of these held
+    its descriptor, and a websocket its place under WS4REDIS_MAX_CONNECTIONS, for ever."""
+    client = SilentTLSClient(tls_server.port, certificate)
+    client.send(request_bytes)
+    assert client.closed_by_the_server(within=3)
+
+
+def test_a_websocket_closed_by_its_client_is_disconnected(tls_server, certificate, redis_client):
+    """Autobahn answers a client's close frame and closes: over TLS that waited for a close_notify."""
+    facility = unique("tls-close")
+    client = SilentTLSClient(tls_server.port, certificate)
+    client.send(handshake(f"/ws/{facility}?subscribe-broadcast"))
+    wait_subscribed(redis_client, f"broadcast:{facility}")
+    client.send(b"\x88\x82\0\0\0\0\x03\xe8")  # close 1000, masked with zeros
+    assert client.closed_by_the_server(within=3)
+
+
+def test_idle_and_past_the_cap_tls_connections_are_closed(redis_server, test_db, certificate):
+    """An idle connection is closed at the head deadline, a connection past the
+    cap at once, though neither client sends a byte of TLS: the 503, buffered
+    until a handshake, made the server wait for one."""
+    port = free_port()
+    limit, reserve = 160, 100  # 60 client connections
+    server = TwistdServer(redis_server.url, test_db, {"WS4REDIS_HANDSHAKE_TIMEOUT": 2,
+                                                      "WS4REDIS_RESERVED_DESCRIPTORS": reserve},
+                          endpoint=ssl_endpoint(certificate, port),
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+    sockets = []
+    try:
+        wait_for_port(port, process=server.process)
+        idle = SilentTLSClient(port, certificate)
+        sockets = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in range(limit - reserve + 40)]
+        time.sleep(1)
+        open_now = len(os.listdir(f"/proc/{server.process.pid}/fd"))
+        assert open_now < limit - reserve + 20, open_now  # the 40 past the cap are gone already
+        assert idle.closed_by_the_server(within=3)
+        assert "EMFILE" not in server.log()
+        for sock in sockets:
+            sock.close()
+        time.sleep(0.5)
+        # Every refused connection left the count: a page is served again.
+        context = ssl.create_default_context(cafile=str(certificate[1]))
+        with urllib.request.urlopen(f"https://localhost:{port}/", context=context, timeout=TIMEOUT) as page:
+            assert page.status == 200
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.stop()
 
 
 # -- what tls.harden relies on in Twisted -------------------------------------------

@@ -154,10 +154,25 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self.transport.registerProducer(self, True)
 
     def connectionLost(self, reason):
-        super().connectionLost(reason)
-        self.factory.budget.websocket_closed()
+        try:
+            super().connectionLost(reason)
+        finally:
+            # The descriptor is free whatever Autobahn raised: a count never
+            # given back would narrow the caps for good.
+            self.factory.budget.websocket_closed()
 
     # -- opening handshake --------------------------------------------------------
+
+    #: the handshake's head went to Django: what comes before the 101 is not another one
+    _head_taken = False
+
+    def processHandshake(self):
+        # Autobahn parses what follows the head, while Django still decides, as a
+        # new handshake: a second onConnect, a second 101, a subscriber never
+        # released, and a connectionLost that raised before the budget was told.
+        # It stays in the buffer, for the frames parser once the socket is open.
+        if not self._head_taken:
+            super().processHandshake()
 
     def onConnect(self, request):
         uri = urlsplit(self.http_request_uri)
@@ -179,6 +194,10 @@ class WebSocketProtocol(WebSocketServerProtocol):
             remote_addr=host, remote_port=port, server_port=_address(self.transport.getHost())[1],
             secure=ISSLTransport.providedBy(self.transport))
         self.facility = facility
+        self._head_taken = True
+        # A client waits for the 101 (RFC 6455 4.1): nothing more is read until
+        # Django has answered, so that what it sends early costs one read at most.
+        self.transport.pauseProducing()
         d = defer_to_django(self.factory.reactor, self.factory.pool, authorize,
                             handshake, facility, self.factory.settings, self.factory.bus)
         return d.addCallbacks(self._accepted, self._refused)
@@ -190,6 +209,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self.django_request = accepted.request
         self.subscriber = accepted.subscriber
         self.echo = accepted.echo
+        self.transport.resumeProducing()
         # ws4redis echoed the whole offer, which clients reject; pick the first.
         return self.websocket_protocols[0] if self.websocket_protocols else None
 

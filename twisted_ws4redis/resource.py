@@ -250,7 +250,7 @@ class Channel(http.HTTPChannel):
         if self._head_begun:
             self._give_up(408, "Request Timeout", "The request was not sent in time.")
         elif self.transport is not None:
-            self.transport.loseConnection()  # an idle keep-alive connection
+            self.loseConnection()  # an idle keep-alive connection
 
     def _give_up(self, code: int, phrase: str, detail: str) -> None:
         """Answer ``code`` and close: the rest of what the client sends is unusable."""
@@ -264,7 +264,9 @@ class Channel(http.HTTPChannel):
         self.transport.write(
             f"HTTP/1.1 {code} {phrase}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
             f"Connection: close\r\n\r\n".encode() + body)
-        self.transport.loseConnection()  # LineReceiver parses no further line
+        # HTTPChannel's, which unregisters the channel as the transport's producer
+        # first: a TLS transport does not close while one is registered.
+        self.loseConnection()  # LineReceiver parses no further line
 
     def connectionLost(self, reason) -> None:
         # Not called once the connection became a websocket: the websocket

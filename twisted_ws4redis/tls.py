@@ -6,14 +6,22 @@ secrecy). The server keeps what the parser read (key, certificate, chain, DH
 parameters) and rebuilds the options with TLS 1.2 as the minimum and, for
 TLS 1.2, the ciphers of WS4REDIS_TLS_CIPHERS; TLS 1.3's suites are all
 forward-secret AEAD and stay OpenSSL's.
+
+Its connections close on the server's terms. Twisted's TLS transport, told
+to close, waits for the peer's close_notify, or, before the handshake, for
+a handshake that flushes what was written: a peer that sends neither held
+the connection (its descriptor, its place under the connection caps) for
+ever, whatever the server's deadlines decided.
 """
 from __future__ import annotations
 
 from django.core.exceptions import ImproperlyConfigured
 from OpenSSL import SSL
+from twisted.internet import defer
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 
 
 def acceptable_ciphers(cipher_string: str) -> AcceptableCiphers:
@@ -35,10 +43,40 @@ def acceptable_ciphers(cipher_string: str) -> AcceptableCiphers:
     return AcceptableCiphers.fromOpenSSLCipherString(cipher_string)
 
 
+class ServerTLS(BufferingTLSTransport):
+    """Twisted's TLS transport, whose ``loseConnection()`` no client can hold open."""
+
+    def loseConnection(self) -> None:
+        if not self._handshakeDone:
+            # Nothing written has gone out before the handshake: waiting for one
+            # (Twisted's choice when something is buffered) is the client's to prolong.
+            self.abortConnection()
+        else:
+            super().loseConnection()
+
+    def _shutdownTLS(self) -> None:
+        super()._shutdownTLS()
+        if not self._aborted:
+            # Our close_notify is written; the closer need not wait for the
+            # peer's (RFC 8446 6.1): TCP closes once its buffer is written.
+            self.transport.loseConnection()
+
+
+class ServerTLSEndpoint(SSL4ServerEndpoint):
+    """``ssl:``'s endpoint, its connections wrapped in ``ServerTLS``."""
+
+    def listen(self, protocolFactory) -> defer.Deferred:
+        factory = TLSMemoryBIOFactory(self._sslContextFactory, False, protocolFactory)
+        factory.protocol = ServerTLS
+        return defer.execute(self._reactor.listenTCP, self._port, factory, backlog=self._backlog,
+                             interface=self._interface)
+
+
 def harden(endpoint: IStreamServerEndpoint, cipher_string: str) -> IStreamServerEndpoint:
     """An ``ssl:`` endpoint gets TLS 1.2 as its minimum and, for TLS 1.2, the
     ciphers ``cipher_string`` (WS4REDIS_TLS_CIPHERS) names; any
     other endpoint is returned as it is. An explicit ``sslmethod=`` is kept.
+    Its connections close whatever the client does (``ServerTLS``).
     (tests/test_tls.py pins the parser's options this carries over.)"""
     if not isinstance(endpoint, SSL4ServerEndpoint):
         return endpoint
@@ -47,8 +85,8 @@ def harden(endpoint: IStreamServerEndpoint, cipher_string: str) -> IStreamServer
         version = {"raiseMinimumTo": TLSVersion.TLSv1_2}
     else:  # sslmethod= chose a fixed protocol version: the operator's choice
         version = {"method": parsed.method}
-    endpoint._sslContextFactory = CertificateOptions(
+    options = CertificateOptions(
         privateKey=parsed.privateKey, certificate=parsed.certificate,
         extraCertChain=parsed.extraCertChain or None, dhParameters=parsed.dhParameters,
         acceptableCiphers=acceptable_ciphers(cipher_string), **version)
-    return endpoint
+    return ServerTLSEndpoint(endpoint._reactor, endpoint._port, options, endpoint._backlog, endpoint._interface)
