@@ -149,9 +149,12 @@ class WebSocketProtocol(WebSocketServerProtocol):
         super().connectionMade()
         # twisted.web's HTTPChannel, which handed this transport over, is still
         # its producer, and ignores pauses while a request (this upgrade) is
-        # open. Be the producer instead, to stop reading while writes back up.
+        # open. Be the producer instead, to stop reading while writes back up:
+        # the socket's producer, under any TLS layer. TLS pauses its producer
+        # while OpenSSL waits to read (a write that met WantReadError); a pause
+        # that stopped reading then would wait for ever.
         self.transport.unregisterProducer()
-        self.transport.registerProducer(self, True)
+        socket_transport(self.transport).registerProducer(self, True)
 
     def connectionLost(self, reason):
         try:
