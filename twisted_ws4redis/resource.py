@@ -135,7 +135,8 @@ class Channel(http.HTTPChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         if not self.site.budget.connection_opened():
-            self._give_up(503, "Service Unavailable", "Too many connections; try again later.")
+            # Not logged one by one: the budget warns once per episode at its cap.
+            self._give_up(503, "Service Unavailable", "Too many connections; try again later.", logged=False)
             return
         self._expect_head()
 
@@ -252,14 +253,14 @@ class Channel(http.HTTPChannel):
         elif self.transport is not None:
             self.loseConnection()  # an idle keep-alive connection
 
-    def _give_up(self, code: int, phrase: str, detail: str) -> None:
+    def _give_up(self, code: int, phrase: str, detail: str, logged: bool = True) -> None:
         """Answer ``code`` and close: the rest of what the client sends is unusable."""
         self._refused = True
         self._stop_deadline()
         if self.transport is None:
             return
-        peer = self.transport.getPeer()
-        log.info("HTTP {code} to {peer}: {detail}", code=code, peer=str(peer), detail=detail)
+        if logged:
+            log.info("HTTP {code} to {peer}: {detail}", code=code, peer=str(self.transport.getPeer()), detail=detail)
         body = f"{detail}\n".encode()
         self.transport.write(
             f"HTTP/1.1 {code} {phrase}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
