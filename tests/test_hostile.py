@@ -8,6 +8,7 @@ import socket
 import struct
 import time
 
+import psutil
 import pytest
 from websockets.sync.client import connect
 
@@ -362,6 +363,34 @@ def test_what_a_client_sends_before_the_101_is_not_another_handshake(server, red
         assert time.monotonic() < deadline, redis_client.pubsub_numsub(*channels)
         time.sleep(0.05)
     assert "AlreadyCalledError" not in server.log()
+    for sock in busy:
+        sock.close()
+    assert_still_serving(server, redis_client)
+
+
+def test_what_a_client_sends_before_the_101_is_read_once_at_most(server, redis_client):
+    """While Django decides (its threads busy here), a client pushing 32 MiB
+    after its head is not read further: the server does not grow, and the
+    sender is stopped by the kernel's buffers."""
+    busy = [socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) for _ in range(10)]
+    for sock in busy:
+        sock.sendall(b"GET /slow/?seconds=2 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    time.sleep(0.2)
+    process = psutil.Process(server.process.pid)
+    before = process.memory_info().rss
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(handshake(f"/ws/{unique('early')}?subscribe-broadcast"))
+        time.sleep(0.3)  # the head is with Django now; what follows reaches the websocket protocol
+        sock.setblocking(False)
+        sent, chunk, deadline = 0, b"x" * 65536, time.monotonic() + 1.5
+        while sent < 32 * 2**20 and time.monotonic() < deadline:
+            try:
+                sent += sock.send(chunk)
+            except BlockingIOError:
+                time.sleep(0.01)
+        growth = (process.memory_info().rss - before) / 2**20
+    assert sent < 32 * 2**20, "the server kept reading what came before the 101"
+    assert growth < 4, f"server RSS +{growth:.1f} MiB"
     for sock in busy:
         sock.close()
     assert_still_serving(server, redis_client)

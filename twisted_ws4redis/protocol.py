@@ -168,6 +168,18 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     #: the handshake's head went to Django: what comes before the 101 is not another one
     _head_taken = False
+    #: reading paused because the client sent more while Django decides
+    _paused_before_101 = False
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        # A client waits for the 101 (RFC 6455 4.1). One that sends more while
+        # Django decides is not read further until then, so what it sends early
+        # costs one read at most. Paused only then: pausing every handshake
+        # cost two more epoll calls each.
+        if self._head_taken and self.data and self.state == self.STATE_CONNECTING and not self._paused_before_101:
+            self._paused_before_101 = True
+            self.transport.pauseProducing()
 
     def processHandshake(self):
         # Autobahn parses what follows the head, while Django still decides, as a
@@ -198,9 +210,6 @@ class WebSocketProtocol(WebSocketServerProtocol):
             secure=ISSLTransport.providedBy(self.transport))
         self.facility = facility
         self._head_taken = True
-        # A client waits for the 101 (RFC 6455 4.1): nothing more is read until
-        # Django has answered, so that what it sends early costs one read at most.
-        self.transport.pauseProducing()
         d = defer_to_django(self.factory.reactor, self.factory.pool, authorize,
                             handshake, facility, self.factory.settings, self.factory.bus)
         return d.addCallbacks(self._accepted, self._refused)
@@ -212,7 +221,9 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self.django_request = accepted.request
         self.subscriber = accepted.subscriber
         self.echo = accepted.echo
-        self.transport.resumeProducing()
+        if self._paused_before_101:
+            self._paused_before_101 = False
+            self.transport.resumeProducing()
         # ws4redis echoed the whole offer, which clients reject; pick the first.
         return self.websocket_protocols[0] if self.websocket_protocols else None
 
