@@ -394,3 +394,29 @@ def test_what_a_client_sends_before_the_101_is_read_once_at_most(server, redis_c
     for sock in busy:
         sock.close()
     assert_still_serving(server, redis_client)
+
+
+def test_a_handshake_dropped_while_django_decides_is_not_opened_later(twistd_servers, redis_client):
+    """Autobahn drops a handshake past WS4REDIS_HANDSHAKE_TIMEOUT even while
+    Django still decides; when Django then answered, the socket was opened all
+    the same: subscribed and counted among the open ones for ever."""
+    server = twistd_servers({"WS4REDIS_HANDSHAKE_TIMEOUT": 1})
+    facility = unique("late")
+    busy = [socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) for _ in range(10)]
+    for sock in busy:
+        sock.sendall(b"GET /slow/?seconds=2 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    time.sleep(0.2)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(handshake(f"/ws/{facility}?subscribe-broadcast"))
+        try:
+            answer = sock.recv(4096)
+        except ConnectionResetError:  # Autobahn aborts
+            answer = b""
+        assert answer == b"", answer  # dropped at the deadline, before any 101
+    for sock in busy:
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")  # the threads are free again
+        sock.close()
+    time.sleep(0.5)
+    assert dict(redis_client.pubsub_numsub(f"broadcast:{facility}"))[f"broadcast:{facility}".encode()] == 0
+    assert f"WSCONNECT /ws/{facility}" not in server.log()
+    assert_still_serving(server, redis_client)

@@ -215,6 +215,11 @@ class WebSocketProtocol(WebSocketServerProtocol):
         return d.addCallbacks(self._accepted, self._refused)
 
     def _accepted(self, accepted: Accepted):
+        if self.state != self.STATE_CONNECTING:
+            # Dropped while Django decided (the opening handshake's deadline, or
+            # the client gone): Autobahn would still open it, and the socket
+            # would stay among the open ones, subscribed, for ever.
+            raise ConnectionDeny(408, "The opening handshake timed out")
         if self.factory.session_ended(accepted.session_digest):
             raise ConnectionDeny(403, "This session has ended")
         self.session_digest = accepted.session_digest
