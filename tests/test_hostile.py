@@ -334,15 +334,22 @@ def test_a_client_within_the_rate_is_never_closed(twistd_servers, redis_client):
             time.sleep(0.25)
 
 
+def busy_threads(server, seconds: float) -> list[socket.socket]:
+    """Requests that keep Django's ten threads busy for ``seconds``: a
+    handshake arriving now waits for a thread. Their sockets, to read or close."""
+    busy = [socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) for _ in range(10)]
+    for sock in busy:
+        sock.sendall(f"GET /slow/?seconds={seconds} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    return busy
+
+
 def test_what_a_client_sends_before_the_101_is_not_another_handshake(server, redis_client):
     """Autobahn took each head sent while Django was authorizing the first for
     a new handshake: two 101s on one socket, and subscriptions that outlived
     it (its connectionLost raised), each counted against the caps for ever."""
     first, later = unique("first"), unique("later")
     # Django's ten threads busy for a second: the first handshake waits for one.
-    busy = [socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) for _ in range(10)]
-    for sock in busy:
-        sock.sendall(b"GET /slow/?seconds=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    busy = busy_threads(server, 1)
     time.sleep(0.2)
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
         sock.sendall(handshake(f"/ws/{first}?subscribe-broadcast"))
@@ -372,9 +379,7 @@ def test_what_a_client_sends_before_the_101_is_read_once_at_most(server, redis_c
     """While Django decides (its threads busy here), a client pushing 32 MiB
     after its head is not read further: the server does not grow, and the
     sender is stopped by the kernel's buffers."""
-    busy = [socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) for _ in range(10)]
-    for sock in busy:
-        sock.sendall(b"GET /slow/?seconds=2 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    busy = busy_threads(server, 2)
     time.sleep(0.2)
     process = psutil.Process(server.process.pid)
     before = process.memory_info().rss
@@ -402,9 +407,7 @@ def test_a_handshake_dropped_while_django_decides_is_not_opened_later(twistd_ser
     the same: subscribed and counted among the open ones for ever."""
     server = twistd_servers({"WS4REDIS_HANDSHAKE_TIMEOUT": 1})
     facility = unique("late")
-    busy = [socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) for _ in range(10)]
-    for sock in busy:
-        sock.sendall(b"GET /slow/?seconds=2 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    busy = busy_threads(server, 2)
     time.sleep(0.2)
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
         sock.sendall(handshake(f"/ws/{facility}?subscribe-broadcast"))
