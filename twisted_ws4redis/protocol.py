@@ -179,7 +179,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         # cost two more epoll calls each.
         if self._head_taken and self.data and self.state == self.STATE_CONNECTING and not self._paused_before_101:
             self._paused_before_101 = True
-            self.transport.pauseProducing()
+            self.pauseProducing()
 
     def processHandshake(self):
         # Autobahn parses what follows the head, while Django still decides, as a
@@ -228,7 +228,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self.echo = accepted.echo
         if self._paused_before_101:
             self._paused_before_101 = False
-            self.transport.resumeProducing()
+            self.resumeProducing()
         # ws4redis echoed the whole offer, which clients reject; pick the first.
         return self.websocket_protocols[0] if self.websocket_protocols else None
 
