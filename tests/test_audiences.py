@@ -36,10 +36,11 @@ def channels_of(client: redis.Redis, facility: str) -> list[str]:
     return sorted(name.decode() for name in client.pubsub_channels(f"*:{facility}"))
 
 
-def publish_until_received(client: redis.Redis, channel: str, message) -> None:
-    """PUBLISH once the channel has a subscriber (exactly one delivery)."""
-    wait_subscribed(client, channel)
-    assert client.publish(channel, message) >= 1
+def publish_until_received(client: redis.Redis, channel: str, message, subscribers: int = 1) -> None:
+    """PUBLISH once the channel has ``subscribers`` subscribers (exactly one delivery);
+    a test that also records the channel itself counts its recorder too."""
+    wait_subscribed(client, channel, count=subscribers)
+    assert client.publish(channel, message) >= subscribers
 
 
 # -- subscribe-broadcast -------------------------------------------------------------
@@ -303,7 +304,7 @@ def test_facility_is_the_decoded_path_after_websocket_url(server, redis_server, 
     channel = f"broadcast:{facility}"
     with recording(redis_server, channel, pattern=channel) as published, \
             open_ws(server, f"{path}?subscribe-broadcast&publish-broadcast") as ws:
-        publish_until_received(redis_client, channel, "in")
+        publish_until_received(redis_client, channel, "in", subscribers=2)
         assert published.next() == (channel, b"in")
         assert ws.recv(timeout=TIMEOUT) == "in"
         ws.send("out")
@@ -315,7 +316,7 @@ def test_empty_facility(server, redis_server, redis_client):
     channel = "broadcast:"
     with recording(redis_server, channel, pattern=channel) as published, \
             open_ws(server, "?subscribe-broadcast&publish-broadcast") as ws:
-        publish_until_received(redis_client, channel, "empty facility in")
+        publish_until_received(redis_client, channel, "empty facility in", subscribers=2)
         assert published.next() == (channel, b"empty facility in")
         assert ws.recv(timeout=TIMEOUT) == "empty facility in"
         ws.send("empty facility out")

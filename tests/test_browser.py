@@ -24,7 +24,7 @@ from selenium.webdriver.support.ui import Select
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import ROOT, TwistdServer, recording, round_trip, unique
+from conftest import ROOT, TwistdServer, recording, round_trip, unique, wait_subscribed
 
 EXAMPLE = ROOT / "examples" / "chatserver"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -377,6 +377,7 @@ def test_the_example_lets_browsers_publish_only_where_a_page_needs_it(chat_serve
             additional_headers={"Cookie": cookie}, open_timeout=5) as ws:
         ws.send(json.dumps({"from": "mary", "to": "chatusers", "text": "forged"}))
         round_trip(ws)
+        wait_subscribed(redis_server.client(), channel, count=2)  # the recorder and the server
         redis_server.client().publish(channel, "after the forgery")
         assert recorder.next() == (channel, b"after the forgery")
         received = ws.recv(timeout=5)
