@@ -18,7 +18,9 @@ OPTIONS: list[tuple[str, Any, str]] = [
     ("threads", ServerConfig.threads, "Most threads running Django code (WSGI requests and websocket handshakes)."),
     ("grace", ServerConfig.grace, "Seconds a stop (SIGTERM) waits for HTTP requests being answered."),
     ("redis", None, "Redis to use instead of WS4REDIS_CONNECTION: redis://host:port/db, "
-                    "rediss://…, unix:///path?db=N, or 'embedded' for a private redis-server."),
+                    "rediss://…, unix:///path?db=N, or 'embedded' for a private redis-server "
+                    "on a unix socket of this process only (a publisher in another process, "
+                    "e.g. manage.py shell or a task worker, cannot reach it)."),
 ]
 ENDPOINT_HELP = "Twisted endpoint to listen on (repeatable), e.g. tcp:8000, ssl:8443:privateKey=key.pem, unix:/run/ws.sock; default tcp:8000."
 FLAGS: list[tuple[str, str]] = [
