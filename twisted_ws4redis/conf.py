@@ -29,6 +29,9 @@ _ORIGIN_SETTINGS = ("ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "DEBUG", "USE_X_FOR
 #: ws4redis' own default subscriber path, accepted as an alias of ours.
 _REFERENCE_SUBSCRIBER = "ws4redis.subscriber.RedisSubscriber"
 
+#: The names of this package's settings start so (but WEBSOCKET_URL, ws4redis' name).
+_PREFIX = "WS4REDIS_"
+
 _HOOK_HINT = "Give the callable itself or its dotted path, such as 'mysite.websockets.{}'."
 
 
@@ -267,31 +270,27 @@ def validate(deep: bool = False) -> tuple[dict[str, Any], list[SettingError]]:
     return fields, errors
 
 
-_PREFIX = "WS4REDIS_"
-
-
 def unknown_settings() -> list[tuple[str, str | None]]:
     """``WS4REDIS_*`` settings this package does not read (typos, most likely),
     each with the closest name it reads, or None when none is close."""
     # Compared without the common prefix, which would make any two names look alike.
     known = {name.removeprefix(_PREFIX): name for name in RULES}
-    unknown = sorted(name for name in dir(django_settings) if name.startswith(_PREFIX) and name not in RULES)
-    return [(name, next((known[match] for match in difflib.get_close_matches(name.removeprefix(_PREFIX), known,
-                                                                             n=1)), None))
-            for name in unknown]
-
-
-def _load() -> Settings:
-    fields, errors = validate()
-    if errors:
-        raise errors[0]
-    return Settings(**fields)
+    found = []
+    for name in sorted(dir(django_settings)):
+        if name.startswith(_PREFIX) and name not in RULES:
+            close = difflib.get_close_matches(name.removeprefix(_PREFIX), known, n=1)
+            found.append((name, known[close[0]] if close else None))
+    return found
 
 
 @functools.cache
 def get_settings() -> Settings:
-    """The validated settings, read once (and again after a test overrides one)."""
-    return _load()
+    """The validated settings, read once (and again after a test overrides one);
+    a bad one raises its SettingError."""
+    fields, errors = validate()
+    if errors:
+        raise errors[0]
+    return Settings(**fields)
 
 
 _redis_override: RedisAddress | None = None
