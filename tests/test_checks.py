@@ -36,6 +36,7 @@ CASES = [
      "'testproject.hooks.allowed_channelz'"),
     ("WS4REDIS_ALLOWED_CHANNELS", 42, "twisted_ws4redis.E007", "42"),
     ("WS4REDIS_PROCESS_REQUEST", "nowhere.at.all", "twisted_ws4redis.E008", "'nowhere.at.all'"),
+    ("WS4REDIS_PROCESS_REQUEST", "testproject.hooks.\x1b[2J", "twisted_ws4redis.E008", r"'testproject.hooks.\x1b[2J'"),
     ("WS4REDIS_MAX_MESSAGE_SIZE", 0, "twisted_ws4redis.E009", "got 0"),
     ("WS4REDIS_ALLOWED_ORIGINS", "https://example.com", "twisted_ws4redis.E010", "'https://example.com'"),
     ("WS4REDIS_ALLOWED_ORIGINS", [None], "twisted_ws4redis.E010", "[None]"),
@@ -155,8 +156,8 @@ def test_a_clean_project_has_no_issue(checked):
 
 def test_twistd_refuses_to_start_with_the_same_messages(checked):
     overrides = {"WS4REDIS_EXPIRE": "soon", "WEBSOCKET_URL": "ws", "WS4REDIS_EXPIR": 60}
-    result = subprocess.run([str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis",
-                             "--settings=testproject.settings"], env=project_env("unused.sqlite3", overrides), cwd=PROJECT,
+    command = [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis", "--settings=testproject.settings"]
+    result = subprocess.run(command, env=project_env("unused.sqlite3", overrides), cwd=PROJECT,
                             capture_output=True, text=True, timeout=30)
     output = result.stdout + result.stderr
     assert result.returncode != 0

@@ -20,6 +20,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
+from . import logsafe
 from .origin import OriginPolicy
 from .redis_address import RedisAddress
 
@@ -29,8 +30,11 @@ _ORIGIN_SETTINGS = ("ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "DEBUG", "USE_X_FOR
 #: ws4redis' own default subscriber path, accepted as an alias of ours.
 _REFERENCE_SUBSCRIBER = "ws4redis.subscriber.RedisSubscriber"
 
-#: The names of this package's settings start so (but WEBSOCKET_URL, ws4redis' name).
+#: Every setting's name starts so, but WEBSOCKET_URL (ws4redis' name).
 _PREFIX = "WS4REDIS_"
+
+#: The most characters of a bad setting's message (a value may be long).
+_MESSAGE_LENGTH = 2000
 
 _HOOK_HINT = "Give the callable itself or its dotted path, such as 'mysite.websockets.{}'."
 
@@ -149,8 +153,7 @@ def _number(name: str, value: Any, *, integer: bool = False, optional: bool = Fa
 
 def _origins(name: str, value: Any) -> OriginPolicy:
     trusted = [] if value is None else value
-    if isinstance(trusted, str) or not isinstance(trusted, (list, tuple)) \
-            or not all(isinstance(origin, str) for origin in trusted):
+    if not isinstance(trusted, (list, tuple, set, frozenset)) or not all(isinstance(item, str) for item in trusted):
         raise ImproperlyConfigured(
             f"{name} must be a list of origins such as 'https://example.com' (or ['*'] for any), got {value!r}")
     return OriginPolicy(list(trusted) + list(getattr(django_settings, "CSRF_TRUSTED_ORIGINS", [])),
@@ -172,8 +175,9 @@ def _cipher_string(name: str, value: Any) -> str:
 
 
 def _ciphers_openssl_knows(name: str, value: str) -> None:
-    # OpenSSL (and Twisted) cost a Django process that only publishes a third of a second: this
-    # runs in the system checks (manage.py check, twistd start), not in every get_settings().
+    # Importing OpenSSL and Twisted would cost a Django process that only publishes
+    # about 0.4 s: this runs in the system checks (manage.py check, twistd start),
+    # not in every get_settings().
     from .tls import acceptable_ciphers
 
     acceptable_ciphers(value)
@@ -266,7 +270,8 @@ def validate(deep: bool = False) -> tuple[dict[str, Any], list[SettingError]]:
             if deep and rule.deep is not None:
                 rule.deep(name, fields[rule.field])
         except ImproperlyConfigured as exc:
-            errors.append(SettingError(rule.check_id, str(exc), rule.hint))
+            # Values are repr()s, but an ImportError quotes a dotted path as it is.
+            errors.append(SettingError(rule.check_id, logsafe.text(exc, limit=_MESSAGE_LENGTH), rule.hint))
     return fields, errors
 
 
