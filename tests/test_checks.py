@@ -35,6 +35,8 @@ CASES = [
     ("WS4REDIS_ALLOWED_CHANNELS", "testproject.hooks.allowed_channelz", "twisted_ws4redis.E007",
      "'testproject.hooks.allowed_channelz'"),
     ("WS4REDIS_ALLOWED_CHANNELS", 42, "twisted_ws4redis.E007", "42"),
+    ("WS4REDIS_ALLOWED_CHANNELS", "testproject.settings.DEBUG", "twisted_ws4redis.E007",
+     "'testproject.settings.DEBUG' is not a callable"),
     ("WS4REDIS_PROCESS_REQUEST", "nowhere.at.all", "twisted_ws4redis.E008", "'nowhere.at.all'"),
     ("WS4REDIS_PROCESS_REQUEST", "testproject.hooks.\x1b[2J", "twisted_ws4redis.E008", r"'testproject.hooks.\x1b[2J'"),
     ("WS4REDIS_MAX_MESSAGE_SIZE", 0, "twisted_ws4redis.E009", "got 0"),

@@ -133,9 +133,12 @@ def _callable(name: str, value: Any) -> Callable | None:
         return value
     if isinstance(value, str):
         try:
-            return import_string(value)
+            hook = import_string(value)
         except ImportError as exc:
             raise ImproperlyConfigured(f"{name}: cannot import {value!r}: {exc}") from None
+        if not callable(hook):
+            raise ImproperlyConfigured(f"{name}: {value!r} is not a callable")
+        return hook
     raise ImproperlyConfigured(f"{name} must be a callable or a dotted path, got {value!r}")
 
 
