@@ -64,6 +64,9 @@ CASES = [
     ("WS4REDIS_MAX_FRAGMENTS", 2.5, "twisted_ws4redis.E025", "2.5"),
 ]
 
+#: Checks and a start-up open no database: none is migrated for them.
+NO_DATABASE = "/nonexistent/unused.sqlite3"
+
 #: ``?: (twisted_ws4redis.E001) message`` and, on the next line, ``HINT: hint``
 #: (manage.py check), or both on one line (twistd).
 PROBLEM = re.compile(r"\((twisted_ws4redis\.[EW]\d{3})\) (.*?)(?:\n?\s*HINT: (.*))?$", re.MULTILINE)
@@ -82,7 +85,7 @@ class Check:
 
 
 def django_check(overrides: dict) -> Check:
-    result = subprocess.run([sys.executable, "-m", "django", "check"], env=project_env("unused.sqlite3", overrides),
+    result = subprocess.run([sys.executable, "-m", "django", "check"], env=project_env(NO_DATABASE, overrides),
                             cwd=PROJECT, capture_output=True, text=True, timeout=60)
     return Check(result.returncode, result.stdout + result.stderr)
 
@@ -160,7 +163,7 @@ def test_a_clean_project_has_no_issue(checked):
 def test_twistd_refuses_to_start_with_the_same_messages(checked):
     overrides = {"WS4REDIS_EXPIRE": "soon", "WEBSOCKET_URL": "ws", "WS4REDIS_EXPIR": 60}
     command = [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis", "--settings=testproject.settings"]
-    result = subprocess.run(command, env=project_env("unused.sqlite3", overrides), cwd=PROJECT,
+    result = subprocess.run(command, env=project_env(NO_DATABASE, overrides), cwd=PROJECT,
                             capture_output=True, text=True, timeout=30)
     output = result.stdout + result.stderr
     assert result.returncode != 0
@@ -180,8 +183,8 @@ def log_once_serving(server: TwistdServer) -> str:
     return server.log()
 
 
-def test_twistd_logs_a_typo_and_serves(redis_server, test_db):
-    server = TwistdServer(redis_server.url, test_db, {"WS4REDIS_EXPIR": 60})
+def test_twistd_logs_a_typo_and_serves(redis_server):
+    server = TwistdServer(redis_server.url, NO_DATABASE, {"WS4REDIS_EXPIR": 60})
     try:
         log = log_once_serving(server)
         lines = [line for line in log.splitlines() if "twisted_ws4redis.W001" in line]
@@ -191,8 +194,8 @@ def test_twistd_logs_a_typo_and_serves(redis_server, test_db):
         server.stop()  # maybe before twistd handles SIGTERM: its exit code is test_cli's concern
 
 
-def test_twistd_honours_silenced_checks(redis_server, test_db):
-    server = TwistdServer(redis_server.url, test_db, {"WS4REDIS_EXPIR": 60,
+def test_twistd_honours_silenced_checks(redis_server):
+    server = TwistdServer(redis_server.url, NO_DATABASE, {"WS4REDIS_EXPIR": 60,
                                                       "SILENCED_SYSTEM_CHECKS": ["twisted_ws4redis.W001"]})
     try:
         assert "W001" not in log_once_serving(server)
