@@ -29,6 +29,7 @@ start a ``LiveServer`` inside the override. While a server runs,
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from http.cookies import SimpleCookie
 from importlib import import_module
@@ -75,9 +76,10 @@ class WebSocketClient:
     messages are skipped. A context manager; ``connection`` is the
     ``websockets.sync.client.ClientConnection``."""
 
-    def __init__(self, connection, url: str, heartbeat: bytes | None):
+    def __init__(self, connection, url: str, heartbeat: bytes | None, closing: contextlib.ExitStack):
         self.connection = connection
         self.url = url
+        self._closing = closing
         self._heartbeat = heartbeat.decode() if heartbeat else None
 
     def receive(self, timeout: float = TIMEOUT) -> str | bytes:
@@ -109,7 +111,7 @@ class WebSocketClient:
         self.connection.send(message)
 
     def close(self) -> None:
-        self.connection.close()
+        self._closing.close()
 
     def __enter__(self) -> WebSocketClient:
         return self
@@ -233,13 +235,11 @@ class LiveServer:
         if user is not None:
             headers["Cookie"] = "; ".join(filter(None, [headers.get("Cookie"), session_cookie(user)]))
         url = self.ws_url(facility, *flags)
-        connection = connect(url, additional_headers=headers, open_timeout=timeout)
-        try:
+        # Entered as a context manager, as websockets (17.1) wants it used.
+        with contextlib.ExitStack() as closing:
+            connection = closing.enter_context(connect(url, additional_headers=headers, open_timeout=timeout))
             self._wait_live(connection.socket.getsockname()[1], timeout)
-        except BaseException:
-            connection.close()
-            raise
-        return WebSocketClient(connection, url, conf.get_settings().heartbeat)
+            return WebSocketClient(connection, url, conf.get_settings().heartbeat, closing.pop_all())
 
     def _wait_live(self, client_port: int, timeout: float) -> None:
         factory = self._service.factory
