@@ -45,26 +45,37 @@ from . import conf
 from .embedded import EmbeddedRedis
 from .reactor_thread import call_in_reactor, daemon_thread, running_reactor
 
-__all__ = ["LiveServer", "WebSocketClient", "Ws4RedisLiveServerTestCase", "session_cookie", "ws4redis_live_server"]
+__all__ = ["LiveServer", "WebSocketClient", "Ws4RedisLiveServerTestCase", "force_login", "session_cookie",
+           "ws4redis_live_server"]
 
 #: Seconds a client waits, unless told otherwise (for the handshake, a message).
 TIMEOUT = 5.0
 
 
-def session_cookie(user) -> str:
-    """A ``Cookie`` header value for a new session in which ``user`` is logged
-    in, made as ``django.test.Client.force_login`` makes it: Django's
-    ``login()`` with the first configured backend that can get users (so
-    ``user_logged_in`` receivers run: ws4redis keeps the group names then)."""
+def force_login(request, user) -> None:
+    """Log ``user`` in on ``request`` (in its session, else a new one of
+    SESSION_ENGINE) and save the session, as ``django.test.Client.force_login``
+    does: Django's ``login()`` with the first configured backend that can get
+    users, so ``user_logged_in`` receivers run (ws4redis keeps the group
+    names in the session then)."""
     from django.conf import settings
     from django.contrib.auth import load_backend, login
-    from django.http import HttpRequest
 
     backend = next(path for path in settings.AUTHENTICATION_BACKENDS if hasattr(load_backend(path), "get_user"))
-    request = HttpRequest()
-    request.session = import_module(settings.SESSION_ENGINE).SessionStore()
+    if getattr(request, "session", None) is None:
+        request.session = import_module(settings.SESSION_ENGINE).SessionStore()
     login(request, user, backend)
     request.session.save()
+
+
+def session_cookie(user) -> str:
+    """A ``Cookie`` header value for a new session in which ``user`` is
+    logged in (see ``force_login``)."""
+    from django.conf import settings
+    from django.http import HttpRequest
+
+    request = HttpRequest()
+    force_login(request, user)
     cookie = SimpleCookie()
     cookie[settings.SESSION_COOKIE_NAME] = request.session.session_key
     return cookie.output(header="", attrs=[]).strip()
@@ -186,7 +197,11 @@ class LiveServer:
             def run() -> None:
                 for connection in self._shared_connections:
                     connections[connection.alias] = connection
-                target()
+                try:
+                    target()
+                finally:
+                    # A database may not be dropped while a connection to it is open.
+                    connections.close_all()
             return daemon_thread(*args, target=run, **kwargs)
         return factory
 
