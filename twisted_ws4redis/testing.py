@@ -33,7 +33,7 @@ import contextlib
 import time
 from http.cookies import SimpleCookie
 from importlib import import_module
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import quote
 
 from django.test import TransactionTestCase
@@ -45,6 +45,10 @@ from . import conf
 from .embedded import EmbeddedRedis
 from .reactor_thread import call_in_reactor, daemon_thread, running_reactor
 
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.http import HttpRequest
+
 __all__ = ["LiveServer", "WebSocketClient", "Ws4RedisLiveServerTestCase", "force_login", "session_cookie",
            "ws4redis_live_server"]
 
@@ -52,7 +56,7 @@ __all__ = ["LiveServer", "WebSocketClient", "Ws4RedisLiveServerTestCase", "force
 TIMEOUT = 5.0
 
 
-def force_login(request, user) -> None:
+def force_login(request: HttpRequest, user: AbstractBaseUser) -> None:
     """Log ``user`` in on ``request`` (in its session, else a new one of
     SESSION_ENGINE) and save the session, as ``django.test.Client.force_login``
     does: Django's ``login()`` with the first configured backend that can get
@@ -68,7 +72,7 @@ def force_login(request, user) -> None:
     request.session.save()
 
 
-def session_cookie(user) -> str:
+def session_cookie(user: AbstractBaseUser) -> str:
     """A ``Cookie`` header value for a new session in which ``user`` is
     logged in (see ``force_login``)."""
     from django.conf import settings
@@ -134,8 +138,9 @@ class WebSocketClient:
 class LiveServer:
     """The server (websockets and the project's WSGI application on one port)
     for the current Django settings, on ``host`` at a free port, in this
-    process, with a private redis-server (or ``redis_url``). ``start()`` and
-    ``stop()`` block; use it as ``with LiveServer() as server: ...``."""
+    process, with a private redis-server (or ``redis_url``), Django's work on
+    ``threads`` threads. ``start()`` and ``stop()`` block; use it as
+    ``with LiveServer() as server: ...``."""
 
     def __init__(self, *, host: str = "127.0.0.1", redis_url: str | None = None, static: bool = False,
                  threads: int = 4):
@@ -237,8 +242,8 @@ class LiveServer:
         path = conf.get_settings().websocket_url + quote(facility)
         return f"ws://{self.host}:{self.port}{path}" + (f"?{'&'.join(flags)}" if flags else "")
 
-    def connect(self, facility: str, *flags: str, user=None, headers: dict[str, str] | None = None,
-                timeout: float = TIMEOUT) -> WebSocketClient:
+    def connect(self, facility: str, *flags: str, user: AbstractBaseUser | None = None,
+                headers: dict[str, str] | None = None, timeout: float = TIMEOUT) -> WebSocketClient:
         """Open a websocket on ``facility`` with ``flags``, as ``user`` (a new
         session, see ``session_cookie``) or anonymously, and return once the
         server has subscribed it and sent its kept messages, so that anything
@@ -304,8 +309,8 @@ class Ws4RedisLiveServerTestCase(TransactionTestCase):
         cls.live_server = LiveServer(host=cls.host, static=cls.serve_static).start()
         cls.addClassCleanup(cls.live_server.stop)
 
-    def connect(self, facility: str, *flags: str, user=None, headers: dict[str, str] | None = None,
-                timeout: float = TIMEOUT) -> WebSocketClient:
+    def connect(self, facility: str, *flags: str, user: AbstractBaseUser | None = None,
+                headers: dict[str, str] | None = None, timeout: float = TIMEOUT) -> WebSocketClient:
         """``LiveServer.connect``; the client is closed when the test ends."""
         client = self.live_server.connect(facility, *flags, user=user, headers=headers, timeout=timeout)
         self.addCleanup(client.close)
