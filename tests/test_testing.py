@@ -89,3 +89,10 @@ def test_the_publisher_goes_back_to_its_redis_after_the_server_stops(django_in_p
     assert conf.redis_address() == before
     assert before.port == redis_server.port
 
+
+
+def test_a_publishing_websocket_reaches_a_subscribed_one(live):
+    facility = unique("send")
+    with live.connect(facility, "subscribe-broadcast") as reader, live.connect(facility, "publish-broadcast") as writer:
+        writer.send("from a browser")
+        assert reader.receive() == "from a browser"
