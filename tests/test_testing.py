@@ -3,6 +3,7 @@ Django's test runner (tests/project's live_tests.py, the example project's own
 tests in a ``manage.py test`` subprocess) and the pytest fixture."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -19,28 +20,29 @@ def live(django_in_process, ws4redis_live_server) -> LiveServer:
     return ws4redis_live_server
 
 
-def run_django_tests(label: str, cwd, env: dict | None = None) -> str:
-    """``manage.py test label -v 2`` (``django-admin`` with ``env``'s settings
-    when ``env`` is given) in a subprocess; its output once it passed."""
-    program = ["manage.py"] if env is None else ["-m", "django"]
+def run_django_tests(program: list[str], label: str, cwd, env: dict) -> str:
+    """``program test label -v 2`` in a subprocess; its output once it passed."""
     result = subprocess.run([sys.executable, *program, "test", label, "-v", "2"], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    ran = re.search(r"^Ran (\d+) tests? in .*\n\nOK$", result.stderr, re.MULTILINE)
-    assert ran, result.stderr
+    assert re.search(r"^Ran (\d+) tests? in .*\n\nOK$", result.stderr, re.MULTILINE), result.stderr
     return result.stderr
 
 
 def test_the_example_projects_tests_pass_under_manage_py_test():
-    output = run_django_tests("chatserver", ROOT / "examples" / "chatserver")
+    # As a shell runs it: not with the test project that django_in_process set up here.
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("DJANGO_SETTINGS_MODULE", "TEST_DB", "WS4REDIS_TEST_OVERRIDES")}
+    output = run_django_tests(["manage.py"], "chatserver", ROOT / "examples" / "chatserver", env)
     assert int(re.search(r"^Ran (\d+) tests", output, re.MULTILINE).group(1)) >= 1, output
     assert "test_user_chat_reaches_the_addressee_only (chatserver.tests.ChatTests" in output, output
 
 
 def test_the_base_class_under_djangos_runner_with_an_in_memory_database(tmp_path):
     # The test database: tests/project's file name, so an in-memory one (the
-    # case where the server must share the test thread's connection).
-    output = run_django_tests("testproject.live_tests", PROJECT, project_env(str(tmp_path / "unused.sqlite3")))
+    # case where the server shares the test thread's connection).
+    output = run_django_tests(["-m", "django"], "testproject.live_tests", PROJECT,
+                              project_env(str(tmp_path / "unused.sqlite3")))
     assert "('file:memorydb_default?mode=memory&cache=shared')" in output, output
     assert re.search(r"^Ran 4 tests", output, re.MULTILINE), output
 
