@@ -98,3 +98,12 @@ def test_a_publishing_websocket_reaches_a_subscribed_one(live):
     with live.connect(facility, "subscribe-broadcast") as reader, live.connect(facility, "publish-broadcast") as writer:
         writer.send("from a browser")
         assert reader.receive() == "from a browser"
+
+
+def test_a_live_server_on_a_redis_of_ones_own(django_in_process, redis_client, redis_server):
+    facility = unique("own")
+    with LiveServer(redis_url=redis_server.url) as server:
+        assert server.redis is None  # no private redis-server started
+        with server.connect(facility, "subscribe-broadcast") as client:
+            assert redis_client.publish(f"broadcast:{facility}", "through my Redis") == 1
+            assert client.receive() == "through my Redis"
