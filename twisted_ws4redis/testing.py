@@ -16,11 +16,12 @@ only what another process can see: no in-memory SQLite test database (Channels
 refuses those), no ``override_settings``. In-process, the server's Django work
 (handshakes, views, hooks) reads the test database and the test's settings
 directly: what a test creates and commits is visible to it. As Django's
-``LiveServerTestCase`` does, an in-memory SQLite database is shared by handing
-the test thread's connection to the server's worker threads (each connection
-to such a database would otherwise be a database of its own or contend for
-table locks). The price: the project's tests must not run a reactor of their
-own (trial, pytest-twisted) in the same process.
+``LiveServerTestCase`` does, an in-memory SQLite test database is shared by
+handing the test thread's connection to the server's worker threads: with a
+connection each, SQLite's shared cache fails a read with "database table is
+locked" while the test holds a write transaction. The price: the project's
+tests must not run a reactor of their own (trial, pytest-twisted) in the
+same process.
 
 The server's settings are read when it starts (as ``twistd ws4redis`` does):
 override them for a whole test class (``@override_settings`` on the class) or
