@@ -44,7 +44,7 @@ def test_the_base_class_under_djangos_runner_with_an_in_memory_database(tmp_path
     output = run_django_tests(["-m", "django"], "testproject.live_tests", PROJECT,
                               project_env(str(tmp_path / "unused.sqlite3")))
     assert "('file:memorydb_default?mode=memory&cache=shared')" in output, output
-    assert re.search(r"^Ran 4 tests", output, re.MULTILINE), output
+    assert re.search(r"^Ran 5 tests", output, re.MULTILINE), output
 
 
 def test_a_logged_in_users_websocket_receives_their_messages_only(live):

@@ -6,6 +6,7 @@ import urllib.parse
 import urllib.request
 
 from django.contrib.auth.models import Group, User
+from django.db import transaction
 from django.test import override_settings
 
 from twisted_ws4redis.testing import Ws4RedisLiveServerTestCase
@@ -27,6 +28,15 @@ class AudienceTests(Ws4RedisLiveServerTestCase):
         bobs = self.connect("desk", "subscribe-group", user=bob)
         self.publish("to the editors", facility="desk", groups=["editors"])
         self.assertEqual(bobs.wait_for("to the editors"), ["to the editors"])
+
+    def test_the_server_shares_the_in_memory_databases_connection(self):
+        # Inside the test's transaction: with a connection of its own, the
+        # server's read would find the table locked (HTTP 500).
+        with transaction.atomic():
+            amy = User.objects.create_user("amy")
+            amys = self.connect("news", "subscribe-user", user=amy)
+        self.publish("for amy", facility="news", users=["amy"])
+        self.assertEqual(amys.receive(), "for amy")
 
     def test_the_project_views_see_the_test_data(self):
         User.objects.create_user("zoe", password="zoe's")
