@@ -1,9 +1,12 @@
 """The server: endpoints, thread pool, Redis clients, and the one site that
 serves websockets and Django side by side. ``make_service`` is what both the
-twistd plugin and ``manage.py runws4redis`` run."""
+twistd plugin and the management commands (``runserver``, ``runws4redis``) run."""
 from __future__ import annotations
 
+import sys
+import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
@@ -36,11 +39,20 @@ class ServerConfig:
 
     endpoints: list[str] = field(default_factory=lambda: ["tcp:8000"])
     wsgi: str | None = None  # dotted path; None: settings.WSGI_APPLICATION
+    application: Callable | None = None  # a WSGI application itself (runserver's handler), instead of ``wsgi``
     serve_wsgi: bool = True
     threads: int = 10
     redis: str | None = None  # redis:// or unix:// URL, or "embedded"; None: WS4REDIS_CONNECTION
     static: bool = False
     grace: float = 10.0  # seconds a stop waits for HTTP requests being answered
+
+
+def daemon_thread(*args, **kwargs) -> threading.Thread:
+    """The threads of our pools: a process that ends without stopping its pools
+    (the autoreloader's child, on a code change) is not kept alive by them."""
+    thread = threading.Thread(*args, **kwargs)
+    thread.daemon = True
+    return thread
 
 
 class ThreadPoolService(Service):
@@ -189,12 +201,16 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
         conf.set_redis_override(address)
 
     pool = ThreadPool(minthreads=1, maxthreads=config.threads, name="ws4redis-django")
+    pool.threadFactory = daemon_thread
     bus = RedisBus(address, reactor)
     factory = WebSocketFactory(settings, bus, pool, reactor)
     bus.watch(audience.control_channel(settings.prefix), NodeControl(factory))
     wsgi = None
     if config.serve_wsgi or config.static:
-        application = load_wsgi_application(config.wsgi) if config.serve_wsgi else static_only
+        if not config.serve_wsgi:
+            application = static_only
+        else:
+            application = config.application or load_wsgi_application(config.wsgi)
         if config.static:
             application = with_static_files(application)
         wsgi = WSGIResource(reactor, pool, application)
@@ -225,3 +241,20 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
         listener.setServiceParent(top)
         log.info("Serving websockets under {url} on {endpoint}", url=settings.websocket_url, endpoint=description)
     return top
+
+
+def run_in_foreground(service: Ws4RedisService, reactor=None, signal_handlers: bool = True) -> None:
+    """Start ``service``, bound already (``privilegedStartService()``), and run
+    it until the reactor stops, logging to stdout: the management commands'
+    server. ``signal_handlers=False`` where the reactor does not run in the
+    main thread (under Django's autoreloader)."""
+    if reactor is None:
+        from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    # Resolving Redis' host name uses the reactor's own pool.
+    reactor.getThreadPool().threadFactory = daemon_thread
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run(installSignalHandlers=signal_handlers)

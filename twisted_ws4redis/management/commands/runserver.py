@@ -1,0 +1,23 @@
+"""``manage.py runserver``: Django's development server (staticfiles' when that
+app is installed) serving websockets too, on the same port."""
+from django.apps import apps
+
+from twisted_ws4redis.command_order import STATICFILES
+from twisted_ws4redis.devserver import TwistedDevServer
+
+if apps.is_installed(STATICFILES):
+    from django.contrib.staticfiles.management.commands.runserver import Command as DjangoRunserver
+else:
+    from django.core.management.commands.runserver import Command as DjangoRunserver
+
+
+class Command(DjangoRunserver):
+    help = (f"{DjangoRunserver.help.rstrip('.')}, with websockets (twisted_ws4redis) on the same port.")
+    server_cls = TwistedDevServer
+
+    def on_bind(self, server_port):
+        super().on_bind(server_port)
+        from twisted_ws4redis.conf import get_settings
+
+        host = f"[{self.addr}]" if self._raw_ipv6 else ("0.0.0.0" if self.addr == "0" else self.addr)
+        self.stdout.write(f"Websockets at ws://{host}:{server_port}{get_settings().websocket_url}")
