@@ -125,7 +125,7 @@ class _SubscriberFactory(txredisapi.SubscriberFactory):
 
 
 class _ReportingEndpoint:
-    """A client endpoint that tells the bus about every failed attempt to connect."""
+    """A client endpoint that reports every failed attempt to connect."""
 
     def __init__(self, endpoint, on_failure: Callable[[Failure], None]):
         self._endpoint = endpoint
@@ -138,9 +138,6 @@ class _ReportingEndpoint:
             return failure
 
         return self._endpoint.connect(factory).addErrback(failed)
-
-    def disconnect(self):  # a Sentinel endpoint's connections to the Sentinels
-        return self._endpoint.disconnect()
 
 
 class RedisBus(Service):
@@ -171,15 +168,16 @@ class RedisBus(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._endpoint = _ReportingEndpoint(self.address.client_endpoint(self._reactor), self._unreachable_now)
-        self._subscriber_factory.startConnecting(self._endpoint)
+        self._endpoint = self.address.client_endpoint(self._reactor)
+        # The subscriber's attempts tell whether Redis is reachable (``connected``).
+        self._subscriber_factory.startConnecting(_ReportingEndpoint(self._endpoint, self._unreachable_now))
         self._commands.startConnecting(self._endpoint)
         log.info("Redis at {address}", address=str(self.address))
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
         stopping = [self._subscriber_factory.disconnect(), self._commands.disconnect()]
-        if self.address.sentinels:
+        if hasattr(self._endpoint, "disconnect"):  # Sentinel connections
             stopping.append(self._endpoint.disconnect())
         return defer.gatherResults(stopping, consumeErrors=True)
 
