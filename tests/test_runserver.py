@@ -122,12 +122,11 @@ def dev_server(tmp_path_factory, redis_server):
 
 
 def test_banner_checks_and_migrations_warning(dev_server):
-    log = dev_server.wait_for_log("Websockets at ")
+    log = dev_server.wait_for_log("Websockets under /ws/ on the same port.")
     assert "Watching for file changes with StatReloader" in log
     assert "System check identified no issues" in log
     assert "You have 15 unapplied migration(s)" in log
     assert f"Starting development server at http://127.0.0.1:{dev_server.port}/" in log
-    assert f"Websockets at ws://127.0.0.1:{dev_server.port}/ws/" in log
 
 
 def test_a_websocket_receives_what_is_published_on_redis(dev_server, redis_client):

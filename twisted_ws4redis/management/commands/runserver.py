@@ -3,6 +3,7 @@ app is installed) serving websockets too, on the same port."""
 from django.apps import apps
 
 from twisted_ws4redis.command_order import STATICFILES
+from twisted_ws4redis.conf import get_settings
 from twisted_ws4redis.devserver import TwistedDevServer
 
 if apps.is_installed(STATICFILES):
@@ -12,12 +13,9 @@ else:
 
 
 class Command(DjangoRunserver):
-    help = (f"{DjangoRunserver.help.rstrip('.')}, with websockets (twisted_ws4redis) on the same port.")
+    help = f"{DjangoRunserver.help.rstrip('.')}, with websockets (twisted_ws4redis) on the same port."
     server_cls = TwistedDevServer
 
     def on_bind(self, server_port):
         super().on_bind(server_port)
-        from twisted_ws4redis.conf import get_settings
-
-        host = f"[{self.addr}]" if self._raw_ipv6 else ("0.0.0.0" if self.addr == "0" else self.addr)
-        self.stdout.write(f"Websockets at ws://{host}:{server_port}{get_settings().websocket_url}")
+        self.stdout.write(f"Websockets under {get_settings().websocket_url} on the same port.")
