@@ -139,6 +139,9 @@ class _ReportingEndpoint:
 
         return self._endpoint.connect(factory).addErrback(failed)
 
+    def __repr__(self) -> str:  # txredisapi's "Scheduling retry" lines name the endpoint
+        return repr(self._endpoint)
+
 
 class RedisBus(Service):
     """Subscriptions and commands of one process, over txredisapi."""
