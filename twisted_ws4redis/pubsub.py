@@ -15,8 +15,8 @@ re-issue them on every new connection.
 
 An outage is logged once: a warning naming the address and the error when an
 attempt to connect first fails, an info line when the subscriber is back.
-While the subscriber is not connected, ``connected`` is False (the websocket
-door then refuses handshakes with 503).
+From a failed attempt or a lost connection until the subscriber is back,
+``reachable`` is False (the websocket door then refuses handshakes with 503).
 """
 from __future__ import annotations
 
@@ -159,6 +159,7 @@ class RedisBus(Service):
         self._subscriber: _SubscriberProtocol | None = None
         self._endpoint = None
         self._unreachable = False  # an outage has been reported and is not over
+        self._failed = False  # an attempt failed or the connection was lost (since start)
         self._subscriber_factory = _SubscriberFactory(self, address)
         self._commands = txredisapi.RedisFactory(
             str(address), address.db or None, 1, isLazy=True, charset=None,
@@ -185,11 +186,14 @@ class RedisBus(Service):
         return defer.gatherResults(stopping, consumeErrors=True)
 
     @property
-    def connected(self) -> bool:
-        """Whether the subscriber connection is up (new websockets can subscribe)."""
-        return self._subscriber is not None
+    def reachable(self) -> bool:
+        """False while the subscriber, once failed or lost, is not connected
+        again: a new websocket could not subscribe. True during the first
+        attempt at start, which a subscription waits for."""
+        return self._subscriber is not None or not self._failed
 
     def _unreachable_now(self, failure: Failure) -> None:
+        self._failed = True
         if self._unreachable or not self.running:
             return
         self._unreachable = True
@@ -255,6 +259,7 @@ class RedisBus(Service):
     def _disconnected(self, protocol: _SubscriberProtocol) -> None:
         if self._subscriber is protocol:
             self._subscriber = None
+            self._failed = True
             self._confirmed.clear()
             if self.running:
                 log.warn("Redis subscriber connection lost; reconnecting")

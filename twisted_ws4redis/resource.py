@@ -38,7 +38,7 @@ class WebSocketDoor(WebSocketResource):
         if not self._factory.budget.may_open_websocket():
             return _unavailable(request, "Too many websockets on this server (WS4REDIS_MAX_CONNECTIONS); "
                                          "try again later.")
-        if not self._factory.bus.connected:
+        if not self._factory.bus.reachable:
             # A websocket could not subscribe: the client retries later rather
             # than holding a socket that would receive nothing.
             return _unavailable(request, "Redis is unreachable from this server; try again later.")
