@@ -4,6 +4,7 @@ autoreloader), a Redis that is not there yet, and the system check on the
 order of INSTALLED_APPS."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -78,25 +80,17 @@ class Runserver:
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.process.poll() is None:
-            with _gone_already():
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, sig)
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
-                with _gone_already():
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        with _gone_already():  # the reloader's child, should it outlive its parent
+        with contextlib.suppress(ProcessLookupError):  # the reloader's child, should it outlive its parent
             os.killpg(self.process.pid, signal.SIGKILL)
         return self.process.returncode
-
-
-class _gone_already:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, value, traceback):
-        return kind is ProcessLookupError
 
 
 def assert_websockets_work(server: Runserver, client: redis.Redis) -> None:
@@ -165,11 +159,17 @@ def test_a_view_added_to_urls_py_is_served_within_15_seconds(dev_server, redis_c
     assert_websockets_work(dev_server, redis_client)
 
 
-def test_noreload_and_nothreading(tmp_path, redis_server, redis_client, test_db):
+def test_noreload_and_nothreading(redis_server, redis_client, test_db):
     server = Runserver(PROJECT, runserver_env(PROJECT, redis_server.port, test_db), "--noreload", "--nothreading")
     try:
         assert server.get("/") == (200, b"testproject")
         assert_websockets_work(server, redis_client)
+        # One Django thread: two slow requests are answered one after the other.
+        started = time.monotonic()
+        with ThreadPoolExecutor(2) as clients:
+            answers = list(clients.map(server.get, ["/slow/?seconds=1"] * 2))
+        assert answers == [(200, b"slow and done")] * 2
+        assert time.monotonic() - started >= 1.9
         # Without the reloader the reactor runs in the main thread with its
         # signal handlers: Ctrl-C is a graceful stop.
         assert server.stop(signal.SIGINT) == 0, server.log()
@@ -205,7 +205,7 @@ def test_ipv6_address_and_a_port_in_use(tmp_path, redis_server, test_db):
         process.wait()
 
 
-def test_redis_unreachable_at_start(tmp_path, test_db):
+def test_redis_unreachable_at_start(test_db):
     redis_port = free_port()
     server = Runserver(PROJECT, runserver_env(PROJECT, redis_port, test_db))
     try:
