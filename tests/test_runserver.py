@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -159,10 +160,14 @@ def test_a_view_added_to_urls_py_is_served_within_15_seconds(dev_server, redis_c
     assert_websockets_work(dev_server, redis_client)
 
 
-def test_noreload_and_nothreading(redis_server, redis_client, test_db):
-    server = Runserver(PROJECT, runserver_env(PROJECT, redis_server.port, test_db), "--noreload", "--nothreading")
+def test_noreload_nothreading_and_nostatic(redis_server, redis_client, test_db):
+    server = Runserver(PROJECT, runserver_env(PROJECT, redis_server.port, test_db),
+                       "--noreload", "--nothreading", "--nostatic")
     try:
         assert server.get("/") == (200, b"testproject")
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            server.get("/static/testproject/hello.txt")
+        assert missing.value.code == 404
         assert_websockets_work(server, redis_client)
         # One Django thread: two slow requests are answered one after the other.
         started = time.monotonic()
@@ -179,10 +184,11 @@ def test_noreload_and_nothreading(redis_server, redis_client, test_db):
         server.stop()
 
 
-def test_ipv6_address_and_a_port_in_use(tmp_path, redis_server, test_db):
-    env = runserver_env(PROJECT, redis_server.port, test_db)
+def test_ipv6_address_insecure_and_a_port_in_use(tmp_path, redis_server, test_db):
+    """[::1]:PORT, with DEBUG off and --insecure (static files all the same)."""
+    env = runserver_env(PROJECT, redis_server.port, test_db, {"DEBUG": False})
     port = free_port()
-    command = [sys.executable, "manage.py", "runserver", f"[::1]:{port}", "--noreload"]
+    command = [sys.executable, "manage.py", "runserver", f"[::1]:{port}", "--noreload", "--insecure"]
     with open(tmp_path / "v6.log", "wb") as log:
         process = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
@@ -196,6 +202,8 @@ def test_ipv6_address_and_a_port_in_use(tmp_path, redis_server, test_db):
             except OSError:
                 assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "v6.log").read_text()
                 time.sleep(0.1)
+        with urllib.request.urlopen(f"http://[::1]:{port}/static/testproject/hello.txt", timeout=TIMEOUT) as response:
+            assert response.read().startswith(b"hello from the test project")
         # A second server on the same port: Django's own one-line error.
         taken = subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=30)
         assert taken.returncode == 1
