@@ -11,6 +11,7 @@ import urllib.request
 import psutil
 import pytest
 import redis
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import TwistdServer, free_port, unique, wait_subscribed
@@ -157,17 +158,28 @@ def test_after_a_long_outage_the_server_is_back_within_the_capped_delay(private_
     """Redis away for 7 s: the subscriber's attempts back off exponentially
     (0.5 s, 1.4 s, 3.7 s…) but never wait more than RECONNECT_MAX_DELAY (5 s),
     so it is subscribed again a few seconds after Redis returns (txredisapi's
-    own cap, 10 s, would take about 9), and the open websocket receives."""
+    own cap, 10 s, would take about 9), and the open websocket receives.
+    Meanwhile the outage is one warning naming the address and the error, a
+    new websocket is refused with 503 and pages are still served."""
     from twisted_ws4redis.embedded import EmbeddedRedis
 
     server = TwistdServer(f"redis://127.0.0.1:{private_redis.port}/0", test_db)
     facility = unique("outage")
     channel = f"broadcast:{facility}"
+    address = f"redis://127.0.0.1:{private_redis.port}/0"
     try:
         with connect(server.ws_url(f"{facility}?subscribe-broadcast"), open_timeout=TIMEOUT) as ws:
             wait_subscribed(private_redis_client(private_redis), channel)
             private_redis.stop()
-            time.sleep(7)
+            outage = time.monotonic()
+            wait_for_log(server, f"Redis at {address} is unreachable: ")
+            with pytest.raises(InvalidStatus) as refused:
+                connect(server.ws_url(f"{facility}?subscribe-broadcast"), open_timeout=TIMEOUT)
+            assert refused.value.response.status_code == 503
+            assert refused.value.response.headers["Retry-After"] == "10"
+            with urllib.request.urlopen(server.http_url("/"), timeout=TIMEOUT) as page:
+                assert page.status == 200
+            time.sleep(max(0.0, 7 - (time.monotonic() - outage)))
             back = EmbeddedRedis(port=private_redis.port)
             back.start()
             try:
@@ -178,10 +190,24 @@ def test_after_a_long_outage_the_server_is_back_within_the_capped_delay(private_
                 assert time.monotonic() - returned < 7.5
                 client.publish(channel, "after a long outage")
                 assert ws.recv(timeout=TIMEOUT) == "after a long outage"
+                log = wait_for_log(server, f"Redis at {address} is reachable again")
+                unreachable = [line for line in log.splitlines() if "is unreachable: " in line]
+                assert len(unreachable) == 1, "one warning per outage, not one per attempt"
+                assert "#warn]" in unreachable[0] and "Connection refused" in unreachable[0]
+                with connect(server.ws_url(f"{facility}?subscribe-broadcast"), open_timeout=TIMEOUT) as again:
+                    assert again.response.status_code == 101
             finally:
                 back.stop()
     finally:
         server.stop()
+
+
+def wait_for_log(server: TwistdServer, text: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in server.log():
+        assert time.monotonic() < deadline, f"{text!r} not logged within {timeout}s:\n{server.log()}"
+        time.sleep(0.05)
+    return server.log()
 
 
 def private_redis_client(instance) -> redis.Redis:

@@ -13,6 +13,7 @@ class Ws4RedisConfig(AppConfig):
         from .signals import close_websockets_at_logout, store_groups_in_session
 
         django_checks.register(checks.check_settings, checks.TAG)
+        django_checks.register(checks.check_runserver_order, checks.TAG)
 
         user_logged_in.connect(store_groups_in_session, dispatch_uid="twisted_ws4redis.memberof")
         user_logged_out.connect(close_websockets_at_logout, dispatch_uid="twisted_ws4redis.logout")

@@ -12,6 +12,11 @@ UNSUBSCRIBE after the last one leaves. txredisapi reconnects with exponential
 back-off (capped here at ``RECONNECT_MAX_DELAY`` seconds, so that a Redis back
 after a long outage is found quickly) but does not restore subscriptions; we
 re-issue them on every new connection.
+
+An outage is logged once: a warning naming the address and the error when an
+attempt to connect first fails, an info line when the subscriber is back.
+From a failed attempt or a lost connection until the subscriber is back,
+``reachable`` is False (the websocket door then refuses handshakes with 503).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import txredisapi
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from . import logsafe
 from .conf import get_settings
@@ -118,6 +124,25 @@ class _SubscriberFactory(txredisapi.SubscriberFactory):
         return protocol
 
 
+class _ReportingEndpoint:
+    """A client endpoint that reports every failed attempt to connect."""
+
+    def __init__(self, endpoint, on_failure: Callable[[Failure], None]):
+        self._endpoint = endpoint
+        self._on_failure = on_failure
+
+    def connect(self, factory) -> defer.Deferred:
+        def failed(failure: Failure) -> Failure:
+            if not failure.check(defer.CancelledError):  # a stop, not an outage
+                self._on_failure(failure)
+            return failure
+
+        return self._endpoint.connect(factory).addErrback(failed)
+
+    def __repr__(self) -> str:  # txredisapi's "Scheduling retry" lines name the endpoint
+        return repr(self._endpoint)
+
+
 class RedisBus(Service):
     """Subscriptions and commands of one process, over txredisapi."""
 
@@ -133,6 +158,8 @@ class RedisBus(Service):
         self._confirmed: set[bytes] = set()
         self._subscriber: _SubscriberProtocol | None = None
         self._endpoint = None
+        self._unreachable = False  # an outage has been reported and is not over
+        self._failed = False  # an attempt failed or the connection was lost (since start)
         self._subscriber_factory = _SubscriberFactory(self, address)
         self._commands = txredisapi.RedisFactory(
             str(address), address.db or None, 1, isLazy=True, charset=None,
@@ -146,7 +173,8 @@ class RedisBus(Service):
     def startService(self) -> None:
         super().startService()
         self._endpoint = self.address.client_endpoint(self._reactor)
-        self._subscriber_factory.startConnecting(self._endpoint)
+        # The subscriber's attempts tell whether Redis is reachable (``connected``).
+        self._subscriber_factory.startConnecting(_ReportingEndpoint(self._endpoint, self._unreachable_now))
         self._commands.startConnecting(self._endpoint)
         log.info("Redis at {address}", address=str(self.address))
 
@@ -156,6 +184,21 @@ class RedisBus(Service):
         if hasattr(self._endpoint, "disconnect"):  # Sentinel connections
             stopping.append(self._endpoint.disconnect())
         return defer.gatherResults(stopping, consumeErrors=True)
+
+    @property
+    def reachable(self) -> bool:
+        """False while the subscriber, once failed or lost, is not connected
+        again: a new websocket could not subscribe. True during the first
+        attempt at start, which a subscription waits for."""
+        return self._subscriber is not None or not self._failed
+
+    def _unreachable_now(self, failure: Failure) -> None:
+        self._failed = True
+        if self._unreachable or not self.running:
+            return
+        self._unreachable = True
+        log.warn("Redis at {address} is unreachable: {error}", address=str(self.address),
+                 error=logsafe.text(failure.getErrorMessage()))
 
     # -- subscriptions ---------------------------------------------------------
 
@@ -208,11 +251,15 @@ class RedisBus(Service):
         channels = list(self._watchers) + [key for key in self._listeners if key not in self._watchers]
         if channels:
             protocol.send("SUBSCRIBE", channels)
+        if self._unreachable:
+            self._unreachable = False
+            log.info("Redis at {address} is reachable again", address=str(self.address))
         log.info("Redis subscriber connected; subscribing {count} channel(s)", count=len(self._listeners))
 
     def _disconnected(self, protocol: _SubscriberProtocol) -> None:
         if self._subscriber is protocol:
             self._subscriber = None
+            self._failed = True
             self._confirmed.clear()
             if self.running:
                 log.warn("Redis subscriber connection lost; reconnecting")

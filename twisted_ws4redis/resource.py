@@ -26,7 +26,7 @@ _SMUGGLING = re.compile(rb"[\r\n\x0b\x0c\x1c\x1d\x1e\x85]")
 # A request-target is printable ASCII (RFC 9112 3.2). Twisted lets 0x7f-0xb0
 # through, which Autobahn's parser reads as line breaks (0x85) or spaces (0xa0).
 _REQUEST_TARGET = re.compile(rb"[\x21-\x7e]+")
-#: Seconds a client refused for want of descriptors is asked to wait (HTTP 503).
+#: Seconds a client refused with 503 (no descriptors to spare, Redis unreachable) is asked to wait.
 RETRY_AFTER = b"10"
 
 
@@ -34,11 +34,14 @@ class WebSocketDoor(WebSocketResource):
     """Autobahn's resource, behind checks that Twisted's HTTP parser leaves to us."""
 
     def render(self, request: server.Request):
-        # First, before any parsing or Django work: the cheapest refusal.
+        # First, before any parsing or Django work: the cheapest refusals.
         if not self._factory.budget.may_open_websocket():
-            request.setHeader(b"retry-after", RETRY_AFTER)
-            return _refuse(request, 503, "Service Unavailable",
-                           "Too many websockets on this server (WS4REDIS_MAX_CONNECTIONS); try again later.")
+            return _unavailable(request, "Too many websockets on this server (WS4REDIS_MAX_CONNECTIONS); "
+                                         "try again later.")
+        if not self._factory.bus.reachable:
+            # A websocket could not subscribe: the client retries later rather
+            # than holding a socket that would receive nothing.
+            return _unavailable(request, "Redis is unreachable from this server; try again later.")
         # RFC 6455 4.2.1 asks for 400: Twisted takes no other major version than 1.
         if request.clientproto != b"HTTP/1.1":
             return _refuse(request, 400, "Bad Request", "Websockets need HTTP/1.1.")
@@ -46,6 +49,12 @@ class WebSocketDoor(WebSocketResource):
             if _SMUGGLING.search(name) or any(_SMUGGLING.search(value) for value in values):
                 return _refuse(request, 400, "Bad Request", "Control characters in a header.")
         return super().render(request)
+
+
+def _unavailable(request: server.Request, detail: str) -> bytes:
+    """503 with Retry-After: the server cannot take a websocket now, but will."""
+    request.setHeader(b"retry-after", RETRY_AFTER)
+    return _refuse(request, 503, "Service Unavailable", detail)
 
 
 def _refuse(request: server.Request, code: int, brief: str, detail: str) -> bytes:

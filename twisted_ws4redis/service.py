@@ -1,9 +1,11 @@
 """The server: endpoints, thread pool, Redis clients, and the one site that
 serves websockets and Django side by side. ``make_service`` is what both the
-twistd plugin and ``manage.py runws4redis`` run."""
+twistd plugin and the management commands (``runserver``, ``runws4redis``) run."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from typing import Callable
 
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
@@ -23,6 +25,7 @@ from .embedded import EmbeddedRedis, EmbeddedRedisService
 from .outbox import buffered_bytes
 from .protocol import WebSocketFactory, wait_until
 from .pubsub import RedisBus
+from .reactor_thread import daemon_thread
 from .redis_address import RedisAddress
 from .resource import Root, Site, WebSocketDoor
 from .tls import harden
@@ -36,6 +39,7 @@ class ServerConfig:
 
     endpoints: list[str] = field(default_factory=lambda: ["tcp:8000"])
     wsgi: str | None = None  # dotted path; None: settings.WSGI_APPLICATION
+    application: Callable | None = None  # a WSGI application itself (runserver's handler), instead of ``wsgi``
     serve_wsgi: bool = True
     threads: int = 10
     redis: str | None = None  # redis:// or unix:// URL, or "embedded"; None: WS4REDIS_CONNECTION
@@ -189,12 +193,18 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
         conf.set_redis_override(address)
 
     pool = ThreadPool(minthreads=1, maxthreads=config.threads, name="ws4redis-django")
+    # Daemons: a process that ends without stopping its pool (the autoreloader's
+    # child, on a code change) is not kept alive by it.
+    pool.threadFactory = daemon_thread
     bus = RedisBus(address, reactor)
     factory = WebSocketFactory(settings, bus, pool, reactor)
     bus.watch(audience.control_channel(settings.prefix), NodeControl(factory))
     wsgi = None
     if config.serve_wsgi or config.static:
-        application = load_wsgi_application(config.wsgi) if config.serve_wsgi else static_only
+        if not config.serve_wsgi:
+            application = static_only
+        else:
+            application = config.application or load_wsgi_application(config.wsgi)
         if config.static:
             application = with_static_files(application)
         wsgi = WSGIResource(reactor, pool, application)
@@ -225,3 +235,20 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
         listener.setServiceParent(top)
         log.info("Serving websockets under {url} on {endpoint}", url=settings.websocket_url, endpoint=description)
     return top
+
+
+def run_in_foreground(service: Ws4RedisService, reactor=None, signal_handlers: bool = True) -> None:
+    """Start ``service``, bound already (``privilegedStartService()``), and run
+    it until the reactor stops, logging to stdout: the management commands'
+    server. ``signal_handlers=False`` where the reactor does not run in the
+    main thread (under Django's autoreloader)."""
+    if reactor is None:
+        from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    # Resolving Redis' host name uses the reactor's own pool.
+    reactor.getThreadPool().threadFactory = daemon_thread
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run(installSignalHandlers=signal_handlers)

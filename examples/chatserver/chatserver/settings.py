@@ -14,8 +14,8 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "twisted_ws4redis",  # above staticfiles: its runserver serves websockets too
     "django.contrib.staticfiles",
-    "twisted_ws4redis",
     "chatserver",
 ]
 

@@ -1,6 +1,5 @@
-"""``manage.py runws4redis``: the twistd ws4redis server, for development."""
-import sys
-
+"""``manage.py runws4redis``: the twistd ws4redis server with its options, in
+the foreground and without autoreload (``runserver`` is the development server)."""
 from django.core.management.base import BaseCommand, CommandError
 
 from twisted_ws4redis import tap
@@ -19,20 +18,14 @@ class Command(BaseCommand):
             parser.add_argument(f"--{name}", action="store_true", help=text)
 
     def handle(self, *args, **options):
-        from twisted.internet import reactor
-        from twisted.logger import globalLogBeginner, textFileLogObserver
-
-        from twisted_ws4redis.service import make_service
+        from twisted_ws4redis.service import make_service, run_in_foreground
 
         try:
             service = make_service(tap.server_config(options))
         except Exception as exc:
             raise CommandError(str(exc)) from exc
-        # Bind first: a port in use ends the command with one line, before the
-        # thread pool (whose threads would keep the process alive) or Redis start.
+        # A port in use ends the command with one line, before the thread pool
+        # or Redis start.
         service.exit_on_listen_error = True
         service.privilegedStartService()
-        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
-        service.startService()
-        reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-        reactor.run()
+        run_in_foreground(service)
