@@ -46,6 +46,13 @@ def event_fields(event: LogEvent) -> dict[str, object]:
     return {key: value for key, value in event.items() if not key.startswith("log_") and key not in LEGACY_KEYS}
 
 
+def extra(fields: dict[str, object]) -> dict[str, object]:
+    """``logging``'s ``extra`` for ``fields``: ``ws4redis`` (the dict) and each
+    field as ``ws4redis_<name>``, on every record of a twisted_ws4redis logger."""
+    named = {f"{FIELDS_ATTRIBUTE}_{name}": value for name, value in fields.items()}
+    return {FIELDS_ATTRIBUTE: fields, **named}
+
+
 @lru_cache(maxsize=None)
 def stdlib_logger(namespace: str) -> logging.Logger:
     """The logger named ``namespace``, with a NullHandler: a record no handler
@@ -69,10 +76,7 @@ def to_stdlib(event: LogEvent) -> None:
         return
     failure = event.get("log_failure")
     exc_info = None if failure is None else (failure.type, failure.value, failure.getTracebackObject())
-    fields = event_fields(event)
-    extra = {f"{FIELDS_ATTRIBUTE}_{name}": value for name, value in fields.items()}
-    extra[FIELDS_ATTRIBUTE] = fields
-    logger.log(level, formatEvent(event), exc_info=exc_info, extra=extra)
+    logger.log(level, formatEvent(event), exc_info=exc_info, extra=extra(event_fields(event)))
 
 
 def forward_to_stdlib(publisher: LogPublisher = globalLogPublisher) -> None:
