@@ -42,8 +42,9 @@ class Logged:
         self.server = TwistdServer(self.redis.url, test_db, {"LOGGING": logging_to(self.path), **HOOKS})
 
     def records(self) -> list[dict]:
+        """The records written so far (whole lines: one may be half written)."""
         text = self.path.read_text() if self.path.exists() else ""
-        return [json.loads(line) for line in text.splitlines()]
+        return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
 
     def wait_for(self, start: str, **fields) -> dict:
         """The first record whose message starts with ``start`` and whose fields include ``fields``."""
