@@ -157,6 +157,20 @@ def publish_too_fast(server: TwistdServer, facility: str) -> None:
             time.sleep(0.02)
 
 
+def test_an_http_refusal_before_django_is_one_line_and_a_record(logged):
+    server = logged.server
+    since = server.log_path.stat().st_size
+    filler = "".join(f"X-Filler-{i}: {'x' * 100}\r\n" for i in range(200))  # over WS4REDIS_MAX_HEADER_SIZE
+    assert raw_request(server.port, handshake(extra=filler))[0] == 431
+    record = logged.wait_for("HTTP 431 to", code=431)
+    assert (record["name"], record["level"]) == ("twisted_ws4redis.resource", "INFO")
+    assert record["fields"]["peer"].startswith("IPv4Address(") and record["fields"]["detail"]
+    assert_fields_are_extra(record)
+    time.sleep(0.3)
+    lines = new_lines(server, since)
+    assert len(lines) == 1 and "[twisted_ws4redis.resource#info] HTTP 431 to " in lines[0], lines
+
+
 def test_a_policy_close_is_a_warning(logged):
     facility = unique("policy")
     publish_too_fast(logged.server, facility)
