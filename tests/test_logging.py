@@ -4,12 +4,16 @@ twistd's own log keeps its lines, and a refusal is one line in it, not three."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
 from websockets.sync.client import connect
 
-from conftest import RedisServer, TwistdServer, login, open_ws, session_key, unique, wait_subscribed
+from conftest import PROJECT, RedisServer, TwistdServer, free_port, login, open_ws, project_env, session_key, \
+    unique, wait_for_port, wait_subscribed
 from test_door import handshake, raw_request, refused_status
 from twisted_ws4redis.audience import session_digest
 
@@ -224,3 +228,32 @@ def test_without_a_logger_for_it_twistd_s_log_has_each_line_once(twistd_servers,
     assert log.count(f"WSPOLICY /ws/{facility}") == 1, log
     assert log.count("RuntimeError: the hook is broken (test)") == 1, log
     assert "[stderr#" not in log, log
+
+
+def test_manage_py_runws4redis_logs_to_logging_too(redis_server, test_db, tmp_path):
+    """Any caller of make_service gets the bridge: here the management command,
+    whose own log (stdout) begins after the server is made."""
+    path, port = tmp_path / "records.jsonl", free_port()
+    command = [sys.executable, "-m", "django", "runws4redis", f"--endpoint=tcp:{port}:interface=127.0.0.1",
+               f"--redis={redis_server.url}"]
+    process = subprocess.Popen(command, env=project_env(test_db, {"LOGGING": logging_to(path)}), cwd=PROJECT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_port(port, process=process)
+        facility = unique("command")
+        assert raw_request(port, handshake(f"/ws/{facility}:x?subscribe-broadcast"))[0] == 400
+        deadline = time.monotonic() + TIMEOUT
+        while f"WSREJECT /ws/{facility}" not in (path.read_text() if path.exists() else ""):
+            assert time.monotonic() < deadline, path.read_text()
+            time.sleep(0.02)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=TIMEOUT)[0]
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    serving = [r for r in records if r["message"].startswith("Serving websockets under")]
+    assert len(serving) == 1 and serving[0]["name"] == "twisted_ws4redis.service", records
+    rejected = [r for r in records if r["message"].startswith(f"WSREJECT /ws/{facility}")]
+    assert len(rejected) == 1 and rejected[0]["fields"]["code"] == 400, records
+    # The command's own log: the same lines as before, once.
+    assert output.count(f"WSREJECT /ws/{facility}") == 1 and output.count("Serving websockets under") == 1, output
+    assert "failing WebSocket opening handshake" not in output and "[stderr#" not in output, output
