@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -159,6 +160,24 @@ def publish_too_fast(server: TwistdServer, facility: str) -> None:
         while f"WSPOLICY /ws/{facility}?" not in server.log():
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.02)
+
+
+def test_autobahn_s_other_lines_stay(logged):
+    """Only a refusal loses Autobahn's lines: a protocol error on an open websocket keeps its warning."""
+    server = logged.server
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        port = sock.getsockname()[1]
+        sock.sendall(handshake(f"/ws/{unique('violation')}?subscribe-broadcast"))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
+        sock.sendall(b"\x81\x02hi")  # unmasked: clients must mask
+        frame = sock.recv(4096)
+        assert frame[0] == 0x88 and frame[2:4] == b"\x03\xea"  # close, 1002 (protocol error)
+    deadline = time.monotonic() + TIMEOUT
+    while f"tcp4:127.0.0.1:{port} code=1006" not in server.log():  # its WSDISCONNECT: all logged
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.02)
+    assert '[autobahn.twisted.websocket.WebSocketServerProtocol#warn] failing WebSocket connection (code=1002): ' \
+           '"unmasked client-to-server frame"' in server.log()
 
 
 def test_an_http_refusal_before_django_is_one_line_and_a_record(logged):
