@@ -82,6 +82,34 @@ class TokenBucket:
         return True
 
 
+#: The formats of what Autobahn logs about a handshake it fails, besides our
+#: WSREJECT: an info line, then the warning of the dropped connection
+#: (tests/test_logging.py pins them).
+AUTOBAHN_REFUSAL_FORMATS = frozenset({
+    "failing WebSocket opening handshake ('{reason}')",
+    "dropping connection to peer {peer} with abort={abort}: {reason}",
+})
+
+
+class WithoutRefusalLines:
+    """Autobahn's logger for one connection being refused, minus its lines
+    about the refusal; any other line (an error, a warning) passes."""
+
+    def __init__(self, autobahn_log):
+        self._log = autobahn_log
+
+    def __getattr__(self, name: str):
+        return getattr(self._log, name)
+
+    def info(self, format=None, *args, **kwargs) -> None:
+        if format not in AUTOBAHN_REFUSAL_FORMATS:
+            self._log.info(format, *args, **kwargs)
+
+    def warn(self, format=None, *args, **kwargs) -> None:
+        if format not in AUTOBAHN_REFUSAL_FORMATS:
+            self._log.warn(format, *args, **kwargs)
+
+
 class WebSocketProtocol(WebSocketServerProtocol):
     factory: WebSocketFactory
 
@@ -242,8 +270,9 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
         """Autobahn's refusals quote what the client sent (its Host header, its
-        request line…) and Autobahn logs them twice, raw (an info line, then the
-        warning of the dropped connection): escape them before it does."""
+        request line…): escaped, for the response and our WSREJECT line, the
+        one line a refusal logs (Autobahn's own two are dropped)."""
+        self.log = WithoutRefusalLines(type(self).log)
         super().failHandshake(logsafe.text(reason), code, responseHeaders)
 
     def sendHttpErrorResponse(self, code, reason, responseHeaders=None):

@@ -22,6 +22,7 @@ from . import audience, conf
 from .control import NodeControl
 from .descriptors import raise_open_files_limit
 from .embedded import EmbeddedRedis, EmbeddedRedisService
+from .logbridge import forward_to_stdlib
 from .outbox import buffered_bytes
 from .protocol import WebSocketFactory, wait_until
 from .pubsub import RedisBus
@@ -180,7 +181,9 @@ def redis_address_for(choice: str | None) -> tuple[RedisAddress, EmbeddedRedis |
 
 
 def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
-    """The whole server as one service; Django must be set up already."""
+    """The whole server as one service; Django must be set up already. From
+    here on the server's log also goes to Django's LOGGING (see logbridge)."""
+    forward_to_stdlib()
     if reactor is None:
         from twisted.internet import reactor
     settings = conf.get_settings()

@@ -8,6 +8,7 @@ import logging
 import redis
 
 from .audience import MEMBEROF_SESSION_KEY, session_digest
+from .logbridge import extra
 from .publisher import close_session_websockets
 
 logger = logging.getLogger(__name__)
@@ -27,4 +28,6 @@ def close_websockets_at_logout(sender, request, user, **kwargs) -> None:
         close_session_websockets(key)
     except redis.exceptions.RedisError as exc:  # RedisUnavailable, or e.g. an ACL refusing PUBLISH
         # The logout itself must succeed; the websockets stay open until they close.
-        logger.warning("Logout: the websockets of session %s were not closed: %s", session_digest(key), exc)
+        digest = session_digest(key)
+        logger.warning("Logout: the websockets of session %s were not closed: %s", digest, exc,
+                       extra=extra({"session": digest, "error": str(exc)}))

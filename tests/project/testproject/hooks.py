@@ -34,3 +34,10 @@ class BroadcastOnlySubscriber(RedisSubscriber):
 
     subscription_channels = ("subscribe-broadcast",)
     publish_channels = ("publish-broadcast",)
+
+
+def breakable_allowed_channels(request, channels):
+    """allowed_channels, that raises (a bug in a hook) with header Break-Hook: YES."""
+    if request.META.get("HTTP_BREAK_HOOK") == "YES":
+        raise RuntimeError("the hook is broken (test)")
+    return allowed_channels(request, channels)
