@@ -286,3 +286,25 @@ def test_every_kind_of_address_works_both_ways(redis_server, tls_redis, sentinel
             assert asyncio.run(publisher.apublish_message(RedisMessage(f"{kind} async"), expire=60)) == 0
             assert publisher.fetch_message(None, facility, "broadcast") == f"{kind} async".encode()
     assert master.client().get(f"broadcast:{facility}") == b"sentinel async"
+
+
+@pytest.mark.usefixtures("django_in_process")
+def test_one_event_loop_reuses_one_connection_and_closes_it_at_its_end(redis_client):
+    """What an ASGI server's long-lived loop gets: one pool for all its publishers."""
+    from twisted_ws4redis.publisher import RedisPublisher
+    from twisted_ws4redis.redis_store import RedisMessage
+
+    facility = unique("one-loop")
+    connected, received = redis_clients(redis_client)
+
+    async def publish_many():
+        for number in range(20):
+            await RedisPublisher(facility=facility, broadcast=True).apublish_message(RedisMessage(str(number)))
+        return redis_clients(redis_client)
+
+    during = asyncio.run(publish_many())
+    assert during == (connected + 1, received + 1)
+    deadline = time.monotonic() + TIMEOUT
+    while redis_clients(redis_client)[0] != connected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert redis_clients(redis_client)[0] == connected
