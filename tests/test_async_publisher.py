@@ -96,9 +96,9 @@ def test_many_async_requests_leave_no_redis_connection_behind(server, redis_clie
     for number in range(count):
         http_post_json(server, "/apublish/", {"facility": facility, "broadcast": True, "message": str(number)})
     deadline = time.monotonic() + TIMEOUT
-    while (now := redis_clients(redis_client))[0] != connected and time.monotonic() < deadline:
+    while (now := redis_clients(redis_client))[0] > connected and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert now[0] == connected, f"{now[0] - connected} connection(s) left open after {count} requests"
+    assert now[0] <= connected, f"{now[0] - connected} connection(s) left open after {count} requests"
     # This test's own client stays connected: the new connections are the views'.
     assert now[1] - received >= count, "a connection per request's event loop was expected"
 
@@ -282,9 +282,18 @@ def test_every_kind_of_address_works_both_ways(redis_server, tls_redis, sentinel
         with redis_at(address):
             publisher = RedisPublisher(facility=facility, broadcast=True)
             assert publisher.publish_message(RedisMessage(f"{kind} sync"), expire=60) == 0
+            # Connections now open, the blocking pool's included (it stays open).
+            counted = [address.redis_py_client()] + ([sentinel_cluster[2].client()] if kind == "sentinel" else [])
+            before = [client.info("clients")["connected_clients"] for client in counted]
             assert asyncio.run(publisher.afetch_message(None, facility, "broadcast")) == f"{kind} sync".encode()
             assert asyncio.run(publisher.apublish_message(RedisMessage(f"{kind} async"), expire=60)) == 0
             assert publisher.fetch_message(None, facility, "broadcast") == f"{kind} async".encode()
+            deadline = time.monotonic() + TIMEOUT
+            while any(client.info("clients")["connected_clients"] > count for client, count in zip(counted, before)):
+                assert time.monotonic() < deadline, f"{kind}: the asyncio client's connections stayed open"
+                time.sleep(0.02)
+            for client in counted:
+                client.close()
     assert master.client().get(f"broadcast:{facility}") == b"sentinel async"
 
 
@@ -303,8 +312,9 @@ def test_one_event_loop_reuses_one_connection_and_closes_it_at_its_end(redis_cli
         return redis_clients(redis_client)
 
     during = asyncio.run(publish_many())
-    assert during == (connected + 1, received + 1)
+    assert during[1] == received + 1, "20 publications on one loop, one connection"
+    assert during[0] > connected
     deadline = time.monotonic() + TIMEOUT
-    while redis_clients(redis_client)[0] != connected and time.monotonic() < deadline:
+    while redis_clients(redis_client)[0] > connected and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert redis_clients(redis_client)[0] == connected
+    assert redis_clients(redis_client)[0] <= connected, "the loop's end closed its connection"

@@ -12,10 +12,10 @@ and one channel of our own, which every server process subscribes, for
 commands to all of them (``control_channel``).
 
 Pure functions, used by the publisher and by every websocket, except where SELF
-is resolved: that reads the request's user and session, and is written once as
-a generator of the reads it needs (``_self_steps``), which ``run`` answers with
-Django's blocking APIs on a thread and ``arun`` with its async ones on an event
-loop. One resolution, two ways of reading, no copy of the rules.
+is resolved: that reads the request's user and session, and is written once,
+as a generator of the reads it needs (``_self_steps``), which ``resolved``
+answers with Django's blocking APIs on a thread and ``aresolved`` with its
+async ones on an event loop. One resolution, two ways of reading it.
 """
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ class _Read:
 Steps = Generator[_Read, Any, Any]
 
 
-def run(steps: Steps) -> Any:
+def resolved(steps: Steps) -> Any:
     """A resolution's answer, read with Django's blocking APIs (a thread's way)."""
     try:
         read = next(steps)
@@ -134,7 +134,7 @@ def run(steps: Steps) -> Any:
         return done.value
 
 
-async def arun(steps: Steps) -> Any:
+async def aresolved(steps: Steps) -> Any:
     """A resolution's answer, read with Django's async APIs (an event loop's way)."""
     try:
         read = next(steps)
@@ -144,14 +144,21 @@ async def arun(steps: Steps) -> Any:
         return done.value
 
 
+def _authenticated(user: Any) -> Any:
+    return user if user is not None and getattr(user, "is_authenticated", False) else None
+
+
 def _user_steps(request: Any) -> Steps:
     """The authenticated user of ``request``, or None."""
     def sync():
-        return getattr(request, "user", None)
+        return _authenticated(getattr(request, "user", None))
 
-    # ``auser`` is AuthenticationMiddleware's; a request made by hand has only ``user``.
-    user = yield _Read(sync, getattr(request, "auser", None) or sync_to_async(sync))
-    return user if user is not None and getattr(user, "is_authenticated", False) else None
+    async def asynchronous():
+        # ``auser`` is AuthenticationMiddleware's; a request made by hand has only ``user``.
+        auser = getattr(request, "auser", None)
+        return _authenticated(await auser()) if auser else await sync_to_async(sync)()
+
+    return (yield _Read(sync, asynchronous))
 
 
 def _self_steps(audience: str, request: Any) -> Steps:
@@ -175,12 +182,7 @@ def _self_steps(audience: str, request: Any) -> Steps:
 
 def resolve_self(audience: str, request: Any) -> list[str]:
     """SELF in ``audience`` (see ``_self_steps``), on a thread."""
-    return run(_self_steps(audience, request))
-
-
-async def aresolve_self(audience: str, request: Any) -> list[str]:
-    """SELF in ``audience`` (see ``_self_steps``), on an event loop."""
-    return await arun(_self_steps(audience, request))
+    return resolved(_self_steps(audience, request))
 
 
 #: session store -> the key it was found to have loaded with (see ``loaded_as``).
@@ -223,7 +225,7 @@ def _genuine_key_steps(session: Any) -> Steps:
 def genuine_session_key(session: Any) -> str | None:
     """``session``'s key if it names a real session (see ``_genuine_key_steps``),
     read on the caller's thread: never the reactor's."""
-    return run(_genuine_key_steps(session))
+    return resolved(_genuine_key_steps(session))
 
 
 def audience_members(groups: Iterable = (), users: Iterable = (), sessions: Iterable = ()) -> dict[str, list]:
@@ -238,7 +240,7 @@ def audience_members(groups: Iterable = (), users: Iterable = (), sessions: Iter
 def channel_steps(prefix: str, facility: str, *, request: Any = None, broadcast: bool = False,
                   groups: Iterable = (), users: Iterable = (), sessions: Iterable = ()) -> Steps:
     """Channel names for an audience, in ws4redis order: broadcast, groups, users,
-    sessions (a resolution: ``run`` or ``arun`` it, or call ``message_channels``)."""
+    sessions (a resolution: see ``resolved``, ``aresolved``, ``message_channels``)."""
     channels = [channel_name(prefix, "broadcast", facility)] if broadcast else []
     for audience, members in audience_members(groups, users, sessions).items():
         for member in members:
@@ -249,7 +251,7 @@ def channel_steps(prefix: str, facility: str, *, request: Any = None, broadcast:
 
 def message_channels(prefix: str, facility: str, **audience: Any) -> list[str]:
     """``channel_steps``' channel names, SELF read on the caller's thread."""
-    return run(channel_steps(prefix, facility, **audience))
+    return resolved(channel_steps(prefix, facility, **audience))
 
 
 def fetch_steps(prefix: str, facility: str, request: Any, audience: str = "any") -> Steps:

@@ -98,7 +98,7 @@ class RedisPublisher(RedisStore):
 
     async def _achannels(self) -> list[str]:
         if self._channels is None:
-            self._channels = await wire.arun(wire.channel_steps(self.get_prefix(), **self._audience))
+            self._channels = await wire.aresolved(wire.channel_steps(self.get_prefix(), **self._audience))
         return self._channels
 
     async def apublish_message(self, message: RedisMessage, expire: int | None = None) -> int:
@@ -116,7 +116,7 @@ class RedisPublisher(RedisStore):
         """The persisted message a websocket of ``request`` would get for ``facility``.
         ``audience`` is 'session', 'user', 'group', 'broadcast' or 'any' (searched
         in that order, the first one found wins)."""
-        channels = wire.run(wire.fetch_steps(self.get_prefix(), facility, request, audience))
+        channels = wire.resolved(wire.fetch_steps(self.get_prefix(), facility, request, audience))
         if not channels:
             return None
         with reaching_redis():
@@ -124,7 +124,7 @@ class RedisPublisher(RedisStore):
 
     async def afetch_message(self, request, facility: str, audience: str = "any") -> bytes | None:
         """``fetch_message`` without blocking the event loop."""
-        channels = await wire.arun(wire.fetch_steps(self.get_prefix(), facility, request, audience))
+        channels = await wire.aresolved(wire.fetch_steps(self.get_prefix(), facility, request, audience))
         if not channels:
             return None
         client = await _aconnection()
