@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Iterable
+from typing import Any, AsyncIterator, Iterable
 from weakref import WeakKeyDictionary
 
 import redis
 
 from . import audience as wire
 from .conf import get_settings, redis_address
-from .redis_address import aclose_asyncio_client
+from .redis_address import RedisAddress, aclose_asyncio_client
 from .redis_store import RedisMessage, RedisStore, reaching_redis
 
 _clients: dict = {}
@@ -33,7 +33,7 @@ def _connection() -> redis.Redis:
     return client
 
 
-async def _aconnection():
+async def _aconnection() -> redis.asyncio.Redis:
     """The running event loop's client (and its pool) for the current Redis
     address. Under WSGI, Django runs an async view through asgiref's
     ``async_to_sync``, which gives every call a new loop (``asyncio.run`` on a
@@ -53,7 +53,8 @@ async def _aconnection():
     return client
 
 
-async def _closed_with_loop(loop: asyncio.AbstractEventLoop, address, client):
+async def _closed_with_loop(loop: asyncio.AbstractEventLoop, address: RedisAddress,
+                           client: redis.asyncio.Redis) -> AsyncIterator[None]:
     """Waits at ``yield`` for as long as ``loop`` runs: a loop shutting down
     closes its async generators (``asyncio.run`` does, and so asgiref and the
     ASGI servers), which closes the client's connections on that loop."""

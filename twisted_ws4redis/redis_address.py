@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from zope.interface import implementer
 from twisted.internet.interfaces import IStreamClientEndpoint
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
 
 #: Keys WS4REDIS_CONNECTION accepts (redis-py's names, as in ws4redis, and
 #: for Sentinel those of ``redis.sentinel.Sentinel.master_for``).
@@ -134,12 +139,12 @@ class RedisAddress:
                 kwargs["connection_class"] = flavour.SSLConnection
         return kwargs
 
-    def redis_py_client(self):
+    def redis_py_client(self) -> redis.Redis:
         """A blocking ``redis.Redis`` with its own pool: to the master through
         the Sentinels (found again after a failover), or straight to Redis."""
         return self._redis_py_client(asynchronous=False)
 
-    def redis_py_asyncio_client(self):
+    def redis_py_asyncio_client(self) -> redis.asyncio.Redis:
         """The same as a ``redis.asyncio.Redis``, for one event loop (its
         connections belong to the loop that opened them); close it with
         ``aclose_asyncio_client``."""
@@ -200,7 +205,7 @@ def _redis_py(asynchronous: bool) -> SimpleNamespace:
                            SSLConnection=flavour.SSLConnection)
 
 
-async def aclose_asyncio_client(client) -> None:
+async def aclose_asyncio_client(client: redis.asyncio.Redis) -> None:
     """Close the connections of a ``redis_py_asyncio_client()``: its pool's and,
     through Sentinel, those to the Sentinels (on the loop that opened them)."""
     pool = client.connection_pool

@@ -1,7 +1,7 @@
 """ws4redis' message and store types, kept under their old names.
 
-``RedisStore`` is the blocking (redis-py) side used by Django code; the
-websockets use the non-blocking clients in ``pubsub``.
+``RedisStore`` is the side used by Django code (redis-py; its asyncio twin
+is in ``publisher``); the websockets use the non-blocking clients in ``pubsub``.
 """
 from __future__ import annotations
 
