@@ -188,9 +188,22 @@ BAD = [
 @pytest.mark.parametrize("name, value", BAD, ids=[f"{n}={v!r}" for n, v in BAD])
 def test_a_bad_value_names_its_setting(name, value):
     """ws4redis silently allowed everything on a misspelt hook path (§R11)."""
+    from twisted_ws4redis.conf import RULES, validate
+
     with override_settings(**{name: value}):
-        with pytest.raises(ImproperlyConfigured, match=name):
+        with pytest.raises(ImproperlyConfigured, match=name) as raised:
             settings_now()
+        # The error the system checks report (checks.py) is the one the server start raises.
+        assert [(error.check_id, error.message) for error in validate(deep=True)[1]] == [
+            (RULES[name].check_id, str(raised.value))]
+
+
+def test_each_setting_has_its_own_check_id():
+    from twisted_ws4redis.conf import RULES
+
+    ids = [rule.check_id for rule in RULES.values()]
+    assert len(set(ids)) == len(ids)
+    assert all(check_id.startswith("twisted_ws4redis.E") for check_id in ids)
 
 
 def test_context_processor_gives_the_uri_and_a_safe_heartbeat_literal():

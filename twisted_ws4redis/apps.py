@@ -7,8 +7,12 @@ class Ws4RedisConfig(AppConfig):
 
     def ready(self) -> None:
         from django.contrib.auth.signals import user_logged_in, user_logged_out
+        from django.core import checks as django_checks
 
+        from . import checks
         from .signals import close_websockets_at_logout, store_groups_in_session
+
+        django_checks.register(checks.check_settings, checks.TAG)
 
         user_logged_in.connect(store_groups_in_session, dispatch_uid="twisted_ws4redis.memberof")
         user_logged_out.connect(close_websockets_at_logout, dispatch_uid="twisted_ws4redis.logout")

@@ -1,11 +1,15 @@
 """Every setting twisted_ws4redis reads, with its default, validated in one place.
 
 The names and defaults are those of ws4redis, so an existing project keeps its
-settings. ``get_settings()`` raises ``ImproperlyConfigured`` naming the bad
-setting; the server calls it at start-up so that a mistake stops it there.
+settings. ``validate()`` finds every bad value, each a ``SettingError`` naming
+the setting and carrying its system check id; ``get_settings()`` raises the
+first (the server calls it at start-up so that a mistake stops it there) and
+the system checks (checks.py: ``manage.py check``, ``twistd ws4redis``) report
+them all.
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 from dataclasses import dataclass
@@ -16,45 +20,23 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
+from . import logsafe
 from .origin import OriginPolicy
 from .redis_address import RedisAddress
-
-DEFAULTS: dict[str, Any] = {
-    "WEBSOCKET_URL": "/ws/",
-    "WS4REDIS_CONNECTION": {"host": "localhost", "port": 6379, "db": 0, "password": None},
-    "WS4REDIS_PREFIX": None,
-    "WS4REDIS_EXPIRE": 3600,
-    "WS4REDIS_SUBSCRIBER": "twisted_ws4redis.subscriber.RedisSubscriber",
-    "WS4REDIS_HEARTBEAT": None,
-    "WS4REDIS_ALLOWED_CHANNELS": None,
-    "WS4REDIS_PROCESS_REQUEST": None,
-    # Not in ws4redis: limits and checks against hostile or broken clients.
-    "WS4REDIS_MAX_MESSAGE_SIZE": 1024 * 1024,
-    "WS4REDIS_ALLOWED_ORIGINS": None,
-    "WS4REDIS_FACILITY_PATTERN": r"[^:*?\[\]\\\x00-\x1f\x7f-\x9f]{0,128}",
-    "WS4REDIS_HANDSHAKE_TIMEOUT": 30,
-    "WS4REDIS_MAX_HEADER_SIZE": 16 * 1024,
-    "WS4REDIS_MAX_PUBLISH_RATE": None,
-    "WS4REDIS_MAX_BUFFERED_BYTES": 4 * 1024 * 1024,
-    "WS4REDIS_AUTO_PING_INTERVAL": 30,
-    "WS4REDIS_AUTO_PING_TIMEOUT": 30,
-    "WS4REDIS_MAX_BODY_SIZE": 10 * 1024 * 1024,
-    "WS4REDIS_BODY_TIMEOUT": 30,
-    "WS4REDIS_BODY_MIN_RATE": 500,
-    # Descriptors and TLS (see descriptors.py, tls.py).
-    "WS4REDIS_MAX_CONNECTIONS": None,
-    "WS4REDIS_RESERVED_DESCRIPTORS": 128,
-    "WS4REDIS_TLS_CIPHERS": "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL",
-    # Frames a client may send: every kind counts (a ping flood is a frame flood).
-    "WS4REDIS_MAX_FRAME_RATE": 1000,
-    "WS4REDIS_MAX_FRAGMENTS": 1000,
-}
 
 #: Django settings the origin check reads.
 _ORIGIN_SETTINGS = ("ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "DEBUG", "USE_X_FORWARDED_HOST")
 
 #: ws4redis' own default subscriber path, accepted as an alias of ours.
 _REFERENCE_SUBSCRIBER = "ws4redis.subscriber.RedisSubscriber"
+
+#: Every setting's name starts so, but WEBSOCKET_URL (ws4redis' name).
+_PREFIX = "WS4REDIS_"
+
+#: The most characters of a bad setting's message (a value may be long).
+_MESSAGE_LENGTH = 2000
+
+_HOOK_HINT = "Give the callable itself or its dotted path, such as 'mysite.websockets.{}'."
 
 
 @dataclass(frozen=True)
@@ -86,25 +68,82 @@ class Settings:
     max_fragments: int | None
 
 
-def _raw(name: str) -> Any:
-    return getattr(django_settings, name, DEFAULTS[name])
+class SettingError(ImproperlyConfigured):
+    """A bad value of one setting. The message names the setting and the value;
+    ``check_id`` is the system check that reports it (``manage.py check``)."""
+
+    def __init__(self, check_id: str, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.check_id = check_id
+        self.message = message
+        self.hint = hint
 
 
-def _callable(name: str) -> Callable | None:
-    value = _raw(name)
+# -- validators: (setting name, raw value) -> the value Settings holds, or ImproperlyConfigured --
+
+
+def _url_path(name: str, value: Any) -> str:
+    if not (isinstance(value, str) and value.startswith("/") and value.endswith("/")):
+        raise ImproperlyConfigured(f"{name} must be a path starting and ending with '/', got {value!r}")
+    return value
+
+
+def _connection(name: str, value: Any) -> RedisAddress:
+    # The messages name the key at fault, never the whole value (it may hold a password).
+    try:
+        return RedisAddress.from_dict(value, name)
+    except ValueError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
+
+
+def _prefix(name: str, value: Any) -> str:
+    if value is not None and not isinstance(value, str):
+        raise ImproperlyConfigured(f"{name} must be a string or None, got {value!r}")
+    return f"{value}:" if value else ""
+
+
+def _expire(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ImproperlyConfigured(f"{name} must be a non-negative integer (seconds), got {value!r}")
+    return value
+
+
+def _subscriber(name: str, value: Any) -> type:
+    path = DEFAULTS[name] if value == _REFERENCE_SUBSCRIBER else value
+    try:
+        subscriber = import_string(path) if isinstance(path, str) else path
+    except ImportError as exc:
+        raise ImproperlyConfigured(f"{name}: cannot import {path!r}: {exc}") from None
+    from .subscriber import RedisSubscriber
+
+    if not (isinstance(subscriber, type) and issubclass(subscriber, RedisSubscriber)):
+        raise ImproperlyConfigured(
+            f"{name} must name a subclass of twisted_ws4redis.subscriber.RedisSubscriber, got {path!r}")
+    return subscriber
+
+
+def _heartbeat(name: str, value: Any) -> bytes | None:
+    if value is not None and not (isinstance(value, str) and value):
+        raise ImproperlyConfigured(f"{name} must be a non-empty string or None, got {value!r}")
+    return value.encode() if value else None
+
+
+def _callable(name: str, value: Any) -> Callable | None:
     if value is None or callable(value):
         return value
     if isinstance(value, str):
         try:
-            return import_string(value)
+            hook = import_string(value)
         except ImportError as exc:
             raise ImproperlyConfigured(f"{name}: cannot import {value!r}: {exc}") from None
+        if not callable(hook):
+            raise ImproperlyConfigured(f"{name}: {value!r} is not a callable")
+        return hook
     raise ImproperlyConfigured(f"{name} must be a callable or a dotted path, got {value!r}")
 
 
-def _number(name: str, *, integer: bool = False, optional: bool = False, unit: str = "") -> Any:
-    """A positive number (or None when ``optional``), else a message naming the setting."""
-    value = _raw(name)
+def _number(name: str, value: Any, *, integer: bool = False, optional: bool = False, unit: str = "") -> Any:
+    """A positive number (or None when ``optional``)."""
     if value is None and optional:
         return None
     kinds = (int,) if integer else (int, float)
@@ -115,97 +154,151 @@ def _number(name: str, *, integer: bool = False, optional: bool = False, unit: s
     return value
 
 
-def _origins() -> OriginPolicy:
-    trusted = _raw("WS4REDIS_ALLOWED_ORIGINS")
-    if trusted is None:
-        trusted = []
-    if isinstance(trusted, str) or not all(isinstance(origin, str) for origin in trusted):
+def _origins(name: str, value: Any) -> OriginPolicy:
+    trusted = [] if value is None else value
+    if not isinstance(trusted, (list, tuple, set, frozenset)) or not all(isinstance(item, str) for item in trusted):
         raise ImproperlyConfigured(
-            f"WS4REDIS_ALLOWED_ORIGINS must be a list of origins such as 'https://example.com' "
-            f"(or ['*'] for any), got {trusted!r}")
+            f"{name} must be a list of origins such as 'https://example.com' (or ['*'] for any), got {value!r}")
     return OriginPolicy(list(trusted) + list(getattr(django_settings, "CSRF_TRUSTED_ORIGINS", [])),
                         getattr(django_settings, "ALLOWED_HOSTS", []), bool(getattr(django_settings, "DEBUG", False)),
                         bool(getattr(django_settings, "USE_X_FORWARDED_HOST", False)))
 
 
-def _facility_pattern() -> re.Pattern:
-    pattern = _raw("WS4REDIS_FACILITY_PATTERN")
+def _pattern(name: str, value: Any) -> re.Pattern:
     try:
-        return re.compile(pattern)
+        return re.compile(value)
     except (re.error, TypeError) as exc:
-        raise ImproperlyConfigured(f"WS4REDIS_FACILITY_PATTERN is not a regular expression: {exc}") from None
+        raise ImproperlyConfigured(f"{name} {value!r} is not a regular expression: {exc}") from None
 
 
-def _load() -> Settings:
-    url = _raw("WEBSOCKET_URL")
-    if not (isinstance(url, str) and url.startswith("/") and url.endswith("/")):
-        raise ImproperlyConfigured(f"WEBSOCKET_URL must be a path starting and ending with '/', got {url!r}")
+def _cipher_string(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ImproperlyConfigured(f"{name} must be an OpenSSL cipher string, got {value!r}")
+    return value
 
-    try:
-        connection = RedisAddress.from_dict(_raw("WS4REDIS_CONNECTION"))
-    except ValueError as exc:
-        raise ImproperlyConfigured(str(exc)) from None
 
-    prefix = _raw("WS4REDIS_PREFIX")
-    if prefix is not None and not isinstance(prefix, str):
-        raise ImproperlyConfigured(f"WS4REDIS_PREFIX must be a string or None, got {prefix!r}")
+def _ciphers_openssl_knows(name: str, value: str) -> None:
+    # Importing OpenSSL and Twisted would cost a Django process that only publishes
+    # about 0.4 s: this runs in the system checks (manage.py check, twistd start),
+    # not in every get_settings().
+    from .tls import acceptable_ciphers
 
-    expire = _raw("WS4REDIS_EXPIRE")
-    if isinstance(expire, bool) or not isinstance(expire, int) or expire < 0:
-        raise ImproperlyConfigured(f"WS4REDIS_EXPIRE must be a non-negative integer (seconds), got {expire!r}")
+    acceptable_ciphers(value)
 
-    subscriber_path = _raw("WS4REDIS_SUBSCRIBER")
-    if subscriber_path == _REFERENCE_SUBSCRIBER:
-        subscriber_path = DEFAULTS["WS4REDIS_SUBSCRIBER"]
-    try:
-        subscriber = import_string(subscriber_path) if isinstance(subscriber_path, str) else subscriber_path
-    except ImportError as exc:
-        raise ImproperlyConfigured(f"WS4REDIS_SUBSCRIBER: cannot import {subscriber_path!r}: {exc}") from None
-    from .subscriber import RedisSubscriber
 
-    if not (isinstance(subscriber, type) and issubclass(subscriber, RedisSubscriber)):
-        raise ImproperlyConfigured(
-            f"WS4REDIS_SUBSCRIBER must name a subclass of twisted_ws4redis.subscriber.RedisSubscriber, "
-            f"got {subscriber_path!r}")
+@dataclass(frozen=True)
+class Rule:
+    """How one setting is read: its default, the system check id reporting a bad
+    value, the ``Settings`` field it fills and the validator that fills it.
+    ``deep`` validates further where that is too costly for every process (it
+    gets the validated value); the system checks run it."""
+    default: Any
+    check_id: str
+    field: str
+    validate: Callable[[str, Any], Any]
+    hint: str | None = None
+    deep: Callable[[str, Any], None] | None = None
 
-    heartbeat = _raw("WS4REDIS_HEARTBEAT")
-    if heartbeat is not None and not (isinstance(heartbeat, str) and heartbeat):
-        raise ImproperlyConfigured(f"WS4REDIS_HEARTBEAT must be a non-empty string or None, got {heartbeat!r}")
 
-    return Settings(
-        websocket_url=url,
-        connection=connection,
-        prefix=f"{prefix}:" if prefix else "",
-        expire=expire,
-        subscriber=subscriber,
-        heartbeat=heartbeat.encode() if heartbeat else None,
-        allowed_channels=_callable("WS4REDIS_ALLOWED_CHANNELS"),
-        process_request=_callable("WS4REDIS_PROCESS_REQUEST"),
-        max_message_size=_number("WS4REDIS_MAX_MESSAGE_SIZE", integer=True, unit="bytes"),
-        origins=_origins(),
-        facility_pattern=_facility_pattern(),
-        handshake_timeout=_number("WS4REDIS_HANDSHAKE_TIMEOUT", unit="seconds"),
-        max_header_size=_number("WS4REDIS_MAX_HEADER_SIZE", integer=True, unit="bytes"),
-        max_publish_rate=_number("WS4REDIS_MAX_PUBLISH_RATE", optional=True, unit="messages per second"),
-        max_buffered_bytes=_number("WS4REDIS_MAX_BUFFERED_BYTES", integer=True, unit="bytes"),
-        auto_ping_interval=_number("WS4REDIS_AUTO_PING_INTERVAL", optional=True, unit="seconds"),
-        auto_ping_timeout=_number("WS4REDIS_AUTO_PING_TIMEOUT", unit="seconds"),
-        max_body_size=_number("WS4REDIS_MAX_BODY_SIZE", integer=True, unit="bytes"),
-        body_timeout=_number("WS4REDIS_BODY_TIMEOUT", unit="seconds"),
-        body_min_rate=_number("WS4REDIS_BODY_MIN_RATE", unit="bytes per second"),
-        max_connections=_number("WS4REDIS_MAX_CONNECTIONS", integer=True, optional=True, unit="websockets"),
-        reserved_descriptors=_number("WS4REDIS_RESERVED_DESCRIPTORS", integer=True, unit="descriptors"),
-        # Checked against OpenSSL by tls.acceptable_ciphers, where an ssl: endpoint needs it.
-        tls_ciphers=_raw("WS4REDIS_TLS_CIPHERS"),
-        max_frame_rate=_number("WS4REDIS_MAX_FRAME_RATE", optional=True, unit="frames per second"),
-        max_fragments=_number("WS4REDIS_MAX_FRAGMENTS", integer=True, optional=True, unit="frames per message"),
-    )
+def _positive(check_id: str, field: str, default: Any, unit: str, *, integer: bool = False,
+              optional: bool = False) -> Rule:
+    return Rule(default, check_id, field, functools.partial(_number, integer=integer, optional=optional, unit=unit))
+
+
+#: Every setting twisted_ws4redis reads. The check ids are stable: never renumber them.
+RULES: dict[str, Rule] = {
+    "WEBSOCKET_URL": Rule("/ws/", "twisted_ws4redis.E001", "websocket_url", _url_path, "For example '/ws/'."),
+    "WS4REDIS_CONNECTION": Rule(
+        {"host": "localhost", "port": 6379, "db": 0, "password": None}, "twisted_ws4redis.E002", "connection",
+        _connection, "A dict of redis-py's keys, such as {'host': 'localhost', 'port': 6379, 'db': 0}."),
+    "WS4REDIS_PREFIX": Rule(None, "twisted_ws4redis.E003", "prefix", _prefix),
+    "WS4REDIS_EXPIRE": Rule(3600, "twisted_ws4redis.E004", "expire", _expire, "0 keeps no message."),
+    "WS4REDIS_SUBSCRIBER": Rule("twisted_ws4redis.subscriber.RedisSubscriber", "twisted_ws4redis.E005", "subscriber",
+                                _subscriber),
+    "WS4REDIS_HEARTBEAT": Rule(None, "twisted_ws4redis.E006", "heartbeat", _heartbeat),
+    "WS4REDIS_ALLOWED_CHANNELS": Rule(None, "twisted_ws4redis.E007", "allowed_channels", _callable,
+                                      _HOOK_HINT.format("allowed_channels")),
+    "WS4REDIS_PROCESS_REQUEST": Rule(None, "twisted_ws4redis.E008", "process_request", _callable,
+                                     _HOOK_HINT.format("process_request")),
+    # Not in ws4redis: limits and checks against hostile or broken clients.
+    "WS4REDIS_MAX_MESSAGE_SIZE": _positive("twisted_ws4redis.E009", "max_message_size", 1024 * 1024, "bytes",
+                                           integer=True),
+    "WS4REDIS_ALLOWED_ORIGINS": Rule(None, "twisted_ws4redis.E010", "origins", _origins),
+    "WS4REDIS_FACILITY_PATTERN": Rule(r"[^:*?\[\]\\\x00-\x1f\x7f-\x9f]{0,128}", "twisted_ws4redis.E011",
+                                      "facility_pattern", _pattern),
+    "WS4REDIS_HANDSHAKE_TIMEOUT": _positive("twisted_ws4redis.E012", "handshake_timeout", 30, "seconds"),
+    "WS4REDIS_MAX_HEADER_SIZE": _positive("twisted_ws4redis.E013", "max_header_size", 16 * 1024, "bytes",
+                                          integer=True),
+    "WS4REDIS_MAX_PUBLISH_RATE": _positive("twisted_ws4redis.E014", "max_publish_rate", None, "messages per second",
+                                           optional=True),
+    "WS4REDIS_MAX_BUFFERED_BYTES": _positive("twisted_ws4redis.E015", "max_buffered_bytes", 4 * 1024 * 1024,
+                                             "bytes", integer=True),
+    "WS4REDIS_AUTO_PING_INTERVAL": _positive("twisted_ws4redis.E016", "auto_ping_interval", 30, "seconds",
+                                             optional=True),
+    "WS4REDIS_AUTO_PING_TIMEOUT": _positive("twisted_ws4redis.E017", "auto_ping_timeout", 30, "seconds"),
+    "WS4REDIS_MAX_BODY_SIZE": _positive("twisted_ws4redis.E018", "max_body_size", 10 * 1024 * 1024, "bytes",
+                                        integer=True),
+    "WS4REDIS_BODY_TIMEOUT": _positive("twisted_ws4redis.E019", "body_timeout", 30, "seconds"),
+    "WS4REDIS_BODY_MIN_RATE": _positive("twisted_ws4redis.E020", "body_min_rate", 500, "bytes per second"),
+    # Descriptors and TLS (see descriptors.py, tls.py).
+    "WS4REDIS_MAX_CONNECTIONS": _positive("twisted_ws4redis.E021", "max_connections", None, "websockets",
+                                          integer=True, optional=True),
+    "WS4REDIS_RESERVED_DESCRIPTORS": _positive("twisted_ws4redis.E022", "reserved_descriptors", 128, "descriptors",
+                                               integer=True),
+    "WS4REDIS_TLS_CIPHERS": Rule("ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL", "twisted_ws4redis.E023", "tls_ciphers",
+                                 _cipher_string, "See 'openssl ciphers -v STRING' for what a string names.",
+                                 deep=_ciphers_openssl_knows),
+    # Frames a client may send: every kind counts (a ping flood is a frame flood).
+    "WS4REDIS_MAX_FRAME_RATE": _positive("twisted_ws4redis.E024", "max_frame_rate", 1000, "frames per second",
+                                         optional=True),
+    "WS4REDIS_MAX_FRAGMENTS": _positive("twisted_ws4redis.E025", "max_fragments", 1000, "frames per message",
+                                        integer=True, optional=True),
+}
+
+DEFAULTS: dict[str, Any] = {name: rule.default for name, rule in RULES.items()}
+
+
+def _raw(name: str) -> Any:
+    return getattr(django_settings, name, DEFAULTS[name])
+
+
+def validate(deep: bool = False) -> tuple[dict[str, Any], list[SettingError]]:
+    """Every setting validated, ``Settings``' fields by name, and the problems
+    of all the bad ones (not only the first: ``manage.py check`` lists them all).
+    ``deep`` adds each rule's costlier checks (the system checks ask for them)."""
+    fields, errors = {}, []
+    for name, rule in RULES.items():
+        try:
+            fields[rule.field] = rule.validate(name, _raw(name))
+            if deep and rule.deep is not None:
+                rule.deep(name, fields[rule.field])
+        except ImproperlyConfigured as exc:
+            # Values are repr()s, but an ImportError quotes a dotted path as it is.
+            errors.append(SettingError(rule.check_id, logsafe.text(exc, limit=_MESSAGE_LENGTH), rule.hint))
+    return fields, errors
+
+
+def unknown_settings() -> list[tuple[str, str | None]]:
+    """``WS4REDIS_*`` settings this package does not read (typos, most likely),
+    each with the closest name it reads, or None when none is close."""
+    # Compared without the common prefix, which would make any two names look alike.
+    known = {name.removeprefix(_PREFIX): name for name in RULES}
+    found = []
+    for name in sorted(dir(django_settings)):
+        if name.startswith(_PREFIX) and name not in RULES:
+            close = difflib.get_close_matches(name.removeprefix(_PREFIX), known, n=1)
+            found.append((name, known[close[0]] if close else None))
+    return found
 
 
 @functools.cache
 def get_settings() -> Settings:
-    """The validated settings, read once (and again after a test overrides one)."""
-    return _load()
+    """The validated settings, read once (and again after a test overrides one);
+    a bad one raises its SettingError."""
+    fields, errors = validate()
+    if errors:
+        raise errors[0]
+    return Settings(**fields)
 
 
 _redis_override: RedisAddress | None = None

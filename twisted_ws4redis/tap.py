@@ -7,9 +7,12 @@ import os
 import sys
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.python import usage
 
 from .service import ServerConfig
+
+log = Logger()
 
 #: (long name, default, help) of the options that take a value.
 OPTIONS: list[tuple[str, Any, str]] = [
@@ -18,7 +21,9 @@ OPTIONS: list[tuple[str, Any, str]] = [
     ("threads", ServerConfig.threads, "Most threads running Django code (WSGI requests and websocket handshakes)."),
     ("grace", ServerConfig.grace, "Seconds a stop (SIGTERM) waits for HTTP requests being answered."),
     ("redis", None, "Redis to use instead of WS4REDIS_CONNECTION: redis://host:port/db, "
-                    "rediss://…, unix:///path?db=N, or 'embedded' for a private redis-server."),
+                    "rediss://…, unix:///path?db=N, or 'embedded' for a private redis-server "
+                    "on a unix socket of this process only (a publisher in another process, "
+                    "e.g. manage.py shell or a task worker, cannot reach it)."),
 ]
 ENDPOINT_HELP = "Twisted endpoint to listen on (repeatable), e.g. tcp:8000, ssl:8443:privateKey=key.pem, unix:/run/ws.sock; default tcp:8000."
 FLAGS: list[tuple[str, str]] = [
@@ -63,9 +68,27 @@ def server_config(options: dict[str, Any]) -> ServerConfig:
     )
 
 
+def run_settings_checks() -> None:
+    """The settings' system checks, those of ``manage.py check`` (which also
+    honours ``SILENCED_SYSTEM_CHECKS``): warnings are logged, errors raise
+    ImproperlyConfigured listing every problem, warnings included."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from .checks import check_settings
+
+    problems = [problem for problem in check_settings() if not problem.is_silenced()]
+    lines = [f"({problem.id}) {problem.msg}{f' HINT: {problem.hint}' if problem.hint else ''}"
+             for problem in sorted(problems, key=lambda problem: not problem.is_serious())]
+    if any(problem.is_serious() for problem in problems):
+        raise ImproperlyConfigured("\n".join(lines))
+    for line in lines:
+        log.warn("{problem}", problem=line)
+
+
 def makeService(options: Options):
-    """Set Django up, validate the settings, build the server. A bad setting or
-    option ends twistd here with a message naming it."""
+    """Set Django up, run the system checks of the settings (as ``manage.py check``),
+    build the server. A bad setting or option ends twistd here with a message
+    naming it (every bad setting at once)."""
     from django.core.exceptions import ImproperlyConfigured
 
     if options["settings"]:
@@ -81,6 +104,7 @@ def makeService(options: Options):
         django.setup()
         from .service import make_service
 
+        run_settings_checks()
         service = make_service(server_config(options))
     except (ImproperlyConfigured, ValueError, ImportError, RuntimeError) as exc:
         raise SystemExit(f"twistd ws4redis: {exc}") from None
