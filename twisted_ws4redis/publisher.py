@@ -37,7 +37,9 @@ async def _aconnection() -> redis.asyncio.Redis:
     """The running event loop's client (and its pool) for the current Redis
     address. Under WSGI, Django runs an async view through asgiref's
     ``async_to_sync``, which gives every call a new loop (``asyncio.run`` on a
-    fresh thread): so each client is closed when its loop shuts down."""
+    fresh thread): so each client is closed when its loop shuts down (a loop
+    closed without ``shutdown_asyncgens()``, which ``asyncio.run`` calls, would
+    keep its client)."""
     loop = asyncio.get_running_loop()
     address = redis_address()
     with _clients_lock:
@@ -67,6 +69,7 @@ async def _closed_with_loop(loop: asyncio.AbstractEventLoop, address: RedisAddre
 
 
 def _first_found(values: list) -> bytes | None:
+    """MGET's replies in search order: the first message kept wins."""
     return next((value for value in values if value), None)
 
 
