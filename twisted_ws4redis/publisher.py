@@ -1,17 +1,26 @@
 """``RedisPublisher``: send a message to websockets from any Django code
-(views, commands, task workers), in any process that can reach Redis."""
+(views, commands, task workers), in any process that can reach Redis, from a
+thread (``publish_message``) or from an event loop (``apublish_message``)."""
 from __future__ import annotations
 
+import asyncio
 import threading
+from typing import Any, AsyncIterator, Iterable
+from weakref import WeakKeyDictionary
 
 import redis
 
 from . import audience as wire
 from .conf import get_settings, redis_address
-from .redis_store import RedisStore, reaching_redis
+from .redis_address import RedisAddress, aclose_asyncio_client
+from .redis_store import RedisMessage, RedisStore, reaching_redis
 
 _clients: dict = {}
 _clients_lock = threading.Lock()
+
+#: event loop -> {RedisAddress: (redis.asyncio client, the generator closing it)}:
+#: asyncio connections belong to the loop that opened them.
+_loop_clients: WeakKeyDictionary = WeakKeyDictionary()
 
 
 def _connection() -> redis.Redis:
@@ -24,34 +33,107 @@ def _connection() -> redis.Redis:
     return client
 
 
+async def _aconnection() -> redis.asyncio.Redis:
+    """The running event loop's client (and its pool) for the current Redis
+    address. Under WSGI, Django runs an async view through asgiref's
+    ``async_to_sync``, which gives every call a new loop (``asyncio.run`` on a
+    fresh thread): so each client is closed when its loop shuts down (a loop
+    closed without ``shutdown_asyncgens()``, which ``asyncio.run`` calls, would
+    keep its client)."""
+    loop = asyncio.get_running_loop()
+    address = redis_address()
+    with _clients_lock:
+        clients = _loop_clients.setdefault(loop, {})
+        entry = clients.get(address)
+        if entry is None:
+            client = address.redis_py_asyncio_client()
+            closer = _closed_with_loop(loop, address, client)
+            clients[address] = (client, closer)
+    if entry is not None:
+        return entry[0]
+    await closer.asend(None)
+    return client
+
+
+async def _closed_with_loop(loop: asyncio.AbstractEventLoop, address: RedisAddress,
+                           client: redis.asyncio.Redis) -> AsyncIterator[None]:
+    """Waits at ``yield`` for as long as ``loop`` runs: a loop shutting down
+    closes its async generators (``asyncio.run`` does, and so asgiref and the
+    ASGI servers), which closes the client's connections on that loop."""
+    try:
+        yield
+    finally:
+        with _clients_lock:
+            _loop_clients.get(loop, {}).pop(address, None)
+        await aclose_asyncio_client(client)
+
+
+def _first_found(values: list) -> bytes | None:
+    """MGET's replies in search order: the first message kept wins."""
+    return next((value for value in values if value), None)
+
+
 class RedisPublisher(RedisStore):
     """``RedisPublisher(facility='foo', broadcast=True, users=['john'], groups=[SELF],
-    sessions=[...], request=request).publish_message(RedisMessage('hello'))``"""
+    sessions=[...], request=request).publish_message(RedisMessage('hello'))``, or
+    ``await ....apublish_message(...)`` in async code. The audience is checked
+    here; SELF is resolved when first needed (then in the caller's way: an async
+    view's constructor must not read the database)."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, request: Any = None, facility: str = "{facility}", broadcast: bool = False,
+                 groups: Iterable = (), users: Iterable = (), sessions: Iterable = ()):
         super().__init__(_connection())
-        self._publishers = self._get_message_channels(**kwargs)
+        members = wire.audience_members(groups, users, sessions)
+        self._audience = {"request": request, "facility": facility, "broadcast": broadcast,
+                          "groups": members["group"], "users": members["user"], "sessions": members["session"]}
+        self._channels: list[str] | None = None
+
+    @property
+    def _publishers(self) -> list[str]:
+        """The channel names (as ws4redis code reads them), SELF resolved on the
+        caller's thread on first use."""
+        if self._channels is None:
+            self._channels = self._get_message_channels(**self._audience)
+        return self._channels
+
+    @_publishers.setter
+    def _publishers(self, channels: list[str]) -> None:
+        self._channels = channels
+
+    async def _achannels(self) -> list[str]:
+        if self._channels is None:
+            self._channels = await wire.aresolved(wire.channel_steps(self.get_prefix(), **self._audience))
+        return self._channels
+
+    async def apublish_message(self, message: RedisMessage, expire: int | None = None) -> int:
+        """``publish_message`` without blocking the event loop (redis.asyncio,
+        one pool per loop; SELF read with Django's async APIs): the same
+        commands, return value and ``RedisUnavailable``."""
+        channels = await self._achannels()
+        pipe = (await _aconnection()).pipeline(transaction=True)
+        step = self._queue_publication(pipe, channels, message, expire)
+        with reaching_redis():
+            replies = await pipe.execute()
+        return sum(replies[::step])
 
     def fetch_message(self, request, facility: str, audience: str = "any") -> bytes | None:
         """The persisted message a websocket of ``request`` would get for ``facility``.
         ``audience`` is 'session', 'user', 'group', 'broadcast' or 'any' (searched
         in that order, the first one found wins)."""
-        if audience not in ("any",) + wire.AUDIENCES:
-            raise ValueError(f"audience must be one of {('any',) + wire.AUDIENCES}, got {audience!r}")
-        order = ("session", "user", "group", "broadcast") if audience == "any" else (audience,)
-        prefix = self.get_prefix()
-        for name in order:
-            if name == "broadcast":
-                channels = [wire.channel_name(prefix, "broadcast", facility)]
-            else:
-                channels = [wire.channel_name(prefix, name, facility, member)
-                            for member in wire.resolve_self(name, request)]
-            for channel in channels:
-                with reaching_redis():
-                    message = self._connection.get(channel)
-                if message:
-                    return message
-        return None
+        channels = wire.resolved(wire.fetch_steps(self.get_prefix(), facility, request, audience))
+        if not channels:
+            return None
+        with reaching_redis():
+            return _first_found(self._connection.mget(channels))
+
+    async def afetch_message(self, request, facility: str, audience: str = "any") -> bytes | None:
+        """``fetch_message`` without blocking the event loop."""
+        channels = await wire.aresolved(wire.fetch_steps(self.get_prefix(), facility, request, audience))
+        if not channels:
+            return None
+        client = await _aconnection()
+        with reaching_redis():
+            return _first_found(await client.mget(channels))
 
 
 def close_session_websockets(session_key: str) -> int:

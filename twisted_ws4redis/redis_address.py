@@ -1,5 +1,5 @@
-"""Where Redis is: one value type read from settings or a URL, used by both the
-blocking publisher (redis-py) and the reactor's clients (txredisapi).
+"""Where Redis is: one value type read from settings or a URL, used by the
+publisher (redis-py, blocking or asyncio) and the reactor's clients (txredisapi).
 
 Redis may be named directly (host and port, or a UNIX socket) or through
 Sentinel: a list of Sentinels and the name of the service they watch. Then
@@ -9,10 +9,16 @@ and so follow a failover.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from zope.interface import implementer
 from twisted.internet.interfaces import IStreamClientEndpoint
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
 
 #: Keys WS4REDIS_CONNECTION accepts (redis-py's names, as in ws4redis, and
 #: for Sentinel those of ``redis.sentinel.Sentinel.master_for``).
@@ -113,43 +119,48 @@ class RedisAddress:
         if self.sentinels and (self.unix_socket_path or self.ssl):
             raise ValueError(f"{name}: Sentinel cannot be combined with unix_socket_path or ssl")
 
-    def redis_py_kwargs(self) -> dict:
-        """Keyword arguments for ``redis.ConnectionPool``. One immediate retry
-        (a pooled connection that Redis closed, e.g. in a restart), no back-off
-        sleeps: a Redis that is down fails the call at once."""
+    def redis_py_kwargs(self, asynchronous: bool = False) -> dict:
+        """Keyword arguments for redis-py's ``ConnectionPool`` (``redis.asyncio``'s
+        when ``asynchronous``). One immediate retry (a pooled connection that
+        Redis closed, e.g. in a restart), no back-off sleeps: a Redis that is
+        down fails the call at once."""
         from redis.backoff import NoBackoff
-        from redis.retry import Retry
 
+        flavour = _redis_py(asynchronous)
         kwargs = {"db": self.db, "password": self.password, "username": self.username,
                   "socket_timeout": self.socket_timeout,
                   "socket_connect_timeout": self.socket_connect_timeout,
-                  "retry": Retry(NoBackoff(), 1)}
+                  "retry": flavour.Retry(NoBackoff(), 1)}
         if self.unix_socket_path:
-            import redis
-            kwargs.update(path=self.unix_socket_path, connection_class=redis.UnixDomainSocketConnection)
+            kwargs.update(path=self.unix_socket_path, connection_class=flavour.UnixDomainSocketConnection)
         else:
             kwargs.update(host=self.host, port=self.port)
             if self.ssl:
-                import redis
-                kwargs["connection_class"] = redis.SSLConnection
+                kwargs["connection_class"] = flavour.SSLConnection
         return kwargs
 
-    def redis_py_client(self):
+    def redis_py_client(self) -> redis.Redis:
         """A blocking ``redis.Redis`` with its own pool: to the master through
         the Sentinels (found again after a failover), or straight to Redis."""
-        import redis
+        return self._redis_py_client(asynchronous=False)
 
-        kwargs = self.redis_py_kwargs()
+    def redis_py_asyncio_client(self) -> redis.asyncio.Redis:
+        """The same as a ``redis.asyncio.Redis``, for one event loop (its
+        connections belong to the loop that opened them); close it with
+        ``aclose_asyncio_client``."""
+        return self._redis_py_client(asynchronous=True)
+
+    def _redis_py_client(self, asynchronous: bool):
+        flavour = _redis_py(asynchronous)
+        kwargs = self.redis_py_kwargs(asynchronous)
         if self.sentinels:
-            from redis.sentinel import Sentinel
-
             for key in ("host", "port"):
                 kwargs.pop(key)
-            sentinel = Sentinel(list(self.sentinels), sentinel_kwargs={
+            sentinel = flavour.Sentinel(list(self.sentinels), sentinel_kwargs={
                 "password": self.sentinel_password, "socket_timeout": self.socket_timeout,
                 "socket_connect_timeout": self.socket_connect_timeout})
             return sentinel.master_for(self.service_name, **kwargs)
-        return redis.Redis(connection_pool=redis.ConnectionPool(**kwargs))
+        return flavour.Redis(connection_pool=flavour.ConnectionPool(**kwargs))
 
     def client_endpoint(self, reactor):
         """A Twisted client endpoint reaching this Redis (for Sentinel, one
@@ -176,6 +187,32 @@ class RedisAddress:
         if self.unix_socket_path:
             return f"unix://{self.unix_socket_path}?db={self.db}"
         return f"{'rediss' if self.ssl else 'redis'}://{self.host}:{self.port}/{self.db}"
+
+
+def _redis_py(asynchronous: bool) -> SimpleNamespace:
+    """redis-py's blocking or asyncio flavour of the classes both have under the
+    same names, so that one mapping of our options serves both clients."""
+    if asynchronous:
+        import redis.asyncio as flavour
+        from redis.asyncio.retry import Retry
+        from redis.asyncio.sentinel import Sentinel
+    else:
+        import redis as flavour
+        from redis.retry import Retry
+        from redis.sentinel import Sentinel
+    return SimpleNamespace(Redis=flavour.Redis, ConnectionPool=flavour.ConnectionPool, Retry=Retry,
+                           Sentinel=Sentinel, UnixDomainSocketConnection=flavour.UnixDomainSocketConnection,
+                           SSLConnection=flavour.SSLConnection)
+
+
+async def aclose_asyncio_client(client: redis.asyncio.Redis) -> None:
+    """Close the connections of a ``redis_py_asyncio_client()``: its pool's and,
+    through Sentinel, those to the Sentinels (on the loop that opened them)."""
+    pool = client.connection_pool
+    await pool.disconnect()
+    manager = getattr(pool, "sentinel_manager", None)
+    for sentinel in manager.sentinels if manager is not None else ():
+        await sentinel.connection_pool.disconnect()
 
 
 def _sentinel_list(value, name: str) -> tuple[tuple[str, int], ...]:

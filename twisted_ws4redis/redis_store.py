@@ -1,7 +1,7 @@
 """ws4redis' message and store types, kept under their old names.
 
-``RedisStore`` is the blocking (redis-py) side used by Django code; the
-websockets use the non-blocking clients in ``pubsub``.
+``RedisStore`` is the side used by Django code (redis-py; its asyncio twin
+is in ``publisher``); the websockets use the non-blocking clients in ``pubsub``.
 """
 from __future__ import annotations
 
@@ -66,18 +66,24 @@ class RedisStore:
         websockets that connect later. One round trip. Returns how many
         websockets' servers received it (PUBLISH's count, summed). Raises
         ``RedisUnavailable`` when Redis cannot be reached in time."""
+        pipe = self._connection.pipeline(transaction=True)
+        step = self._queue_publication(pipe, self._publishers, message, expire)
+        with reaching_redis():
+            replies = pipe.execute()
+        return sum(replies[::step])
+
+    def _queue_publication(self, pipe, channels: list[str], message: RedisMessage, expire: int | None) -> int:
+        """Queue the commands of one publication on ``pipe`` (a blocking or an
+        asyncio redis-py pipeline); returns the stride of PUBLISH's replies."""
         if not isinstance(message, RedisMessage):
             raise ValueError("message must be a RedisMessage")
         expire = self._expire if expire is None else expire
-        pipe = self._connection.pipeline(transaction=True)
-        for channel in self._publishers:
+        for channel in channels:
             pipe.publish(channel, message)
             if expire > 0:
                 # SETEX as ws4redis sends it (redis-py deprecates its setex() wrapper).
                 pipe.execute_command("SETEX", channel, expire, message)
-        with reaching_redis():
-            replies = pipe.execute()
-        return sum(replies[:: 2 if expire > 0 else 1])
+        return 2 if expire > 0 else 1
 
     # ws4redis at HEAD had a separate one-round-trip variant; ours always is.
     def pipeline_publish_message(self, message: RedisMessage, expire: int | None = None,

@@ -8,6 +8,9 @@ urlpatterns = [
     path("session/", views.new_session),
     path("logout/", views.logout_view),
     path("publish/", views.publish),
+    path("apublish/", views.apublish),
+    path("fetch/", views.fetch),
+    path("afetch/", views.afetch),
     path("slow/", views.slow),
     path("body-digest/", views.body_digest),
 ]

@@ -7,6 +7,7 @@ from django.contrib.auth import authenticate, login, logout
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from twisted_ws4redis.exceptions import RedisUnavailable
 from twisted_ws4redis.publisher import RedisPublisher
 from twisted_ws4redis.redis_store import SELF, RedisMessage
 
@@ -42,17 +43,51 @@ def _audience(value):
     return [SELF if name == "SELF" else name for name in value]
 
 
-@csrf_exempt
-def publish(request):
-    """POST JSON {facility, message, broadcast, users, groups, sessions, expire}:
-    publishes from inside the server process (the --redis override applies)."""
+def _publisher(request) -> tuple[RedisPublisher, dict]:
+    """The publisher a JSON body {facility, message, broadcast, users, groups,
+    sessions, expire} asks for, and that body."""
     spec = json.loads(request.body)
     publisher = RedisPublisher(
         facility=spec["facility"], broadcast=spec.get("broadcast", False),
         users=_audience(spec.get("users", [])), groups=_audience(spec.get("groups", [])),
         sessions=_audience(spec.get("sessions", [])), request=request)
+    return publisher, spec
+
+
+@csrf_exempt
+def publish(request):
+    """POST JSON (see ``_publisher``): publishes from inside the server process
+    (the --redis override applies)."""
+    publisher, spec = _publisher(request)
     count = publisher.publish_message(RedisMessage(spec["message"]), spec.get("expire"))
     return JsonResponse({"channels": publisher._publishers, "received": count})
+
+
+@csrf_exempt
+async def apublish(request):
+    """``publish`` as an async view, with apublish_message; 503 on RedisUnavailable."""
+    publisher, spec = _publisher(request)
+    try:
+        count = await publisher.apublish_message(RedisMessage(spec["message"]), spec.get("expire"))
+    except RedisUnavailable as exc:
+        return JsonResponse({"error": type(exc).__name__}, status=503)
+    return JsonResponse({"channels": publisher._publishers, "received": count})
+
+
+def _fetched(message: bytes | None) -> JsonResponse:
+    return JsonResponse({"message": message.decode() if message is not None else None})
+
+
+def fetch(request):
+    """GET ?facility=&audience=: the persisted message fetch_message finds."""
+    return _fetched(RedisPublisher().fetch_message(
+        request, request.GET["facility"], request.GET.get("audience", "any")))
+
+
+async def afetch(request):
+    """``fetch`` as an async view, with afetch_message."""
+    return _fetched(await RedisPublisher().afetch_message(
+        request, request.GET["facility"], request.GET.get("audience", "any")))
 
 
 def slow(request):
