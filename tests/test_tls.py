@@ -216,7 +216,14 @@ def test_idle_and_past_the_cap_tls_connections_are_closed(redis_server, test_db,
     try:
         wait_for_port(port, process=server.process)
         idle = SilentTLSClient(port, certificate)
-        sockets = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in range(limit - reserve + 40)]
+        for _ in range(limit - reserve + 40):
+            try:
+                sockets.append(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT))
+            except ConnectionResetError:
+                # Past the cap the server drops a connection at once: on a busy
+                # machine, before this process has seen its connect() complete.
+                pass
+        assert len(sockets) >= limit - reserve - 5, len(sockets)
         time.sleep(1)
         open_now = len(os.listdir(f"/proc/{server.process.pid}/fd"))
         assert open_now < limit - reserve + 20, open_now  # the 40 past the cap are gone already
