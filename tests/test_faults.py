@@ -268,3 +268,35 @@ def test_the_publisher_times_out_on_a_redis_that_does_not_answer():
     finally:
         set_redis_override(None)
         mute.close()
+
+
+@pytest.mark.parametrize("credentials, error", [("", "NOAUTH"), (":wrong@", "WRONGPASS")],
+                         ids=["no-password", "wrong-password"])
+def test_a_redis_that_refuses_the_server_is_an_outage(private_redis, test_db, credentials, error):
+    """Redis answers but refuses us (a password missing or wrong): one warning
+    with Redis' own reason, websockets refused with 503, pages served; with the
+    password gone again, the server is subscribed and accepts websockets."""
+    client = private_redis_client(private_redis)
+    client.config_set("requirepass", "s3cret")
+    address = f"redis://127.0.0.1:{private_redis.port}/0"
+    server = TwistdServer(f"redis://{credentials}127.0.0.1:{private_redis.port}/0", test_db)
+    try:
+        log = wait_for_log(server, f"Redis at {address} is unreachable: ")
+        [warning] = [line for line in log.splitlines() if "is unreachable: " in line]
+        assert "#warn]" in warning and error in warning and "s3cret" not in log and "wrong" not in warning
+        with pytest.raises(InvalidStatus) as refused:
+            connect(server.ws_url("refused?subscribe-broadcast"), open_timeout=TIMEOUT)
+        assert refused.value.response.status_code == 503
+        with urllib.request.urlopen(server.http_url("/"), timeout=TIMEOUT) as page:
+            assert page.status == 200
+        if credentials:
+            return  # txredisapi gives up after a refused AUTH: the settings must change
+        client.config_set("requirepass", "")
+        wait_for_log(server, f"Redis at {address} is reachable again")
+        with connect(server.ws_url("refused?subscribe-broadcast"), open_timeout=TIMEOUT) as ws:
+            assert ws.response.status_code == 101
+        log = server.log()
+        assert len([line for line in log.splitlines() if "is unreachable: " in line]) == 1
+        assert "connection lost" not in log
+    finally:
+        server.stop()

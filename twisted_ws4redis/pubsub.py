@@ -14,9 +14,11 @@ after a long outage is found quickly) but does not restore subscriptions; we
 re-issue them on every new connection.
 
 An outage is logged once: a warning naming the address and the error when an
-attempt to connect first fails, an info line when the subscriber is back.
-From a failed attempt or a lost connection until the subscriber is back,
-``reachable`` is False (the websocket door then refuses handshakes with 503).
+attempt to connect first fails, or when Redis refuses the connection (a wrong
+or missing password, a database index out of range), and an info line when
+the subscriber is back. From a failed attempt, a refusal or a lost connection
+until Redis confirms a subscription again, ``reachable`` is False (the
+websocket door then refuses handshakes with 503).
 """
 from __future__ import annotations
 
@@ -88,6 +90,10 @@ class _SubscriberProtocol(txredisapi.SubscriberProtocol):
         self._leftover = extra
 
     def replyReceived(self, reply):
+        if isinstance(reply, txredisapi.ResponseError) and self.factory.bus._subscriber is self:
+            # A SUBSCRIBE refused (NOAUTH: Redis wants a password we did not give).
+            self.factory.bus._refused(str(reply), self)
+            return
         if isinstance(reply, list) and len(reply) == 3:
             kind = reply[0]
             if kind == b"message":
@@ -122,6 +128,12 @@ class _SubscriberFactory(txredisapi.SubscriberFactory):
         protocol = super().buildProtocol(addr)
         protocol.whenConnected().addCallback(self.bus._connected)
         return protocol
+
+    def connectionError(self, why: str) -> None:
+        # txredisapi's report of an AUTH or SELECT that Redis refused, after
+        # which it drops the connection (and, its choice, stops trying).
+        super().connectionError(why)
+        self.bus._refused(why)
 
 
 class _ReportingEndpoint:
@@ -159,7 +171,8 @@ class RedisBus(Service):
         self._subscriber: _SubscriberProtocol | None = None
         self._endpoint = None
         self._unreachable = False  # an outage has been reported and is not over
-        self._failed = False  # an attempt failed or the connection was lost (since start)
+        self._failed = False  # an attempt failed, Redis refused us or the connection was lost (since start)
+        self._live = False  # Redis confirmed a subscription on the current subscriber connection
         self._subscriber_factory = _SubscriberFactory(self, address)
         self._commands = txredisapi.RedisFactory(
             str(address), address.db or None, 1, isLazy=True, charset=None,
@@ -173,8 +186,9 @@ class RedisBus(Service):
     def startService(self) -> None:
         super().startService()
         self._endpoint = self.address.client_endpoint(self._reactor)
-        # The subscriber's attempts tell whether Redis is reachable (``connected``).
-        self._subscriber_factory.startConnecting(_ReportingEndpoint(self._endpoint, self._unreachable_now))
+        # The subscriber's attempts tell whether Redis is reachable.
+        self._subscriber_factory.startConnecting(
+            _ReportingEndpoint(self._endpoint, lambda failure: self._outage(failure.getErrorMessage())))
         self._commands.startConnecting(self._endpoint)
         log.info("Redis at {address}", address=str(self.address))
 
@@ -187,18 +201,33 @@ class RedisBus(Service):
 
     @property
     def reachable(self) -> bool:
-        """False while the subscriber, once failed or lost, is not connected
-        again: a new websocket could not subscribe. True during the first
-        attempt at start, which a subscription waits for."""
-        return self._subscriber is not None or not self._failed
+        """False from a failed attempt, a refusal or a lost connection until
+        Redis confirms a subscription again: a new websocket could not
+        subscribe. True during the first attempt at start, which a
+        subscription waits for."""
+        return self._live or not self._failed
 
-    def _unreachable_now(self, failure: Failure) -> None:
+    def _outage(self, error: str) -> None:
         self._failed = True
         if self._unreachable or not self.running:
             return
         self._unreachable = True
         log.warn("Redis at {address} is unreachable: {error}", address=str(self.address),
-                 error=logsafe.text(failure.getErrorMessage()))
+                 error=logsafe.text(error))
+
+    def _refused(self, error: str, protocol: _SubscriberProtocol | None = None) -> None:
+        """Redis answered but refused this server (AUTH, SELECT, NOAUTH):
+        an outage too, logged as one; the connection is dropped and retried."""
+        self._outage(error)
+        if protocol is not None:
+            protocol.transport.loseConnection()
+
+    def _back(self) -> None:
+        """Redis confirmed a subscription on this connection: reachable."""
+        self._live = True
+        if self._unreachable:
+            self._unreachable = False
+            log.info("Redis at {address} is reachable again", address=str(self.address))
 
     # -- subscriptions ---------------------------------------------------------
 
@@ -251,20 +280,22 @@ class RedisBus(Service):
         channels = list(self._watchers) + [key for key in self._listeners if key not in self._watchers]
         if channels:
             protocol.send("SUBSCRIBE", channels)
-        if self._unreachable:
-            self._unreachable = False
-            log.info("Redis at {address} is reachable again", address=str(self.address))
+        else:
+            self._back()  # nothing to confirm
         log.info("Redis subscriber connected; subscribing {count} channel(s)", count=len(self._listeners))
 
     def _disconnected(self, protocol: _SubscriberProtocol) -> None:
         if self._subscriber is protocol:
+            was_live, self._live = self._live, False
             self._subscriber = None
             self._failed = True
             self._confirmed.clear()
-            if self.running:
+            if self.running and was_live:  # not one that Redis refused (logged as an outage)
                 log.warn("Redis subscriber connection lost; reconnecting")
 
     def _subscribed(self, key: bytes) -> None:
+        if not self._live:
+            self._back()
         if key not in self._listeners:
             return
         self._confirmed.add(key)
