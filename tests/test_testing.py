@@ -107,3 +107,20 @@ def test_a_live_server_on_a_redis_of_ones_own(django_in_process, redis_client, r
         with server.connect(facility, "subscribe-broadcast") as client:
             assert redis_client.publish(f"broadcast:{facility}", "through my Redis") == 1
             assert client.receive() == "through my Redis"
+
+
+def test_a_live_server_serves_its_own_host_whatever_allowed_hosts_says(django_in_process):
+    """A fresh project's ALLOWED_HOSTS does not list 127.0.0.1 (DEBUG off: it is
+    empty): the server adds its own host while it runs, as LiveServerTestCase does."""
+    import urllib.request
+
+    from django.conf import settings
+    from django.test import override_settings
+
+    with override_settings(ALLOWED_HOSTS=[]):
+        with LiveServer() as server:
+            with urllib.request.urlopen(server.url + "/", timeout=10) as page:
+                assert page.status == 200
+            with server.connect(unique("hosts"), "subscribe-broadcast") as ws:
+                assert ws.connection.response.status_code == 101
+        assert settings.ALLOWED_HOSTS == []

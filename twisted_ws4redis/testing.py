@@ -138,7 +138,8 @@ class WebSocketClient:
 
 class LiveServer:
     """The server (websockets and the project's WSGI application on one port)
-    for the current Django settings, on ``host`` at a free port, in this
+    for the current Django settings (``host`` added to ALLOWED_HOSTS while it
+    runs), on ``host`` at a free port, in this
     process, with a private redis-server (or ``redis_url``), Django's work on
     ``threads`` threads. ``start()`` and ``stop()`` block; use it as
     ``with LiveServer() as server: ...``."""
@@ -154,6 +155,7 @@ class LiveServer:
         self._service = None
         self._shared_connections: list = []
         self._previous_override = None
+        self._hosts = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -163,6 +165,9 @@ class LiveServer:
         if self._service is not None:
             raise RuntimeError("this LiveServer is running already")
         running_reactor()
+        # Before the settings are read: the server's host check allows this host.
+        self._hosts = modify_settings(ALLOWED_HOSTS={"append": self.host})
+        self._hosts.enable()
         redis_url = self.redis_url
         if redis_url is None:
             self.redis = EmbeddedRedis()
@@ -220,6 +225,9 @@ class LiveServer:
             connection.dec_thread_sharing()
         self._shared_connections = []
         conf.set_redis_override(self._previous_override)
+        if self._hosts is not None:
+            self._hosts.disable()
+            self._hosts = None
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
@@ -250,7 +258,11 @@ class LiveServer:
         server has subscribed it and sent its kept messages, so that anything
         published afterwards reaches it. A refused handshake raises
         ``websockets.exceptions.InvalidStatus`` (its ``response.status_code``)."""
-        from websockets.sync.client import connect
+        try:
+            from websockets.sync.client import connect
+        except ImportError as exc:
+            raise ImportError("twisted_ws4redis.testing's websocket client needs the 'websockets' package: "
+                              "install the extra 'testing' (pip install 'twisted_ws4redis[testing]')") from exc
 
         headers = dict(headers or {})
         if user is not None:
@@ -288,8 +300,7 @@ class LiveServer:
 
 class Ws4RedisLiveServerTestCase(TransactionTestCase):
     """``TransactionTestCase`` with the server running for the test class, as
-    Django's ``LiveServerTestCase`` (``live_server_url``; the host is added to
-    ``ALLOWED_HOSTS``). ``self.connect(...)`` opens websockets closed after
+    Django's ``LiveServerTestCase`` (``live_server_url``). ``self.connect(...)`` opens websockets closed after
     the test; ``self.publish(...)`` publishes to the server's Redis. Set
     ``serve_static = True`` to serve STATIC_URL as ``--static`` does."""
 
@@ -304,9 +315,6 @@ class Ws4RedisLiveServerTestCase(TransactionTestCase):
     @classmethod
     def setUpClass(cls) -> None:
         super().setUpClass()
-        hosts = modify_settings(ALLOWED_HOSTS={"append": cls.host})
-        hosts.enable()
-        cls.addClassCleanup(hosts.disable)
         cls.live_server = LiveServer(host=cls.host, static=cls.serve_static).start()
         cls.addClassCleanup(cls.live_server.stop)
 
