@@ -203,6 +203,8 @@ def test_sigterm_closes_websockets_with_1001_and_exits_0(redis_server, test_db):
     ([], {"WS4REDIS_EXPIRE": "soon"}, "WS4REDIS_EXPIRE"),
     ([], {"WEBSOCKET_URL": "ws"}, "WEBSOCKET_URL"),
     ([], {"WS4REDIS_ALLOWED_CHANNELS": "testproject.hooks.no_such_hook"}, "WS4REDIS_ALLOWED_CHANNELS"),
+    (["--settings=mysite.settings"], {},
+     "No module named 'mysite' (run twistd from the directory that holds manage.py and the 'mysite' package"),
 ])
 def test_a_bad_option_or_setting_stops_the_start_with_a_message(test_db, args, overrides, says):
     result = run_twistd(["--settings=testproject.settings", *args], project_env(test_db, overrides))

@@ -7,9 +7,9 @@
  *   var ws4redis = WS4Redis({
  *       uri: '{{ WEBSOCKET_URI }}foobar?subscribe-broadcast&publish-broadcast',
  *       heartbeat_msg: {{ WS4REDIS_HEARTBEAT }},
+ *       connected: function () { ws4redis.send_message('Hello'); },
  *       receive_message: function (data) { ... },
  *   });
- *   ws4redis.send_message('Hello');
  *
  * Options (the ws4redis ones, plus three tunables):
  *   uri                 websocket URL (required)
