@@ -23,8 +23,10 @@ CASES = [
     ("WEBSOCKET_URL", None, "twisted_ws4redis.E001", "None"),
     ("WS4REDIS_CONNECTION", {"host": "localhost", "port": 70000}, "twisted_ws4redis.E002", "70000"),
     ("WS4REDIS_CONNECTION", {"hostname": "localhost"}, "twisted_ws4redis.E002", "'hostname'"),
+    ("WS4REDIS_CONNECTION", {"hots": "localhost"}, "twisted_ws4redis.E002", "'hots': did you mean 'host'?"),
     # Its value may hold a password: the message names the type, not the value.
-    ("WS4REDIS_CONNECTION", "redis://:hunter2@localhost", "twisted_ws4redis.E002", "must be a dict, got str"),
+    ("WS4REDIS_CONNECTION", "redis://:hunter2@localhost", "twisted_ws4redis.E002",
+     "got str (a Redis URL is what the server's --redis option takes)"),
     ("WS4REDIS_PREFIX", 3, "twisted_ws4redis.E003", "3"),
     ("WS4REDIS_EXPIRE", "soon", "twisted_ws4redis.E004", "'soon'"),
     ("WS4REDIS_EXPIRE", True, "twisted_ws4redis.E004", "True"),

@@ -8,6 +8,7 @@ and so follow a failover.
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -49,11 +50,15 @@ class RedisAddress:
     def from_dict(cls, values: dict, name: str = "WS4REDIS_CONNECTION") -> RedisAddress:
         """Validate a redis-py style dict; errors name the setting."""
         if not isinstance(values, dict):
-            raise ValueError(f"{name} must be a dict, got {type(values).__name__}")
+            url = " (a Redis URL is what the server's --redis option takes)" if isinstance(values, str) else ""
+            raise ValueError(f"{name} must be a dict such as {{'host': 'localhost', 'port': 6379, 'db': 0}}, "
+                             f"got {type(values).__name__}{url}")
         unknown = set(values) - CONNECTION_KEYS
         if unknown:
-            raise ValueError(
-                f"{name} has unknown key(s) {sorted(unknown)}; allowed: {sorted(CONNECTION_KEYS)}")
+            guesses = [f"{key!r}: did you mean {close[0]!r}?" for key in sorted(unknown, key=str)
+                       for close in [difflib.get_close_matches(str(key), CONNECTION_KEYS, n=1)] if close]
+            raise ValueError(f"{name} has unknown key(s) {sorted(unknown, key=str)}"
+                             f"{'; ' + ' '.join(guesses) if guesses else ''}; allowed: {sorted(CONNECTION_KEYS)}")
         values = {key: value for key, value in values.items() if value is not None}
         if "sentinels" in values:
             values["sentinels"] = _sentinel_list(values["sentinels"], name)
