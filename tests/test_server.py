@@ -543,3 +543,12 @@ def test_runws4redis_exits_when_its_port_is_taken(redis_server, test_db, taken_p
         runws4redis_command(f"--endpoint=tcp:{taken_port}:interface=127.0.0.1", f"--redis={redis_server.url}"),
         project_env(test_db))
     assert_fails_with_one_line(code, output, elapsed, "Address already in use")
+
+
+def test_static_says_when_static_root_has_nothing_to_serve(twistd_servers, tmp_path_factory):
+    """STATIC_ROOT set but collectstatic not run: a warning at start, not silent 404s."""
+    root = tmp_path_factory.mktemp("never-collected")
+    server = twistd_servers({"STATIC_ROOT": str(root)}, ("--static",))
+    assert f"--static: STATIC_ROOT {root} is empty or missing" in server.log()
+    assert "collectstatic" in server.log()
+    assert http_get(server.port, "/static/testproject/hello.txt")[0] == 404

@@ -3,6 +3,7 @@ serves websockets and Django side by side. ``make_service`` is what both the
 twistd plugin and the management commands (``runserver``, ``runws4redis``) run."""
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Callable
@@ -158,6 +159,10 @@ def with_static_files(application):
     static = WhiteNoise(application, autorefresh=django_settings.DEBUG)
     root = getattr(django_settings, "STATIC_ROOT", None)
     if root:
+        if not (os.path.isdir(root) and any(os.scandir(root))):
+            log.warn("--static: STATIC_ROOT {root} is empty or missing, so every static file is 404: "
+                     "run 'manage.py collectstatic' (or unset STATIC_ROOT to serve from the finders)",
+                     root=str(root))
         static.add_files(str(root), prefix=url)
     else:
         from django.contrib.staticfiles import finders
