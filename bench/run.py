@@ -22,7 +22,7 @@ EXAMPLE = ROOT / "examples" / "chatserver"
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
-from twisted_ws4redis.embedded import EmbeddedRedis  # noqa: E402
+from twisted_ws4redis.server.embedded import EmbeddedRedis  # noqa: E402
 
 #: The columns of the results table: (scenario, metric, heading).
 COLUMNS = [

@@ -21,7 +21,7 @@ import pytest
 import redis
 from websockets.sync.client import connect
 
-from twisted_ws4redis.embedded import EmbeddedRedis
+from twisted_ws4redis.server.embedded import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ROOT / "tests" / "project"

@@ -20,7 +20,7 @@ from conftest import (TwistdServer, django_request, free_port, http_post_json, l
                       wait_for_port, wait_subscribed)
 from test_sentinel import SERVICE, sentinel_cluster  # noqa: F401  (a fixture)
 from test_tls import certificate  # noqa: F401  (a fixture)
-from twisted_ws4redis.embedded import redis_server_binary
+from twisted_ws4redis.server.embedded import redis_server_binary
 
 TIMEOUT = 5
 

@@ -146,7 +146,7 @@ def test_the_grace_period_ends(redis_server, test_db):
 
 @pytest.fixture
 def private_redis():
-    from twisted_ws4redis.embedded import EmbeddedRedis
+    from twisted_ws4redis.server.embedded import EmbeddedRedis
 
     instance = EmbeddedRedis(port=free_port())
     instance.start()
@@ -161,7 +161,7 @@ def test_after_a_long_outage_the_server_is_back_within_the_capped_delay(private_
     own cap, 10 s, would take about 9), and the open websocket receives.
     Meanwhile the outage is one warning naming the address and the error, a
     new websocket is refused with 503 and pages are still served."""
-    from twisted_ws4redis.embedded import EmbeddedRedis
+    from twisted_ws4redis.server.embedded import EmbeddedRedis
 
     server = TwistdServer(f"redis://127.0.0.1:{private_redis.port}/0", test_db)
     facility = unique("outage")
@@ -217,7 +217,7 @@ def private_redis_client(instance) -> redis.Redis:
 @pytest.mark.usefixtures("django_in_process")
 def test_the_publisher_raises_redis_unavailable_while_redis_is_down(private_redis):
     from twisted_ws4redis.conf import set_redis_override
-    from twisted_ws4redis.embedded import EmbeddedRedis
+    from twisted_ws4redis.server.embedded import EmbeddedRedis
     from twisted_ws4redis.exceptions import RedisUnavailable
     from twisted_ws4redis.publisher import RedisPublisher
     from twisted_ws4redis.redis_address import RedisAddress

@@ -337,8 +337,8 @@ class Counting(Resource):
 
 
 def channel(max_body_size: int = 1000):
-    from twisted_ws4redis.descriptors import ConnectionBudget
-    from twisted_ws4redis.resource import Root, Site
+    from twisted_ws4redis.server.descriptors import ConnectionBudget
+    from twisted_ws4redis.server.resource import Root, Site
 
     clock, django = Clock(), Counting()
     site = Site(Root("/ws/", Resource(), django), reactor=clock, head_timeout=30, max_head_size=16384,

@@ -109,7 +109,7 @@ def test_a_channel_lives_as_long_as_its_last_socket(server, redis_client):
 @pytest.fixture
 def private_server(tmp_path, test_db):
     """A server alone on its own redis-server, so CLIENT LIST shows only it."""
-    from twisted_ws4redis.embedded import EmbeddedRedis
+    from twisted_ws4redis.server.embedded import EmbeddedRedis
     from conftest import free_port
 
     redis_server = EmbeddedRedis(port=free_port())
@@ -159,7 +159,7 @@ def test_two_hundred_sockets_share_one_subscriber_connection(private_server):
 def test_subscriptions_come_back_after_redis_restarts(private_server):
     """Redis goes away and comes back on the same port: the websockets stay
     open, the shared subscriber reconnects and subscribes every channel again."""
-    from twisted_ws4redis.embedded import EmbeddedRedis
+    from twisted_ws4redis.server.embedded import EmbeddedRedis
 
     server, client = private_server
     redis_process = server.test_redis
@@ -187,7 +187,7 @@ def test_subscriptions_come_back_after_redis_restarts(private_server):
 def test_a_password_protected_redis(tmp_path, test_db):
     """AUTH on both connections (txredisapi's handshake replies pass through the
     subscriber's own reply routing)."""
-    from twisted_ws4redis.embedded import EmbeddedRedis
+    from twisted_ws4redis.server.embedded import EmbeddedRedis
     from conftest import free_port
 
     private = EmbeddedRedis(port=free_port())

@@ -89,7 +89,7 @@ def test_a_websocket_s_life_reaches_logging_without_the_session_key(logged):
         assert ws.recv(timeout=TIMEOUT) == "hello"
         path = f"/ws/{facility}?subscribe-session&publish-broadcast"
         connected = logged.wait_for("WSCONNECT", path=path)
-        assert (connected["name"], connected["level"]) == ("twisted_ws4redis.protocol", "INFO")
+        assert (connected["name"], connected["level"]) == ("twisted_ws4redis.server.protocol", "INFO")
         assert connected["fields"]["subscribed"] == [f"session:{session_digest(key)}:{facility}"]
         assert connected["fields"]["publishers"] == [f"broadcast:{facility}"]
         assert connected["fields"]["peer"].startswith("tcp4:127.0.0.1:")
@@ -98,10 +98,10 @@ def test_a_websocket_s_life_reaches_logging_without_the_session_key(logged):
                                         f"publish={connected['fields']['publishers']}")
         assert_fields_are_extra(connected)
     gone = logged.wait_for("WSDISCONNECT", path=path)
-    assert (gone["name"], gone["level"], gone["fields"]["code"]) == ("twisted_ws4redis.protocol", "INFO", 1000)
+    assert (gone["name"], gone["level"], gone["fields"]["code"]) == ("twisted_ws4redis.server.protocol", "INFO", 1000)
     assert_fields_are_extra(gone)
     text = (logged.path.parent / f"{logged.path.name}.txt").read_text()
-    assert f"INFO twisted_ws4redis.protocol {gone['message']} {gone['fields']}\n" in text, text
+    assert f"INFO twisted_ws4redis.server.protocol {gone['message']} {gone['fields']}\n" in text, text
     assert key not in logged.path.read_text() and key not in server.log()
 
 
@@ -110,7 +110,7 @@ def test_start_up_lines_are_passed_on_once(logged):
     was made) to every observer: not a second record."""
     serving = [r for r in logged.records() if r["message"].startswith("Serving websockets under")]
     assert len(serving) == 1, serving
-    assert (serving[0]["name"], serving[0]["level"]) == ("twisted_ws4redis.service", "INFO")
+    assert (serving[0]["name"], serving[0]["level"]) == ("twisted_ws4redis.server.service", "INFO")
     assert serving[0]["fields"] == {"url": "/ws/", "endpoint": f"tcp:{logged.server.port}:interface=127.0.0.1"}
 
 
@@ -140,13 +140,13 @@ def test_a_refusal_is_one_line_in_twistd_s_log_and_one_record(logged, kind):
     else:
         assert refused_status(server, path, **kwargs) == status
     record = logged.wait_for("WSREJECT", path=f"/ws/{path}", code=status)
-    assert (record["name"], record["level"]) == ("twisted_ws4redis.protocol", "INFO")
+    assert (record["name"], record["level"]) == ("twisted_ws4redis.server.protocol", "INFO")
     assert record["fields"]["reason"] and record["fields"]["peer"].startswith("tcp4:127.0.0.1:")
     assert_fields_are_extra(record)
     time.sleep(0.3)  # anything else this connection logs (its close) is written by now
     lines = new_lines(server, since)
     assert len(lines) == 1, lines
-    assert f"[twisted_ws4redis.protocol#info] WSREJECT /ws/{path} " in lines[0]
+    assert f"[twisted_ws4redis.server.protocol#info] WSREJECT /ws/{path} " in lines[0]
     assert [r["message"] for r in logged.records()].count(record["message"]) == 1
 
 
@@ -186,19 +186,19 @@ def test_an_http_refusal_before_django_is_one_line_and_a_record(logged):
     filler = "".join(f"X-Filler-{i}: {'x' * 100}\r\n" for i in range(200))  # over WS4REDIS_MAX_HEADER_SIZE
     assert raw_request(server.port, handshake(extra=filler))[0] == 431
     record = logged.wait_for("HTTP 431 to", code=431)
-    assert (record["name"], record["level"]) == ("twisted_ws4redis.resource", "INFO")
+    assert (record["name"], record["level"]) == ("twisted_ws4redis.server.resource", "INFO")
     assert record["fields"]["peer"].startswith("IPv4Address(") and record["fields"]["detail"]
     assert_fields_are_extra(record)
     time.sleep(0.3)
     lines = new_lines(server, since)
-    assert len(lines) == 1 and "[twisted_ws4redis.resource#info] HTTP 431 to " in lines[0], lines
+    assert len(lines) == 1 and "[twisted_ws4redis.server.resource#info] HTTP 431 to " in lines[0], lines
 
 
 def test_a_policy_close_is_a_warning(logged):
     facility = unique("policy")
     publish_too_fast(logged.server, facility)
     record = logged.wait_for("WSPOLICY", path=f"/ws/{facility}?publish-broadcast")
-    assert (record["name"], record["level"]) == ("twisted_ws4redis.protocol", "WARNING")
+    assert (record["name"], record["level"]) == ("twisted_ws4redis.server.protocol", "WARNING")
     assert record["fields"]["reason"] == "Publishing too fast (WS4REDIS_MAX_PUBLISH_RATE)"
     assert_fields_are_extra(record)
 
@@ -208,7 +208,7 @@ def test_a_hook_s_traceback_is_exc_info(logged):
     path = f"{facility}?subscribe-broadcast"
     assert refused_status(logged.server, path, additional_headers={"Break-Hook": "YES"}) == 500
     record = logged.wait_for("Websocket handshake for", path=f"/ws/{path}")
-    assert (record["name"], record["level"]) == ("twisted_ws4redis.protocol", "CRITICAL")
+    assert (record["name"], record["level"]) == ("twisted_ws4redis.server.protocol", "CRITICAL")
     assert record["message"] == f"Websocket handshake for /ws/{path} failed"
     assert record["traceback"].startswith("Traceback")
     assert "RuntimeError: the hook is broken (test)" in record["traceback"]
@@ -220,14 +220,14 @@ def test_redis_connection_changes_reach_logging(logged):
     client = logged.redis.client()
     assert client.client_kill_filter(_type="pubsub") >= 1
     lost = logged.wait_for("Redis subscriber connection lost")
-    assert (lost["name"], lost["level"]) == ("twisted_ws4redis.pubsub", "WARNING")
+    assert (lost["name"], lost["level"]) == ("twisted_ws4redis.server.pubsub", "WARNING")
     connected = [r for r in logged.records() if r["message"].startswith("Redis subscriber connected")]
     deadline = time.monotonic() + TIMEOUT
     while len(connected) < 2:  # at start, and again now
         assert time.monotonic() < deadline, logged.records()
         time.sleep(0.02)
         connected = [r for r in logged.records() if r["message"].startswith("Redis subscriber connected")]
-    assert (connected[-1]["name"], connected[-1]["level"]) == ("twisted_ws4redis.pubsub", "INFO")
+    assert (connected[-1]["name"], connected[-1]["level"]) == ("twisted_ws4redis.server.pubsub", "INFO")
     assert isinstance(connected[-1]["fields"]["count"], int)
 
 
@@ -270,7 +270,7 @@ def test_manage_py_runws4redis_logs_to_logging_too(redis_server, test_db, tmp_pa
         output = process.communicate(timeout=TIMEOUT)[0]
     records = [json.loads(line) for line in path.read_text().splitlines()]
     serving = [r for r in records if r["message"].startswith("Serving websockets under")]
-    assert len(serving) == 1 and serving[0]["name"] == "twisted_ws4redis.service", records
+    assert len(serving) == 1 and serving[0]["name"] == "twisted_ws4redis.server.service", records
     rejected = [r for r in records if r["message"].startswith(f"WSREJECT /ws/{facility}")]
     assert len(rejected) == 1 and rejected[0]["fields"]["code"] == 400, records
     # The command's own log: the same lines as before, once.

@@ -188,7 +188,7 @@ def test_an_ended_session_is_refused_for_ten_seconds_then_forgotten(django_in_pr
     from twisted.internet.task import Clock
 
     from twisted_ws4redis.conf import get_settings
-    from twisted_ws4redis.protocol import SESSION_ENDED_MEMORY, WebSocketFactory
+    from twisted_ws4redis.server.protocol import SESSION_ENDED_MEMORY, WebSocketFactory
 
     clock = Clock()
     factory = WebSocketFactory(get_settings(), bus=None, pool=None, reactor=clock)

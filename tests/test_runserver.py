@@ -22,7 +22,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import PROJECT, free_port, new_log_path, project_env, unique, wait_for_port, wait_subscribed
-from twisted_ws4redis.embedded import EmbeddedRedis
+from twisted_ws4redis.server.embedded import EmbeddedRedis
 
 TIMEOUT = 5.0
 APPS = ["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions",

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from conftest import TwistdServer, free_port, open_ws, unique, wait_for_port, wait_subscribed
-from twisted_ws4redis.embedded import redis_server_binary
+from twisted_ws4redis.server.embedded import redis_server_binary
 
 TIMEOUT = 5
 SERVICE = "mymaster"

@@ -253,7 +253,7 @@ def test_the_ssl_parser_options_are_those_harden_carries_over():
 
 
 def test_harden_rebuilds_the_parsed_options_and_keeps_an_explicit_method(certificate):
-    from twisted_ws4redis.tls import harden
+    from twisted_ws4redis.server.tls import harden
 
     description = ssl_endpoint(certificate, 0)
     hardened = harden(endpoints.serverFromString(MemoryReactor(), description), "ECDHE+AESGCM")

@@ -23,7 +23,7 @@ from websockets.sync.client import connect
 from conftest import login, session_key, unique, wait_subscribed
 from test_door import assert_still_serving, handshake
 from test_hostile import RawSocket, client_frame
-from twisted_ws4redis.outbox import buffered_bytes
+from twisted_ws4redis.server.outbox import buffered_bytes
 
 TIMEOUT = 5
 #: The frame limits off, to see what the write path alone does with a flood.

@@ -181,7 +181,7 @@ def _ciphers_openssl_knows(name: str, value: str) -> None:
     # Importing OpenSSL and Twisted would cost a Django process that only publishes
     # about 0.4 s: this runs in the system checks (manage.py check, twistd start),
     # not in every get_settings().
-    from .tls import acceptable_ciphers
+    from .server.tls import acceptable_ciphers
 
     acceptable_ciphers(value)
 
@@ -240,7 +240,7 @@ RULES: dict[str, Rule] = {
                                         integer=True),
     "WS4REDIS_BODY_TIMEOUT": _positive("twisted_ws4redis.E019", "body_timeout", 30, "seconds"),
     "WS4REDIS_BODY_MIN_RATE": _positive("twisted_ws4redis.E020", "body_min_rate", 500, "bytes per second"),
-    # Descriptors and TLS (see descriptors.py, tls.py).
+    # Descriptors and TLS (see server/descriptors.py, server/tls.py).
     "WS4REDIS_MAX_CONNECTIONS": _positive("twisted_ws4redis.E021", "max_connections", None, "websockets",
                                           integer=True, optional=True),
     "WS4REDIS_RESERVED_DESCRIPTORS": _positive("twisted_ws4redis.E022", "reserved_descriptors", 128, "descriptors",

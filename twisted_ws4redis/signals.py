@@ -8,7 +8,7 @@ import logging
 import redis
 
 from .audience import MEMBEROF_SESSION_KEY, session_digest
-from .logbridge import extra
+from .server.logbridge import extra
 from .publisher import close_session_websockets
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from twisted.internet import defer
 
 from . import audience
 from .conf import get_settings
-from .pubsub import Listener, RedisBus
+from .server.pubsub import Listener, RedisBus
 
 
 class RedisSubscriber:

@@ -43,8 +43,8 @@ from django.utils.functional import classproperty
 from twisted.application.internet import StreamServerEndpointService
 
 from . import conf
-from .embedded import EmbeddedRedis
-from .reactor_thread import call_in_reactor, daemon_thread, running_reactor
+from .server.embedded import EmbeddedRedis
+from .server.reactor_thread import call_in_reactor, daemon_thread, running_reactor
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -160,7 +160,7 @@ class LiveServer:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> LiveServer:
-        from .service import ServerConfig, ThreadPoolService, make_service
+        from .server.service import ServerConfig, ThreadPoolService, make_service
 
         if self._service is not None:
             raise RuntimeError("this LiveServer is running already")

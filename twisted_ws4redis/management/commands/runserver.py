@@ -4,7 +4,7 @@ from django.apps import apps
 
 from twisted_ws4redis.checks import STATICFILES
 from twisted_ws4redis.conf import get_settings
-from twisted_ws4redis.devserver import TwistedDevServer
+from twisted_ws4redis.server.devserver import TwistedDevServer
 
 if apps.is_installed(STATICFILES):
     from django.contrib.staticfiles.management.commands.runserver import Command as DjangoRunserver

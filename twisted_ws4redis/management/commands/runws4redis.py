@@ -2,7 +2,7 @@
 the foreground and without autoreload (``runserver`` is the development server)."""
 from django.core.management.base import BaseCommand, CommandError
 
-from twisted_ws4redis import tap
+from twisted_ws4redis.server import tap
 
 
 class Command(BaseCommand):
@@ -18,7 +18,7 @@ class Command(BaseCommand):
             parser.add_argument(f"--{name}", action="store_true", help=text)
 
     def handle(self, *args, **options):
-        from twisted_ws4redis.service import make_service, run_in_foreground
+        from twisted_ws4redis.server.service import make_service, run_in_foreground
 
         try:
             service = make_service(tap.server_config(options))

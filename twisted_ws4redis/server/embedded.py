@@ -17,7 +17,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from .redis_address import RedisAddress
+from ..redis_address import RedisAddress
 
 log = Logger()
 

@@ -74,7 +74,7 @@ def run_settings_checks() -> None:
     ImproperlyConfigured listing every problem, warnings included."""
     from django.core.exceptions import ImproperlyConfigured
 
-    from .checks import check_settings
+    from ..checks import check_settings
 
     problems = [problem for problem in check_settings() if not problem.is_silenced()]
     lines = [f"({problem.id}) {problem.msg}{f' HINT: {problem.hint}' if problem.hint else ''}"

@@ -4,7 +4,7 @@ twistd's own log is unchanged.
 
 twisted.logger's STDLibLogObserver writes every event to one logger and passes
 none of its fields; this observer takes the logger named after the event's
-namespace (``twisted_ws4redis.protocol``…) and passes the fields as ``extra``.
+namespace (``twisted_ws4redis.server.protocol``…) and passes the fields as ``extra``.
 Like twistd's own log, a handler that blocks (mail, a network socket) blocks
 the reactor: point those at a ``QueueHandler``.
 """

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
-from .audience import CLOSE_SESSION
+from ..audience import CLOSE_SESSION
 
 if TYPE_CHECKING:
     from .protocol import WebSocketFactory

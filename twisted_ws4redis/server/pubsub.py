@@ -30,9 +30,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import logsafe
-from .conf import get_settings
-from .redis_address import RedisAddress
+from .. import logsafe
+from ..conf import get_settings
+from ..redis_address import RedisAddress
 
 log = Logger()
 

@@ -18,8 +18,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
-from . import __version__, audience, logsafe
-from .conf import Settings
+from .. import __version__, audience, logsafe
+from ..conf import Settings
 from .descriptors import ConnectionBudget
 from .django_bridge import Accepted, Handshake, authorize, defer_to_django
 from .outbox import Outbox, buffered_bytes, socket_transport, write_now

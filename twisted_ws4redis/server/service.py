@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.wsgi import WSGIResource
 
-from . import audience, conf
+from .. import audience, conf
 from .control import NodeControl
 from .descriptors import raise_open_files_limit
 from .embedded import EmbeddedRedis, EmbeddedRedisService
@@ -28,7 +28,7 @@ from .outbox import buffered_bytes
 from .protocol import WebSocketFactory, wait_until
 from .pubsub import RedisBus
 from .reactor_thread import daemon_thread
-from .redis_address import RedisAddress
+from ..redis_address import RedisAddress
 from .resource import Root, Site, WebSocketDoor
 from .tls import harden
 
