@@ -1,7 +1,8 @@
 """ws4redis' message and store types, kept under their old names.
 
 ``RedisStore`` is the side used by Django code (redis-py; its asyncio twin
-is in ``publisher``); the websockets use the non-blocking clients in ``pubsub``.
+is in ``publisher``); the websockets use the non-blocking clients in
+``server.pubsub``.
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ publishing, and waiting for messages with a timeout.
 - ``LiveServer``: the server itself, a context manager, for other set-ups.
 
 Design: the server runs **in the test process**, on a reactor kept running in
-a daemon thread (``reactor_thread``: a reactor runs only once per process, so
-each server is a service started and stopped on it). The alternative, a
+a daemon thread (``server.reactor_thread``: a reactor runs only once per
+process, so each server is a service started and stopped on it). The alternative, a
 subprocess (Channels' ``ChannelsLiveServerTestCase`` runs Daphne in one), sees
 only what another process can see: no in-memory SQLite test database (Channels
 refuses those), no ``override_settings``. In-process, the server's Django work
