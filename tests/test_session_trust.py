@@ -15,7 +15,7 @@ from conftest import django_request, http_post_json, login, round_trip, session_
 TIMEOUT = 5
 SIGNED = {"SESSION_ENGINE": "django.contrib.sessions.backends.signed_cookies"}
 ENGINES = {"db": None, "signed_cookies": SIGNED}
-CURRENT_GROUPS = {"WS4REDIS_PROCESS_REQUEST": "twisted_ws4redis.server.django_bridge.process_request_with_current_groups"}
+CURRENT_GROUPS = {"WS4REDIS_PROCESS_REQUEST": "twisted_ws4redis.django_bridge.process_request_with_current_groups"}
 
 
 def anonymous_session(server) -> str:
@@ -143,7 +143,7 @@ def test_the_handshake_reads_the_session_once(django_in_process, monkeypatch):
     from django.core.handlers.wsgi import WSGIRequest
 
     from twisted_ws4redis.audience import resolve_self
-    from twisted_ws4redis.server.django_bridge import Handshake, process_request
+    from twisted_ws4redis.django_bridge import Handshake, process_request
 
     key = django_request("john").session.session_key
     loads = []

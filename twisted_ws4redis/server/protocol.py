@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from .. import __version__, audience, logsafe
 from ..conf import Settings
 from .descriptors import ConnectionBudget
-from .django_bridge import Accepted, Handshake, authorize, defer_to_django
+from ..django_bridge import Accepted, Handshake, authorize, defer_to_django
 from .outbox import Outbox, buffered_bytes, socket_transport, write_now
 from .pubsub import PubSubMessage, RedisBus
 

@@ -4,7 +4,7 @@ import threading
 
 from django.core.exceptions import PermissionDenied
 
-from twisted_ws4redis.server.django_bridge import process_request
+from twisted_ws4redis.django_bridge import process_request
 
 
 def _off_the_reactor(hook: str) -> None:

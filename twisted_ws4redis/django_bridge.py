@@ -19,9 +19,9 @@ from django.core.handlers.wsgi import WSGIRequest
 from django.db import close_old_connections
 from twisted.internet import threads
 
-from .. import audience
-from ..conf import Settings
-from ..signals import store_groups_in_session
+from . import audience
+from .conf import Settings
+from .signals import store_groups_in_session
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def process_request_with_current_groups(request: WSGIRequest) -> None:
     removed from a group loses its channels at the next handshake, not at the
     next login. One more query per handshake of a logged-in user (on the
     thread pool, like all of this). Set ``WS4REDIS_PROCESS_REQUEST`` to
-    ``"twisted_ws4redis.server.django_bridge.process_request_with_current_groups"``.
+    ``"twisted_ws4redis.django_bridge.process_request_with_current_groups"``.
     The names replace the snapshot in this request's session only: a
     websocket never saves its session."""
     process_request(request)
