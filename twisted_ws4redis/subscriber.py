@@ -4,13 +4,15 @@ flags (``subscription_channels``/``publish_channels``) or how they map to Redis
 channels (``set_pubsub_channels``)."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from twisted.internet import defer
 
 from . import audience
 from .conf import get_settings
-from .server.pubsub import Listener, RedisBus
+
+if TYPE_CHECKING:  # the bus is the server's; a settings check imports this module without it
+    from .server.pubsub import Listener, RedisBus
 
 
 class RedisSubscriber:
