@@ -300,3 +300,25 @@ def test_a_redis_that_refuses_the_server_is_an_outage(private_redis, test_db, cr
         assert "connection lost" not in log
     finally:
         server.stop()
+
+
+def test_a_channel_that_redis_acl_denies_costs_only_its_websocket(private_redis, test_db):
+    """Redis ACLs may deny some channels (``NOPERM``): a client whose facility
+    names one costs no other websocket (it is not an outage of the server)."""
+    client = private_redis_client(private_redis)
+    client.execute_command("ACL", "SETUSER", "default", "resetchannels", "&ws4redis:*", "&broadcast:allowed-*")
+    server = TwistdServer(f"redis://127.0.0.1:{private_redis.port}/0", test_db)
+    try:
+        allowed = unique("allowed")
+        with connect(server.ws_url("denied?subscribe-broadcast"), open_timeout=TIMEOUT), \
+                connect(server.ws_url(f"{allowed}?subscribe-broadcast"), open_timeout=TIMEOUT) as ws:
+            wait_subscribed(client, f"broadcast:{allowed}")
+            client.publish(f"broadcast:{allowed}", "still served")
+            assert ws.recv(timeout=TIMEOUT) == "still served"
+            with connect(server.ws_url(f"{allowed}?subscribe-broadcast"), open_timeout=TIMEOUT) as again:
+                assert again.response.status_code == 101
+        log = server.log()
+        assert "is unreachable" not in log and "connection lost" not in log
+        assert "Redis refused a subscription: NOPERM" in log
+    finally:
+        server.stop()

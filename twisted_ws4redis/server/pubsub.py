@@ -91,8 +91,15 @@ class _SubscriberProtocol(txredisapi.SubscriberProtocol):
 
     def replyReceived(self, reply):
         if isinstance(reply, txredisapi.ResponseError) and self.factory.bus._subscriber is self:
-            # A SUBSCRIBE refused (NOAUTH: Redis wants a password we did not give).
-            self.factory.bus._refused(str(reply), self)
+            if str(reply).startswith("NOAUTH"):
+                # SUBSCRIBE refused because Redis wants a password we did not give.
+                self.factory.bus._refused(str(reply), self)
+            else:
+                # Another refusal (an ACL's NOPERM for one channel, which a
+                # client's facility may name) is that channel's, not an outage
+                # of every websocket. Nothing waits for it: txredisapi's reply
+                # queue would keep it for ever.
+                log.warn("Redis refused a subscription: {error}", error=logsafe.text(str(reply)))
             return
         if isinstance(reply, list) and len(reply) == 3:
             kind = reply[0]
