@@ -108,7 +108,7 @@ def makeService(options: Options):
         service = make_service(server_config(options))
     except (ImproperlyConfigured, ValueError, ImportError, RuntimeError) as exc:
         settings_module = os.environ["DJANGO_SETTINGS_MODULE"]
-        if isinstance(exc, ImportError) and exc.name and settings_module.startswith(exc.name):
+        if isinstance(exc, ImportError) and exc.name and f"{settings_module}.".startswith(f"{exc.name}."):
             raise SystemExit(f"twistd ws4redis: {exc} (run twistd from the directory that holds "
                              f"manage.py and the {settings_module.split('.')[0]!r} package, "
                              f"or add that directory to PYTHONPATH)") from None
