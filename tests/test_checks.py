@@ -64,6 +64,9 @@ CASES = [
     ("WS4REDIS_TLS_CIPHERS", "", "twisted_ws4redis.E023", "''"),
     ("WS4REDIS_MAX_FRAME_RATE", "1000", "twisted_ws4redis.E024", "'1000'"),
     ("WS4REDIS_MAX_FRAGMENTS", 2.5, "twisted_ws4redis.E025", "2.5"),
+    ("WS4REDIS_HISTORY_SIZE", -1, "twisted_ws4redis.E026", "-1"),
+    ("WS4REDIS_HISTORY_TTL", 0, "twisted_ws4redis.E027", "got 0"),
+    ("WS4REDIS_MAX_SUBSCRIPTIONS", "100", "twisted_ws4redis.E028", "'100'"),
 ]
 
 #: Checks and a start-up open no database: none is migrated for them.

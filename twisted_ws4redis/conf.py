@@ -66,6 +66,9 @@ class Settings:
     tls_ciphers: str
     max_frame_rate: float | None
     max_fragments: int | None
+    history_size: int
+    history_ttl: int
+    max_subscriptions: int
 
 
 class SettingError(ImproperlyConfigured):
@@ -102,9 +105,9 @@ def _prefix(name: str, value: Any) -> str:
     return f"{value}:" if value else ""
 
 
-def _expire(name: str, value: Any) -> int:
+def _count(name: str, value: Any, unit: str = "seconds") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ImproperlyConfigured(f"{name} must be a non-negative integer (seconds), got {value!r}")
+        raise ImproperlyConfigured(f"{name} must be a non-negative integer ({unit}), got {value!r}")
     return value
 
 
@@ -212,7 +215,7 @@ RULES: dict[str, Rule] = {
         {"host": "localhost", "port": 6379, "db": 0, "password": None}, "twisted_ws4redis.E002", "connection",
         _connection, "A dict of redis-py's keys, such as {'host': 'localhost', 'port': 6379, 'db': 0}."),
     "WS4REDIS_PREFIX": Rule(None, "twisted_ws4redis.E003", "prefix", _prefix),
-    "WS4REDIS_EXPIRE": Rule(3600, "twisted_ws4redis.E004", "expire", _expire, "0 keeps no message."),
+    "WS4REDIS_EXPIRE": Rule(3600, "twisted_ws4redis.E004", "expire", _count, "0 keeps no message."),
     "WS4REDIS_SUBSCRIBER": Rule("twisted_ws4redis.subscriber.RedisSubscriber", "twisted_ws4redis.E005", "subscriber",
                                 _subscriber),
     "WS4REDIS_HEARTBEAT": Rule(None, "twisted_ws4redis.E006", "heartbeat", _heartbeat),
@@ -253,6 +256,12 @@ RULES: dict[str, Rule] = {
                                          optional=True),
     "WS4REDIS_MAX_FRAGMENTS": _positive("twisted_ws4redis.E025", "max_fragments", 1000, "frames per message",
                                         integer=True, optional=True),
+    # History and the ws4redis.v2 protocol (see history.py, server/v2.py).
+    "WS4REDIS_HISTORY_SIZE": Rule(0, "twisted_ws4redis.E026", "history_size",
+                                  functools.partial(_count, unit="messages per channel"), "0 keeps no history."),
+    "WS4REDIS_HISTORY_TTL": _positive("twisted_ws4redis.E027", "history_ttl", 3600, "seconds", integer=True),
+    "WS4REDIS_MAX_SUBSCRIPTIONS": _positive("twisted_ws4redis.E028", "max_subscriptions", 100,
+                                            "subscriptions per websocket", integer=True),
 }
 
 DEFAULTS: dict[str, Any] = {name: rule.default for name, rule in RULES.items()}

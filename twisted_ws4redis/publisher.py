@@ -13,7 +13,7 @@ import redis
 from . import audience as wire
 from .conf import get_settings, redis_address
 from .redis_address import RedisAddress, aclose_asyncio_client
-from .redis_store import RedisMessage, RedisStore, reaching_redis
+from .redis_store import RedisMessage, RedisStore, _receivers, _script_unknown, reaching_redis
 
 _clients: dict = {}
 _clients_lock = threading.Lock()
@@ -110,11 +110,16 @@ class RedisPublisher(RedisStore):
         one pool per loop; SELF read with Django's async APIs): the same
         commands, return value and ``RedisUnavailable``."""
         channels = await self._achannels()
-        pipe = (await _aconnection()).pipeline(transaction=True)
-        step = self._queue_publication(pipe, channels, message, expire)
+        client = await _aconnection()
         with reaching_redis():
-            replies = await pipe.execute()
-        return sum(replies[::step])
+            pipe = client.pipeline(transaction=True)
+            self._queue_publication(pipe, channels, message, expire)
+            replies = await pipe.execute(raise_on_error=False)
+            if _script_unknown(replies):
+                pipe = client.pipeline(transaction=True)
+                self._queue_publication(pipe, channels, message, expire, send_script=True)
+                replies = await pipe.execute(raise_on_error=False)
+            return _receivers(replies)
 
     def fetch_message(self, request, facility: str, audience: str = "any") -> bytes | None:
         """The persisted message a websocket of ``request`` would get for ``facility``.

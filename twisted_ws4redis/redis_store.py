@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import redis
 
-from . import audience
+from . import audience, history
 from .audience import SELF  # noqa: F401  (public: ``from ...redis_store import SELF``)
 from .conf import get_settings
 from .exceptions import RedisUnavailable
@@ -24,6 +24,25 @@ def reaching_redis() -> Iterator[None]:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise RedisUnavailable(f"Redis is unavailable: {exc}") from exc
+
+
+def _script_unknown(replies: list) -> bool:
+    return any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies)
+
+
+def _receivers(replies: list) -> int:
+    """How many subscribers a publication reached: the sum of PUBLISH's
+    counts (SETEX answers True, the history script {count, id}); the first
+    error among the replies is raised."""
+    total = 0
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(reply, list):
+            total += reply[0]
+        elif not isinstance(reply, bool):
+            total += reply
+    return total
 
 
 class RedisMessage(bytes):
@@ -64,27 +83,41 @@ class RedisStore:
     def publish_message(self, message: RedisMessage, expire: int | None = None) -> int:
         """PUBLISH ``message`` on every channel and, when ``expire`` (default
         WS4REDIS_EXPIRE) is positive, keep it there for that many seconds for
-        websockets that connect later. One round trip. Returns how many
-        websockets' servers received it (PUBLISH's count, summed). Raises
-        ``RedisUnavailable`` when Redis cannot be reached in time."""
-        pipe = self._connection.pipeline(transaction=True)
-        step = self._queue_publication(pipe, self._publishers, message, expire)
+        websockets that connect later; with WS4REDIS_HISTORY_SIZE on, record it
+        in each channel's history too (history.py). One round trip. Returns
+        how many websockets' servers received it (PUBLISH's count, summed).
+        Raises ``RedisUnavailable`` when Redis cannot be reached in time."""
         with reaching_redis():
-            replies = pipe.execute()
-        return sum(replies[::step])
+            pipe = self._connection.pipeline(transaction=True)
+            self._queue_publication(pipe, self._publishers, message, expire)
+            replies = pipe.execute(raise_on_error=False)
+            if _script_unknown(replies):
+                pipe = self._connection.pipeline(transaction=True)
+                self._queue_publication(pipe, self._publishers, message, expire, send_script=True)
+                replies = pipe.execute(raise_on_error=False)
+            return _receivers(replies)
 
-    def _queue_publication(self, pipe, channels: list[str], message: RedisMessage, expire: int | None) -> int:
+    def _queue_publication(self, pipe, channels: list[str], message: RedisMessage, expire: int | None,
+                           send_script: bool = False) -> None:
         """Queue the commands of one publication on ``pipe`` (a blocking or an
-        asyncio redis-py pipeline); returns the stride of PUBLISH's replies."""
+        asyncio redis-py pipeline): per channel PUBLISH (and SETEX), or the
+        history's script, by its digest unless ``send_script`` (Redis did not
+        know it: a restart or SCRIPT FLUSH; none of the digests ran then)."""
         if not isinstance(message, RedisMessage):
             raise ValueError("message must be a RedisMessage")
+        settings = get_settings()
         expire = self._expire if expire is None else expire
         for channel in channels:
-            pipe.publish(channel, message)
-            if expire > 0:
-                # SETEX as ws4redis sends it (redis-py deprecates its setex() wrapper).
-                pipe.execute_command("SETEX", channel, expire, message)
-        return 2 if expire > 0 else 1
+            if settings.history_size:
+                script = ("EVAL", history.PUBLISH_SCRIPT) if send_script else ("EVALSHA", history.PUBLISH_SHA)
+                pipe.execute_command(*script, 2, channel, history.history_key(channel, settings.prefix),
+                                     *history.publish_args(message, expire, settings.history_size,
+                                                           settings.history_ttl))
+            else:
+                pipe.publish(channel, message)
+                if expire > 0:
+                    # SETEX as ws4redis sends it (redis-py deprecates its setex() wrapper).
+                    pipe.execute_command("SETEX", channel, expire, message)
 
     # ws4redis at HEAD had a separate one-round-trip variant; ours always is.
     def pipeline_publish_message(self, message: RedisMessage, expire: int | None = None,
