@@ -20,10 +20,11 @@ import time
 
 import pytest
 import redis
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from conftest import (TwistdServer, http_post_json, login, open_ws, unique, wait_subscribed,
-                      warm_up)
+from conftest import (TwistdServer, http_post_json, login, open_ws, recording, unique,
+                      wait_subscribed, warm_up)
 
 TIMEOUT = 5
 V2 = "ws4redis.v2"
@@ -36,6 +37,10 @@ LIMITS = {"WS4REDIS_ALLOWED_CHANNELS": "testproject.hooks.facility_allowed_chann
 HISTORY = {"WS4REDIS_HISTORY_SIZE": 3000, "WS4REDIS_EXPIRE": 60}
 #: History that a few messages overflow.
 SHORT_HISTORY = {"WS4REDIS_HISTORY_SIZE": 3, "WS4REDIS_EXPIRE": 60}
+#: As test_liveness and test_hostile have them (the same servers in a full run).
+HEARTBEAT = "--heartbeat--"
+HEARTBEATING = {"WS4REDIS_HEARTBEAT": HEARTBEAT}
+RATE = {"WS4REDIS_MAX_PUBLISH_RATE": 5}
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -419,6 +424,26 @@ def test_a_request_without_ref_is_answered_with_ref_null(server, redis_client):
         assert ws.message() == message(facility, "no ref", None)
 
 
+def test_replies_come_in_the_order_of_the_ops(server, redis_client):
+    """Ops sent at once, without waiting: each is handled after the one before
+    is done, whether it waits (Django, Redis) or not (an unsubscribe, an error)."""
+    facility = unique("v2-order")
+    with open_v2(server) as ws:
+        ws.subscribe(facility)
+        ops = [{"op": "publish", "facility": facility, "audience": "broadcast", "data": "first", "ref": "p1"},
+               {"op": "unsubscribe", "facility": unique("v2-none"), "audience": "broadcast", "ref": "u1"},
+               {"op": "publish", "facility": facility, "audience": "broadcast", "data": "again", "ref": "p2"},
+               {"op": "frobnicate", "ref": "e1"},
+               {"op": "publish", "facility": facility, "audience": "broadcast", "data": "last", "ref": "p3"},
+               {"op": "unsubscribe", "facility": facility, "audience": "broadcast", "ref": "u2"}]
+        for op in ops:
+            ws.send(**op)
+        replies = [ws.reply(op["ref"]) for op in ops]
+        assert [reply["op"] for reply in replies] == ["published", "unsubscribed", "published", "error",
+                                                      "published", "unsubscribed"]
+        assert [m["data"] for m in ws.inbox] == ["first", "again", "last"]
+
+
 def test_binary_payloads_travel_as_data_b64(server, redis_client):
     facility = unique("v2-b64")
     payload = b"\xff\xfe\x00binary"
@@ -431,6 +456,33 @@ def test_binary_payloads_travel_as_data_b64(server, redis_client):
         assert ws.message() == {"op": "message", "facility": facility, "audience": "broadcast",
                                 "id": None, "data_b64": encoded}
         assert plain.recv(timeout=TIMEOUT) == payload
+
+
+def test_publishing_past_the_rate_closes_with_1008(twistd_servers, redis_server, redis_client):
+    server = twistd_servers(RATE)
+    facility = unique("v2-rate")
+    with recording(redis_server, facility) as recorder, open_v2(server) as ws:
+        for n in range(20):
+            ws.send(op="publish", facility=facility, audience="broadcast", data=str(n), ref=n)
+        replies = []
+        with pytest.raises(ConnectionClosed):
+            while True:
+                replies.append(ws.recv())
+        assert ws.ws.close_code == 1008
+        assert recorder.until(b"4") == [(f"broadcast:{facility}", str(n).encode()) for n in range(5)]
+        assert replies == [{"op": "published", "ref": n, "id": None} for n in range(5)]
+
+
+def test_heartbeats_stay_raw_text(twistd_servers, redis_client):
+    server = twistd_servers(HEARTBEATING)
+    facility = unique("v2-beat")
+    with open_v2(server) as ws:
+        assert ws.ws.recv(timeout=TIMEOUT) == HEARTBEAT  # the one at open
+        ws.ws.send(HEARTBEAT)
+        assert ws.ws.recv(timeout=TIMEOUT) == HEARTBEAT  # answered, not an error
+        ws.subscribe(facility)
+        published = ws.publish(facility, "after the beat")
+        assert ws.message() == message(facility, "after the beat", published)
 
 
 # -- 6-9. history and recovery ---------------------------------------------------------
