@@ -23,6 +23,8 @@ import redis
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from twisted_ws4redis import history
+
 from conftest import (TwistdServer, http_post_json, login, open_ws, recording, unique,
                       wait_subscribed, warm_up)
 
@@ -586,52 +588,67 @@ def test_recovery_on_another_node(twistd_servers, redis_server, test_db, redis_c
         second.stop()
 
 
-def test_publications_during_the_replay_are_neither_lost_nor_doubled(twistd_servers, redis_client,
-                                                                     django_in_process):
-    """2000 numbered messages from RedisPublisher in a tight loop; the client
-    recovers after the first 200, while the other 1800 are published."""
+def test_publications_during_the_replay_are_neither_lost_nor_doubled(twistd_servers, redis_server, redis_client):
+    """2000 numbered messages published through the history's script in a
+    tight loop (batches of 20 pipelined, as fast as Redis takes them); five
+    clients recover from before the first, each subscribing while the loop
+    runs. Each must get every number once, in order."""
     server = twistd_servers(HISTORY)
     facility = unique("v2-race")
-    total, before = 2000, 200
-    backlog, go, failures = threading.Event(), threading.Event(), []
+    channel = f"broadcast:{facility}"
+    total, batch, clients = 2000, 20, 5
+    milestones = [200 + n * 300 for n in range(clients)]
+    ready, go = [threading.Event() for _ in milestones], [threading.Event() for _ in milestones]
+    failures: list[BaseException] = []
 
     def publish_all() -> None:
-        from django.test import override_settings
-
-        from twisted_ws4redis.publisher import RedisPublisher
-        from twisted_ws4redis.redis_store import RedisMessage
-
+        publisher = redis_server.client()
         try:
-            with override_settings(**HISTORY):
-                publisher = RedisPublisher(facility=facility, broadcast=True)
-                for n in range(1, total + 1):
-                    publisher.publish_message(RedisMessage(str(n)))
-                    if n == before:
-                        backlog.set()
-                        assert go.wait(TIMEOUT)
+            sha = publisher.script_load(history.PUBLISH_SCRIPT)
+            for first in range(1, total + 1, batch):
+                pipe = publisher.pipeline(transaction=False)
+                for n in range(first, first + batch):
+                    pipe.evalsha(sha, 2, channel, history.history_key(channel, ""),
+                                 *history.publish_args(str(n).encode(), HISTORY["WS4REDIS_EXPIRE"],
+                                                       HISTORY["WS4REDIS_HISTORY_SIZE"], 3600))
+                pipe.execute()
+                if first + batch - 1 in milestones:
+                    k = milestones.index(first + batch - 1)
+                    ready[k].set()
+                    assert go[k].wait(TIMEOUT), "the test did not subscribe"
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             failures.append(exc)
-            backlog.set()
+            for event in ready:
+                event.set()
+        finally:
+            publisher.close()
 
-    with open_v2(server) as a:
-        since = a.publish(facility, "0")
+    with open_v2(server) as first:
+        since = first.publish(facility, "0")
     thread = threading.Thread(target=publish_all)
     thread.start()
+    sockets = []
     try:
-        assert backlog.wait(30) and not failures, failures
-        with open_v2(server) as a:
-            a.send(op="subscribe", facility=facility, audience="broadcast", since=since, ref="race")
-            go.set()
-            assert a.reply("race")["recovered"] is True
-            received = [a.message() for _ in range(total)]
+        for k in range(clients):
+            assert ready[k].wait(30) and not failures, failures
+            sockets.append(open_v2(server).__enter__())
+            sockets[-1].send(op="subscribe", facility=facility, audience="broadcast", since=since, ref="race")
+            go[k].set()
+        for ws in sockets:
+            assert ws.reply("race")["recovered"] is True
+            received = [ws.message() for _ in range(total)]
+            numbers = [int(m["data"]) for m in received]
+            assert numbers == list(range(1, total + 1)), (
+                f"first wrong at {next(i for i, n in enumerate(numbers) if n != i + 1)}: "
+                f"{[n for i, n in enumerate(numbers) if n != i + 1][:20]}")
+            assert_increasing([since, *(m["id"] for m in received)])
     finally:
-        go.set()
+        for event in go:
+            event.set()
         thread.join()
+        for ws in sockets:
+            ws.__exit__()
     assert not failures, failures
-    numbers = [int(m["data"]) for m in received]
-    assert numbers == list(range(1, total + 1)), (
-        f"first wrong at {next(i for i, n in enumerate(numbers) if n != i + 1)}: {numbers[:50]}...")
-    assert_increasing([since, *(m["id"] for m in received)])
 
 
 # -- 10. a foreign publisher -----------------------------------------------------------
