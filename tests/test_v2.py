@@ -591,14 +591,15 @@ def test_recovery_on_another_node(twistd_servers, redis_server, test_db, redis_c
 def test_publications_during_the_replay_are_neither_lost_nor_doubled(twistd_servers, redis_server, redis_client):
     """2000 numbered messages published through the history's script in a
     tight loop (batches of 20 pipelined, as fast as Redis takes them); five
-    clients recover from before the first, each subscribing while the loop
-    runs. Each must get every number once, in order."""
+    clients, one after another, each subscribe while the loop runs, since the
+    100th message before. Each must get every later number once, in order."""
     server = twistd_servers(HISTORY)
     facility = unique("v2-race")
     channel = f"broadcast:{facility}"
-    total, batch, clients = 2000, 20, 5
-    milestones = [200 + n * 300 for n in range(clients)]
+    total, batch, back = 2000, 20, 100
+    milestones = [200 + n * 300 for n in range(5)]
     ready, go = [threading.Event() for _ in milestones], [threading.Event() for _ in milestones]
+    ids: list[str] = []  # ids[n - 1]: message n's
     failures: list[BaseException] = []
 
     def publish_all() -> None:
@@ -611,11 +612,11 @@ def test_publications_during_the_replay_are_neither_lost_nor_doubled(twistd_serv
                     pipe.evalsha(sha, 2, channel, history.history_key(channel, ""),
                                  *history.publish_args(str(n).encode(), HISTORY["WS4REDIS_EXPIRE"],
                                                        HISTORY["WS4REDIS_HISTORY_SIZE"], 3600))
-                pipe.execute()
-                if first + batch - 1 in milestones:
-                    k = milestones.index(first + batch - 1)
+                ids.extend(reply[1].decode() for reply in pipe.execute())
+                if len(ids) in milestones:
+                    k = milestones.index(len(ids))
                     ready[k].set()
-                    assert go[k].wait(TIMEOUT), "the test did not subscribe"
+                    assert go[k].wait(30), "the test did not subscribe"
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             failures.append(exc)
             for event in ready:
@@ -623,25 +624,24 @@ def test_publications_during_the_replay_are_neither_lost_nor_doubled(twistd_serv
         finally:
             publisher.close()
 
-    with open_v2(server) as first:
-        since = first.publish(facility, "0")
     thread = threading.Thread(target=publish_all)
     thread.start()
     sockets = []
     try:
-        for k in range(clients):
+        for k, milestone in enumerate(milestones):
             assert ready[k].wait(30) and not failures, failures
             sockets.append(open_v2(server).__enter__())
-            sockets[-1].send(op="subscribe", facility=facility, audience="broadcast", since=since, ref="race")
+            sockets[-1].send(op="subscribe", facility=facility, audience="broadcast", since=ids[milestone - back - 1],
+                             ref="race")
             go[k].set()
-        for ws in sockets:
-            assert ws.reply("race")["recovered"] is True
-            received = [ws.message() for _ in range(total)]
+        for ws, milestone in zip(sockets, milestones):
+            reply = ws.reply("race")
+            assert reply.get("recovered") is True, reply
+            expected = list(range(milestone - back + 1, total + 1))
+            received = [ws.message() for _ in expected]
             numbers = [int(m["data"]) for m in received]
-            assert numbers == list(range(1, total + 1)), (
-                f"first wrong at {next(i for i, n in enumerate(numbers) if n != i + 1)}: "
-                f"{[n for i, n in enumerate(numbers) if n != i + 1][:20]}")
-            assert_increasing([since, *(m["id"] for m in received)])
+            assert numbers == expected, [(i, n) for i, n in zip(expected, numbers) if i != n][:20]
+            assert [m["id"] for m in received] == ids[milestone - back:]
     finally:
         for event in go:
             event.set()
