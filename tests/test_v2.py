@@ -548,6 +548,20 @@ def test_since_older_than_the_stream_is_not_recovered(twistd_servers, redis_clie
         assert ws.message() == message(facility, "kept", last)
 
 
+@pytest.mark.parametrize("since", ["0-0", "18446744073709551615-18446744073709551615"], ids=["least", "greatest"])
+def test_since_at_either_end_of_the_ids_is_a_subscription(twistd_servers, redis_client, since):
+    server = twistd_servers(SHORT_HISTORY)
+    facility = unique("v2-since-edge")
+    with open_v2(server) as ws:
+        ws.publish(facility, "kept")
+        reply = ws.call("subscribe", facility=facility, audience="broadcast", since=since)
+        assert reply["op"] == "subscribed" and isinstance(reply["recovered"], bool), reply
+        if not reply["recovered"]:
+            assert ws.message()["data"] == "kept"  # the persisted message
+        published = ws.publish(facility, "live")
+        assert ws.message() == message(facility, "live", published)
+
+
 def test_without_since_the_persisted_message_comes_first(twistd_servers, redis_client):
     server = twistd_servers(SHORT_HISTORY)
     facility = unique("v2-persisted")
