@@ -216,6 +216,19 @@ def test_a_fresh_stream_recovers_no_id_from_before_it(scripts):
     assert recover(scripts, channel, "1-0", 10)[0] is False, "before its first entry"
 
 
+def test_an_emptied_stream_marks_what_it_had_as_trimmed(scripts):
+    """A stream that exists with no entry (XTRIM'd to nothing) continues its
+    ids; its next entry marks everything before it as trimmed."""
+    channel = f"broadcast:{unique('rec-emptied')}"
+    key = history.history_key(channel, "")
+    scripts.xadd(key, {"m": "later than now"}, id="99999999999999-5")
+    scripts.xtrim(key, maxlen=0)
+    new = record(scripts, channel, [b"next"], size=10)
+    assert new == ["99999999999999-6"]
+    assert recover(scripts, channel, "99999999999999-5", 10) == (True, new)
+    assert recover(scripts, channel, "99999999999999-4", 10)[0] is False
+
+
 def test_an_id_of_an_expired_stream_is_not_recovered_from_its_successor(scripts):
     channel = f"broadcast:{unique('rec-expired')}"
     key = history.history_key(channel, "")
