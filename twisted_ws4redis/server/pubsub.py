@@ -22,6 +22,7 @@ websocket door then refuses handshakes with 503).
 """
 from __future__ import annotations
 
+import re
 from typing import Callable, Iterable
 
 import txredisapi
@@ -223,6 +224,17 @@ class RedisBus(Service):
             _ReportingEndpoint(self._endpoint, lambda failure: self._outage(failure.getErrorMessage())))
         self._commands.startConnecting(self._endpoint)
         log.info("Redis at {address}", address=str(self.address))
+        if get_settings().history_size:
+            self._run("execute_command", "INFO", "server").addCallbacks(self._check_version, lambda _: None)
+
+    def _check_version(self, info: bytes) -> None:
+        """The history's scripts need Redis 7 (XSETID ... MAXDELETEDID): say so
+        at start rather than at every publication."""
+        found = re.search(rb"redis_version:(\d+)([0-9.]*)", info)
+        if found and int(found[1]) < 7:
+            log.error("WS4REDIS_HISTORY_SIZE needs Redis 7.0 or later; {address} runs {version}: publishing "
+                      "with the history on fails there", address=str(self.address),
+                      version=(found[1] + found[2]).decode("ascii"))
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
