@@ -84,14 +84,43 @@ class PubSubMessage:
         return made
 
 
+class Replayed:
+    """Per channel, the last id that a replay from the history delivered.
+    Messages recorded before the replay's read may still be on their way on
+    the subscriber connection after it, so a live message up to that id was
+    delivered already; the channel's first newer one ends the check (Redis
+    delivers a channel's messages in order)."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self):
+        self._last: dict[bytes, history.MessageId] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._last)
+
+    def note(self, channel: bytes, message_id: str) -> None:
+        self._last[channel] = history.parse_id(message_id)
+
+    def delivered(self, message: PubSubMessage) -> bool:
+        last = self._last.get(message.channel)
+        if last is None or message.id is None:
+            return False
+        if history.parse_id(message.id) <= last:
+            return True
+        del self._last[message.channel]
+        return False
+
+    def forget(self, channel: bytes) -> None:
+        self._last.pop(channel, None)
+
+
 Listener = Callable[[PubSubMessage], None]
 Watcher = Callable[[bytes], None]
 
 
-class _SubscriberProtocol(txredisapi.SubscriberProtocol):
-    """Pushes (messages, subscription confirmations) are routed here rather
-    than through txredisapi's reply queue, and a burst read from Redis at once
-    is parsed at once."""
+class _WholeReads:
+    """A txredisapi protocol that parses everything one read brought at once."""
 
     _leftover = b""
 
@@ -103,11 +132,22 @@ class _SubscriberProtocol(txredisapi.SubscriberProtocol):
 
     def setLineMode(self, extra=b""):
         # txredisapi pauses the socket and parses the rest of a read in the next
-        # reactor turn, one reply per turn: a burst of N messages then costs N
-        # turns, N pause/resume system calls and N separate writes to every
-        # websocket. dataReceived() above goes on with the rest at once.
+        # reactor turn, one reply (one bulk string) per turn: a burst of N
+        # messages then costs N turns, N pause/resume system calls and N
+        # separate writes to every websocket, and a replay of N recorded
+        # messages 2N turns. dataReceived() above goes on with the rest at once.
         self.line_mode = 1
         self._leftover = extra
+
+
+class _CommandProtocol(_WholeReads, txredisapi.RedisProtocol):
+    """The command connection's protocol (replies: recovered histories)."""
+
+
+class _SubscriberProtocol(_WholeReads, txredisapi.SubscriberProtocol):
+    """Pushes (messages, subscription confirmations) are routed here rather
+    than through txredisapi's reply queue, and a burst read from Redis at once
+    is parsed at once."""
 
     def replyReceived(self, reply):
         if isinstance(reply, txredisapi.ResponseError) and self.factory.bus._subscriber is self:
@@ -201,6 +241,8 @@ class RedisBus(Service):
         self._resuming: dict[bytes, str] = {}
         #: channel -> live messages held while it catches up
         self._held: dict[bytes, list[PubSubMessage]] = {}
+        #: what the catching up delivered, against its doubles among the live messages
+        self._replayed = Replayed()
         self._subscriber: _SubscriberProtocol | None = None
         self._endpoint = None
         self._unreachable = False  # an outage has been reported and is not over
@@ -211,6 +253,7 @@ class RedisBus(Service):
             str(address), address.db or None, 1, isLazy=True, charset=None,
             password=address.password, username=address.username,
             replyTimeout=address.socket_timeout, convertNumbers=False)
+        self._commands.protocol = _CommandProtocol
         self._commands.initialDelay = RECONNECT_INITIAL_DELAY
         self._commands.maxDelay = RECONNECT_MAX_DELAY
 
@@ -314,6 +357,7 @@ class RedisBus(Service):
             del self._listeners[key]
             self._confirmed.discard(key)
             self._last_ids.pop(key, None)
+            self._replayed.forget(key)
             for waiting in self._waiting.pop(key, ()):
                 waiting.callback(None)
             if self._subscriber is not None and key not in self._watchers:
@@ -360,23 +404,24 @@ class RedisBus(Service):
         self._held[key] = []
         channel = key.decode("utf-8")
 
-        def replay(entries: list[tuple[str, bytes]] | None) -> history.MessageId | None:
+        def replay(entries: list[tuple[str, bytes]] | None) -> None:
             if entries is None:
                 log.warn("Messages published on {channel} while the Redis subscriber was away are no longer "
                          "in its history (WS4REDIS_HISTORY_SIZE, _TTL)",
                          channel=logsafe.channel(key, get_settings().prefix))
-                return None
+                return
             for message_id, payload in entries:
                 self._dispatch(key, PubSubMessage(key, payload, message_id))
-            return history.parse_id(entries[-1][0]) if entries else history.parse_id(since)
+            if entries and key in self._listeners:
+                self._replayed.note(key, entries[-1][0])
 
         def failed(failure: Failure) -> None:
             log.warn("Catching up on {channel} after the Redis subscriber reconnected failed: {error}",
                      channel=logsafe.channel(key, get_settings().prefix), error=failure.getErrorMessage())
 
-        def release(last: history.MessageId | None) -> None:
+        def release(_) -> None:
             for message in self._held.pop(key, ()):
-                if last is None or message.id is None or history.parse_id(message.id) > last:
+                if not self._replayed.delivered(message):
                     self._dispatch(key, message)
 
         self.recover(channel, since).addCallbacks(replay, failed).addCallback(release)
@@ -394,7 +439,7 @@ class RedisBus(Service):
         held = self._held.get(channel)
         if held is not None:
             held.append(message)
-        else:
+        elif not (self._replayed and self._replayed.delivered(message)):
             self._dispatch(channel, message)
 
     def _dispatch(self, channel: bytes, message: PubSubMessage) -> None:

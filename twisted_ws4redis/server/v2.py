@@ -18,6 +18,7 @@ import json
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+import txredisapi
 from django.core.exceptions import PermissionDenied
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -25,7 +26,7 @@ from twisted.python.failure import Failure
 
 from .. import audience, history, logsafe
 from ..django_bridge import authorize_op, defer_to_django
-from .pubsub import REDIS_WAIT, PubSubMessage
+from .pubsub import REDIS_WAIT, PubSubMessage, Replayed
 
 if TYPE_CHECKING:
     from .protocol import WebSocketProtocol
@@ -35,6 +36,9 @@ log = Logger()
 SUBPROTOCOL = "ws4redis.v2"
 
 Pair = tuple[str, str]  # (facility, audience)
+
+#: What a command meets when Redis is away or slow: our timeout, txredisapi's.
+REDIS_FAILURES = (defer.TimeoutError, defer.CancelledError, txredisapi.TimeoutError, txredisapi.ConnectionError)
 
 
 class Refused(Exception):
@@ -63,7 +67,7 @@ def message_frame(pair: Pair, message: PubSubMessage) -> bytes:
 class Subscription:
     """One (facility, audience) of a websocket: a listener of its channels."""
 
-    __slots__ = ("session", "pair", "channels", "backlog", "last")
+    __slots__ = ("session", "pair", "channels", "backlog", "replayed")
 
     def __init__(self, session: V2Session, pair: Pair, channels: list[str]):
         self.session = session
@@ -71,22 +75,19 @@ class Subscription:
         self.channels = channels
         #: live messages waiting for the recovered ones; None once live
         self.backlog: list[PubSubMessage] | None = []
-        #: channel -> the greatest id sent from the history (for the backlog)
-        self.last: dict[bytes, history.MessageId] = {}
+        self.replayed = Replayed()
 
     def __call__(self, message: PubSubMessage) -> None:
         if self.backlog is not None:
             self.backlog.append(message)
-        else:
+        elif not (self.replayed and self.replayed.delivered(message)):
             self.session.deliver(self, message)
 
     def go_live(self) -> None:
         backlog, self.backlog = self.backlog or [], None
         for message in backlog:
-            seen = self.last.get(message.channel)
-            if seen is not None and message.id is not None and history.parse_id(message.id) <= seen:
-                continue  # sent from the history already
-            self.session.deliver(self, message)
+            if not self.replayed.delivered(message):
+                self.session.deliver(self, message)
 
 
 class V2Session:
@@ -211,9 +212,11 @@ class V2Session:
         self.protocol.update_reading()
 
         def failed(failure: Failure) -> None:
+            while failure.check(defer.FirstError):  # from gatherResults: the error itself
+                failure = failure.value.subFailure
             if failure.check(Refused):
                 self._error(ref, failure.value.code, failure.value.reason)
-            elif failure.check(defer.TimeoutError, defer.CancelledError):
+            elif failure.check(*REDIS_FAILURES):
                 self._error(ref, 503, "Redis did not answer")
             else:
                 log.failure("A ws4redis.v2 op of {path} failed", failure,
@@ -289,7 +292,7 @@ class V2Session:
         for order, key, (message_id, payload) in replay:
             message = PubSubMessage(key, payload, message_id)
             if message_id is not None:
-                subscription.last[key] = history.parse_id(message_id)
+                subscription.replayed.note(key, message_id)
             self.deliver(subscription, message)
         subscription.go_live()
 
@@ -308,12 +311,11 @@ class V2Session:
         channels = self._grants.get(pair)
         if channels is not None:
             self._grants.move_to_end(pair)
-            self._publication(channels, payload, ref)
-            return None
+            return self._publication(channels, payload, ref)
 
-        def granted(channels: list[str]) -> None:
+        def granted(channels: list[str]) -> defer.Deferred:
             self._grant(pair, channels)
-            self._publication(channels, payload, ref)
+            return self._publication(channels, payload, ref)
 
         return self._authorized(pair, "publish").addCallback(granted)
 
@@ -341,7 +343,7 @@ class V2Session:
         while len(self._grants) > self.settings.max_subscriptions:
             self._grants.popitem(last=False)
 
-    def _publication(self, channels: list[str], payload: bytes, ref: Any) -> None:
+    def _publication(self, channels: list[str], payload: bytes, ref: Any) -> defer.Deferred:
         """Publish; answer ``published`` with the first channel's id when Redis has."""
         d = self.factory.bus.publish(channels, payload, self.settings.expire)
 
@@ -350,8 +352,8 @@ class V2Session:
                      path=logsafe.text(self.protocol.http_request_uri), error=failure.getErrorMessage())
             self._error(ref, 503, "Redis did not answer")
 
-        d.addCallbacks(lambda ids: self._reply({"op": "published", "ref": ref, "id": ids[0] if ids else None}),
-                       failed)
+        return d.addCallbacks(lambda ids: self._reply({"op": "published", "ref": ref,
+                                                       "id": ids[0] if ids else None}), failed)
 
     # -- end -------------------------------------------------------------------
 
