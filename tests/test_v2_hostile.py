@@ -1,0 +1,147 @@
+"""Hostile ws4redis.v2 clients cost only themselves: too many subscriptions
+(429, and no more Redis channels than WS4REDIS_MAX_SUBSCRIPTIONS), op floods
+from a client that reads nothing (one op at a time, reading paused, closed past
+WS4REDIS_MAX_BUFFERED_BYTES), hostile JSON (an error op, the socket open,
+nothing in the log), a recovery replay to a client that does not read (closed
+past the cap, not held whole). Each attack runs against a real server, with a
+raw socket, while its memory or another client's service is measured."""
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+
+import psutil
+import pytest
+from websockets.sync.client import connect
+
+from conftest import unique, wait_subscribed
+from test_hostile import RawSocket
+from test_write_path import MIB, NO_FRAME_LIMITS, Flood, final_close_code, flood_until, policy_lines, \
+    wait_for_policy_line
+from twisted_ws4redis import history
+
+TIMEOUT = 5
+V2 = "Sec-WebSocket-Protocol: ws4redis.v2\r\n"
+SMALL_CAP = {**NO_FRAME_LIMITS, "WS4REDIS_MAX_BUFFERED_BYTES": 32 * 1024}
+
+
+class V2Socket(RawSocket):
+    """A raw websocket speaking ws4redis.v2: JSON ops in text frames."""
+
+    def __init__(self, port: int, path: str, *, receive_buffer: int | None = None):
+        super().__init__(port, path, extra=V2)
+        if receive_buffer is not None:
+            # Set after the handshake, before any op: what the kernel holds for
+            # a client that does not read, so that the server's cap is met soon.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+
+    def send_op(self, op: dict | str) -> None:
+        self.sock.sendall(op_frame(op))
+
+    def read_op(self) -> dict:
+        while True:
+            opcode, payload = self.read_frame()
+            assert opcode in (0x1, 0x9), (opcode, payload[:200])
+            if opcode == 0x1:
+                return json.loads(payload)
+
+
+def op_frame(op: dict | str) -> bytes:
+    """A text frame of ``op`` (lone surrogates kept, as a hostile client may
+    send them), masked with a zero key: valid, and cheap for floods."""
+    payload = (op if isinstance(op, str) else json.dumps(op)).encode("utf-8", "surrogatepass")
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", 0x81, 0x80 | length)
+    elif length < 65536:
+        header = struct.pack("!BBH", 0x81, 0x80 | 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x81, 0x80 | 127, length)
+    return header + b"\0\0\0\0" + payload
+
+
+def v2_client(server, path: str):
+    return connect(server.ws_url(path), subprotocols=["ws4redis.v2"], open_timeout=TIMEOUT)
+
+
+def ask(ws, op: dict) -> dict:
+    """Send ``op`` on a websockets client, the reply to it (past messages)."""
+    ws.send(json.dumps(op))
+    while (reply := json.loads(ws.recv(timeout=TIMEOUT)))["op"] == "message":
+        pass
+    return reply
+
+
+def rss(server) -> int:
+    return psutil.Process(server.process.pid).memory_info().rss
+
+
+def channels_of(redis_client, facility_prefix: str) -> list[bytes]:
+    return redis_client.pubsub_channels(f"*{facility_prefix}*")
+
+
+def assert_log_clean(server) -> None:
+    """Nothing a client sent made the server log a traceback."""
+    log = server.log()
+    assert "Traceback" not in log and "Unhandled Error" not in log, log[-3000:]
+
+
+# -- 1. WS4REDIS_MAX_SUBSCRIPTIONS ---------------------------------------------------------
+
+CAP = 20
+SUBSCRIPTION_CAP = {**NO_FRAME_LIMITS, "WS4REDIS_MAX_SUBSCRIPTIONS": CAP}
+
+
+def facility(tag: str, n: int) -> str:
+    """A distinct facility of 128 characters (the most the default pattern allows)."""
+    return f"{tag}-{n:06d}-".ljust(128, "f")
+
+
+def test_subscriptions_past_the_cap_get_429_and_no_redis_channel(twistd_servers, redis_client):
+    """A client asks for 10 000 subscriptions (distinct facilities of 128
+    characters, refs of 256) in one go, while it reads the replies: the first
+    CAP (the URL's one among them) are subscribed, every other gets 429, Redis
+    has CAP channels for it, and the server did not grow by a fraction of what
+    it was sent (4.5 MiB of ops; keeping even their bytes would be more than
+    the bound): each refused op was answered and forgotten."""
+    server = twistd_servers(SUBSCRIPTION_CAP)
+    tag = unique("cap")
+    count = 10_000
+    ws = V2Socket(server.port, f"/ws/{tag}-url?subscribe-broadcast")
+    try:
+        assert ws.read_op()["op"] == "subscribed"
+        before = rss(server)
+        ops = b"".join(op_frame({"op": "subscribe", "facility": facility(tag, n), "audience": "broadcast",
+                                 "ref": [n, "r" * 256]}) for n in range(count))
+        sender = threading.Thread(target=ws.sock.sendall, args=(ops,))
+        sender.start()
+        replies = [ws.read_op() for _ in range(count)]
+        sender.join(TIMEOUT)
+        growth = (rss(server) - before) / MIB
+        assert [reply["ref"][0] for reply in replies] == list(range(count))  # in order, each answered once
+        assert [reply["op"] for reply in replies[:CAP - 1]] == ["subscribed"] * (CAP - 1)
+        refused = replies[CAP - 1:]
+        assert all(reply["op"] == "error" and reply["code"] == 429 for reply in refused), refused[:3]
+        assert "WS4REDIS_MAX_SUBSCRIPTIONS" in refused[0]["reason"]
+        held = channels_of(redis_client, tag)
+        assert len(held) == CAP, held
+        print(f"growth {growth:.2f} MiB")
+        assert growth < 3, f"server grew by {growth:.1f} MiB"
+        # A replacement is not a new subscription; an unsubscribe frees a place.
+        first = {"facility": facility(tag, 0), "audience": "broadcast"}
+        ws.send_op({"op": "subscribe", **first, "ref": "again"})
+        assert ws.read_op()["op"] == "subscribed"
+        ws.send_op({"op": "unsubscribe", **first})
+        assert ws.read_op()["op"] == "unsubscribed"
+        ws.send_op({"op": "subscribe", "facility": f"{tag}-last", "audience": "broadcast"})
+        assert ws.read_op()["op"] == "subscribed"
+        assert len(channels_of(redis_client, tag)) == CAP
+    finally:
+        ws.close()
+    deadline = time.monotonic() + TIMEOUT
+    while channels_of(redis_client, tag):
+        assert time.monotonic() < deadline, "the closed socket's channels are still subscribed"
+        time.sleep(0.05)
