@@ -22,6 +22,7 @@ from test_hostile import RawSocket
 from test_write_path import MIB, NO_FRAME_LIMITS, Flood, final_close_code, flood_until, policy_lines, \
     wait_for_policy_line
 from twisted_ws4redis import history
+from twisted_ws4redis.server.v2 import MAX_REF_DEPTH
 
 TIMEOUT = 5
 V2 = "Sec-WebSocket-Protocol: ws4redis.v2\r\n"
@@ -145,3 +146,104 @@ def test_subscriptions_past_the_cap_get_429_and_no_redis_channel(twistd_servers,
     while channels_of(redis_client, tag):
         assert time.monotonic() < deadline, "the closed socket's channels are still subscribed"
         time.sleep(0.05)
+
+
+# -- 3. hostile JSON -----------------------------------------------------------------------
+
+PAIR = '"facility":"json","audience":"broadcast"'
+HOSTILE_OPS = {
+    "nested arrays as the op": "[" * 100_000 + "]" * 100_000,
+    "nested objects as the op": '{"a":' * 50_000 + "1" + "}" * 50_000,
+    "nested arrays as ref": '{"op":"subscribe",' + PAIR + ',"ref":' + "[" * 50_000 + "]" * 50_000 + "}",
+    "an infinite ref": '{"op":"unsubscribe",' + PAIR + ',"ref":1e999}',
+    "a NaN ref": '{"op":"unsubscribe",' + PAIR + ',"ref":NaN}',
+    "a number of 5000 digits": '{"op":"unsubscribe",' + PAIR + ',"ref":' + "9" * 5000 + "}",
+    "a lone surrogate in data": '{"op":"publish",' + PAIR + ',"data":"\\ud800"}',
+    "a lone surrogate in ref": '{"op":"unsubscribe",' + PAIR + ',"ref":"\\udfff"}',
+    "a lone surrogate in the facility": '{"op":"unsubscribe","facility":"a\\ud800","audience":"broadcast"}',
+    "a lone surrogate in the facility of a subscribe": '{"op":"subscribe","facility":"\\ud800","audience":"broadcast"}',
+    "a lone surrogate in the facility of a publish": '{"op":"publish","facility":"\\udbff","audience":"broadcast",'
+                                                     '"data":"x"}',
+    "data_b64 not base64": '{"op":"publish",' + PAIR + ',"data_b64":"%%%"}',
+    "data_b64 not ASCII": '{"op":"publish",' + PAIR + ',"data_b64":"\\u00e9\\u00e9=="}',
+    "data_b64 a list": '{"op":"publish",' + PAIR + ',"data_b64":["QUJD"]}',
+    "data_b64 a number": '{"op":"publish",' + PAIR + ',"data_b64":1e999}',
+    "data a dict": '{"op":"publish",' + PAIR + ',"data":{"a":1}}',
+    "facility a list": '{"op":"subscribe","facility":["json"],"audience":"broadcast"}',
+    "facility a dict": '{"op":"unsubscribe","facility":{"json":1},"audience":"broadcast"}',
+    "facility a huge number": '{"op":"subscribe","facility":1e999,"audience":"broadcast"}',
+    "facility null": '{"op":"publish","facility":null,"audience":"broadcast","data":"x"}',
+    "audience a list": '{"op":"subscribe","facility":"json","audience":["broadcast"]}',
+    "audience a number": '{"op":"unsubscribe","facility":"json","audience":-0}',
+    "since a huge number": '{"op":"subscribe",' + PAIR + ',"since":1e999}',
+    "since too big an id": '{"op":"subscribe",' + PAIR + ',"since":"99999999999999999999999-0"}',
+    "since a list": '{"op":"subscribe",' + PAIR + ',"since":["1-0"]}',
+    "op a list": '{"op":["subscribe"],' + PAIR + "}",
+    "duplicate keys": '{"op":"subscribe","op":"explode",' + PAIR + "}",
+    "not JSON": "{'op': 'subscribe'}",
+    "an escape sequence as the op": '{"op":"\\u001b[2J\\u2028\\u202e",' + PAIR + "}",
+}
+
+
+def test_hostile_json_gets_400_and_the_socket_stays_open(twistd_servers, redis_client):
+    """Each op a hostile client may write gets an error op with code 400 on
+    the same socket, which then still works; the server logs no traceback."""
+    server = twistd_servers()
+    ws = V2Socket(server.port, "/ws/?publish-broadcast")
+    try:
+        for name, text in HOSTILE_OPS.items():
+            ws.send_op(text)
+            reply = ws.read_op()
+            assert reply["op"] == "error" and reply["code"] == 400, (name, reply)
+        ws.send_op({"op": "subscribe", "facility": "json", "audience": "broadcast", "ref": "alive"})
+        assert ws.read_op() == {"op": "subscribed", "facility": "json", "audience": "broadcast", "ref": "alive"}
+    finally:
+        ws.close()
+    assert_log_clean(server)
+
+
+def test_a_ref_at_any_depth_is_answered(twistd_servers, redis_client):
+    """Python's recursion limit meets JSON nesting somewhere below 1000
+    levels, at a depth that depends on the server's stack (where a reply
+    encoding the ref raised, and the op went unanswered): a ref nesting up to
+    MAX_REF_DEPTH levels is echoed, a deeper one refused with 400, at every
+    depth on to past that limit, on the same socket; no traceback."""
+    server = twistd_servers(NO_FRAME_LIMITS)
+    ws = V2Socket(server.port, "/ws/")
+    try:
+        for depth in [*range(1, 40), *range(900, 1010)]:
+            ref = "[" * depth + "]" * depth
+            op = '{"op":"subscribe","facility":"deep","audience":"broadcast","ref":' + ref + "}"
+            for text in (op, op.replace('"subscribe"', '"explode"')):
+                ws.send_op(text)
+                reply = ws.read_op()
+                if depth <= MAX_REF_DEPTH:
+                    assert reply["op"] == ("subscribed" if text is op else "error"), (depth, reply)
+                    assert reply["ref"] == json.loads(ref), depth
+                else:
+                    assert (reply["op"], reply["code"], reply["ref"]) == ("error", 400, None), depth
+        ws.send_op({"op": "unsubscribe", "facility": "deep", "audience": "broadcast", "ref": "alive"})
+        assert ws.read_op()["ref"] == "alive"
+    finally:
+        ws.close()
+    assert_log_clean(server)
+
+
+def test_replies_keep_the_order_of_the_ops(twistd_servers, redis_client):
+    """A publish (its grant cached from the URL) and an unsubscribe sent
+    together: the replies come in that order. The publish waits for Redis,
+    so the server must not read (or answer) the unsubscribe meanwhile."""
+    server = twistd_servers()
+    tag = unique("order")
+    ws = V2Socket(server.port, f"/ws/{tag}?publish-broadcast")
+    try:
+        ops = []
+        for n in range(50):
+            ops += [{"op": "publish", "facility": tag, "audience": "broadcast", "data": "x", "ref": f"p{n}"},
+                    {"op": "unsubscribe", "facility": tag, "audience": "broadcast", "ref": f"u{n}"}]
+        ws.sock.sendall(b"".join(op_frame(op) for op in ops))
+        replies = [ws.read_op() for _ in ops]
+        assert [reply["ref"] for reply in replies] == [op["ref"] for op in ops]
+        assert [reply["op"] for reply in replies[:2]] == ["published", "unsubscribed"]
+    finally:
+        ws.close()

@@ -36,6 +36,11 @@ SUBPROTOCOL = "ws4redis.v2"
 
 Pair = tuple[str, str]  # (facility, audience)
 
+#: How deeply lists and objects may nest in a ``ref``. Each reply encodes it
+#: again, deeper in the stack than where it was parsed: near Python's recursion
+#: limit (about 960 levels) that raised, and the op went unanswered.
+MAX_REF_DEPTH = 32
+
 
 class Refused(Exception):
     """An op answered with an ``error``: its code (as HTTP's) and reason."""
@@ -48,6 +53,20 @@ class Refused(Exception):
 
 def _json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def _nesting(value: Any, limit: int) -> int:
+    """How deeply lists and objects nest in ``value`` (0: a scalar), counted
+    without recursion, up to ``limit`` + 1."""
+    deepest, stack = 0, [(value, 0)]
+    while stack and deepest <= limit:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def message_frame(pair: Pair, message: PubSubMessage) -> bytes:
@@ -154,6 +173,9 @@ class V2Session:
         try:
             op = self._decode(payload, is_binary)
             ref = op.get("ref")
+            if _nesting(ref, MAX_REF_DEPTH) > MAX_REF_DEPTH:
+                ref = None
+                raise Refused(400, f"ref may nest {MAX_REF_DEPTH} levels at most")
             try:
                 _json(ref)
             except ValueError:
@@ -189,6 +211,10 @@ class V2Session:
         facility, name = op.get("facility"), op.get("audience")
         if not isinstance(facility, str) or not self.settings.facility_pattern.fullmatch(facility):
             raise Refused(400, "The facility is not allowed (see WS4REDIS_FACILITY_PATTERN)")
+        try:
+            facility.encode("utf-8")  # JSON's escapes allow lone surrogates, which no channel name can hold
+        except UnicodeEncodeError:
+            raise Refused(400, "The facility is not valid Unicode") from None
         if not isinstance(name, str) or name not in audience.AUDIENCES:
             raise Refused(400, "audience must be 'broadcast', 'group', 'user' or 'session'")
         return facility, name
@@ -309,12 +335,11 @@ class V2Session:
         channels = self._grants.get(pair)
         if channels is not None:
             self._grants.move_to_end(pair)
-            self._publication(channels, payload, ref)
-            return None
+            return self._publication(channels, payload, ref)
 
-        def granted(channels: list[str]) -> None:
+        def granted(channels: list[str]) -> defer.Deferred:
             self._grant(pair, channels)
-            self._publication(channels, payload, ref)
+            return self._publication(channels, payload, ref)
 
         return self._authorized(pair, "publish").addCallback(granted)
 
@@ -342,17 +367,20 @@ class V2Session:
         while len(self._grants) > self.settings.max_subscriptions:
             self._grants.popitem(last=False)
 
-    def _publication(self, channels: list[str], payload: bytes, ref: Any) -> None:
-        """Publish; answer ``published`` with the first channel's id when Redis has."""
+    def _publication(self, channels: list[str], payload: bytes, ref: Any) -> defer.Deferred:
+        """Publish; answer ``published`` with the first channel's id when Redis
+        has. The op waits for that (a cached grant too): an op read meanwhile
+        would be answered first, and a flood of publishes would pile up in
+        Redis' queue unread."""
         d = self.factory.bus.publish(channels, payload, self.settings.expire)
 
         def failed(failure: Failure) -> None:
             log.warn("Websocket {path}: publishing failed: {error}",
                      path=logsafe.text(self.protocol.http_request_uri), error=failure.getErrorMessage())
-            self._error(ref, 503, "Redis did not answer")
+            raise Refused(503, "Redis did not answer")
 
-        d.addCallbacks(lambda ids: self._reply({"op": "published", "ref": ref, "id": ids[0] if ids else None}),
-                       failed)
+        return d.addCallbacks(
+            lambda ids: self._reply({"op": "published", "ref": ref, "id": ids[0] if ids else None}), failed)
 
     # -- end -------------------------------------------------------------------
 
