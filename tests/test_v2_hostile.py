@@ -129,7 +129,6 @@ def test_subscriptions_past_the_cap_get_429_and_no_redis_channel(twistd_servers,
         assert "WS4REDIS_MAX_SUBSCRIPTIONS" in refused[0]["reason"]
         held = channels_of(redis_client, tag)
         assert len(held) == CAP, held
-        print(f"growth {growth:.2f} MiB")
         assert growth < 3, f"server grew by {growth:.1f} MiB"
         # A replacement is not a new subscription; an unsubscribe frees a place.
         first = {"facility": facility(tag, 0), "audience": "broadcast"}
@@ -245,5 +244,47 @@ def test_replies_keep_the_order_of_the_ops(twistd_servers, redis_client):
         replies = [ws.read_op() for _ in ops]
         assert [reply["ref"] for reply in replies] == [op["ref"] for op in ops]
         assert [reply["op"] for reply in replies[:2]] == ["published", "unsubscribed"]
+    finally:
+        ws.close()
+
+
+# -- 4. a recovery replay to a client that does not read ---------------------------------
+
+HISTORY = {**SMALL_CAP, "WS4REDIS_HISTORY_SIZE": 40}
+
+
+def record(redis_client, channel: str, payload: bytes, size: int) -> str:
+    """Publish ``payload`` on ``channel`` as the server does with the history on; its id."""
+    return redis_client.eval(history.PUBLISH_SCRIPT, 2, channel, history.history_key(channel, ""),
+                             *history.publish_args(payload, 0, size, 3600))[1].decode()
+
+
+def test_a_replay_to_a_client_that_does_not_read_is_cut_at_the_cap(twistd_servers, redis_client):
+    """40 recorded messages of 512 KiB (20 MiB) replayed to a client that
+    reads nothing: the server writes what the kernel takes, then refuses the
+    rest past WS4REDIS_MAX_BUFFERED_BYTES (1008) at once, rather than keeping
+    the whole replay for the client (until a ping found it slow). Once it has
+    closed the socket it holds less than 5 MiB more than before (keeping the
+    replay would be 20 MiB, less what the kernel took)."""
+    server = twistd_servers(HISTORY)
+    tag = unique("replay")
+    channel = f"broadcast:{tag}"
+    ids = [record(redis_client, channel, b"%02d" % n + b"r" * (512 * 1024), 40) for n in range(40)]
+    ws = V2Socket(server.port, f"/ws/{tag}", receive_buffer=16 * 1024)
+    before = rss(server)
+    try:
+        ws.send_op({"op": "subscribe", "facility": tag, "audience": "broadcast", "since": ids[0]})
+        line = wait_for_policy_line(server, tag)
+        assert "WS4REDIS_MAX_BUFFERED_BYTES" in line
+        growth = (rss(server) - before) / MIB
+        assert growth < 5, f"the server holds {growth:.1f} MiB more"
+        ws.sock.settimeout(TIMEOUT)
+        frames = []
+        while (frame := ws.read_frame())[0] != 0x8:
+            frames.append(frame)
+        assert json.loads(frames[0][1])["recovered"] is True
+        replayed = [json.loads(payload)["data"][:2] for _, payload in frames[1:]]
+        assert 1 <= len(replayed) < 39, len(replayed)
+        assert replayed == ["%02d" % n for n in range(1, 1 + len(replayed))]
     finally:
         ws.close()

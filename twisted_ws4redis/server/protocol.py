@@ -529,7 +529,7 @@ class WebSocketFactory(WebSocketServerFactory):
         self.sessions: dict[str, set[WebSocketProtocol]] = {}
         #: digest -> reactor time, oldest first, of sessions recently ended
         self._ended: OrderedDict[str, float] = OrderedDict()
-        self.outbox = Outbox(self.reactor)
+        self.outbox = Outbox(self.reactor, settings.max_buffered_bytes)
         self.setProtocolOptions(
             webStatus=False,
             # RFC 6455 only: drafts (version 8) have been dead for a decade.
