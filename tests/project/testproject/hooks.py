@@ -1,4 +1,6 @@
 """Hooks the tests plug in through WS4REDIS_ALLOWED_CHANNELS / _PROCESS_REQUEST."""
+import time
+
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from django.contrib.sessions.backends.db import SessionStore
@@ -40,4 +42,18 @@ def breakable_allowed_channels(request, channels):
     """allowed_channels, that raises (a bug in a hook) with header Break-Hook: YES."""
     if request.META.get("HTTP_BREAK_HOOK") == "YES":
         raise RuntimeError("the hook is broken (test)")
+    return allowed_channels(request, channels)
+
+
+def probing_allowed_channels(request, channels):
+    """allowed_channels, for tests of what a ws4redis.v2 socket keeps: it
+    counts its calls on the handshake's request (one per websocket) and
+    refuses the facility 'hook-calls' with that count; it takes 0.3 s for a
+    facility starting with 'slow-'."""
+    calls = request.META["TEST_HOOK_CALLS"] = request.META.get("TEST_HOOK_CALLS", 0) + 1
+    facility = getattr(request, "facility", "")
+    if facility == "hook-calls":
+        raise PermissionDenied(f"{calls} calls")
+    if facility.startswith("slow-"):
+        time.sleep(0.3)
     return allowed_channels(request, channels)
