@@ -296,6 +296,22 @@ def test_a_replay_to_a_client_that_does_not_read_is_cut_at_the_cap(twistd_server
         ws.close()
 
 
+def test_since_the_greatest_id_recovers_nothing(twistd_servers, redis_client):
+    """``since`` at the greatest id there is (which Redis refuses as the
+    start of a range): recovered, nothing to replay, no 500 and no traceback
+    (a client repeating it would have filled the log)."""
+    server = twistd_servers(HISTORY)
+    tag = unique("greatest")
+    record(redis_client, f"broadcast:{tag}", b"kept", 40)
+    greatest = f"{2**64 - 1}-{2**64 - 1}"
+    with v2_client(server, f"{tag}?publish-broadcast") as ws:
+        reply = ask(ws, {"op": "subscribe", "facility": tag, "audience": "broadcast", "since": greatest})
+        assert reply == {"op": "subscribed", "facility": tag, "audience": "broadcast", "ref": None, "recovered": True}
+        ws.send(json.dumps({"op": "publish", "facility": tag, "audience": "broadcast", "data": "live"}))
+        assert {json.loads(ws.recv(timeout=TIMEOUT))["op"] for _ in range(2)} == {"published", "message"}
+    assert_log_clean(server)
+
+
 # -- 2. an op flood from a client that never reads ---------------------------------------
 
 

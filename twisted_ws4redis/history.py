@@ -84,7 +84,12 @@ for i = 1, #info, 2 do
     deleted = info[i + 1]
   end
 end
-return {deleted, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
+local entries = {}
+-- Nothing follows the greatest id, which Redis refuses as an exclusive start.
+if ARGV[1] ~= '18446744073709551615-18446744073709551615' then
+  entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+end
+return {deleted, entries}
 """
 
 #: KEYS: channel, history stream. Returns {persisted message or nil, the last
