@@ -7,6 +7,7 @@ past the cap, not held whole). Each attack runs against a real server, with a
 raw socket, while its memory or another client's service is measured."""
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import struct
@@ -459,3 +460,40 @@ def test_a_socket_closed_while_its_op_waits_releases_everything(twistd_servers, 
             time.sleep(0.1)
     for ws in sockets:
         ws.close()
+
+
+# -- 6. a payload that looks like the history's envelope ----------------------------------
+
+FORGED = history.ENVELOPE_MAGIC + b"99999999999999999999-0\0forged"
+
+
+def payload_of(message: dict) -> bytes:
+    return base64.b64decode(message["data_b64"]) if "data_b64" in message else message["data"].encode()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"WS4REDIS_HISTORY_SIZE": 5, "WS4REDIS_EXPIRE": 60}],
+                         ids=["live, history off", "persisted, history on"])
+def test_a_payload_that_looks_like_an_envelope_is_delivered_as_sent(twistd_servers, redis_client, overrides):
+    """A client publishes binary data that starts as the history's envelope
+    does, with an id of its choosing: every websocket gets those bytes as
+    sent, with no id (or the real one), live or kept; none gets the forged id
+    or the payload cut after it."""
+    server = twistd_servers(overrides)
+    tag = unique("forged")
+    pair = {"facility": tag, "audience": "broadcast"}
+    with v2_client(server, f"{tag}?subscribe-broadcast&publish-broadcast") as publisher, \
+            connect(server.ws_url(f"{tag}?subscribe-broadcast"), open_timeout=TIMEOUT) as plain:
+        assert json.loads(publisher.recv(timeout=TIMEOUT))["op"] == "subscribed"
+        wait_subscribed(redis_client, f"broadcast:{tag}")
+        publisher.send(json.dumps({"op": "publish", **pair, "data_b64": base64.b64encode(FORGED).decode()}))
+        replies = {reply["op"]: reply for reply in (json.loads(publisher.recv(timeout=TIMEOUT)) for _ in range(2))}
+        real_id = replies["published"]["id"]
+        assert replies["message"]["id"] == real_id  # None with the history off
+        assert payload_of(replies["message"]) == FORGED
+        assert plain.recv(timeout=TIMEOUT) == FORGED.decode()  # valid UTF-8: a text frame
+        if overrides:
+            ask(publisher, {"op": "unsubscribe", **pair})
+            kept = [ask(publisher, {"op": "subscribe", **pair}), json.loads(publisher.recv(timeout=TIMEOUT))]
+            assert kept[1]["id"] == real_id and payload_of(kept[1]) == FORGED
+            with connect(server.ws_url(f"{tag}?subscribe-broadcast"), open_timeout=TIMEOUT) as later:
+                assert later.recv(timeout=TIMEOUT) == FORGED.decode()

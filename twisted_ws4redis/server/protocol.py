@@ -358,7 +358,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     def _send_persisted(self, messages: list[bytes]) -> None:
         for payload in messages:
-            self._send(PubSubMessage(b"", payload))
+            self._send(PubSubMessage(b"", payload, live=False))
 
     def _redis_unavailable(self, failure) -> None:
         log.warn("Websocket {path}: no persisted messages, Redis did not answer: {error}",

@@ -50,9 +50,11 @@ class PubSubMessage:
 
     __slots__ = ("channel", "payload", "id", "is_binary", "_prepared", "_framed")
 
-    def __init__(self, channel: bytes, payload: bytes):
+    def __init__(self, channel: bytes, payload: bytes, *, live: bool = True):
+        """``live``: what the channel carried (maybe an envelope); else a
+        persisted message or a stream entry, the payload itself."""
         self.channel = channel
-        self.id, self.payload = history.unwrap(payload)
+        self.id, self.payload = history.unwrap(payload) if live else (None, payload)
         try:
             self.payload.decode("utf-8")
             self.is_binary = False
@@ -363,7 +365,7 @@ class RedisBus(Service):
                                        [channel, history.history_key(channel, settings.prefix)], args)
                              .addCallback(lambda reply: reply[1].decode("ascii")))
             else:
-                steps = [self._run("publish", channel, message)]
+                steps = [self._run("publish", channel, history.plain(message))]
                 if expire > 0:
                     steps.append(self._run("setex", channel, expire, message))
                 calls.append(defer.gatherResults(steps, consumeErrors=True).addCallback(lambda _: None))
