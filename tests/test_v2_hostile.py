@@ -3,8 +3,10 @@
 from a client that reads nothing (one op at a time, reading paused, closed past
 WS4REDIS_MAX_BUFFERED_BYTES), hostile JSON (an error op, the socket open,
 nothing in the log), a recovery replay to a client that does not read (closed
-past the cap, not held whole). Each attack runs against a real server, with a
-raw socket, while its memory or another client's service is measured."""
+past the cap, not held whole), what a socket keeps (publish grants, replaced
+subscriptions, ops pending when it goes), payloads forged as the history's
+envelope. Each attack runs against a real server, with a raw socket, while its
+memory or another client's service is measured."""
 from __future__ import annotations
 
 import base64
@@ -20,8 +22,7 @@ from websockets.sync.client import connect
 
 from conftest import unique, wait_subscribed
 from test_hostile import RawSocket
-from test_write_path import MIB, NO_FRAME_LIMITS, Flood, final_close_code, flood_until, policy_lines, \
-    wait_for_policy_line
+from test_write_path import MIB, NO_FRAME_LIMITS, Flood, policy_lines, wait_for_policy_line
 from twisted_ws4redis import history
 from twisted_ws4redis.server.v2 import MAX_REF_DEPTH
 
