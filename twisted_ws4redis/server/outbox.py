@@ -102,6 +102,9 @@ class Outbox:
             # A socket closing since then must not send data after its close frame.
             if protocol.state != protocol.STATE_OPEN:
                 continue
+            if len(frames) == 1:  # a broadcast's common case: nothing to join
+                protocol.sendData(frames[0])
+                continue
             for data in joined(frames, self._max_write):
                 protocol.sendData(data)
                 if protocol.state != protocol.STATE_OPEN:
