@@ -26,7 +26,10 @@ The envelope is what the channel carries when the history is on: servers of
 this package unwrap it (plain ws4redis sockets get the bare payload, as
 always); a foreign subscriber (a ws4redis 0.6 server, ``redis-cli
 SUBSCRIBE``) would see it. A foreign publisher's plain ``PUBLISH`` has no
-envelope and is delivered with no id.
+envelope and is delivered with no id. Only what a channel carries is
+unwrapped, never a persisted message or a stream entry; and a message that
+starts as an envelope does is published (history off) in an envelope with no
+id (``plain``): a client's binary data cannot pass for an id.
 """
 from __future__ import annotations
 
@@ -143,13 +146,23 @@ def format_id(message_id: MessageId) -> str:
 def unwrap(payload: bytes) -> tuple[str | None, bytes]:
     """(id, message) of what a channel carried: the id is None for a plain
     ``PUBLISH`` (no envelope, or something that only starts like one: a
-    foreign binary payload), which is delivered whole."""
+    foreign binary payload, delivered whole), or for what ``plain`` wrapped
+    in an envelope with no id."""
     if payload.startswith(ENVELOPE_MAGIC):
         raw_id, nul, message = payload[len(ENVELOPE_MAGIC):].partition(b"\x00")
+        if nul and not raw_id:
+            return None, message
         message_id = raw_id.decode("ascii", "replace")
         if nul and parse_id(message_id) is not None:
             return message_id, message
     return None, payload
+
+
+def plain(message: bytes) -> bytes:
+    """What a ``PUBLISH`` without the history carries for ``message``: the
+    message, or, when it starts as an envelope does, the message in an
+    envelope with no id, so that no receiver takes its first bytes for one."""
+    return ENVELOPE_MAGIC + b"\x00" + message if message.startswith(ENVELOPE_MAGIC) else message
 
 
 def publish_args(message: bytes, expire: int, size: int, ttl: int) -> list:

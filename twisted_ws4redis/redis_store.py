@@ -119,7 +119,7 @@ class RedisStore:
                                      *history.publish_args(message, expire, settings.history_size,
                                                            settings.history_ttl))
             else:
-                pipe.publish(channel, message)
+                pipe.publish(channel, history.plain(message))
                 if expire > 0:
                     # SETEX as ws4redis sends it (redis-py deprecates its setex() wrapper).
                     pipe.execute_command("SETEX", channel, expire, message)

@@ -15,7 +15,10 @@ What the kernel does not take waits in the transport's buffer. A client that
 stops reading would make that buffer grow without bound; past
 WS4REDIS_MAX_BUFFERED_BYTES its connection is closed instead (1008). That
 check is the protocol's (``WebSocketProtocol.sendData``, the one write path
-for every byte to a websocket); the outbox hands its frames to it.
+for every byte to a websocket); the outbox hands its frames to it, joined in
+writes of at most that many bytes (a frame larger than it alone), so that a
+burst (a ws4redis.v2 replay of the history) meets the cap once the client's
+buffers are full, and is not queued whole.
 """
 from __future__ import annotations
 
@@ -61,11 +64,27 @@ def buffered_bytes(transport) -> int:
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
+def joined(frames: list[bytes], most: int) -> list[bytes]:
+    """``frames`` joined in order into writes of at most ``most`` bytes each
+    (a frame larger than that is one write)."""
+    writes, run, size = [], [], 0
+    for frame in frames:
+        if run and size + len(frame) > most:
+            writes.append(b"".join(run))
+            run, size = [], 0
+        run.append(frame)
+        size += len(frame)
+    writes.append(run[0] if len(run) == 1 else b"".join(run))
+    return writes
+
+
 class Outbox:
     """Frames waiting for the end of the reactor turn, per websocket."""
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, max_write: int):
+        """``max_write``: WS4REDIS_MAX_BUFFERED_BYTES, the most bytes joined in one write."""
         self._reactor = reactor
+        self._max_write = max_write
         self._pending: dict = {}
 
     def put(self, protocol, frame: bytes) -> None:
@@ -83,4 +102,10 @@ class Outbox:
             # A socket closing since then must not send data after its close frame.
             if protocol.state != protocol.STATE_OPEN:
                 continue
-            protocol.sendData(frames[0] if len(frames) == 1 else b"".join(frames))
+            if len(frames) == 1:  # a broadcast's common case: nothing to join
+                protocol.sendData(frames[0])
+                continue
+            for data in joined(frames, self._max_write):
+                protocol.sendData(data)
+                if protocol.state != protocol.STATE_OPEN:
+                    break  # closed past the cap: what remains is dropped

@@ -358,7 +358,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     def _send_persisted(self, messages: list[bytes]) -> None:
         for payload in messages:
-            self._send(PubSubMessage(b"", payload))
+            self._send(PubSubMessage(b"", payload, live=False))
 
     def _redis_unavailable(self, failure) -> None:
         log.warn("Websocket {path}: no persisted messages, Redis did not answer: {error}",
@@ -529,7 +529,7 @@ class WebSocketFactory(WebSocketServerFactory):
         self.sessions: dict[str, set[WebSocketProtocol]] = {}
         #: digest -> reactor time, oldest first, of sessions recently ended
         self._ended: OrderedDict[str, float] = OrderedDict()
-        self.outbox = Outbox(self.reactor)
+        self.outbox = Outbox(self.reactor, settings.max_buffered_bytes)
         self.setProtocolOptions(
             webStatus=False,
             # RFC 6455 only: drafts (version 8) have been dead for a decade.

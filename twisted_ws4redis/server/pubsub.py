@@ -51,14 +51,12 @@ class PubSubMessage:
 
     __slots__ = ("channel", "payload", "id", "is_binary", "_prepared", "_framed")
 
-    def __init__(self, channel: bytes, payload: bytes, message_id: str | None = None):
-        """``payload`` as the channel carried it, or a recorded message's
-        payload with its ``message_id``."""
+    def __init__(self, channel: bytes, payload: bytes, *, live: bool = True, message_id: str | None = None):
+        """``live``: what the channel carried (maybe an envelope); else a
+        persisted message or a recorded one (with its ``message_id``), the
+        payload itself."""
         self.channel = channel
-        if message_id is None:
-            self.id, self.payload = history.unwrap(payload)
-        else:
-            self.id, self.payload = message_id, payload
+        self.id, self.payload = history.unwrap(payload) if live else (message_id, payload)
         try:
             self.payload.decode("utf-8")
             self.is_binary = False
@@ -411,7 +409,7 @@ class RedisBus(Service):
                          channel=logsafe.channel(key, get_settings().prefix))
                 return
             for message_id, payload in entries:
-                self._dispatch(key, PubSubMessage(key, payload, message_id))
+                self._dispatch(key, PubSubMessage(key, payload, live=False, message_id=message_id))
             if entries and key in self._listeners:
                 self._replayed.note(key, entries[-1][0])
 
@@ -477,7 +475,7 @@ class RedisBus(Service):
                                        [channel, history.history_key(channel, settings.prefix)], args)
                              .addCallback(lambda reply: reply[1].decode("ascii")))
             else:
-                steps = [self._run("publish", channel, message)]
+                steps = [self._run("publish", channel, history.plain(message))]
                 if expire > 0:
                     steps.append(self._run("setex", channel, expire, message))
                 calls.append(defer.gatherResults(steps, consumeErrors=True).addCallback(lambda _: None))

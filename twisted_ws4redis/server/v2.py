@@ -40,6 +40,11 @@ Pair = tuple[str, str]  # (facility, audience)
 #: What a command meets when Redis is away or slow: our timeout, txredisapi's.
 REDIS_FAILURES = (defer.TimeoutError, defer.CancelledError, txredisapi.TimeoutError, txredisapi.ConnectionError)
 
+#: How deeply lists and objects may nest in a ``ref``. Each reply encodes it
+#: again, deeper in the stack than where it was parsed: near Python's recursion
+#: limit (about 960 levels) that raised, and the op went unanswered.
+MAX_REF_DEPTH = 32
+
 
 class Refused(Exception):
     """An op answered with an ``error``: its code (as HTTP's) and reason."""
@@ -52,6 +57,20 @@ class Refused(Exception):
 
 def _json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def _nesting(value: Any, limit: int) -> int:
+    """How deeply lists and objects nest in ``value`` (0: a scalar), counted
+    without recursion, up to ``limit`` + 1."""
+    deepest, stack = 0, [(value, 0)]
+    while stack and deepest <= limit:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def message_frame(pair: Pair, message: PubSubMessage) -> bytes:
@@ -155,6 +174,9 @@ class V2Session:
         try:
             op = self._decode(payload, is_binary)
             ref = op.get("ref")
+            if _nesting(ref, MAX_REF_DEPTH) > MAX_REF_DEPTH:
+                ref = None
+                raise Refused(400, f"ref may nest {MAX_REF_DEPTH} levels at most")
             try:
                 _json(ref)
             except ValueError:
@@ -190,6 +212,10 @@ class V2Session:
         facility, name = op.get("facility"), op.get("audience")
         if not isinstance(facility, str) or not self.settings.facility_pattern.fullmatch(facility):
             raise Refused(400, "The facility is not allowed (see WS4REDIS_FACILITY_PATTERN)")
+        try:
+            facility.encode("utf-8")  # JSON's escapes allow lone surrogates, which no channel name can hold
+        except UnicodeEncodeError:
+            raise Refused(400, "The facility is not valid Unicode") from None
         if not isinstance(name, str) or name not in audience.AUDIENCES:
             raise Refused(400, "audience must be 'broadcast', 'group', 'user' or 'session'")
         return facility, name
@@ -290,7 +316,7 @@ class V2Session:
         # Persisted messages first (in channel order), then the history by id.
         replay.sort(key=lambda item: (item[0] is not None, item[0] or (0, 0)))
         for order, key, (message_id, payload) in replay:
-            message = PubSubMessage(key, payload, message_id)
+            message = PubSubMessage(key, payload, live=False, message_id=message_id)
             if message_id is not None:
                 subscription.replayed.note(key, message_id)
             self.deliver(subscription, message)
@@ -344,16 +370,19 @@ class V2Session:
             self._grants.popitem(last=False)
 
     def _publication(self, channels: list[str], payload: bytes, ref: Any) -> defer.Deferred:
-        """Publish; answer ``published`` with the first channel's id when Redis has."""
+        """Publish; answer ``published`` with the first channel's id when Redis
+        has. The op waits for that (a cached grant too): an op read meanwhile
+        would be answered first, and a flood of publishes would pile up in
+        Redis' queue unread."""
         d = self.factory.bus.publish(channels, payload, self.settings.expire)
 
         def failed(failure: Failure) -> None:
             log.warn("Websocket {path}: publishing failed: {error}",
                      path=logsafe.text(self.protocol.http_request_uri), error=failure.getErrorMessage())
-            self._error(ref, 503, "Redis did not answer")
+            raise Refused(503, "Redis did not answer")
 
-        return d.addCallbacks(lambda ids: self._reply({"op": "published", "ref": ref,
-                                                       "id": ids[0] if ids else None}), failed)
+        return d.addCallbacks(
+            lambda ids: self._reply({"op": "published", "ref": ref, "id": ids[0] if ids else None}), failed)
 
     # -- end -------------------------------------------------------------------
 

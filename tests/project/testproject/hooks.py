@@ -1,4 +1,6 @@
 """Hooks the tests plug in through WS4REDIS_ALLOWED_CHANNELS / _PROCESS_REQUEST."""
+import time
+
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from django.contrib.sessions.backends.db import SessionStore
@@ -52,4 +54,18 @@ def facility_allowed_channels(request, channels):
         raise PermissionDenied("Facility denied by the test hook")
     if facility.startswith("nouser-"):
         channels = [flag for flag in channels if flag != "subscribe-user"]
+    return allowed_channels(request, channels)
+
+
+def probing_allowed_channels(request, channels):
+    """allowed_channels, for tests of what a ws4redis.v2 socket keeps: it
+    counts its calls on the handshake's request (one per websocket) and
+    refuses the facility 'hook-calls' with that count; it takes 0.3 s for a
+    facility starting with 'slow-'."""
+    calls = request.META["TEST_HOOK_CALLS"] = request.META.get("TEST_HOOK_CALLS", 0) + 1
+    facility = getattr(request, "facility", "")
+    if facility == "hook-calls":
+        raise PermissionDenied(f"{calls} calls")
+    if facility.startswith("slow-"):
+        time.sleep(0.3)
     return allowed_channels(request, channels)
