@@ -15,6 +15,7 @@ from urllib.parse import unquote_to_bytes
 
 from django.apps import apps
 from django.conf import settings as django_settings
+from django.core.exceptions import PermissionDenied
 from django.core.handlers.wsgi import WSGIRequest
 from django.db import close_old_connections
 from twisted.internet import threads
@@ -107,12 +108,23 @@ class Accepted:
     #: digest of the session authenticated with (None: no session), so that
     #: its websockets can be closed when it ends
     session_digest: str | None = None
+    #: ws4redis.v2 only: the URL's allowed flags, each with its channels
+    #: ({"subscribe-broadcast": [...], ...})
+    flags: dict[str, list[str]] = field(default_factory=dict)
 
 
-def authorize(handshake: Handshake, facility: str, settings: Settings, bus: Any) -> Accepted:
+def _flag_channels(request: WSGIRequest, flag: str, settings: Settings, bus: Any) -> list[str]:
+    """The Redis channels of one allowed flag, named by WS4REDIS_SUBSCRIBER."""
+    subscriber = settings.subscriber(bus)
+    subscriber.set_pubsub_channels(request, [flag])
+    return subscriber.subscribed if flag.startswith("subscribe-") else subscriber.publishers
+
+
+def authorize(handshake: Handshake, facility: str, settings: Settings, bus: Any, v2: bool = False) -> Accepted:
     """Everything Django decides about one websocket, in ws4redis' order:
     authenticate, parse the flags, ask WS4REDIS_ALLOWED_CHANNELS, name the
-    Redis channels. ``PermissionDenied`` from a hook refuses the handshake."""
+    Redis channels (for ``v2``, flag by flag). ``PermissionDenied`` from a
+    hook refuses the handshake."""
     request = WSGIRequest(handshake.environ())
     request.facility = facility
     (settings.process_request or process_request)(request)
@@ -122,7 +134,24 @@ def authorize(handshake: Handshake, facility: str, settings: Settings, bus: Any)
     subscriber = settings.subscriber(bus)
     subscriber.set_pubsub_channels(request, flags)
     key = audience.genuine_session_key(getattr(request, "session", None))
-    return Accepted(request, subscriber, echo, audience.session_digest(key) if key else None)
+    accepted = Accepted(request, subscriber, echo, audience.session_digest(key) if key else None)
+    if v2:
+        accepted.flags = {flag: _flag_channels(request, flag, settings, bus) for flag in flags}
+    return accepted
+
+
+def authorize_op(request: WSGIRequest, facility: str, flag: str, settings: Settings, bus: Any) -> list[str]:
+    """A ws4redis.v2 subscribe or publish, decided as the URL's flags are:
+    WS4REDIS_ALLOWED_CHANNELS asked with ``request.facility`` set to
+    ``facility`` and the one flag; the channels it names. A flag the
+    subscriber does not recognise, or that the hook drops, raises
+    ``PermissionDenied``."""
+    if flag not in settings.subscriber.recognised_flags():
+        raise PermissionDenied(f"{flag} is not offered here")
+    request.facility = facility
+    if settings.allowed_channels is not None and flag not in settings.allowed_channels(request, [flag]):
+        raise PermissionDenied(f"{flag} is not allowed for this facility")
+    return _flag_channels(request, flag, settings, bus)
 
 
 def _in_django(function: Callable, *args: Any) -> Any:

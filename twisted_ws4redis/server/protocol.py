@@ -23,7 +23,8 @@ from ..conf import Settings
 from .descriptors import ConnectionBudget
 from ..django_bridge import Accepted, Handshake, authorize, defer_to_django
 from .outbox import Outbox, buffered_bytes, socket_transport, write_now
-from .pubsub import PubSubMessage, RedisBus
+from .pubsub import REDIS_WAIT, PubSubMessage, RedisBus
+from .v2 import SUBPROTOCOL, V2Session
 
 log = Logger()
 
@@ -42,8 +43,6 @@ autobahn_protocol.pformat = _pformat_when_debugging
 
 #: Seconds without any frame to the client after which a heartbeat is sent.
 HEARTBEAT_IDLE = 4.0
-#: Seconds the opening waits for Redis (subscriptions, persisted messages).
-REDIS_WAIT = 5.0
 #: Random bytes in each of the server's pings, which only its answer repeats.
 PING_PAYLOAD_SIZE = 8
 #: Close code of websockets whose session ended (logout): 4000 + HTTP 401, as
@@ -132,17 +131,44 @@ class WebSocketProtocol(WebSocketServerProtocol):
     _sending_close = False
     #: nothing more is read from this client (closed for a policy violation)
     _deaf = False
+    #: the transport's write buffer is full: nothing is read until it drains
+    _write_blocked = False
+    #: the ws4redis.v2 state, when the client asked for that protocol
+    v2: V2Session | None = None
+    #: the client offered ws4redis.v2 (from onConnect)
+    _wants_v2 = False
+    #: ws4redis.v2: the URL's allowed flags and their channels
+    _flags: dict | None = None
 
     # -- the write path and back-pressure --------------------------------------------
 
     def pauseProducing(self) -> None:
         """The transport's write buffer is full: read nothing more from this
         client (no more frames to answer) until the buffer drains."""
-        socket_transport(self.transport).pauseProducing()
+        self._write_blocked = True
+        self.update_reading()
 
     def resumeProducing(self) -> None:
-        if not self._deaf:
-            socket_transport(self.transport).resumeProducing()
+        self._write_blocked = False
+        self.update_reading()
+
+    def update_reading(self) -> None:
+        """Read from the socket unless something says not to: a policy close,
+        a full write buffer, a handshake Django still decides, a ws4redis.v2
+        op waiting."""
+        transport = socket_transport(self.transport)
+        if transport is None:
+            return
+        if self._deaf or self._write_blocked or self._paused_before_101 or (self.v2 is not None and self.v2.busy):
+            transport.pauseProducing()
+        else:
+            transport.resumeProducing()
+
+    def read_on(self) -> None:
+        """A ws4redis.v2 op is done: parse what the client sent meanwhile."""
+        self.update_reading()
+        if self.state == self.STATE_OPEN:
+            self.consumeData()
 
     def stopProducing(self) -> None:
         """The connection is lost; Autobahn's connectionLost cleans up."""
@@ -207,7 +233,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         # cost two more epoll calls each.
         if self._head_taken and self.data and self.state == self.STATE_CONNECTING and not self._paused_before_101:
             self._paused_before_101 = True
-            self.pauseProducing()
+            self.update_reading()
 
     def processHandshake(self):
         # Autobahn parses what follows the head, while Django still decides, as a
@@ -238,8 +264,9 @@ class WebSocketProtocol(WebSocketServerProtocol):
             secure=ISSLTransport.providedBy(self.transport))
         self.facility = facility
         self._head_taken = True
+        self._wants_v2 = SUBPROTOCOL in request.protocols
         d = defer_to_django(self.factory.reactor, self.factory.pool, authorize,
-                            handshake, facility, self.factory.settings, self.factory.bus)
+                            handshake, facility, self.factory.settings, self.factory.bus, self._wants_v2)
         return d.addCallbacks(self._accepted, self._refused)
 
     def _accepted(self, accepted: Accepted):
@@ -256,7 +283,10 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self.echo = accepted.echo
         if self._paused_before_101:
             self._paused_before_101 = False
-            self.resumeProducing()
+            self.update_reading()
+        if self._wants_v2:
+            self._flags = accepted.flags
+            return SUBPROTOCOL
         # ws4redis echoed the whole offer, which clients reject; pick the first.
         return self.websocket_protocols[0] if self.websocket_protocols else None
 
@@ -315,6 +345,11 @@ class WebSocketProtocol(WebSocketServerProtocol):
         if heartbeat is not None:
             self.sendMessage(heartbeat)
             self._heartbeat_call = self.factory.reactor.callLater(HEARTBEAT_IDLE, self._heartbeat_due)
+        if self._wants_v2:
+            self.v2 = V2Session(self)
+            self.v2.open(self.facility, self._flags)
+            self._flags = None
+            return
         d = self.subscriber.subscribe(self._deliver)
         d.addCallback(lambda _: self.subscriber.fetch_persisted_messages())
         d.addTimeout(REDIS_WAIT, self.factory.reactor)
@@ -369,7 +404,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
     # -- from the client -----------------------------------------------------------
 
     def processData(self) -> bool:
-        return not self._deaf and super().processData()
+        return not self._deaf and not (self.v2 is not None and self.v2.busy) and super().processData()
 
     def onFrameBegin(self) -> None:
         """Count every frame (control frames too: a ping flood is a frame
@@ -400,16 +435,24 @@ class WebSocketProtocol(WebSocketServerProtocol):
             # even while other traffic keeps the socket busy.
             self._send_heartbeat()
             return
-        if not payload or not self.subscriber.publishers:
+        if self.v2 is not None:
+            self.v2.received(payload, isBinary)
             return
-        if self._publish_bucket is not None and not self._publish_bucket.take(self.factory.reactor.seconds()):
-            self._close_for_policy("Publishing too fast (WS4REDIS_MAX_PUBLISH_RATE)")
+        if not payload or not self.subscriber.publishers or not self.may_publish():
             return
         self._last_published = payload
         d = self.subscriber.publish_message(payload)
         d.addErrback(lambda failure: log.warn("Websocket {path}: publishing failed: {error}",
                                               path=logsafe.text(self.http_request_uri),
                                               error=failure.getErrorMessage()))
+
+    def may_publish(self) -> bool:
+        """One more publication within WS4REDIS_MAX_PUBLISH_RATE; past it the
+        websocket is closed (1008) and the answer is False."""
+        if self._publish_bucket is not None and not self._publish_bucket.take(self.factory.reactor.seconds()):
+            self._close_for_policy("Publishing too fast (WS4REDIS_MAX_PUBLISH_RATE)")
+            return False
+        return True
 
     def overflowed(self, waiting: int) -> None:
         """The client reads too slowly: ``waiting`` bytes are already queued for it."""
@@ -427,7 +470,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         Nothing more is read from this client (parsing a flood is the very
         cost to stop): the close handshake's timeout drops the connection."""
         self._deaf = True
-        self.pauseProducing()
+        self.update_reading()
         if self.state != self.STATE_OPEN:
             return
         log.warn("WSPOLICY {path} {peer}: {reason}", path=logsafe.text(self.http_request_uri),
@@ -439,6 +482,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
             self._heartbeat_call.cancel()
         if self.subscriber is not None:
             self.subscriber.release()
+        if self.v2 is not None:
+            self.v2.close()
         if self in self.factory.connections:
             self.factory.connections.discard(self)
             same_session = self.factory.sessions.get(self.session_digest)

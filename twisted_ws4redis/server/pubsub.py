@@ -30,7 +30,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .. import logsafe
+from .. import history, logsafe
 from ..conf import get_settings
 from ..redis_address import RedisAddress
 
@@ -39,29 +39,43 @@ log = Logger()
 #: Seconds: first and longest wait between attempts to reconnect to Redis.
 RECONNECT_INITIAL_DELAY = 0.5
 RECONNECT_MAX_DELAY = 5.0
+#: Seconds a websocket waits for Redis (its subscriptions, persisted or recorded messages).
+REDIS_WAIT = 5.0
 
 
 class PubSubMessage:
-    """A message from Redis, as every listener of its channel sees it. The
-    websocket frame is built once, by the first listener that needs it."""
+    """A message from Redis, as every listener of its channel sees it: the
+    history's envelope taken off (``id`` is None without one), each websocket
+    frame built once, by the first listener that needs it."""
 
-    __slots__ = ("channel", "payload", "is_binary", "_prepared")
+    __slots__ = ("channel", "payload", "id", "is_binary", "_prepared", "_framed")
 
     def __init__(self, channel: bytes, payload: bytes):
         self.channel = channel
-        self.payload = payload
+        self.id, self.payload = history.unwrap(payload)
         try:
-            payload.decode("utf-8")
+            self.payload.decode("utf-8")
             self.is_binary = False
         except UnicodeDecodeError:
             # ws4redis sent these as text frames, which browsers reject (1007).
             self.is_binary = True
         self._prepared = None
+        self._framed: dict | None = None
 
     def prepared(self, factory):
         if self._prepared is None:
             self._prepared = factory.prepareMessage(self.payload, self.is_binary)
         return self._prepared
+
+    def framed(self, key, frame: Callable[[], bytes]) -> bytes:
+        """``frame()``, made once per ``key`` for all listeners (a ws4redis.v2
+        ``message`` names its facility and audience)."""
+        if self._framed is None:
+            self._framed = {}
+        made = self._framed.get(key)
+        if made is None:
+            made = self._framed[key] = frame()
+        return made
 
 
 Listener = Callable[[PubSubMessage], None]
@@ -336,12 +350,23 @@ class RedisBus(Service):
 
     def publish(self, channels: Iterable[str], message: bytes, expire: int = 0) -> defer.Deferred:
         """PUBLISH on every channel and, if ``expire`` > 0, keep the message
-        there for that many seconds (pipelined on one connection, in order)."""
+        there for that many seconds (pipelined on one connection, in order);
+        with the history on, through its script (history.py). Fires with each
+        channel's message id (None without history)."""
+        settings = get_settings()
         calls = []
         for channel in channels:
-            calls.append(self._run("publish", channel, message))
-            if expire > 0:
-                calls.append(self._run("setex", channel, expire, message))
+            if settings.history_size:
+                # txredisapi's eval() sends the script once per connection, then its digest.
+                args = history.publish_args(message, expire, settings.history_size, settings.history_ttl)
+                calls.append(self._run("eval", history.PUBLISH_SCRIPT,
+                                       [channel, history.history_key(channel, settings.prefix)], args)
+                             .addCallback(lambda reply: reply[1].decode("ascii")))
+            else:
+                steps = [self._run("publish", channel, message)]
+                if expire > 0:
+                    steps.append(self._run("setex", channel, expire, message))
+                calls.append(defer.gatherResults(steps, consumeErrors=True).addCallback(lambda _: None))
         return defer.gatherResults(calls, consumeErrors=True)
 
     def fetch(self, keys: list[str]) -> defer.Deferred:
@@ -349,3 +374,39 @@ class RedisBus(Service):
         if not keys:
             return defer.succeed([])
         return self._run("mget", keys)
+
+    def recover(self, channel: str, since: str) -> defer.Deferred:
+        """The recorded messages of ``channel`` after ``since``, as [(id,
+        payload)] in order, or None when the history no longer reaches back to
+        ``since`` (history.py)."""
+        settings = get_settings()
+        d = self._run("eval", history.RECOVER_SCRIPT, [history.history_key(channel, settings.prefix)],
+                      [since, settings.history_size])
+
+        def read(reply) -> list[tuple[str, bytes]] | None:
+            if reply is None:
+                return None
+            trimmed, entries = reply
+            if history.parse_id(trimmed.decode("ascii")) > history.parse_id(since):
+                return None
+            return [(entry_id.decode("ascii"), history.entry_payload(fields)) for entry_id, fields in entries]
+
+        return d.addCallback(read)
+
+    def current(self, channel: str) -> defer.Deferred:
+        """``channel``'s persisted message as (id, payload), the id known
+        when it is the history's last entry; None when none is kept."""
+        settings = get_settings()
+        if not settings.history_size:
+            return self.fetch([channel]).addCallback(lambda values: (None, values[0]) if values[0] else None)
+        d = self._run("eval", history.CURRENT_SCRIPT, [channel, history.history_key(channel, settings.prefix)], [])
+
+        def read(reply) -> tuple[str | None, bytes] | None:
+            persisted, last = reply
+            if not persisted:
+                return None
+            if last and history.entry_payload(last[0][1]) == persisted:
+                return last[0][0].decode("ascii"), persisted
+            return None, persisted
+
+        return d.addCallback(read)

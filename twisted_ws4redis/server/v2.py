@@ -1,0 +1,368 @@
+"""The ``ws4redis.v2`` protocol of one websocket: JSON ops, subscriptions
+added and dropped while it runs, and recovery of what a client missed.
+
+A socket's ops are handled one at a time, in order: while one waits (for
+Django on the thread pool, or for Redis) nothing more is read from the socket
+(``busy``), so a client cannot pile up work, and replies never reorder.
+
+A subscription starts by listening (its live messages wait in a backlog),
+then reads what came before from Redis (the history after ``since``, or the
+persisted message), sends that, and then the backlog minus what the history
+already held (by id): no gap, no duplicate.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import PermissionDenied
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .. import audience, history, logsafe
+from ..django_bridge import authorize_op, defer_to_django
+from .pubsub import REDIS_WAIT, PubSubMessage
+
+if TYPE_CHECKING:
+    from .protocol import WebSocketProtocol
+
+log = Logger()
+
+SUBPROTOCOL = "ws4redis.v2"
+
+Pair = tuple[str, str]  # (facility, audience)
+
+
+class Refused(Exception):
+    """An op answered with an ``error``: its code (as HTTP's) and reason."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def message_frame(pair: Pair, message: PubSubMessage) -> bytes:
+    """A ``message`` op's JSON."""
+    op = {"op": "message", "facility": pair[0], "audience": pair[1], "id": message.id}
+    if message.is_binary:
+        op["data_b64"] = base64.b64encode(message.payload).decode("ascii")
+    else:
+        op["data"] = message.payload.decode("utf-8")
+    return _json(op)
+
+
+class Subscription:
+    """One (facility, audience) of a websocket: a listener of its channels."""
+
+    __slots__ = ("session", "pair", "channels", "backlog", "last")
+
+    def __init__(self, session: V2Session, pair: Pair, channels: list[str]):
+        self.session = session
+        self.pair = pair
+        self.channels = channels
+        #: live messages waiting for the recovered ones; None once live
+        self.backlog: list[PubSubMessage] | None = []
+        #: channel -> the greatest id sent from the history (for the backlog)
+        self.last: dict[bytes, history.MessageId] = {}
+
+    def __call__(self, message: PubSubMessage) -> None:
+        if self.backlog is not None:
+            self.backlog.append(message)
+        else:
+            self.session.deliver(self, message)
+
+    def go_live(self) -> None:
+        backlog, self.backlog = self.backlog or [], None
+        for message in backlog:
+            seen = self.last.get(message.channel)
+            if seen is not None and message.id is not None and history.parse_id(message.id) <= seen:
+                continue  # sent from the history already
+            self.session.deliver(self, message)
+
+
+class V2Session:
+    """The ws4redis.v2 state of one websocket."""
+
+    def __init__(self, protocol: WebSocketProtocol):
+        self.protocol = protocol
+        self.factory = protocol.factory
+        self.settings = protocol.factory.settings
+        self.subscriptions: dict[Pair, Subscription] = {}
+        #: publish permissions asked for once per pair, as the URL's flags are
+        #: per socket (most recently used last, at most WS4REDIS_MAX_SUBSCRIPTIONS)
+        self._grants: OrderedDict[Pair, list[str]] = OrderedDict()
+        #: an op is waiting: nothing more is read from the socket
+        self.busy = False
+        self.closed = False
+
+    # -- sending ---------------------------------------------------------------
+
+    def _send(self, frame: bytes) -> None:
+        protocol = self.protocol
+        if protocol.state != protocol.STATE_OPEN:
+            return
+        # Through the outbox, as broadcasts are: replies and messages keep their order.
+        self.factory.outbox.put(protocol, self.factory.prepareMessage(frame, False).payloadHybi)
+        protocol._last_sent = self.factory.reactor.seconds()
+
+    def _reply(self, op: dict) -> None:
+        self._send(_json(op))
+
+    def _error(self, ref: Any, code: int, reason: str) -> None:
+        self._reply({"op": "error", "ref": ref, "code": code, "reason": reason})
+
+    def deliver(self, subscription: Subscription, message: PubSubMessage) -> None:
+        protocol = self.protocol
+        if protocol.state != protocol.STATE_OPEN:
+            return
+        frame = message.framed(subscription.pair, lambda: self.factory.prepareMessage(
+            message_frame(subscription.pair, message), False).payloadHybi)
+        self.factory.outbox.put(protocol, frame)
+        protocol._last_sent = self.factory.reactor.seconds()
+
+    # -- ops -------------------------------------------------------------------
+
+    def open(self, facility: str, flags: dict[str, list[str]]) -> None:
+        """The URL's flags: its publish permissions and subscriptions."""
+        subscribe = []
+        for flag, channels in flags.items():
+            kind, name = flag.split("-", 1)
+            if kind == "publish":
+                self._grant((facility, name), channels)
+            else:
+                subscribe.append(((facility, name), channels))
+        if subscribe:
+            self._wait_for(self._start_all(subscribe), None)
+
+    @defer.inlineCallbacks
+    def _start_all(self, subscribe: list[tuple[Pair, list[str]]]):
+        for pair, channels in subscribe:
+            yield self._start(channels, pair, None, None)
+
+    def received(self, payload: bytes, is_binary: bool) -> None:
+        """One op from the client."""
+        ref = None
+        try:
+            op = self._decode(payload, is_binary)
+            ref = op.get("ref")
+            try:
+                _json(ref)
+            except ValueError:
+                ref = None
+                raise Refused(400, "ref must be a JSON value (no NaN or infinity)") from None
+            name = op.get("op")
+            if name == "subscribe":
+                work = self._subscribe(op, ref)
+            elif name == "publish":
+                work = self._publish(op, ref)
+            elif name == "unsubscribe":
+                work = self._unsubscribe(op, ref)
+            else:
+                raise Refused(400, "op must be 'subscribe', 'unsubscribe' or 'publish'")
+        except Refused as refused:
+            self._error(ref, refused.code, refused.reason)
+            return
+        if work is not None:
+            self._wait_for(work, ref)
+
+    def _decode(self, payload: bytes, is_binary: bool) -> dict:
+        if is_binary:
+            raise Refused(400, "ws4redis.v2 ops are JSON text frames")
+        try:
+            op = json.loads(payload)
+        except (ValueError, RecursionError):
+            raise Refused(400, "Not JSON") from None
+        if not isinstance(op, dict):
+            raise Refused(400, "An op is a JSON object")
+        return op
+
+    def _pair(self, op: dict) -> Pair:
+        facility, name = op.get("facility"), op.get("audience")
+        if not isinstance(facility, str) or not self.settings.facility_pattern.fullmatch(facility):
+            raise Refused(400, "The facility is not allowed (see WS4REDIS_FACILITY_PATTERN)")
+        if not isinstance(name, str) or name not in audience.AUDIENCES:
+            raise Refused(400, "audience must be 'broadcast', 'group', 'user' or 'session'")
+        return facility, name
+
+    def _authorized(self, pair: Pair, kind: str) -> defer.Deferred:
+        """The channels of ``pair`` for ``kind`` ('subscribe', 'publish'), as
+        Django decides on the thread pool."""
+        protocol = self.protocol
+        d = defer_to_django(self.factory.reactor, self.factory.pool, authorize_op, protocol.django_request,
+                            pair[0], f"{kind}-{pair[1]}", self.settings, self.factory.bus)
+
+        def refused(failure: Failure):
+            failure.trap(PermissionDenied)
+            raise Refused(403, str(failure.value) or "Forbidden")
+
+        return d.addErrback(refused)
+
+    def _wait_for(self, work: defer.Deferred, ref: Any) -> None:
+        self.busy = True
+        self.protocol.update_reading()
+
+        def failed(failure: Failure) -> None:
+            if failure.check(Refused):
+                self._error(ref, failure.value.code, failure.value.reason)
+            elif failure.check(defer.TimeoutError, defer.CancelledError):
+                self._error(ref, 503, "Redis did not answer")
+            else:
+                log.failure("A ws4redis.v2 op of {path} failed", failure,
+                            path=logsafe.text(self.protocol.http_request_uri))
+                self._error(ref, 500, "Internal Server Error")
+
+        def done(_) -> None:
+            self.busy = False
+            # Not from inside the frame parser that delivered this op.
+            self.factory.reactor.callLater(0, self.protocol.read_on)
+
+        work.addErrback(failed).addBoth(done)
+
+    def _subscribe(self, op: dict, ref: Any) -> defer.Deferred:
+        pair = self._pair(op)
+        since = op.get("since")
+        if since is not None:
+            parsed = history.parse_id(since)
+            if parsed is None:
+                raise Refused(400, "since must be a message id, such as '1733059200000-0'")
+            since = history.format_id(parsed)
+        limit = self.settings.max_subscriptions
+        if pair not in self.subscriptions and len(self.subscriptions) >= limit:
+            raise Refused(429, f"At most {limit} subscriptions per websocket (WS4REDIS_MAX_SUBSCRIPTIONS)")
+        return self._authorized(pair, "subscribe").addCallback(self._start, pair, since, ref)
+
+    @defer.inlineCallbacks
+    def _start(self, channels: list[str], pair: Pair, since: str | None, ref: Any):
+        if self.closed:
+            return
+        old = self.subscriptions.pop(pair, None)
+        if old is not None:
+            self._release(old)
+        subscription = self.subscriptions[pair] = Subscription(self, pair, channels)
+        bus, reactor = self.factory.bus, self.factory.reactor
+        try:
+            listening = defer.gatherResults([bus.listen(channel, subscription) for channel in channels],
+                                            consumeErrors=True)
+            yield listening.addTimeout(REDIS_WAIT, reactor)
+            recovered = None
+            found = [None] * len(channels)
+            if since is not None and self.settings.history_size:
+                found = yield defer.gatherResults([bus.recover(channel, since) for channel in channels],
+                                                  consumeErrors=True).addTimeout(REDIS_WAIT, reactor)
+                recovered = all(entries is not None for entries in found)
+            elif since is not None:
+                recovered = False
+            # A channel whose history does not reach back: its persisted message.
+            current = yield defer.gatherResults(
+                [bus.current(channel) if entries is None else defer.succeed(None)
+                 for channel, entries in zip(channels, found)],
+                consumeErrors=True).addTimeout(REDIS_WAIT, reactor)
+        except Exception:
+            if self.subscriptions.get(pair) is subscription:
+                del self.subscriptions[pair]
+                self._release(subscription)
+            raise
+        if self.closed or self.subscriptions.get(pair) is not subscription:
+            return
+        reply = {"op": "subscribed", "facility": pair[0], "audience": pair[1], "ref": ref}
+        if since is not None:
+            reply["recovered"] = recovered
+        self._reply(reply)
+        replay = []
+        for channel, entries, kept in zip(channels, found, current):
+            key = channel.encode("utf-8")
+            if kept is not None:
+                replay.append((None, key, kept))
+            for message_id, payload in entries or ():
+                replay.append((history.parse_id(message_id), key, (message_id, payload)))
+        # Persisted messages first (in channel order), then the history by id.
+        replay.sort(key=lambda item: (item[0] is not None, item[0] or (0, 0)))
+        for order, key, (message_id, payload) in replay:
+            message = PubSubMessage(key, payload)
+            message.id = message_id
+            if message_id is not None:
+                subscription.last[key] = history.parse_id(message_id)
+            self.deliver(subscription, message)
+        subscription.go_live()
+
+    def _unsubscribe(self, op: dict, ref: Any) -> None:
+        pair = self._pair(op)
+        subscription = self.subscriptions.pop(pair, None)
+        if subscription is not None:
+            self._release(subscription)
+        self._reply({"op": "unsubscribed", "facility": pair[0], "audience": pair[1], "ref": ref})
+
+    def _publish(self, op: dict, ref: Any) -> defer.Deferred | None:
+        pair = self._pair(op)
+        payload = self._data(op)
+        if not self.protocol.may_publish():
+            return None
+        channels = self._grants.get(pair)
+        if channels is not None:
+            self._grants.move_to_end(pair)
+            self._publication(channels, payload, ref)
+            return None
+
+        def granted(channels: list[str]) -> None:
+            self._grant(pair, channels)
+            self._publication(channels, payload, ref)
+
+        return self._authorized(pair, "publish").addCallback(granted)
+
+    def _data(self, op: dict) -> bytes:
+        if "data_b64" in op:
+            try:
+                payload = base64.b64decode(op["data_b64"], validate=True)
+            except (TypeError, ValueError, binascii.Error):
+                raise Refused(400, "data_b64 must be base64") from None
+        else:
+            data = op.get("data")
+            if not isinstance(data, str):
+                raise Refused(400, "data must be a string (or data_b64, base64)")
+            try:
+                payload = data.encode("utf-8")
+            except UnicodeEncodeError:
+                raise Refused(400, "data is not valid Unicode") from None
+        if not payload:
+            raise Refused(400, "data is empty")
+        return payload
+
+    def _grant(self, pair: Pair, channels: list[str]) -> None:
+        self._grants[pair] = channels
+        self._grants.move_to_end(pair)
+        while len(self._grants) > self.settings.max_subscriptions:
+            self._grants.popitem(last=False)
+
+    def _publication(self, channels: list[str], payload: bytes, ref: Any) -> None:
+        """Publish; answer ``published`` with the first channel's id when Redis has."""
+        d = self.factory.bus.publish(channels, payload, self.settings.expire)
+
+        def failed(failure: Failure) -> None:
+            log.warn("Websocket {path}: publishing failed: {error}",
+                     path=logsafe.text(self.protocol.http_request_uri), error=failure.getErrorMessage())
+            self._error(ref, 503, "Redis did not answer")
+
+        d.addCallbacks(lambda ids: self._reply({"op": "published", "ref": ref, "id": ids[0] if ids else None}),
+                       failed)
+
+    # -- end -------------------------------------------------------------------
+
+    def _release(self, subscription: Subscription) -> None:
+        subscription.backlog = None
+        for channel in subscription.channels:
+            self.factory.bus.unlisten(channel, subscription)
+
+    def close(self) -> None:
+        self.closed = True
+        for subscription in self.subscriptions.values():
+            self._release(subscription)
+        self.subscriptions.clear()
