@@ -4,7 +4,10 @@ the same request, its publisher reaching our websockets, and persisted
 messages read by either side."""
 from __future__ import annotations
 
+import json
+
 import pytest
+from websockets.sync.client import connect
 
 from conftest import django_request, login, open_ws, session_key, unique, wait_subscribed
 
@@ -97,3 +100,38 @@ def test_each_side_fetches_what_the_other_kept(reference, ours):
         reference[1].RedisMessage("kept by ws4redis"), expire=60)
     assert ours[0].RedisPublisher(facility=facility).fetch_message(request, facility, "group") == \
         b"kept by ws4redis"
+
+
+def test_with_history_on_the_reference_publisher_still_reaches_both_wires(reference, twistd_servers, redis_client):
+    """History on: ws4redis' plain PUBLISH (no envelope) reaches a plain socket
+    as it was sent and a ws4redis.v2 socket with no id; what it kept is a v2
+    subscription's first message, with no id either."""
+    server = twistd_servers({"WS4REDIS_HISTORY_SIZE": 10})
+    facility = unique("interop-history")
+    reference[0].RedisPublisher(facility=facility, broadcast=True).publish_message(
+        reference[1].RedisMessage("kept by ws4redis"), expire=60)
+    with open_ws(server, f"{facility}?subscribe-broadcast") as plain, \
+            connect(server.ws_url(""), subprotocols=["ws4redis.v2"], open_timeout=TIMEOUT) as v2:
+        assert plain.recv(timeout=TIMEOUT) == "kept by ws4redis"
+        v2.send(json.dumps({"op": "subscribe", "facility": facility, "audience": "broadcast", "ref": 1}))
+        assert json.loads(v2.recv(timeout=TIMEOUT)) == {
+            "op": "subscribed", "facility": facility, "audience": "broadcast", "ref": 1}
+        assert json.loads(v2.recv(timeout=TIMEOUT)) == {
+            "op": "message", "facility": facility, "audience": "broadcast", "id": None, "data": "kept by ws4redis"}
+        wait_subscribed(redis_client, f"broadcast:{facility}")
+        reference[0].RedisPublisher(facility=facility, broadcast=True).publish_message(
+            reference[1].RedisMessage("live from ws4redis"), expire=0)
+        assert plain.recv(timeout=TIMEOUT) == "live from ws4redis"
+        assert json.loads(v2.recv(timeout=TIMEOUT))["id"] is None
+
+
+def test_with_history_on_ws4redis_fetches_what_we_kept_unwrapped(reference, ours):
+    from django.test import override_settings
+
+    facility = unique("fetch-history")
+    request = django_request("john")
+    with override_settings(WS4REDIS_HISTORY_SIZE=10):
+        ours[0].RedisPublisher(facility=facility, users=["john"]).publish_message(
+            ours[1].RedisMessage("kept by us, recorded"), expire=60)
+    assert reference[0].RedisPublisher(facility=facility).fetch_message(request, facility) == \
+        b"kept by us, recorded"

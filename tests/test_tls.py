@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import warnings
 
@@ -47,6 +48,13 @@ def tls_server(redis_server, test_db, certificate):
     server.port = port
     try:
         wait_for_port(port, process=server.process)
+        # Django's first request in a process imports and connects, which on a
+        # busy machine can outlast a websocket client's opening timeout: warm up.
+        context = ssl.create_default_context(cafile=str(certificate[1]))
+        try:
+            urllib.request.urlopen(f"https://localhost:{port}/", timeout=30, context=context).close()
+        except urllib.error.HTTPError:
+            pass  # an answer all the same
         yield server
     finally:
         server.stop()

@@ -71,20 +71,39 @@ return {redis.call('PUBLISH', KEYS[1], ARGV[5] .. id .. '\\0' .. ARGV[1]), id}
 
 PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT.encode()).hexdigest()
 
-#: KEYS: history stream. ARGV: since (a normalised id), most entries.
-#: Returns nil when there is no stream, else {greatest id trimmed, entries after since}.
+#: KEYS: history stream. ARGV: since (an id), most entries. Returns nil when
+#: there is no stream or ``since`` is later than any id it gave (so not one of
+#: its ids: an older stream's, after the clock went back, or made up), else
+#: {greatest id trimmed, entries after since}.
 RECOVER_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
 end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local deleted = '0-0'
+local fields = {}
 for i = 1, #info, 2 do
-  if info[i] == 'max-deleted-entry-id' then
-    deleted = info[i + 1]
-  end
+  fields[info[i]] = info[i + 1]
 end
-return {deleted, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
+-- Ids compare part by part; a part is a decimal number without leading zeros
+-- once they are stripped, so the longer one is the greater.
+local function parts(id)
+  return {string.match(id, '^0*(%d+)-0*(%d+)$')}
+end
+local function greater(a, b)
+  for i = 1, 2 do
+    if a[i] ~= b[i] then
+      if #a[i] ~= #b[i] then
+        return #a[i] > #b[i]
+      end
+      return a[i] > b[i]
+    end
+  end
+  return false
+end
+if greater(parts(ARGV[1]), parts(fields['last-generated-id'])) then
+  return false
+end
+return {fields['max-deleted-entry-id'], redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
 """
 
 #: KEYS: channel, history stream. Returns {persisted message or nil, the last
@@ -93,7 +112,7 @@ CURRENT_SCRIPT = """
 return {redis.call('GET', KEYS[1]), redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)}
 """
 
-_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
+_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _MAX_PART = 2 ** 64 - 1
 
 #: A message id as compared: (milliseconds, sequence).
@@ -123,13 +142,14 @@ def format_id(message_id: MessageId) -> str:
 
 def unwrap(payload: bytes) -> tuple[str | None, bytes]:
     """(id, message) of what a channel carried: the id is None for a plain
-    ``PUBLISH`` (no envelope)."""
-    if not payload.startswith(ENVELOPE_MAGIC):
-        return None, payload
-    end = payload.find(b"\x00", len(ENVELOPE_MAGIC))
-    if end < 0:
-        return None, payload
-    return payload[len(ENVELOPE_MAGIC):end].decode("ascii", "replace"), payload[end + 1:]
+    ``PUBLISH`` (no envelope, or something that only starts like one: a
+    foreign binary payload), which is delivered whole."""
+    if payload.startswith(ENVELOPE_MAGIC):
+        raw_id, nul, message = payload[len(ENVELOPE_MAGIC):].partition(b"\x00")
+        message_id = raw_id.decode("ascii", "replace")
+        if nul and parse_id(message_id) is not None:
+            return message_id, message
+    return None, payload
 
 
 def publish_args(message: bytes, expire: int, size: int, ttl: int) -> list:

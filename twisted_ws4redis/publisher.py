@@ -13,7 +13,7 @@ import redis
 from . import audience as wire
 from .conf import get_settings, redis_address
 from .redis_address import RedisAddress, aclose_asyncio_client
-from .redis_store import RedisMessage, RedisStore, _receivers, _script_unknown, reaching_redis
+from .redis_store import RedisMessage, RedisStore, publication_rounds, reaching_redis
 
 _clients: dict = {}
 _clients_lock = threading.Lock()
@@ -111,15 +111,16 @@ class RedisPublisher(RedisStore):
         commands, return value and ``RedisUnavailable``."""
         channels = await self._achannels()
         client = await _aconnection()
+        rounds = publication_rounds()
+        send_script = next(rounds)
         with reaching_redis():
-            pipe = client.pipeline(transaction=True)
-            self._queue_publication(pipe, channels, message, expire)
-            replies = await pipe.execute(raise_on_error=False)
-            if _script_unknown(replies):
+            while True:
                 pipe = client.pipeline(transaction=True)
-                self._queue_publication(pipe, channels, message, expire, send_script=True)
-                replies = await pipe.execute(raise_on_error=False)
-            return _receivers(replies)
+                self._queue_publication(pipe, channels, message, expire, send_script)
+                try:
+                    send_script = rounds.send(await pipe.execute(raise_on_error=False))
+                except StopIteration as done:
+                    return done.value
 
     def fetch_message(self, request, facility: str, audience: str = "any") -> bytes | None:
         """The persisted message a websocket of ``request`` would get for ``facility``.

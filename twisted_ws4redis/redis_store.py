@@ -7,7 +7,7 @@ is in ``publisher``); the websockets use the non-blocking clients in
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Generator, Iterator
 
 import redis
 
@@ -26,14 +26,18 @@ def reaching_redis() -> Iterator[None]:
         raise RedisUnavailable(f"Redis is unavailable: {exc}") from exc
 
 
-def _script_unknown(replies: list) -> bool:
-    return any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies)
-
-
-def _receivers(replies: list) -> int:
-    """How many subscribers a publication reached: the sum of PUBLISH's
+def publication_rounds() -> Generator[bool, list, int]:
+    """One publication's round trips, the same for a blocking and an asyncio
+    caller: yields whether to send the history's script itself rather than
+    its digest and is sent the replies of that pipeline. The digest goes
+    first; only when Redis did not know it (a restart, SCRIPT FLUSH: then none
+    of the pipeline's scripts ran) is the publication sent again, with the
+    script. Returns how many subscribers it reached: the sum of PUBLISH's
     counts (SETEX answers True, the history script {count, id}); the first
     error among the replies is raised."""
+    replies = yield False
+    if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
+        replies = yield True
     total = 0
     for reply in replies:
         if isinstance(reply, Exception):
@@ -87,22 +91,23 @@ class RedisStore:
         in each channel's history too (history.py). One round trip. Returns
         how many websockets' servers received it (PUBLISH's count, summed).
         Raises ``RedisUnavailable`` when Redis cannot be reached in time."""
+        rounds = publication_rounds()
+        send_script = next(rounds)
         with reaching_redis():
-            pipe = self._connection.pipeline(transaction=True)
-            self._queue_publication(pipe, self._publishers, message, expire)
-            replies = pipe.execute(raise_on_error=False)
-            if _script_unknown(replies):
+            while True:
                 pipe = self._connection.pipeline(transaction=True)
-                self._queue_publication(pipe, self._publishers, message, expire, send_script=True)
-                replies = pipe.execute(raise_on_error=False)
-            return _receivers(replies)
+                self._queue_publication(pipe, self._publishers, message, expire, send_script)
+                try:
+                    send_script = rounds.send(pipe.execute(raise_on_error=False))
+                except StopIteration as done:
+                    return done.value
 
     def _queue_publication(self, pipe, channels: list[str], message: RedisMessage, expire: int | None,
                            send_script: bool = False) -> None:
         """Queue the commands of one publication on ``pipe`` (a blocking or an
         asyncio redis-py pipeline): per channel PUBLISH (and SETEX), or the
-        history's script, by its digest unless ``send_script`` (Redis did not
-        know it: a restart or SCRIPT FLUSH; none of the digests ran then)."""
+        history's script, by its digest unless ``send_script``
+        (``publication_rounds``)."""
         if not isinstance(message, RedisMessage):
             raise ValueError("message must be a RedisMessage")
         settings = get_settings()

@@ -22,6 +22,7 @@ websocket door then refuses handshakes with 503).
 """
 from __future__ import annotations
 
+import re
 from typing import Callable, Iterable
 
 import txredisapi
@@ -50,9 +51,14 @@ class PubSubMessage:
 
     __slots__ = ("channel", "payload", "id", "is_binary", "_prepared", "_framed")
 
-    def __init__(self, channel: bytes, payload: bytes):
+    def __init__(self, channel: bytes, payload: bytes, message_id: str | None = None):
+        """``payload`` as the channel carried it, or a recorded message's
+        payload with its ``message_id``."""
         self.channel = channel
-        self.id, self.payload = history.unwrap(payload)
+        if message_id is None:
+            self.id, self.payload = history.unwrap(payload)
+        else:
+            self.id, self.payload = message_id, payload
         try:
             self.payload.decode("utf-8")
             self.is_binary = False
@@ -189,6 +195,12 @@ class RedisBus(Service):
         self._watchers: dict[bytes, Watcher] = {}
         self._waiting: dict[bytes, list[defer.Deferred]] = {}
         self._confirmed: set[bytes] = set()
+        #: channel -> id of the last recorded message its listeners got (history on)
+        self._last_ids: dict[bytes, str] = {}
+        #: channel -> where to catch up from, once subscribed again after a lost connection
+        self._resuming: dict[bytes, str] = {}
+        #: channel -> live messages held while it catches up
+        self._held: dict[bytes, list[PubSubMessage]] = {}
         self._subscriber: _SubscriberProtocol | None = None
         self._endpoint = None
         self._unreachable = False  # an outage has been reported and is not over
@@ -212,6 +224,17 @@ class RedisBus(Service):
             _ReportingEndpoint(self._endpoint, lambda failure: self._outage(failure.getErrorMessage())))
         self._commands.startConnecting(self._endpoint)
         log.info("Redis at {address}", address=str(self.address))
+        if get_settings().history_size:
+            self._run("execute_command", "INFO", "server").addCallbacks(self._check_version, lambda _: None)
+
+    def _check_version(self, info: bytes) -> None:
+        """The history's scripts need Redis 7 (XSETID ... MAXDELETEDID): say so
+        at start rather than at every publication."""
+        found = re.search(rb"redis_version:(\d+)([0-9.]*)", info)
+        if found and int(found[1]) < 7:
+            log.error("WS4REDIS_HISTORY_SIZE needs Redis 7.0 or later; {address} runs {version}: publishing "
+                      "with the history on fails there", address=str(self.address),
+                      version=(found[1] + found[2]).decode("ascii"))
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
@@ -290,6 +313,7 @@ class RedisBus(Service):
         if not listeners:
             del self._listeners[key]
             self._confirmed.discard(key)
+            self._last_ids.pop(key, None)
             for waiting in self._waiting.pop(key, ()):
                 waiting.callback(None)
             if self._subscriber is not None and key not in self._watchers:
@@ -299,6 +323,7 @@ class RedisBus(Service):
         self._subscriber = protocol
         protocol.whenDisconnected().addCallback(self._disconnected)
         channels = list(self._watchers) + [key for key in self._listeners if key not in self._watchers]
+        self._resuming = {key: self._last_ids[key] for key in self._listeners if key in self._last_ids}
         if channels:
             protocol.send("SUBSCRIBE", channels)
         else:
@@ -322,6 +347,39 @@ class RedisBus(Service):
         self._confirmed.add(key)
         for waiting in self._waiting.pop(key, ()):
             waiting.callback(None)
+        since = self._resuming.pop(key, None)
+        if since is not None:
+            self._catch_up(key, since)
+
+    def _catch_up(self, key: bytes, since: str) -> None:
+        """Subscribed again after a lost connection: the channel's listeners
+        get what its history recorded meanwhile, then the live messages that
+        came during that read (minus those the history held), in order."""
+        if key in self._held:
+            return  # still catching up from an earlier reconnection
+        self._held[key] = []
+        channel = key.decode("utf-8")
+
+        def replay(entries: list[tuple[str, bytes]] | None) -> history.MessageId | None:
+            if entries is None:
+                log.warn("Messages published on {channel} while the Redis subscriber was away are no longer "
+                         "in its history (WS4REDIS_HISTORY_SIZE, _TTL)",
+                         channel=logsafe.channel(key, get_settings().prefix))
+                return None
+            for message_id, payload in entries:
+                self._dispatch(key, PubSubMessage(key, payload, message_id))
+            return history.parse_id(entries[-1][0]) if entries else history.parse_id(since)
+
+        def failed(failure: Failure) -> None:
+            log.warn("Catching up on {channel} after the Redis subscriber reconnected failed: {error}",
+                     channel=logsafe.channel(key, get_settings().prefix), error=failure.getErrorMessage())
+
+        def release(last: history.MessageId | None) -> None:
+            for message in self._held.pop(key, ()):
+                if last is None or message.id is None or history.parse_id(message.id) > last:
+                    self._dispatch(key, message)
+
+        self.recover(channel, since).addCallbacks(replay, failed).addCallback(release)
 
     def _message(self, channel: bytes, payload: bytes) -> None:
         watcher = self._watchers.get(channel)
@@ -330,10 +388,21 @@ class RedisBus(Service):
                 watcher(payload)
             except Exception:
                 log.failure("The watcher of {channel!r} failed", channel=channel)
+        if channel not in self._listeners:
+            return
+        message = PubSubMessage(channel, payload)
+        held = self._held.get(channel)
+        if held is not None:
+            held.append(message)
+        else:
+            self._dispatch(channel, message)
+
+    def _dispatch(self, channel: bytes, message: PubSubMessage) -> None:
         listeners = self._listeners.get(channel)
         if not listeners:
             return
-        message = PubSubMessage(channel, payload)
+        if message.id is not None:
+            self._last_ids[channel] = message.id
         for listener in list(listeners):
             try:
                 listener(message)

@@ -287,8 +287,7 @@ class V2Session:
         # Persisted messages first (in channel order), then the history by id.
         replay.sort(key=lambda item: (item[0] is not None, item[0] or (0, 0)))
         for order, key, (message_id, payload) in replay:
-            message = PubSubMessage(key, payload)
-            message.id = message_id
+            message = PubSubMessage(key, payload, message_id)
             if message_id is not None:
                 subscription.last[key] = history.parse_id(message_id)
             self.deliver(subscription, message)
