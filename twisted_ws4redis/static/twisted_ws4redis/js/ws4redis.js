@@ -48,11 +48,11 @@
  *                       this client (its ref is unknown)
  *
  * client.subscribe(facility, audience, receive, callbacks) returns a
- * Subscription (facility, audience, last_id, unsubscribe(done)). audience is
+ * subscription: {facility, audience, last_id, unsubscribe(done)}. audience is
  * 'broadcast', 'user', 'group' or 'session' (this socket's own user, groups,
  * session). receive(data, message) gets each message: data is a string, or an
- * ArrayBuffer for a binary one; message is the server's op ({facility,
- * audience, id, ...}). callbacks (all optional):
+ * ArrayBuffer when the payload is not UTF-8 (the server's data_b64); message
+ * is the server's op ({facility, audience, id, ...}). callbacks (all optional):
  *   subscribed(reply)   the server subscribed it (again after each reconnect)
  *   recovered(ok)       after a reconnect: true, the messages missed follow,
  *                       each once, in order; false, they could not be
@@ -61,7 +61,7 @@
  *   error(reply)        refused ({code: 400, 403, 429, 503, 500, reason}):
  *                       the subscription has ended
  * Subscribing again to the same facility and audience replaces the previous
- * Subscription (as the server does). sub.unsubscribe(done) ends it at once
+ * subscription (as the server does). sub.unsubscribe(done) ends it at once
  * (receive is not called again); done(error) is called when the server has
  * answered (at once when not connected).
  *
@@ -284,7 +284,7 @@
     function Client(options) {
         options = options || {};
         var onError = options.error || noop;
-        var subscriptions = {};  // pairKey -> Subscription, in the order subscribed
+        var subscriptions = {};  // pairKey -> Entry, in the order subscribed
         var waiting = {};        // ref -> {reply(reply), lost()}: requests sent, not answered
         var unsent = [];         // publications made while not connected
         var nextRef = 1;
@@ -301,14 +301,14 @@
             link.send(JSON.stringify(op));
         }
 
-        function sendSubscribe(sub, since) {
-            var op = {op: 'subscribe', facility: sub.facility, audience: sub.audience};
+        function sendSubscribe(entry, since) {
+            var op = {op: 'subscribe', facility: entry.facility, audience: entry.audience};
             if (since !== null) {
                 op.since = since;
             }
-            sub.pending = true;
+            entry.pending = true;
             request(op, {
-                reply: function (reply) { sub.answered(reply); },
+                reply: function (reply) { entry.answered(reply); },
                 lost: noop  // sent again at the next open
             });
         }
@@ -335,8 +335,8 @@
             }
             ready = true;
             Object.keys(subscriptions).forEach(function (key) {
-                var sub = subscriptions[key];
-                sendSubscribe(sub, sub.confirmed ? (sub.last_id || '0-0') : null);
+                var entry = subscriptions[key];
+                sendSubscribe(entry, entry.confirmed ? (entry.handle.last_id || '0-0') : null);
             });
             var publications = unsent;
             unsent = [];
@@ -361,11 +361,11 @@
                 return;
             }
             if (reply.op === 'message') {
-                var sub = subscriptions[pairKey(reply.facility, reply.audience)];
+                var entry = subscriptions[pairKey(reply.facility, reply.audience)];
                 // A subscription receives what follows its `subscribed`; before
                 // it, a message is the previous subscription's of that pair.
-                if (sub && !sub.pending) {
-                    sub.receive(reply);
+                if (entry && !entry.pending) {
+                    entry.receive(reply);
                 }
                 return;
             }
@@ -380,22 +380,24 @@
             // A `subscribed` with no ref announces a subscription of the URL.
         }
 
-        function Subscription(facility, audience, receive, callbacks) {
+        // A subscription's state; the page holds its `handle` (facility,
+        // audience, last_id, unsubscribe).
+        function Entry(facility, audience, receive, callbacks) {
             var key = pairKey(facility, audience);
-            var sub = this;
+            var entry = this;
+            var handle = this.handle = {facility: facility, audience: audience, last_id: null};
             this.facility = facility;
             this.audience = audience;
-            this.last_id = null;
-            this.pending = false;
+            this.pending = false;    // subscribe sent, not answered yet
             this.confirmed = false;  // subscribed once: later subscribes recover
 
             function current() {
-                return subscriptions[key] === sub;
+                return subscriptions[key] === entry;
             }
 
             this.receive = function (message) {
                 if (message.id !== null && message.id !== undefined) {
-                    sub.last_id = message.id;
+                    handle.last_id = message.id;
                 }
                 var data = 'data_b64' in message ? fromBase64(message.data_b64) : message.data;
                 receive(data, message);
@@ -410,15 +412,15 @@
                     (callbacks.error || noop)(reply);
                     return;
                 }
-                sub.pending = false;
-                sub.confirmed = true;
+                entry.pending = false;
+                entry.confirmed = true;
                 (callbacks.subscribed || noop)(reply);
                 if (typeof reply.recovered === 'boolean') {
                     (callbacks.recovered || noop)(reply.recovered);
                 }
             };
 
-            this.unsubscribe = function (done) {
+            handle.unsubscribe = function (done) {
                 done = done || noop;
                 if (!current()) {
                     later(done, null);
@@ -437,15 +439,15 @@
         }
 
         this.subscribe = function (facility, audience, receive, callbacks) {
-            var sub = new Subscription(facility, audience, receive || noop, callbacks || {});
+            var entry = new Entry(facility, audience, receive || noop, callbacks || {});
             var key = pairKey(facility, audience);
             // Replaced, or added: either way at the end of the order.
             delete subscriptions[key];
-            subscriptions[key] = sub;
+            subscriptions[key] = entry;
             if (ready) {
-                sendSubscribe(sub, null);
+                sendSubscribe(entry, null);
             }
-            return sub;
+            return entry.handle;
         };
 
         this.publish = function (facility, audience, data, done) {
