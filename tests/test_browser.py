@@ -37,6 +37,8 @@ CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
                   "--disable-dev-shm-usage", "--window-size=1100,760")
 WELCOME = "Hello everybody"
 HEARTBEAT = "--heartbeat--"
+#: What the broadcast chat shows when its client says recovered(false).
+NOT_RECOVERED = "Messages sent while you were away could not all be recovered"
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +148,28 @@ def frames(driver) -> dict[str, list[str]]:
     return seen
 
 
+#: RedisPublisher as the example's own code calls it, in a process of its own
+#: (the server may be down): argv[1] is [Redis port, [[facility, audience, message], ...]].
+PUBLISH_AS_THE_EXAMPLE = """
+import json, sys
+import django
+django.setup()
+from twisted_ws4redis.conf import set_redis_override
+from twisted_ws4redis.publisher import RedisPublisher
+from twisted_ws4redis.redis_address import RedisAddress
+from twisted_ws4redis.redis_store import RedisMessage
+port, items = json.loads(sys.argv[1])
+set_redis_override(RedisAddress(host="127.0.0.1", port=port))
+for facility, audience, message in items:
+    RedisPublisher(facility=facility, **audience).publish_message(RedisMessage(message))
+"""
+
+
+def publish_as_the_example(redis_server, env: dict, items: list[tuple[str, dict, str]]) -> None:
+    subprocess.run([sys.executable, "-c", PUBLISH_AS_THE_EXAMPLE, json.dumps([redis_server.port, items])],
+                   env=env, cwd=EXAMPLE, check=True, timeout=60)
+
+
 def test_landing_page_links_the_three_chats(chat_server, open_browser):
     driver = open_browser()
     driver.get(chat_server.http_url("/"))
@@ -236,16 +260,25 @@ def test_group_chat_reaches_only_members(chat_server, open_browser):
 
 
 def test_page_reconnects_after_a_server_restart_but_not_after_close(redis_server, example_env, open_browser):
+    """The broadcast chat reconnects; when more was published meanwhile than
+    the history keeps, it says so (its client's recovered(false))."""
     server = start_example(redis_server, example_env)
     try:
         driver = open_browser()
         driver.get(server.http_url("/chat/"))
         wait_connected(driver)
+        wait_until(lambda: messages(driver) == [WELCOME], message="the welcome message")
         assert server.stop() == 0, server.log()
         wait_until(lambda: not driver.execute_script("return chatClient.is_connected()"),
                    message="the page to notice the server is gone")
+        # More than the history keeps (WS4REDIS_HISTORY_SIZE = 100): the page says
+        # so and shows the channel's persisted message, the last one.
+        publish_as_the_example(redis_server, example_env,
+                               [("chat", {"broadcast": True}, f"missed {n}") for n in range(1, 102)])
         server = start_example(redis_server, example_env, port=server.port)
         wait_connected(driver, timeout=30)
+        wait_until(lambda: messages(driver)[1:] == [NOT_RECOVERED, "missed 101"],
+                   message="the notice and the persisted message")
         redis = redis_server.client()
         wait_until(lambda: redis.publish("demo:broadcast:chat", "after the restart") > 0,
                    message="the page's channel to be subscribed again")
@@ -331,28 +364,6 @@ def test_client_api(chat_server, open_browser):
 
 
 # -- the ws4redis.v2 client ------------------------------------------------------------
-
-#: RedisPublisher as the example's own code calls it, in a process of its own
-#: (the server may be down): argv[1] is [Redis port, [[facility, audience, message], ...]].
-PUBLISH_AS_THE_EXAMPLE = """
-import json, sys
-import django
-django.setup()
-from twisted_ws4redis.conf import set_redis_override
-from twisted_ws4redis.publisher import RedisPublisher
-from twisted_ws4redis.redis_address import RedisAddress
-from twisted_ws4redis.redis_store import RedisMessage
-port, items = json.loads(sys.argv[1])
-set_redis_override(RedisAddress(host="127.0.0.1", port=port))
-for facility, audience, message in items:
-    RedisPublisher(facility=facility, **audience).publish_message(RedisMessage(message))
-"""
-
-
-def publish_as_the_example(redis_server, env: dict, items: list[tuple[str, dict, str]]) -> None:
-    subprocess.run([sys.executable, "-c", PUBLISH_AS_THE_EXAMPLE, json.dumps([redis_server.port, items])],
-                   env=env, cwd=EXAMPLE, check=True, timeout=60)
-
 
 def page_state(driver) -> dict:
     return driver.execute_script("return window.probe")
