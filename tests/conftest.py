@@ -214,6 +214,16 @@ class TwistdServer:
         return self.process.returncode
 
 
+def warm_up(server: TwistdServer) -> None:
+    """Django's first request in a process imports and connects: made now, so
+    that a test's short deadlines (a 1 s WS4REDIS_HANDSHAKE_TIMEOUT) meet a
+    server as it runs, not as it starts."""
+    try:
+        urllib.request.urlopen(server.http_url("/"), timeout=20).close()
+    except urllib.error.HTTPError:
+        pass  # an answer all the same (--no-wsgi: 404)
+
+
 @pytest.fixture(scope="session")
 def twistd_servers(redis_server, test_db):
     """``get(overrides=None, args=())``: a running server for that configuration,
@@ -225,13 +235,7 @@ def twistd_servers(redis_server, test_db):
         server = servers.get(key)
         if server is None or server.process.poll() is not None:
             server = servers[key] = TwistdServer(redis_server.url, test_db, overrides, args)
-            # Django's first request in a process imports and connects: warm it
-            # up, so that a test's short deadlines (a 1 s WS4REDIS_HANDSHAKE_TIMEOUT)
-            # meet a server as it runs, not as it starts.
-            try:
-                urllib.request.urlopen(server.http_url("/"), timeout=20).close()
-            except urllib.error.HTTPError:
-                pass  # an answer all the same (--no-wsgi: 404)
+            warm_up(server)
         return server
 
     yield get

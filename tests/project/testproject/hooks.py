@@ -41,3 +41,15 @@ def breakable_allowed_channels(request, channels):
     if request.META.get("HTTP_BREAK_HOOK") == "YES":
         raise RuntimeError("the hook is broken (test)")
     return allowed_channels(request, channels)
+
+
+def facility_allowed_channels(request, channels):
+    """allowed_channels, and by ``request.facility`` (what a ws4redis.v2
+    subscribe or publish sets): 'denied-…' raises PermissionDenied,
+    'nouser-…' drops subscribe-user."""
+    facility = getattr(request, "facility", None) or ""
+    if facility.startswith("denied-"):
+        raise PermissionDenied("Facility denied by the test hook")
+    if facility.startswith("nouser-"):
+        channels = [flag for flag in channels if flag != "subscribe-user"]
+    return allowed_channels(request, channels)
