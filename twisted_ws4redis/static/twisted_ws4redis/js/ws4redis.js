@@ -76,9 +76,11 @@
  * Across reconnects every subscription is sent again with `since`, the id of
  * the last message it received (messages without id, from a publisher that
  * keeps no history, do not count), so the server sends what was missed; one
- * that has received no message with an id asks since '0-0' and is told
- * recovered(false) unless the history holds everything. client has the state
- * methods of WS4Redis (get_state(), is_connected(), ...) and close().
+ * that has received no message with an id has no place to recover from: it
+ * asks since '0-0' and is told recovered(false). A socket on which the server
+ * did not select ws4redis.v2 (a server without it) is closed with 4001,
+ * reported to error() and tried again later. client has the state methods of
+ * WS4Redis (get_state(), is_connected(), ...) and close().
  *
  * Both clients reopen a connection that breaks after a random delay that
  * grows exponentially with the failed attempts (capped), so that a restarted
