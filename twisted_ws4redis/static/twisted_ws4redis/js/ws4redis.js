@@ -41,7 +41,8 @@
  *   sub.unsubscribe();
  *   client.close();
  *
- * Options: uri (a URL under WEBSOCKET_URL, usually naming no facility),
+ * Options: uri (WEBSOCKET_URL, naming no facility: messages of the URL's own
+ * subscriptions reach no callback unless the page subscribes to that pair),
  * connecting(), connected(), disconnected(evt), heartbeat_msg,
  * heartbeat_interval, max_reconnect_delay (as above), and
  *   error(reply)        an error of the server that answers no request of
