@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import ROOT, TwistdServer, recording, round_trip, unique, wait_subscribed
+from twisted_ws4redis import history
 
 EXAMPLE = ROOT / "examples" / "chatserver"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -36,6 +37,8 @@ CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
                   "--disable-dev-shm-usage", "--window-size=1100,760")
 WELCOME = "Hello everybody"
 HEARTBEAT = "--heartbeat--"
+#: What the broadcast chat shows when its client says recovered(false).
+NOT_RECOVERED = "Messages sent while you were away could not all be recovered"
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +148,28 @@ def frames(driver) -> dict[str, list[str]]:
     return seen
 
 
+#: RedisPublisher as the example's own code calls it, in a process of its own
+#: (the server may be down): argv[1] is [Redis port, [[facility, audience, message], ...]].
+PUBLISH_AS_THE_EXAMPLE = """
+import json, sys
+import django
+django.setup()
+from twisted_ws4redis.conf import set_redis_override
+from twisted_ws4redis.publisher import RedisPublisher
+from twisted_ws4redis.redis_address import RedisAddress
+from twisted_ws4redis.redis_store import RedisMessage
+port, items = json.loads(sys.argv[1])
+set_redis_override(RedisAddress(host="127.0.0.1", port=port))
+for facility, audience, message in items:
+    RedisPublisher(facility=facility, **audience).publish_message(RedisMessage(message))
+"""
+
+
+def publish_as_the_example(redis_server, env: dict, items: list[tuple[str, dict, str]]) -> None:
+    subprocess.run([sys.executable, "-c", PUBLISH_AS_THE_EXAMPLE, json.dumps([redis_server.port, items])],
+                   env=env, cwd=EXAMPLE, check=True, timeout=60)
+
+
 def test_landing_page_links_the_three_chats(chat_server, open_browser):
     driver = open_browser()
     driver.get(chat_server.http_url("/"))
@@ -235,16 +260,25 @@ def test_group_chat_reaches_only_members(chat_server, open_browser):
 
 
 def test_page_reconnects_after_a_server_restart_but_not_after_close(redis_server, example_env, open_browser):
+    """The broadcast chat reconnects; when more was published meanwhile than
+    the history keeps, it says so (its client's recovered(false))."""
     server = start_example(redis_server, example_env)
     try:
         driver = open_browser()
         driver.get(server.http_url("/chat/"))
         wait_connected(driver)
+        wait_until(lambda: messages(driver) == [WELCOME], message="the welcome message")
         assert server.stop() == 0, server.log()
         wait_until(lambda: not driver.execute_script("return chatClient.is_connected()"),
                    message="the page to notice the server is gone")
+        # More than the history keeps (WS4REDIS_HISTORY_SIZE = 100): the page says
+        # so and shows the channel's persisted message, the last one.
+        publish_as_the_example(redis_server, example_env,
+                               [("chat", {"broadcast": True}, f"missed {n}") for n in range(1, 102)])
         server = start_example(redis_server, example_env, port=server.port)
         wait_connected(driver, timeout=30)
+        wait_until(lambda: messages(driver)[1:] == [NOT_RECOVERED, "missed 101"],
+                   message="the notice and the persisted message")
         redis = redis_server.client()
         wait_until(lambda: redis.publish("demo:broadcast:chat", "after the restart") > 0,
                    message="the page's channel to be subscribed again")
@@ -288,7 +322,7 @@ def test_missed_heartbeats_close_and_reconnect(chat_server, open_browser):
     driver.execute_script("""
         window.probe = {opened: 0, closes: [], received: []};
         window.probeClient = WS4Redis({
-            uri: document.querySelector('section.chat').dataset.wsUri.replace(/\\?.*/, '?subscribe-broadcast'),
+            uri: document.querySelector('section.chat').dataset.wsUri + 'chat?subscribe-broadcast',
             heartbeat_msg: 'never-answered', heartbeat_interval: 0.2, max_reconnect_delay: 0.5,
             connected: () => { probe.opened += 1; },
             disconnected: (evt) => { probe.closes.push(evt.code); },
@@ -313,7 +347,8 @@ def test_client_api(chat_server, open_browser):
         out.withoutNew = client instanceof WS4Redis;
         out.connecting = client.is_connecting();
         import('/static/twisted_ws4redis/js/ws4redis.mjs').then((module) => {
-            out.module = module.default === WS4Redis && module.WS4Redis === WS4Redis;
+            out.module = module.default === WS4Redis && module.WS4Redis === WS4Redis
+                && module.connect === WS4Redis.connect;
             const wait = setInterval(() => {
                 if (!client.is_connected()) return;
                 clearInterval(wait);
@@ -326,6 +361,147 @@ def test_client_api(chat_server, open_browser):
     """)
     assert result == {"error": "No Websocket URI in options", "withoutNew": True, "connecting": True,
                       "module": True, "state": 1, "closing": True}
+
+
+# -- the ws4redis.v2 client ------------------------------------------------------------
+
+def page_state(driver) -> dict:
+    return driver.execute_script("return window.probe")
+
+
+def test_v2_page_gets_what_it_missed_on_each_facility_across_a_server_restart(redis_server, example_env,
+                                                                             open_browser):
+    """The broadcast chat (its own subscription, its own list) and two more
+    subscriptions on its ws4redis.v2 client: messages published while the
+    server is down are shown once each, in order, per facility, after it is
+    back. The group one had seen no message with an id: it is told that
+    nothing could be recovered and gets the channel's persisted message."""
+    # What other tests left on these channels (a persisted message, a history) would come first.
+    for channel in ("demo:user:john:userchat", "demo:group:chatusers:groupchat"):
+        redis_server.client().delete(channel, history.history_key(channel, "demo:"))
+    server = start_example(redis_server, example_env)
+    try:
+        driver = open_browser()
+        sign_in(driver, server, "john", "/chat/")
+        wait_until(lambda: messages(driver) == [WELCOME], message="the chat's welcome")
+        driver.execute_script("""
+            window.probe = {userchat: [], groupchat: [], subscribed: [], recovered: {userchat: [], groupchat: []}};
+            ['userchat', 'groupchat'].forEach(function (facility) {
+                chatClient.subscribe(facility, facility === 'userchat' ? 'user' : 'group', function (data) {
+                    probe[facility].push(data);
+                }, {
+                    subscribed: function () { probe.subscribed.push(facility); },
+                    recovered: function (ok) { probe.recovered[facility].push(ok); }
+                });
+            });
+        """)
+        wait_until(lambda: sorted(page_state(driver)["subscribed"]) == ["groupchat", "userchat"],
+                   message="both subscriptions")
+        john = {"users": ["john"]}
+        publish_as_the_example(redis_server, example_env, [("chat", {"broadcast": True}, "before"),
+                                                           ("userchat", john, "u before")])
+        wait_until(lambda: messages(driver) == [WELCOME, "before"] and page_state(driver)["userchat"] == ["u before"],
+                   message="the messages before the stop")
+
+        assert server.stop() == 0, server.log()
+        wait_until(lambda: not driver.execute_script("return chatClient.is_connected()"),
+                   message="the page to notice the server is gone")
+        missed = []
+        for n in range(1, 4):
+            missed += [("chat", {"broadcast": True}, f"down {n}"), ("userchat", john, f"u down {n}")]
+        missed += [("groupchat", {"groups": ["chatusers"]}, "g down 1"),
+                   ("groupchat", {"groups": ["chatusers"]}, "g down 2")]
+        publish_as_the_example(redis_server, example_env, missed)
+        server = start_example(redis_server, example_env, port=server.port)
+        wait_connected(driver, timeout=45)
+
+        chat = [WELCOME, "before", "down 1", "down 2", "down 3"]
+        userchat = ["u before", "u down 1", "u down 2", "u down 3"]
+        wait_until(lambda: messages(driver)[-1:] == ["down 3"] and page_state(driver)["userchat"][-1:] == ["u down 3"]
+                   and page_state(driver)["groupchat"], message="the last messages published while down")
+        assert messages(driver) == chat
+        assert page_state(driver)["userchat"] == userchat
+        # Live again, after what was recovered, and nothing came twice.
+        publish_as_the_example(redis_server, example_env, [("chat", {"broadcast": True}, "after"),
+                                                           ("userchat", john, "u after")])
+        wait_until(lambda: messages(driver)[-1:] == ["after"] and page_state(driver)["userchat"][-1:] == ["u after"],
+                   message="the messages after the restart")
+        state = page_state(driver)
+        assert messages(driver) == chat + ["after"]
+        assert state["userchat"] == userchat + ["u after"]
+        assert state["groupchat"] == ["g down 2"]
+        assert state["recovered"] == {"userchat": [True], "groupchat": [False]}
+        screenshot(driver, "chat-recovered")
+    finally:
+        server.stop()
+
+
+def test_v2_client_callbacks(chat_server, open_browser):
+    driver = open_browser()
+    driver.get(chat_server.http_url("/chat/"))
+    wait_connected(driver)
+    tag = unique("v2")
+    out = driver.execute_async_script("""
+        const [tag, done] = arguments;
+        const out = {received: [], unmatched: []};
+        const client = WS4Redis.connect({
+            uri: document.querySelector('section.chat').dataset.wsUri, heartbeat_msg: WS4REDIS_HEARTBEAT,
+            error: (reply) => out.unmatched.push(reply),
+        });
+        const publish = (facility, audience, data) => new Promise((resolve) => {
+            client.publish(facility, audience, data, (error, id) => resolve({error, id}));
+        });
+        // Before the socket is open: sent once it is, after the subscription.
+        const early = publish('chat', 'broadcast', tag + ' early');
+        const sub = client.subscribe('chat', 'broadcast', (data, message) => {
+            out.received.push([typeof data === 'string' ? data : Array.from(new Uint8Array(data)), message.id]);
+        }, {
+            subscribed: (reply) => { out.subscribed = reply; },
+            recovered: (ok) => { out.recovered = ok; },
+            error: (reply) => { out.subscribeError = reply; },
+        });
+        (async () => {
+            out.early = await early;
+            out.binary = await publish('chat', 'broadcast', new Uint8Array([0, 1, 2, 255]));
+            // Two at once: each answer reaches its own callback.
+            [out.one, out.two] = await Promise.all([publish('chat', 'broadcast', tag + ' one'),
+                                                    publish('chat', 'broadcast', tag + ' two')]);
+            // A socket's own message and the answer to its publish come in either order.
+            await new Promise((resolve) => {
+                const wait = setInterval(() => {
+                    if (out.received.some(([data]) => data === tag + ' two')) { clearInterval(wait); resolve(); }
+                }, 20);
+            });
+            out.refused = await new Promise((resolve) => {
+                client.subscribe('elsewhere', 'broadcast', () => {}, {error: resolve});
+            });
+            out.notPublished = await publish('userchat', 'user', tag + ' forged');
+            out.unsubscribed = await new Promise((resolve) => sub.unsubscribe(resolve));
+            out.afterUnsubscribe = await publish('chat', 'broadcast', tag + ' unheard');
+            out.sub = {facility: sub.facility, audience: sub.audience, last_id: sub.last_id};
+            client.close();
+            out.afterClose = await publish('chat', 'broadcast', tag + ' never');
+            done(out);
+        })();
+    """, tag)
+    ids = [out[name]["id"] for name in ("early", "binary", "one", "two")]
+    assert all(out[name]["error"] is None for name in ("early", "binary", "one", "two")), out
+    assert all(re.fullmatch(r"\d+-\d+", message_id) for message_id in ids), ids
+    assert ids == sorted(ids, key=lambda message_id: tuple(map(int, message_id.split("-"))))
+    assert len(set(ids)) == 4
+    assert out["subscribed"]["op"] == "subscribed" and isinstance(out["subscribed"]["ref"], int)
+    assert (out["subscribed"]["facility"], out["subscribed"]["audience"]) == ("chat", "broadcast")
+    assert "recovered" not in out["subscribed"] and "recovered" not in out and "subscribeError" not in out
+    # The channel's persisted message first (the welcome), then the four, each with its id.
+    expected = [[f"{tag} early", ids[0]], [[0, 1, 2, 255], ids[1]], [f"{tag} one", ids[2]], [f"{tag} two", ids[3]]]
+    assert out["received"][1:] == expected, out["received"]
+    assert out["refused"]["code"] == 403 and out["notPublished"]["error"]["code"] == 403
+    assert out["notPublished"]["id"] is None
+    assert out["unsubscribed"] is None
+    assert out["afterUnsubscribe"]["error"] is None
+    assert out["sub"] == {"facility": "chat", "audience": "broadcast", "last_id": ids[3]}
+    assert out["afterClose"]["error"]["code"] == 0 and out["afterClose"]["id"] is None
+    assert out["unmatched"] == []
 
 
 def example_login(server: TwistdServer, username: str) -> str:
@@ -356,7 +532,14 @@ def test_the_example_lets_browsers_publish_only_where_a_page_needs_it(chat_serve
             "chat?subscribe-broadcast&publish-broadcast&publish-session&publish-user&subscribe-session"),
             open_timeout=5) as ws:
         ws.send(payload)
-        assert {channel for channel, _ in recorder.until(payload.encode())} == {"demo:broadcast:chat"}
+        # The example keeps a history: the channel carries the payload in an envelope.
+        channels = set()
+        while True:
+            channel, data = recorder.next()
+            channels.add(channel)
+            if history.unwrap(data)[1] == payload.encode():
+                break
+        assert channels == {"demo:broadcast:chat"}
         # Nothing near 1 MiB is kept for an hour: the example's messages are small.
         ws.send("x" * 9000)
         with pytest.raises(ConnectionClosedError):

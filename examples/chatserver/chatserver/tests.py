@@ -4,6 +4,7 @@ import json
 
 from django.contrib.auth.models import User
 from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from twisted_ws4redis.testing import Ws4RedisLiveServerTestCase
 
@@ -28,9 +29,35 @@ class ChatTests(Ws4RedisLiveServerTestCase):
     def test_the_chat_page_greets_every_open_page(self):
         socket = self.connect("chat", "subscribe-broadcast")
         self.assertEqual(self.client.get("/chat/").status_code, 200)
-        self.assertEqual(socket.receive(), WELCOME)
+        # The channel's persisted message may come first (another test's).
+        socket.wait_for(WELCOME)
 
     def test_a_facility_no_page_uses_is_refused(self):
         with self.assertRaises(InvalidStatus) as refused:
             self.connect("elsewhere", "subscribe-broadcast")
         self.assertEqual(refused.exception.response.status_code, 403)
+
+    def test_the_broadcast_chat_subscribes_and_publishes_by_op(self):
+        """The chat page's ws4redis.v2 socket (no facility in its URL): each op
+        is authorized by websocket_access as the URL's flags would be."""
+        with connect(self.live_server.ws_url(""), subprotocols=["ws4redis.v2"], open_timeout=5) as socket:
+            def reply():
+                frame = socket.recv(timeout=5)
+                while frame == "--heartbeat--":
+                    frame = socket.recv(timeout=5)
+                return json.loads(frame)
+
+            socket.send(json.dumps({"op": "subscribe", "facility": "chat", "audience": "broadcast", "ref": 1}))
+            self.assertEqual(reply(), {"op": "subscribed", "facility": "chat", "audience": "broadcast", "ref": 1})
+            socket.send(json.dumps({"op": "publish", "facility": "chat", "audience": "broadcast", "data": "Hi",
+                                    "ref": 2}))
+            # The answer and the socket's own copy of the message, in either order.
+            answers = {answer["op"]: answer for answer in (reply(), reply())}
+            self.assertEqual(answers["message"]["data"], "Hi")
+            self.assertEqual(answers["published"], {"op": "published", "ref": 2, "id": answers["message"]["id"]})
+            for op, facility, audience in (("subscribe", "elsewhere", "broadcast"), ("publish", "userchat", "user"),
+                                           ("subscribe", "chat", "session")):
+                socket.send(json.dumps({"op": op, "facility": facility, "audience": audience, "data": "x",
+                                        "ref": 3}))
+                refused = reply()
+                self.assertEqual((refused["op"], refused["code"], refused["ref"]), ("error", 403, 3), refused)

@@ -1,7 +1,8 @@
 """The three chats of the demo.
 
 The broadcast chat publishes straight from the browser's websocket
-(``publish-broadcast``). The user and group chats send through a Django view
+(``publish-broadcast``, a publish op of ws4redis.v2, whose history lets a page
+that reconnects get what it missed). The user and group chats send through a Django view
 instead, which knows who is writing and publishes with ``RedisPublisher``: the
 sender cannot be forged and only the addressees receive the message. That
 holds because their websockets may not publish at all (websocket_access.py,

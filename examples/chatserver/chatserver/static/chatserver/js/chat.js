@@ -3,6 +3,9 @@
  * The broadcast chat sends through the websocket; the user and group chats
  * POST to their Django view, which publishes (data-send="post"); a page with
  * data-show-sent shows what it sent, as the sender is not among the receivers.
+ * A page with data-facility (the broadcast chat) uses the ws4redis.v2 client:
+ * one subscription, publications answered, and what it missed while its
+ * connection was down sent again when it is back.
  */
 (function () {
     'use strict';
@@ -42,6 +45,10 @@
     // The user and group chats receive {"from", "to", "text"} from their view;
     // the broadcast chat receives whatever a browser sent.
     function receive(data) {
+        if (typeof data !== 'string') {
+            show('(' + data.byteLength + ' bytes of binary data)', '', 'received');
+            return;
+        }
         var message = null;
         try {
             message = JSON.parse(data);
@@ -54,14 +61,38 @@
         }
     }
 
-    var client = WS4Redis({
+    var options = {
         uri: section.dataset.wsUri,
         heartbeat_msg: window.WS4REDIS_HEARTBEAT,
         connecting: function () { setStatus('connecting…', 'connecting'); },
         connected: function () { setStatus('connected', 'connected'); },
         disconnected: function () { setStatus('disconnected, retrying…', 'disconnected'); },
         receive_message: receive
-    });
+    };
+    var client, sendThroughSocket;
+    var facility = section.dataset.facility;
+    if (facility) {
+        client = WS4Redis.connect(options);
+        var audience = section.dataset.audience;
+        client.subscribe(facility, audience, receive, {
+            recovered: function (ok) {
+                if (!ok) {
+                    show('Messages sent while you were away could not all be recovered', '', 'notice');
+                }
+            },
+            error: function (reply) { show('Not subscribed: ' + reply.reason, '', 'error'); }
+        });
+        sendThroughSocket = function (text) {
+            client.publish(facility, audience, text, function (error) {
+                if (error) {
+                    show('Not sent: ' + error.reason, '', 'error');
+                }
+            });
+        };
+    } else {
+        client = WS4Redis(options);
+        sendThroughSocket = client.send_message;
+    }
     // For the console (and the browser tests).
     window.chatClient = client;
 
@@ -89,7 +120,7 @@
             if (section.dataset.send === 'post') {
                 post();
             } else {
-                client.send_message(input.value);
+                sendThroughSocket(input.value);
             }
             input.value = '';
             input.focus();
