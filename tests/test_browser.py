@@ -378,7 +378,7 @@ def test_v2_page_gets_what_it_missed_on_each_facility_across_a_server_restart(re
     nothing could be recovered and gets the channel's persisted message."""
     # What other tests left on these channels (a persisted message, a history) would come first.
     for channel in ("demo:user:john:userchat", "demo:group:chatusers:groupchat"):
-        redis_server.client().delete(channel, history.history_key(channel, "demo:"))
+        redis_server.client().delete(*history.publish_keys(channel, "demo:"))
     server = start_example(redis_server, example_env)
     try:
         driver = open_browser()

@@ -17,7 +17,7 @@ HISTORY = {"WS4REDIS_HISTORY_SIZE": 50}
 
 def publish_recorded(client, channel: str, payload: bytes) -> None:
     """What RedisPublisher does with the history on: the history's script."""
-    client.eval(history.PUBLISH_SCRIPT, 2, channel, history.history_key(channel, ""),
+    client.eval(history.PUBLISH_SCRIPT, 3, *history.publish_keys(channel, ""),
                 *history.publish_args(payload, 0, 50, 3600))
 
 

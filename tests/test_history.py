@@ -97,10 +97,10 @@ def test_the_history_keeps_the_last_size_messages_and_marks_the_trimmed(api, red
     key = history.history_key(channel, "")
     entries = redis_client.xrange(key)
     assert [fields[b"m"] for _, fields in entries] == [b"m4", b"m5", b"m6"]
-    info = redis_client.xinfo_stream(key)
-    assert info["entries-added"] == 7
-    trimmed = info["max-deleted-entry-id"].decode()
+    assert redis_client.xinfo_stream(key)["entries-added"] == 7
+    trimmed = redis_client.get(history.trimmed_key(channel, "")).decode()
     assert ordered([trimmed, entries[0][0].decode()])
+    assert 0 < redis_client.ttl(history.trimmed_key(channel, "")) <= 3600, "kept as long as the stream"
     assert redis_client.exists(channel) == 0, "expire 0 keeps no persisted message"
     assert 0 < redis_client.ttl(key) <= 3600, "WS4REDIS_HISTORY_TTL's default"
 
@@ -159,7 +159,7 @@ def test_with_the_history_off_the_commands_are_publish_and_setex(api, redis_clie
     assert commands == ["MULTI", f"PUBLISH {channel} plain", f"SETEX {channel} 60 plain", "EXEC"]
     assert received(listener, 1) == [(channel.encode(), b"plain")]
     listener.close()
-    assert redis_client.keys("*ws4redis:history:*") == []
+    assert redis_client.keys("*ws4redis:*") == []
 
 
 # The scripts, directly ------------------------------------------------------------
@@ -168,7 +168,7 @@ def record(client: redis.Redis, channel: str, payloads, size: int, expire: int =
     """Publish through PUBLISH_SCRIPT as every publisher does; the ids."""
     ids = []
     for payload in payloads:
-        _, entry_id = client.evalsha(history.PUBLISH_SHA, 2, channel, history.history_key(channel, ""),
+        _, entry_id = client.evalsha(history.PUBLISH_SHA, 3, *history.publish_keys(channel, ""),
                                      *history.publish_args(payload, expire, size, 60))
         ids.append(entry_id.decode())
     return ids
@@ -177,7 +177,7 @@ def record(client: redis.Redis, channel: str, payloads, size: int, expire: int =
 def recover(client: redis.Redis, channel: str, since: str, size: int):
     """(recoverable, ids after since) as the server reads RECOVER_SCRIPT's reply;
     None when the script finds no stream reaching ``since``."""
-    reply = client.eval(history.RECOVER_SCRIPT, 1, history.history_key(channel, ""), since, size)
+    reply = client.eval(history.RECOVER_SCRIPT, 2, *history.recover_keys(channel, ""), since, size)
     if reply is None:
         return None
     trimmed, entries = reply

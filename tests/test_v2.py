@@ -623,7 +623,7 @@ def test_publications_during_the_replay_are_neither_lost_nor_doubled(twistd_serv
             for first in range(1, total + 1, batch):
                 pipe = publisher.pipeline(transaction=False)
                 for n in range(first, first + batch):
-                    pipe.evalsha(sha, 2, channel, history.history_key(channel, ""),
+                    pipe.evalsha(sha, 3, *history.publish_keys(channel, ""),
                                  *history.publish_args(str(n).encode(), HISTORY["WS4REDIS_EXPIRE"],
                                                        HISTORY["WS4REDIS_HISTORY_SIZE"], 3600))
                 ids.extend(reply[1].decode() for reply in pipe.execute())

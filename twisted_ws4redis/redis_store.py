@@ -115,7 +115,7 @@ class RedisStore:
         for channel in channels:
             if settings.history_size:
                 script = ("EVAL", history.PUBLISH_SCRIPT) if send_script else ("EVALSHA", history.PUBLISH_SHA)
-                pipe.execute_command(*script, 2, channel, history.history_key(channel, settings.prefix),
+                pipe.execute_command(*script, 3, *history.publish_keys(channel, settings.prefix),
                                      *history.publish_args(message, expire, settings.history_size,
                                                            settings.history_ttl))
             else:

@@ -269,13 +269,13 @@ class RedisBus(Service):
             self._run("execute_command", "INFO", "server").addCallbacks(self._check_version, lambda _: None)
 
     def _check_version(self, info: bytes) -> None:
-        """The history's scripts need Redis 7 (XSETID ... MAXDELETEDID): say so
-        at start rather than at every publication."""
-        found = re.search(rb"redis_version:(\d+)([0-9.]*)", info)
-        if found and int(found[1]) < 7:
-            log.error("WS4REDIS_HISTORY_SIZE needs Redis 7.0 or later; {address} runs {version}: publishing "
-                      "with the history on fails there", address=str(self.address),
-                      version=(found[1] + found[2]).decode("ascii"))
+        """The history's scripts need Redis 6.2 (an exclusive XRANGE): say so at
+        start rather than at every recovery."""
+        found = re.search(rb"redis_version:(\d+)\.(\d+)([0-9.]*)", info)
+        if found and (int(found[1]), int(found[2])) < (6, 2):
+            log.error("WS4REDIS_HISTORY_SIZE needs Redis 6.2 or later; {address} runs {version}: recovering "
+                      "from the history fails there", address=str(self.address),
+                      version=b".".join(found.groups()[:2]).decode("ascii") + found[3].decode("ascii"))
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
@@ -471,8 +471,8 @@ class RedisBus(Service):
             if settings.history_size:
                 # txredisapi's eval() sends the script once per connection, then its digest.
                 args = history.publish_args(message, expire, settings.history_size, settings.history_ttl)
-                calls.append(self._run("eval", history.PUBLISH_SCRIPT,
-                                       [channel, history.history_key(channel, settings.prefix)], args)
+                calls.append(self._run("eval", history.PUBLISH_SCRIPT, history.publish_keys(channel, settings.prefix),
+                                       args)
                              .addCallback(lambda reply: reply[1].decode("ascii")))
             else:
                 steps = [self._run("publish", channel, history.plain(message))]
@@ -492,7 +492,7 @@ class RedisBus(Service):
         payload)] in order, or None when the history no longer reaches back to
         ``since`` (history.py)."""
         settings = get_settings()
-        d = self._run("eval", history.RECOVER_SCRIPT, [history.history_key(channel, settings.prefix)],
+        d = self._run("eval", history.RECOVER_SCRIPT, history.recover_keys(channel, settings.prefix),
                       [since, settings.history_size])
 
         def read(reply) -> list[tuple[str, bytes]] | None:

@@ -74,7 +74,7 @@ WS4REDIS_HEARTBEAT = "--heartbeat--"
 WS4REDIS_CONNECTION = {"host": "localhost", "port": 6379, "db": 0}
 # Least privilege: browsers publish only where a page needs it (the broadcast chat).
 WS4REDIS_ALLOWED_CHANNELS = "chatserver.websocket_access.allowed_channels"
-# History (needs Redis >= 7.0): the broadcast chat's page (ws4redis.v2) gets back
+# History (needs Redis >= 6.2): the broadcast chat's page (ws4redis.v2) gets back
 # what it missed while its connection was down, a server restart included.
 WS4REDIS_HISTORY_SIZE = 100
 # The chat's form takes 2,000 characters (at most 8,000 bytes of UTF-8): no need for 1 MiB.
