@@ -339,7 +339,9 @@ class V2Session:
             self._grants.move_to_end(pair)
             return self._publication(channels, payload, ref)
 
-        def granted(channels: list[str]) -> defer.Deferred:
+        def granted(channels: list[str]) -> defer.Deferred | None:
+            if self.closed:
+                return None  # gone while Django decided: nobody asked for it any more
             self._grant(pair, channels)
             return self._publication(channels, payload, ref)
 
