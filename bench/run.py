@@ -97,7 +97,8 @@ def one_run(env: dict, size: int, args) -> list[dict]:
         common = ["taskset", "-c", "1", sys.executable, str(ROOT / "bench" / "wsload.py"),
                   f"--url=ws://127.0.0.1:{port}/ws/", f"--redis=redis://127.0.0.1:{redis_server.port}/0",
                   "--prefix=demo", f"--server-pid={server.pid}", f"-n={size}",
-                  f"--login-url=http://127.0.0.1:{port}/accounts/login/", f"--churn-seconds={args.churn_seconds}"]
+                  f"--login-url=http://127.0.0.1:{port}/accounts/login/", f"--churn-seconds={args.churn_seconds}",
+                  f"--protocol={args.protocol}"]
         results = []
         for scenarios, extra in ((args.scenarios, []), ("fanout", ["--messages=50", "--interval=0.02"])):
             output = subprocess.run(common + [f"--scenarios={scenarios}", *extra], check=True,
@@ -145,6 +146,8 @@ def main() -> None:
     parser.add_argument("--scenarios", default="connect,fanout,chat,churn,session")
     parser.add_argument("--churn-seconds", type=float, default=10)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
+    parser.add_argument("--protocol", choices=("ws4redis", "v2"), default="ws4redis",
+                        help="the wire the load generator's sockets speak")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=JSON",
                         help="a Django setting for the server, e.g. WS4REDIS_AUTO_PING_INTERVAL=null (repeatable)")
     args = parser.parse_args()

@@ -27,6 +27,8 @@ from http.cookiejar import CookieJar
 import redis
 
 PAYLOAD_SIZE = 100
+#: The websocket subprotocol every client offers (``--protocol v2``: ws4redis.v2), or None.
+SUBPROTOCOL: str | None = None
 
 
 # -- a minimal websocket client ---------------------------------------------------------
@@ -51,6 +53,8 @@ class Client(asyncio.Protocol):
                  f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
         if self.cookie:
             lines.append(f"Cookie: {self.cookie}")
+        if SUBPROTOCOL:
+            lines.append(f"Sec-WebSocket-Protocol: {SUBPROTOCOL}")
         transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
 
     def data_received(self, data: bytes):
@@ -195,7 +199,13 @@ def stamp(sequence: int) -> bytes:
 
 def unstamp(payload: bytes) -> tuple[int, int] | None:
     """(sequence, send time) of one of our messages; None for anything else
-    (heartbeats, persisted welcome messages)."""
+    (heartbeats, persisted welcome messages, ws4redis.v2 replies). A
+    ws4redis.v2 ``message`` op is taken apart for its data."""
+    if payload[:1] == b"{":
+        op = json.loads(payload)
+        if op.get("op") != "message" or "data" not in op:
+            return None
+        payload = op["data"].encode()
     parts = payload.split(b":", 2)
     if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit():
         return int(parts[0]), int(parts[1])
@@ -427,6 +437,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefix", default="", help="the server's WS4REDIS_PREFIX")
     parser.add_argument("--server-pid", type=int, help="server process, for its RSS")
     parser.add_argument("--scenarios", default="connect,fanout,chat,churn,session")
+    parser.add_argument("--protocol", choices=("ws4redis", "v2"), default="ws4redis",
+                        help="the wire every socket speaks: ws4redis, or ws4redis.v2 (JSON ops)")
     parser.add_argument("-n", type=int, default=1000, help="connections (connect, fanout, session)")
     parser.add_argument("--messages", type=int, default=100, help="fanout: messages published")
     parser.add_argument("--interval", type=float, default=0,
@@ -440,6 +452,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--username", default="john")
     parser.add_argument("--password", default="secret")
     args = parser.parse_args(argv)
+    global SUBPROTOCOL
+    SUBPROTOCOL = "ws4redis.v2" if args.protocol == "v2" else None
     try:
         import uvloop
     except ImportError:
