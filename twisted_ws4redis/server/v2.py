@@ -126,28 +126,24 @@ class V2Session:
 
     # -- sending ---------------------------------------------------------------
 
-    def _send(self, frame: bytes) -> None:
+    def _put(self, frame: bytes) -> None:
+        """A websocket frame, through the outbox as broadcasts go: replies and
+        messages keep their order."""
         protocol = self.protocol
-        if protocol.state != protocol.STATE_OPEN:
-            return
-        # Through the outbox, as broadcasts are: replies and messages keep their order.
-        self.factory.outbox.put(protocol, self.factory.prepareMessage(frame, False).payloadHybi)
-        protocol._last_sent = self.factory.reactor.seconds()
+        if protocol.state == protocol.STATE_OPEN:
+            self.factory.outbox.put(protocol, frame)
+            protocol._last_sent = self.factory.reactor.seconds()
 
     def _reply(self, op: dict) -> None:
-        self._send(_json(op))
+        self._put(self.factory.prepareMessage(_json(op), False).payloadHybi)
 
     def _error(self, ref: Any, code: int, reason: str) -> None:
         self._reply({"op": "error", "ref": ref, "code": code, "reason": reason})
 
     def deliver(self, subscription: Subscription, message: PubSubMessage) -> None:
-        protocol = self.protocol
-        if protocol.state != protocol.STATE_OPEN:
-            return
-        frame = message.framed(subscription.pair, lambda: self.factory.prepareMessage(
-            message_frame(subscription.pair, message), False).payloadHybi)
-        self.factory.outbox.put(protocol, frame)
-        protocol._last_sent = self.factory.reactor.seconds()
+        if self.protocol.state == self.protocol.STATE_OPEN:
+            self._put(message.framed(subscription.pair, lambda: self.factory.prepareMessage(
+                message_frame(subscription.pair, message), False).payloadHybi))
 
     # -- ops -------------------------------------------------------------------
 
