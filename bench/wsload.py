@@ -202,10 +202,12 @@ def unstamp(payload: bytes) -> tuple[int, int] | None:
     (heartbeats, persisted welcome messages, ws4redis.v2 replies). A
     ws4redis.v2 ``message`` op is taken apart for its data."""
     if payload[:1] == b"{":
-        op = json.loads(payload)
-        if op.get("op") != "message" or "data" not in op:
+        # Not json.loads (~3 µs): a stamp has no quote or escape, so its text
+        # is between '"data":"' and the next quote.
+        start = payload.find(b'"data":"')
+        if not payload.startswith(b'{"op":"message"') or start < 0:
             return None
-        payload = op["data"].encode()
+        payload = payload[start + 8:payload.index(b'"', start + 8)]
     parts = payload.split(b":", 2)
     if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit():
         return int(parts[0]), int(parts[1])
