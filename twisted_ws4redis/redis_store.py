@@ -112,12 +112,11 @@ class RedisStore:
             raise ValueError("message must be a RedisMessage")
         settings = get_settings()
         expire = self._expire if expire is None else expire
+        script = ("EVAL", history.PUBLISH_SCRIPT) if send_script else ("EVALSHA", history.PUBLISH_SHA)
+        args = history.publish_args(message, expire, settings.history_size, settings.history_ttl)
         for channel in channels:
             if settings.history_size:
-                script = ("EVAL", history.PUBLISH_SCRIPT) if send_script else ("EVALSHA", history.PUBLISH_SHA)
-                pipe.execute_command(*script, 3, *history.publish_keys(channel, settings.prefix),
-                                     *history.publish_args(message, expire, settings.history_size,
-                                                           settings.history_ttl))
+                pipe.execute_command(*script, 3, *history.publish_keys(channel, settings.prefix), *args)
             else:
                 pipe.publish(channel, history.plain(message))
                 if expire > 0:

@@ -159,10 +159,15 @@ class WebSocketProtocol(WebSocketServerProtocol):
         transport = socket_transport(self.transport)
         if transport is None:
             return
-        if self._deaf or self._write_blocked or self._paused_before_101 or (self.v2 is not None and self.v2.busy):
+        if self._deaf or self._write_blocked or self._paused_before_101 or self._op_waiting:
             transport.pauseProducing()
         else:
             transport.resumeProducing()
+
+    @property
+    def _op_waiting(self) -> bool:
+        """A ws4redis.v2 op waits (Django, Redis): what the client sends next waits too."""
+        return self.v2 is not None and self.v2.busy
 
     def read_on(self) -> None:
         """A ws4redis.v2 op is done: parse what the client sent meanwhile."""
@@ -404,7 +409,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
     # -- from the client -----------------------------------------------------------
 
     def processData(self) -> bool:
-        return not self._deaf and not (self.v2 is not None and self.v2.busy) and super().processData()
+        return not self._deaf and not self._op_waiting and super().processData()
 
     def onFrameBegin(self) -> None:
         """Count every frame (control frames too: a ping flood is a frame

@@ -82,35 +82,27 @@ class PubSubMessage:
         return made
 
 
-class Replayed:
+class Replayed(dict):
     """Per channel, the last id that a replay from the history delivered.
     Messages recorded before the replay's read may still be on their way on
     the subscriber connection after it, so a live message up to that id was
     delivered already; the channel's first newer one ends the check (Redis
-    delivers a channel's messages in order)."""
+    delivers a channel's messages in order). A dict, so that the check every
+    delivery makes first, whether there is anything to check, costs no call."""
 
-    __slots__ = ("_last",)
+    __slots__ = ()
 
-    def __init__(self):
-        self._last: dict[bytes, history.MessageId] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self._last)
-
-    def note(self, channel: bytes, message_id: str) -> None:
-        self._last[channel] = history.parse_id(message_id)
+    def note(self, channel: bytes, message_id: history.MessageId) -> None:
+        self[channel] = message_id
 
     def delivered(self, message: PubSubMessage) -> bool:
-        last = self._last.get(message.channel)
+        last = self.get(message.channel)
         if last is None or message.id is None:
             return False
         if history.parse_id(message.id) <= last:
             return True
-        del self._last[message.channel]
+        del self[message.channel]
         return False
-
-    def forget(self, channel: bytes) -> None:
-        self._last.pop(channel, None)
 
 
 Listener = Callable[[PubSubMessage], None]
@@ -355,7 +347,7 @@ class RedisBus(Service):
             del self._listeners[key]
             self._confirmed.discard(key)
             self._last_ids.pop(key, None)
-            self._replayed.forget(key)
+            self._replayed.pop(key, None)
             for waiting in self._waiting.pop(key, ()):
                 waiting.callback(None)
             if self._subscriber is not None and key not in self._watchers:
@@ -411,7 +403,7 @@ class RedisBus(Service):
             for message_id, payload in entries:
                 self._dispatch(key, PubSubMessage(key, payload, live=False, message_id=message_id))
             if entries and key in self._listeners:
-                self._replayed.note(key, entries[-1][0])
+                self._replayed.note(key, history.parse_id(entries[-1][0]))
 
         def failed(failure: Failure) -> None:
             log.warn("Catching up on {channel} after the Redis subscriber reconnected failed: {error}",
@@ -466,11 +458,11 @@ class RedisBus(Service):
         with the history on, through its script (history.py). Fires with each
         channel's message id (None without history)."""
         settings = get_settings()
+        args = history.publish_args(message, expire, settings.history_size, settings.history_ttl)
         calls = []
         for channel in channels:
             if settings.history_size:
                 # txredisapi's eval() sends the script once per connection, then its digest.
-                args = history.publish_args(message, expire, settings.history_size, settings.history_ttl)
                 calls.append(self._run("eval", history.PUBLISH_SCRIPT, history.publish_keys(channel, settings.prefix),
                                        args)
                              .addCallback(lambda reply: reply[1].decode("ascii")))

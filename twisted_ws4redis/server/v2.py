@@ -311,11 +311,10 @@ class V2Session:
                 replay.append((history.parse_id(message_id), key, (message_id, payload)))
         # Persisted messages first (in channel order), then the history by id.
         replay.sort(key=lambda item: (item[0] is not None, item[0] or (0, 0)))
-        for order, key, (message_id, payload) in replay:
-            message = PubSubMessage(key, payload, live=False, message_id=message_id)
-            if message_id is not None:
-                subscription.replayed.note(key, message_id)
-            self.deliver(subscription, message)
+        for parsed, key, (message_id, payload) in replay:
+            if parsed is not None:
+                subscription.replayed.note(key, parsed)
+            self.deliver(subscription, PubSubMessage(key, payload, live=False, message_id=message_id))
         subscription.go_live()
 
     def _unsubscribe(self, op: dict, ref: Any) -> None:
