@@ -2,10 +2,11 @@
 
 ``PublishableModel`` (an abstract model declaring where and what to publish in
 class attributes or methods) and ``publish_model`` (the same options for a model
-you cannot change) both register a ``Publication``: one pair of ``post_save`` /
-``post_delete`` receivers serves every registered model. A receiver builds the
+you cannot change) both register a ``Publication``: the same receivers serve
+every registered model. ``pre_save`` / ``pre_delete`` refuse a mis-declared
+model before the row is written; ``post_save`` / ``post_delete`` build the
 message while the row is at hand (a deleted row's pk and relations are gone
-later) and publishes it with ``transaction.on_commit``: a rolled-back
+later) and publish it with ``transaction.on_commit``: a rolled-back
 transaction publishes nothing, so no page sees uncommitted data.
 
 Only ``save()`` and ``delete()`` of an instance, and ``QuerySet.delete()``
@@ -184,7 +185,7 @@ def _publish(publisher: RedisPublisher, message: RedisMessage, expire: int | Non
     try:
         publisher.publish_message(message, expire)
     except redis.RedisError as exc:
-        logger.error("%s %s of %s was not published: %s: %s", model._meta.label, event, text(pk),
+        logger.error("%s %s (%s) was not published: %s: %s", model._meta.label, text(pk), event,
                      type(exc).__name__, text(exc))
 
 
