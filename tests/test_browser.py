@@ -217,6 +217,11 @@ def test_user_chat_reaches_only_the_addressee(chat_server, open_browser):
     time.sleep(0.5)
     assert messages(admin) == []
     screenshot(mary, "userchat")
+    # Stored (a PublishableModel): both pages show it again from the database.
+    for driver, meta in ((mary, "john → mary"), (john, "you → mary")):
+        driver.get(chat_server.http_url("/userchat/"))
+        wait_until(lambda: "Just for you, Mary" in messages(driver), message="the message from the history")
+        assert meta in driver.find_element(By.CSS_SELECTOR, "#messages li").text
 
 
 def test_user_chat_post_needs_the_csrf_token(chat_server, open_browser):

@@ -10,10 +10,12 @@ class Ws4RedisConfig(AppConfig):
         from django.core import checks as django_checks
 
         from . import checks
+        from .models import check_publishable_models
         from .signals import close_websockets_at_logout, store_groups_in_session
 
         django_checks.register(checks.check_settings, checks.TAG)
         django_checks.register(checks.check_runserver_order, checks.TAG)
+        django_checks.register(check_publishable_models, checks.TAG, django_checks.Tags.models)
 
         user_logged_in.connect(store_groups_in_session, dispatch_uid="twisted_ws4redis.memberof")
         user_logged_out.connect(close_websockets_at_logout, dispatch_uid="twisted_ws4redis.logout")

@@ -8,6 +8,7 @@ from websockets.sync.client import connect
 
 from twisted_ws4redis.testing import Ws4RedisLiveServerTestCase
 
+from .models import UserMessage
 from .views import WELCOME
 
 
@@ -21,10 +22,29 @@ class ChatTests(Ws4RedisLiveServerTestCase):
         self.client.force_login(john)
         response = self.client.post("/userchat/", {"user": "mary", "message": "Hello Mary"})
 
-        self.assertEqual(response.json(), {"ok": True, "received": 1})
-        self.assertEqual(json.loads(marys_socket.receive()), {"from": "john", "to": "mary", "text": "Hello Mary"})
+        stored = UserMessage.objects.get()
+        self.assertEqual(response.json(), {"ok": True, "id": stored.pk})
+        self.assertEqual((stored.sender, stored.recipient, stored.text), (john, mary, "Hello Mary"))
+        received = json.loads(marys_socket.receive())
+        self.assertEqual(received, {"model": "chatserver.usermessage", "pk": stored.pk, "event": "created",
+                                    "data": {"from": "john", "to": "mary", "text": "Hello Mary",
+                                             "sent": received["data"]["sent"]}})
         with self.assertRaisesMessage(AssertionError, "no message"):
             johns_socket.receive(timeout=0.3)
+
+    def test_the_user_chat_page_shows_the_stored_history_of_its_user(self):
+        john = User.objects.create_user("john")
+        mary = User.objects.create_user("mary")
+        ann = User.objects.create_user("ann")
+        UserMessage.objects.create(sender=john, recipient=mary, text="first")
+        UserMessage.objects.create(sender=mary, recipient=john, text="second")
+        UserMessage.objects.create(sender=ann, recipient=john, text="not for mary")
+
+        self.client.force_login(mary)
+        history = self.client.get("/userchat/").context["history"]
+
+        self.assertEqual([(m["from"], m["to"], m["text"]) for m in history],
+                         [("john", "mary", "first"), ("mary", "john", "second")])
 
     def test_the_chat_page_greets_every_open_page(self):
         socket = self.connect("chat", "subscribe-broadcast")

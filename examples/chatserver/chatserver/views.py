@@ -3,8 +3,10 @@
 The broadcast chat publishes straight from the browser's websocket
 (``publish-broadcast``, a publish op of ws4redis.v2, whose history lets a page
 that reconnects get what it missed). The user and group chats send through a Django view
-instead, which knows who is writing and publishes with ``RedisPublisher``: the
-sender cannot be forged and only the addressees receive the message. That
+instead, which knows who is writing: the sender cannot be forged and only the
+addressees receive the message. The group chat publishes with ``RedisPublisher``;
+the user chat stores each message (models.UserMessage, a PublishableModel, which
+publishes it once saved), so its page shows the recent ones from the database. That
 holds because their websockets may not publish at all (websocket_access.py,
 the site's WS4REDIS_ALLOWED_CHANNELS): a client is not bound to our pages' URLs.
 """
@@ -19,6 +21,7 @@ from twisted_ws4redis.publisher import RedisPublisher
 from twisted_ws4redis.redis_store import SELF, RedisMessage
 
 from .forms import GroupMessageForm, UserMessageForm
+from .models import UserMessage
 
 WELCOME = "Hello everybody"
 
@@ -52,8 +55,10 @@ def userchat(request):
     if request.method == "POST":
         if not form.is_valid():
             return _invalid(form)
-        return _publish(request, form, "userchat", users=[form.cleaned_data["user"].get_username()])
-    return render(request, "chatserver/userchat.html", {"form": form})
+        message = UserMessage.objects.create(sender=request.user, recipient=form.cleaned_data["user"],
+                                             text=form.cleaned_data["message"])
+        return JsonResponse({"ok": True, "id": message.pk})
+    return render(request, "chatserver/userchat.html", {"form": form, "history": UserMessage.history(request.user)})
 
 
 @login_required

@@ -5,7 +5,8 @@
  * data-show-sent shows what it sent, as the sender is not among the receivers.
  * A page with data-facility (the broadcast chat) uses the ws4redis.v2 client:
  * one subscription, publications answered, and what it missed while its
- * connection was down sent again when it is back.
+ * connection was down sent again when it is back. A page with a "history"
+ * script (the user chat) shows those stored messages first.
  */
 (function () {
     'use strict';
@@ -22,12 +23,12 @@
         status.className = 'status ' + state;
     }
 
-    function timeNow() {
-        return new Date().toLocaleTimeString([], {hour: '2-digit', minute: '2-digit'});
+    function timeOf(date) {
+        return date.toLocaleTimeString([], {hour: '2-digit', minute: '2-digit'});
     }
 
     // Text only (textContent): a message is never parsed as HTML.
-    function show(text, meta, kind) {
+    function show(text, meta, kind, date) {
         var item = document.createElement('li');
         item.className = kind || 'received';
         var body = document.createElement('span');
@@ -35,15 +36,22 @@
         body.textContent = text;
         var info = document.createElement('span');
         info.className = 'meta';
-        info.textContent = (meta ? meta + ' · ' : '') + timeNow();
+        info.textContent = (meta ? meta + ' · ' : '') + timeOf(date || new Date());
         item.appendChild(body);
         item.appendChild(info);
         list.appendChild(item);
         list.scrollTop = list.scrollHeight;
     }
 
-    // The user and group chats receive {"from", "to", "text"} from their view;
-    // the broadcast chat receives whatever a browser sent.
+    function showChatMessage(message) {
+        var mine = me && message.from === me.textContent;
+        show(message.text, (mine ? 'you' : message.from) + ' → ' + message.to, mine ? 'sent' : 'received',
+             message.sent ? new Date(message.sent) : null);
+    }
+
+    // The group chat receives {"from", "to", "text"} from its view, the user
+    // chat its stored message's {"model", "pk", "event", "data": {...}}; the
+    // broadcast chat receives whatever a browser sent.
     function receive(data) {
         if (typeof data !== 'string') {
             show('(' + data.byteLength + ' bytes of binary data)', '', 'received');
@@ -53,12 +61,20 @@
         try {
             message = JSON.parse(data);
         } catch (e) { /* plain text */ }
-        if (message && typeof message === 'object' && 'text' in message) {
-            var mine = me && message.from === me.textContent;
-            show(message.text, (mine ? 'you' : message.from) + ' → ' + message.to, mine ? 'sent' : 'received');
+        if (message && message.model === 'chatserver.usermessage') {
+            if (message.event === 'created') {
+                showChatMessage(message.data);
+            }
+        } else if (message && typeof message === 'object' && 'text' in message) {
+            showChatMessage(message);
         } else {
             show(String(data), '', 'received');
         }
+    }
+
+    var stored = document.getElementById('history');
+    if (stored) {
+        JSON.parse(stored.textContent).forEach(showChatMessage);
     }
 
     var options = {

@@ -1,0 +1,1 @@
+"""Publishable models of the test project (tests/test_models.py)."""
