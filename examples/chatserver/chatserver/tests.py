@@ -1,14 +1,23 @@
 """The example's own tests, with twisted_ws4redis.testing: the real server on a
 free port with a private Redis. Run them with ``python manage.py test``."""
+import io
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from django.contrib.auth.models import User
+from django.core.management import call_command
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from twisted_ws4redis.testing import Ws4RedisLiveServerTestCase
 
 from .views import WELCOME
+
+#: examples/chatserver/token_client.py
+TOKEN_CLIENT = Path(__file__).resolve().parent.parent / "token_client.py"
 
 
 class ChatTests(Ws4RedisLiveServerTestCase):
@@ -25,6 +34,34 @@ class ChatTests(Ws4RedisLiveServerTestCase):
         self.assertEqual(json.loads(marys_socket.receive()), {"from": "john", "to": "mary", "text": "Hello Mary"})
         with self.assertRaisesMessage(AssertionError, "no message"):
             johns_socket.receive(timeout=0.3)
+
+    def test_the_token_client_gets_the_users_messages_without_a_cookie(self):
+        """token_client.py as its docstring runs it: a token from ``manage.py ws_token``, piped in.
+        (Users of their own: the user chat keeps its last message for the next socket.)"""
+        User.objects.create_user("robot")
+        sender = User.objects.create_user("operator")
+        token = io.StringIO()
+        call_command("ws_token", "robot", stdout=token)
+        client = subprocess.Popen([sys.executable, str(TOKEN_CLIENT), "--count", "1",
+                                   "--url", self.live_server.ws_url("userchat", "subscribe-user")],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            client.stdin.write(token.getvalue())
+            client.stdin.close()
+            self.assertIn("connected to", client.stderr.readline())
+            self.client.force_login(sender)
+            deadline = time.monotonic() + 10
+            # Until the server has subscribed it (the view says how many received the message).
+            while self.client.post("/userchat/", {"user": "robot", "message": "Hi"}).json()["received"] < 1:
+                self.assertLess(time.monotonic(), deadline, "the token client was never subscribed")
+                time.sleep(0.05)
+            self.assertEqual(client.wait(timeout=10), 0, client.stderr.read())
+            self.assertEqual(json.loads(client.stdout.read()), {"from": "operator", "to": "robot", "text": "Hi"})
+        finally:
+            client.kill()
+            client.wait()
+            client.stdout.close()
+            client.stderr.close()
 
     def test_the_chat_page_greets_every_open_page(self):
         socket = self.connect("chat", "subscribe-broadcast")
