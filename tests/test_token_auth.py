@@ -16,7 +16,7 @@ from websockets.sync.client import connect
 from conftest import (PROJECT, TwistdServer, http_post_json, login, project_env, round_trip, session_key, unique,
                       wait_subscribed, warm_up)
 from test_door import raw_request
-from twisted_ws4redis import auth
+from twisted_ws4redis import auth, logsafe
 from twisted_ws4redis.audience import session_digest
 
 SETTINGS = "testproject.settings_tokens"
@@ -246,6 +246,21 @@ def test_drf_and_simplejwt_refuse_what_is_not_a_valid_token_of_theirs(servers, h
 
 
 # -- no token in the log ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target, shown", [
+    ("/ws/a?subscribe-user&token=s3cret", "/ws/a?subscribe-user&token=[redacted]"),
+    # as a query parser reads the names: percent- and plus-decoded; and in any case
+    ("/ws/a?%74oken=s3cret&TOKEN=s3cret&access_token=s3cret&+token=s3cret",
+     "/ws/a?%74oken=[redacted]&TOKEN=[redacted]&access_token=[redacted]&+token=[redacted]"),
+    ("/ws/a?token=s3cret;more&x=1", "/ws/a?token=[redacted]&x=1"),
+    ("/ws/a?tokens=1&my_token=2&token", "/ws/a?tokens=1&my_token=2&token"),  # other names; no value
+    ("/ws/token=1", "/ws/token=1"),  # no query
+    (b"https://a.example/?token=s\xffcret", b"https://a.example/?token=[redacted]"),
+])
+def test_redact_query(target, shown):
+    assert logsafe.redact_query(target) == shown
+
 
 
 def test_no_token_reaches_the_log(servers, redis_client):
