@@ -284,10 +284,13 @@ def test_no_token_reaches_the_log(servers, redis_client):
         connect(server.ws_url(f"{facility}?token={valid}"), origin="https://elsewhere.example",
                 open_timeout=TIMEOUT).close()
     assert refusal(server, "bad*facility?subscribe-user", query_token=valid)[0] == 400
-    # Plain HTTP, answered by twisted.web (its access log): the door without an
-    # upgrade, a Django page; a token in the query and in the Referer.
-    for path, status in ((f"/ws/{facility}?token={valid}", 426), (f"/?TOKEN={valid}&access_token={valid}", 200)):
-        assert raw_request(server.port, (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+    # Plain HTTP: the door without an upgrade (Autobahn's 426), and answered by
+    # twisted.web (its access log): the door refusing HTTP/1.0, a Django page;
+    # a token in the query and in the Referer.
+    for path, version, status in ((f"/ws/{facility}?token={valid}", "1.1", 426),
+                                  (f"/ws/{facility}?token={valid}", "1.0", 400),
+                                  (f"/?TOKEN={valid}&access_token={valid}", "1.1", 200)):
+        assert raw_request(server.port, (f"GET {path} HTTP/{version}\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                                          f"Referer: https://a.example/?token={valid}\r\n\r\n").encode())[0] == status
 
     # Every line is written (each found redacted), then no secret is anywhere in the log.
@@ -297,6 +300,7 @@ def test_no_token_reaches_the_log(servers, redis_client):
     log_line(server, f"WSREJECT /ws/{facility}?token=[redacted] ", " 403 This origin ")
     log_line(server, "WSREJECT /ws/bad*facility?subscribe-user&token=[redacted] ", " 400 ")
     log_line(server, f"WSREJECT /ws/{facility}?token=[redacted] ", " 426 ")
+    log_line(server, f'"GET /ws/{facility}?token=[redacted] HTTP/1.0" 400')
     log_line(server, '"GET /?TOKEN=[redacted]&access_token=[redacted] HTTP/1.1" 200', '"https://a.example/?token=[redacted]"')
     log = server.log()
     for secret in (valid, invalid, valid.rsplit(":", 1)[1], invalid.rsplit(":", 1)[1]):

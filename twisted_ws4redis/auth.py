@@ -51,7 +51,7 @@ def _binding(user: Any) -> str:
     with it (as it ends the user's sessions), so the token stops working too.
     A digest of the hash, not the hash itself: a token's payload is readable."""
     auth_hash = user.get_session_auth_hash() if hasattr(user, "get_session_auth_hash") else ""
-    return salted_hmac(SALT, auth_hash).hexdigest()[:24]
+    return salted_hmac(SALT, auth_hash, algorithm="sha256").hexdigest()[:24]
 
 
 def make_token(user: Any, max_age: int | None = None) -> str:
