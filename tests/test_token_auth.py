@@ -245,6 +245,19 @@ def test_drf_and_simplejwt_refuse_what_is_not_a_valid_token_of_theirs(servers, h
     assert (status, body) == (403, f"{auth.REFUSED}\n".encode())
 
 
+def test_the_drf_hook_without_its_app_says_so(twistd_servers, redis_client):
+    """The main test project has no rest_framework.authtoken: a token handshake
+    fails (500) with a log line naming what is missing; one without a token
+    still goes by its cookie."""
+    server = twistd_servers({"WS4REDIS_PROCESS_REQUEST": HOOKS["drf"]})
+    assert refusal(server, f"{unique('drf')}?subscribe-user", query_token="0" * 40)[0] == 500
+    log_line(server, "ImproperlyConfigured: process_request_drf_token needs 'rest_framework.authtoken' in "
+             "INSTALLED_APPS")
+    facility = unique("drf-cookie")
+    with open_with(server, f"{facility}?subscribe-user", cookie=login(server, "ann")):
+        assert f"subscribe=['user:ann:{facility}']" in wsconnect_line(server, facility)
+
+
 # -- no token in the log ------------------------------------------------------------------
 
 
@@ -301,7 +314,8 @@ def test_no_token_reaches_the_log(servers, redis_client):
     log_line(server, "WSREJECT /ws/bad*facility?subscribe-user&token=[redacted] ", " 400 ")
     log_line(server, f"WSREJECT /ws/{facility}?token=[redacted] ", " 426 ")
     log_line(server, f'"GET /ws/{facility}?token=[redacted] HTTP/1.0" 400')
-    log_line(server, '"GET /?TOKEN=[redacted]&access_token=[redacted] HTTP/1.1" 200', '"https://a.example/?token=[redacted]"')
+    log_line(server, '"GET /?TOKEN=[redacted]&access_token=[redacted] HTTP/1.1" 200',
+             '"https://a.example/?token=[redacted]"')
     log = server.log()
     for secret in (valid, invalid, valid.rsplit(":", 1)[1], invalid.rsplit(":", 1)[1]):
         assert secret not in log

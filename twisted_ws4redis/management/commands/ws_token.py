@@ -7,7 +7,8 @@ from twisted_ws4redis.auth import make_token
 
 
 class Command(BaseCommand):
-    help = "Print a websocket token for USERNAME (see WS4REDIS_PROCESS_REQUEST = 'twisted_ws4redis.auth.process_request')."
+    help = ("Print a websocket token for USERNAME, for WS4REDIS_PROCESS_REQUEST = "
+            "'twisted_ws4redis.auth.process_request'.")
 
     def add_arguments(self, parser):
         parser.add_argument("username")
