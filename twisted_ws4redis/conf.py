@@ -72,6 +72,7 @@ class Settings:
     presence: bool
     presence_ttl: int
     message_signal: bool
+    token_max_age: int
 
 
 class SettingError(ImproperlyConfigured):
@@ -276,6 +277,11 @@ RULES: dict[str, Rule] = {
     "WS4REDIS_PRESENCE_TTL": _positive("twisted_ws4redis.E030", "presence_ttl", 30, "seconds", integer=True),
     "WS4REDIS_MESSAGE_SIGNAL": Rule(False, "twisted_ws4redis.E031", "message_signal", _bool,
                                     "True sends websocket_message for every message (a thread hop each)."),
+    # Token authentication (auth.py): make_token's default lifetime.
+    "WS4REDIS_TOKEN_MAX_AGE": Rule(
+        300, "twisted_ws4redis.E032", "token_max_age", functools.partial(_number, integer=True, unit="seconds"),
+        "A token is checked only when a websocket opens, and one in a URL may reach an access log: a few "
+        "minutes (300) is enough to fetch one and connect, and leaves a logged one stale soon."),
 }
 
 DEFAULTS: dict[str, Any] = {name: rule.default for name, rule in RULES.items()}

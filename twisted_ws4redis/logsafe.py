@@ -1,13 +1,15 @@
 """What the server logs, made safe for whoever reads the log.
 
-Two rules for every log line: text a client controls (paths, headers, the
+Three rules for every log line: text a client controls (paths, headers, the
 reasons that quote them, peers) is escaped, so a terminal or log viewer never
-receives a control sequence and one event stays one line; and a channel name
-never shows a session key, since whoever holds the key is that user.
+receives a control sequence and one event stays one line; a channel name
+never shows a session key, and a URI never shows a token (auth.py), since
+whoever holds either is that user.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import AnyStr, Iterable
+from urllib.parse import unquote_plus
 
 from .audience import session_digest
 
@@ -36,6 +38,36 @@ def text(value: object, limit: int = MAX_LENGTH) -> str:
     # One character gives at least one, so limit + 1 of them tell whether to cut.
     escaped = "".join(char if char.isprintable() else _escape(char) for char in value[:limit + 1])
     return escaped if len(escaped) <= limit else escaped[:limit - 1] + "…"
+
+
+#: Query parameters whose values are credentials: ours (auth.py) and OAuth's.
+SECRET_PARAMETERS = frozenset({"token", "access_token"})
+
+#: What a secret parameter's value becomes in the log.
+REDACTED = "[redacted]"
+
+
+def redact_query(target: AnyStr) -> AnyStr:
+    """``target`` (a request-target or URL, text or bytes) with the value of
+    each ``SECRET_PARAMETERS`` query parameter replaced by ``REDACTED``. Names
+    are compared as a query parser reads them (percent- and plus-decoded) and
+    in any case, so ``?%74oken=`` or ``?TOKEN=`` is redacted too."""
+    if isinstance(target, bytes):
+        return redact_query(target.decode("latin-1")).encode("latin-1")
+    path, mark, query = target.partition("?")
+    if not mark:
+        return target
+    items = query.split("&")
+    for index, item in enumerate(items):
+        name, equals, _ = item.partition("=")
+        if equals and unquote_plus(name).strip().lower() in SECRET_PARAMETERS:
+            items[index] = f"{name}={REDACTED}"
+    return f"{path}?{'&'.join(items)}"
+
+
+def uri(value: str) -> str:
+    """A request's URI fit for the log: no token (``redact_query``), escaped (``text``)."""
+    return text(redact_query(value))
 
 
 def channel(name: str | bytes, prefix: str) -> str:

@@ -300,7 +300,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
             return failure
         if failure.check(PermissionDenied):
             raise ConnectionDeny(403, str(failure.value) or "Forbidden")
-        log.failure("Websocket handshake for {path} failed", failure, path=logsafe.text(self.http_request_uri))
+        log.failure("Websocket handshake for {path} failed", failure, path=logsafe.uri(self.http_request_uri))
         raise ConnectionDeny(500, "Internal Server Error")
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
@@ -323,7 +323,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         if code == 426:
             lines += ["Upgrade: websocket", "Sec-WebSocket-Version: 13"]
         lines += [f"{name}: {value}" for name, value in responseHeaders or ()]
-        log.info("WSREJECT {path} {peer} {code} {reason}", path=logsafe.text(getattr(self, "http_request_uri", "?")),
+        log.info("WSREJECT {path} {peer} {code} {reason}", path=logsafe.uri(getattr(self, "http_request_uri", "?")),
                  peer=logsafe.text(self.peer), code=code, reason=logsafe.text(reason))
         self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
@@ -343,7 +343,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         if self.session_digest is not None:
             self.factory.sessions.setdefault(self.session_digest, set()).add(self)
         log.info("WSCONNECT {path} {peer} subscribe={subscribed} publish={publishers}",
-                 path=logsafe.text(self.http_request_uri), peer=logsafe.text(self.peer),
+                 path=logsafe.uri(self.http_request_uri), peer=logsafe.text(self.peer),
                  subscribed=logsafe.channels(self.subscriber.subscribed, self.factory.settings.prefix),
                  publishers=logsafe.channels(self.subscriber.publishers, self.factory.settings.prefix))
         heartbeat = self.factory.settings.heartbeat
@@ -367,7 +367,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     def _redis_unavailable(self, failure) -> None:
         log.warn("Websocket {path}: no persisted messages, Redis did not answer: {error}",
-                 path=logsafe.text(self.http_request_uri), error=failure.getErrorMessage())
+                 path=logsafe.uri(self.http_request_uri), error=failure.getErrorMessage())
 
     def _go_live(self, _) -> None:
         """Messages that arrived while the persisted ones were fetched go out now,
@@ -448,7 +448,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self._last_published = payload
         d = self.subscriber.publish_message(payload)
         d.addErrback(lambda failure: log.warn("Websocket {path}: publishing failed: {error}",
-                                              path=logsafe.text(self.http_request_uri),
+                                              path=logsafe.uri(self.http_request_uri),
                                               error=failure.getErrorMessage()))
 
     def may_publish(self) -> bool:
@@ -478,7 +478,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self.update_reading()
         if self.state != self.STATE_OPEN:
             return
-        log.warn("WSPOLICY {path} {peer}: {reason}", path=logsafe.text(self.http_request_uri),
+        log.warn("WSPOLICY {path} {peer}: {reason}", path=logsafe.uri(self.http_request_uri),
                  peer=logsafe.text(self.peer), reason=reason)
         self.sendCloseFrame(code=1008, reasonUtf8=reason.encode("utf-8"), isReply=False)
 
@@ -496,7 +496,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
                 same_session.discard(self)
                 if not same_session:
                     del self.factory.sessions[self.session_digest]
-            log.info("WSDISCONNECT {path} {peer} code={code}", path=logsafe.text(self.http_request_uri),
+            log.info("WSDISCONNECT {path} {peer} code={code}", path=logsafe.uri(self.http_request_uri),
                      peer=logsafe.text(self.peer), code=code)
 
 
@@ -576,7 +576,7 @@ class WebSocketFactory(WebSocketServerFactory):
                 connection.sendPing(connection._ping_payload)
             elif now - connection._ping_sent >= timeout:
                 log.warn("WSDEAD {path} {peer}: no pong in {timeout} s, dropped",
-                         path=logsafe.text(connection.http_request_uri), peer=logsafe.text(connection.peer),
+                         path=logsafe.uri(connection.http_request_uri), peer=logsafe.text(connection.peer),
                          timeout=timeout)
                 connection.dropConnection(abort=True)
 

@@ -14,6 +14,7 @@ from twisted.web import http, server
 from twisted.web.pages import errorPage, notFound
 from twisted.web.resource import Resource
 
+from .. import logsafe
 from .descriptors import ConnectionBudget
 
 log = Logger()
@@ -286,15 +287,37 @@ class Channel(http.HTTPChannel):
         super().connectionLost(reason)
 
 
+class _Redacted:
+    """A request as twisted.web's access log formatter reads it, minus tokens:
+    its target and Referer with secret query values redacted (logsafe.redact_query)."""
+
+    def __init__(self, request: server.Request):
+        self._request = request
+        self.uri = logsafe.redact_query(request.uri)
+
+    def getHeader(self, name: bytes) -> bytes | None:  # noqa: N802 (twisted.web's name)
+        value = self._request.getHeader(name)
+        return logsafe.redact_query(value) if value is not None and name.lower() == b"referer" else value
+
+    def __getattr__(self, name: str):
+        return getattr(self._request, name)
+
+
+def access_log_line(timestamp: str, request: server.Request) -> str:
+    """twisted.web's combined log line of ``request``, without its tokens."""
+    return http.combinedLogFormatter(timestamp, _Redacted(request))
+
+
 class Site(server.Site):
-    """The server's site: its channels are ``Channel``, its requests ``Request``."""
+    """The server's site: its channels are ``Channel``, its requests ``Request``,
+    its access log ``access_log_line``."""
 
     protocol = Channel
     requestFactory = Request
 
     def __init__(self, resource: Root, *, head_timeout: float, max_head_size: int, max_body_size: int,
                  body_timeout: float, body_min_rate: float, budget: ConnectionBudget, **kwargs):
-        super().__init__(resource, **kwargs)
+        super().__init__(resource, logFormatter=access_log_line, **kwargs)
         self.head_timeout = head_timeout
         self.max_head_size = max_head_size
         self.max_body_size = max_body_size

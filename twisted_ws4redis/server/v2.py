@@ -242,7 +242,7 @@ class V2Session:
                 self._error(ref, 503, "Redis did not answer")
             else:
                 log.failure("A ws4redis.v2 op of {path} failed", failure,
-                            path=logsafe.text(self.protocol.http_request_uri))
+                            path=logsafe.uri(self.protocol.http_request_uri))
                 self._error(ref, 500, "Internal Server Error")
 
         def done(_) -> None:
@@ -375,7 +375,7 @@ class V2Session:
 
         def failed(failure: Failure) -> None:
             log.warn("Websocket {path}: publishing failed: {error}",
-                     path=logsafe.text(self.protocol.http_request_uri), error=failure.getErrorMessage())
+                     path=logsafe.uri(self.protocol.http_request_uri), error=failure.getErrorMessage())
             raise Refused(503, "Redis did not answer")
 
         return d.addCallbacks(

@@ -72,6 +72,9 @@ WS4REDIS_PREFIX = "demo"
 WS4REDIS_EXPIRE = 3600
 WS4REDIS_HEARTBEAT = "--heartbeat--"
 WS4REDIS_CONNECTION = {"host": "localhost", "port": 6379, "db": 0}
+# Token authentication for scripts (token_client.py, tokens from `manage.py ws_token`);
+# without a token, the session cookie as before.
+WS4REDIS_PROCESS_REQUEST = "twisted_ws4redis.auth.process_request"
 # Least privilege: browsers publish only where a page needs it (the broadcast chat).
 WS4REDIS_ALLOWED_CHANNELS = "chatserver.websocket_access.allowed_channels"
 # History (needs Redis >= 6.2): the broadcast chat's page (ws4redis.v2) gets back

@@ -1,8 +1,14 @@
 """The example's own tests, with twisted_ws4redis.testing: the real server on a
 free port with a private Redis. Run them with ``python manage.py test``."""
+import io
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from django.contrib.auth.models import User
+from django.core.management import call_command
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
@@ -10,6 +16,9 @@ from twisted_ws4redis.testing import Ws4RedisLiveServerTestCase
 
 from .models import UserMessage
 from .views import WELCOME
+
+#: examples/chatserver/token_client.py
+TOKEN_CLIENT = Path(__file__).resolve().parent.parent / "token_client.py"
 
 
 class ChatTests(Ws4RedisLiveServerTestCase):
@@ -45,6 +54,37 @@ class ChatTests(Ws4RedisLiveServerTestCase):
 
         self.assertEqual([(m["from"], m["to"], m["text"]) for m in history],
                          [("john", "mary", "first"), ("mary", "john", "second")])
+
+    def test_the_token_client_gets_the_users_messages_without_a_cookie(self):
+        """token_client.py as its docstring runs it: a token from ``manage.py ws_token``, piped in.
+        (Users of their own.)"""
+        User.objects.create_user("robot")
+        sender = User.objects.create_user("operator")
+        token = io.StringIO()
+        call_command("ws_token", "robot", stdout=token)
+        client = subprocess.Popen([sys.executable, str(TOKEN_CLIENT), "--count", "1",
+                                   "--url", self.live_server.ws_url("userchat", "subscribe-user")],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            client.stdin.write(token.getvalue())
+            client.stdin.close()
+            self.assertIn("connected to", client.stderr.readline())
+            self.client.force_login(sender)
+            deadline = time.monotonic() + 10
+            # Until the server has subscribed it: the client ends with the first message it gets.
+            while client.poll() is None:
+                self.assertLess(time.monotonic(), deadline, "the token client got no message")
+                self.client.post("/userchat/", {"user": "robot", "message": "Hi"})
+                time.sleep(0.2)
+            self.assertEqual(client.returncode, 0, client.stderr.read())
+            received = json.loads(client.stdout.read())
+            self.assertEqual((received["event"], received["data"]["from"], received["data"]["text"]),
+                             ("created", "operator", "Hi"))
+        finally:
+            client.kill()
+            client.wait()
+            client.stdout.close()
+            client.stderr.close()
 
     def test_the_chat_page_greets_every_open_page(self):
         socket = self.connect("chat", "subscribe-broadcast")
