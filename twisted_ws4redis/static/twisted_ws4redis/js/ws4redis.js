@@ -61,6 +61,12 @@
  *                       channel's persisted message follows, if any
  *   error(reply)        refused ({code: 400, 403, 429, 503, 500, reason}):
  *                       the subscription has ended
+ *   presence(state)     asks for the facility's presence (WS4REDIS_PRESENCE on
+ *                       the server): state is {users, anonymous, connections}
+ *                       when subscribed (again after each reconnect), then
+ *   join(user, event)   a user's first socket on the facility opened (any node)
+ *   leave(user, event)  a user's last socket on the facility closed
+ *                       (join and leave alone ask for presence too)
  * Subscribing again to the same facility and audience replaces the previous
  * subscription (as the server does). sub.unsubscribe(done) ends it at once
  * (receive is not called again); done(error) is called when the server has
@@ -88,7 +94,9 @@
  * server is not hit by every browser at once. A connection that misses three
  * heartbeats in a row is considered dead, closed and reopened. Heartbeats are
  * raw text frames on both wires and never reach the page. Nothing is
- * reopened after close().
+ * reopened after close(). A page hidden for another (pagehide: the browser may
+ * keep it for its back button) closes its socket, and opens it again when it
+ * is shown: nobody counts it as present meanwhile.
  */
 (function (root, factory) {
     'use strict';
@@ -138,6 +146,7 @@
         var heartbeatTimer = null;
         var reconnectTimer = null;
         var closedByUser = false;
+        var hidden = false;  // the page left for another: no socket until it is shown again
 
         function connect() {
             reconnectTimer = null;
@@ -195,9 +204,40 @@
             stopHeartbeat();
             handlers.close(evt);
             on.disconnected(evt);
-            if (!closedByUser) {
+            if (!closedByUser && !hidden) {
                 scheduleReconnect();
             }
+        }
+
+        // A page the browser keeps for its back button (bfcache) kept its
+        // socket open too: the server would count it as present, and send
+        // it messages nobody sees. Closed when the page is hidden, opened
+        // again if it is shown.
+        function onPageHide() {
+            if (closedByUser || hidden) {
+                return;
+            }
+            hidden = true;
+            stopHeartbeat();
+            if (reconnectTimer !== null) {
+                clearTimeout(reconnectTimer);
+                reconnectTimer = null;
+            }
+            ws.close(1000, 'page hidden');
+        }
+
+        function onPageShow() {
+            if (closedByUser || !hidden) {
+                return;
+            }
+            hidden = false;
+            attempts = 0;
+            connect();
+        }
+
+        if (typeof window !== 'undefined' && window.addEventListener) {
+            window.addEventListener('pagehide', onPageHide);
+            window.addEventListener('pageshow', onPageShow);
         }
 
         function scheduleReconnect() {
@@ -309,6 +349,9 @@
             if (since !== null) {
                 op.since = since;
             }
+            if (entry.wantsPresence) {
+                op.presence = true;
+            }
             entry.pending = true;
             request(op, {
                 reply: function (reply) { entry.answered(reply); },
@@ -372,6 +415,15 @@
                 }
                 return;
             }
+            if (reply.op === 'join' || reply.op === 'leave') {
+                Object.keys(subscriptions).forEach(function (key) {
+                    var watcher = subscriptions[key];
+                    if (watcher.facility === reply.facility && watcher.wantsPresence && !watcher.pending) {
+                        watcher.presenceEvent(reply);
+                    }
+                });
+                return;
+            }
             var ref = reply.ref;
             if (ref !== null && ref !== undefined && Object.prototype.hasOwnProperty.call(waiting, ref)) {
                 var handler = waiting[ref];
@@ -393,6 +445,7 @@
             this.audience = audience;
             this.pending = false;    // subscribe sent, not answered yet
             this.confirmed = false;  // subscribed once: later subscribes recover
+            this.wantsPresence = !!(callbacks.presence || callbacks.join || callbacks.leave);
 
             function current() {
                 return subscriptions[key] === entry;
@@ -404,6 +457,10 @@
                 }
                 var data = 'data_b64' in message ? fromBase64(message.data_b64) : message.data;
                 receive(data, message);
+            };
+
+            this.presenceEvent = function (event) {
+                (callbacks[event.op] || noop)(event.user, event);
             };
 
             this.answered = function (reply) {
@@ -418,6 +475,9 @@
                 entry.pending = false;
                 entry.confirmed = true;
                 (callbacks.subscribed || noop)(reply);
+                if (reply.presence) {
+                    (callbacks.presence || noop)(reply.presence);
+                }
                 if (typeof reply.recovered === 'boolean') {
                     (callbacks.recovered || noop)(reply.recovered);
                 }
