@@ -10,7 +10,7 @@ class Ws4RedisConfig(AppConfig):
         from django.core import checks as django_checks
 
         from . import checks
-        from .signals import close_websockets_at_logout, store_groups_in_session
+        from .receivers import close_websockets_at_logout, store_groups_in_session
 
         django_checks.register(checks.check_settings, checks.TAG)
         django_checks.register(checks.check_runserver_order, checks.TAG)
