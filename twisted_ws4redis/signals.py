@@ -8,7 +8,7 @@ The sender is ``twisted_ws4redis.server.protocol.WebSocketProtocol``; every
 signal passes ``request``, the handshake's Django request (its ``user`` and
 ``session`` as authenticated), and ``facility``. One socket's signals come in
 order: connected, its messages, disconnected, each after the one before has
-returned. Nothing is sent (no thread is used) while nobody is connected.
+returned. A signal without receivers is not sent (no thread is used).
 """
 from django.dispatch import Signal
 
@@ -17,7 +17,7 @@ from django.dispatch import Signal
 websocket_connected = Signal()
 
 #: A websocket that was connected closed. ``code``: its close code, None when
-#: the connection dropped without one.
+#: it ended without one (the connection dropped).
 websocket_disconnected = Signal()
 
 #: With ``WS4REDIS_MESSAGE_SIGNAL = True``: a client sent ``message`` (str for

@@ -116,6 +116,8 @@ def message(protocol: WebSocketProtocol, facility: str, data: str | bytes, deliv
 
 def plain_message(protocol: WebSocketProtocol, payload: bytes, is_binary: bool) -> None:
     """What the client of a plain ws4redis socket sent; replies are frames as sent."""
+    if not websocket_message.has_listeners():
+        return
 
     def deliver(payload: bytes, is_binary: bool) -> None:
         if protocol.state == protocol.STATE_OPEN:
