@@ -174,7 +174,7 @@ def test_logout_succeeds_when_redis_is_down(django_in_process, caplog):
     with override_settings(WS4REDIS_CONNECTION=down), caplog.at_level(logging.WARNING, "twisted_ws4redis"):
         logout(request)
     assert request.session.session_key is None and not request.user.is_authenticated
-    records = [record for record in caplog.records if record.name == "twisted_ws4redis.signals"]
+    records = [record for record in caplog.records if record.name == "twisted_ws4redis.receivers"]
     warnings = [record.getMessage() for record in records]
     assert len(warnings) == 1 and session_digest(key) in warnings[0] and key not in warnings[0], warnings
     # The fields every twisted_ws4redis record carries (README, Logging).

@@ -11,7 +11,7 @@ class Ws4RedisConfig(AppConfig):
 
         from . import checks
         from .models import check_publishable_models
-        from .signals import close_websockets_at_logout, store_groups_in_session
+        from .receivers import close_websockets_at_logout, store_groups_in_session
 
         django_checks.register(checks.check_settings, checks.TAG)
         django_checks.register(checks.check_runserver_order, checks.TAG)

@@ -22,7 +22,7 @@ from twisted.internet import threads
 
 from . import audience
 from .conf import Settings
-from .signals import store_groups_in_session
+from .receivers import store_groups_in_session
 
 
 @dataclass(frozen=True)

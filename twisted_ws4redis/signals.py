@@ -1,33 +1,28 @@
-"""Receivers of django.contrib.auth's signals (connected in apps.py).
+"""Signals the websocket server sends, so that a project can act on sockets
+without a hook setting: count or audit them, or answer what clients send.
 
-Group names for the websocket door are stored in the session at login, so that
-opening a websocket never queries the user's groups (as in ws4redis). At
-logout the session's websockets are closed on every node."""
-import logging
+Each is sent on the server's thread pool (receivers may use the ORM and
+block), with ``send_robust``: a receiver that raises is logged by Django
+(logger ``django.dispatch``, in twistd's log too) and the socket carries on.
+The sender is ``twisted_ws4redis.server.protocol.WebSocketProtocol``; every
+signal passes ``request``, the handshake's Django request (its ``user`` and
+``session`` as authenticated), and ``facility``. One socket's signals come in
+order: connected, its messages, disconnected, each after the one before has
+returned. A signal without receivers is not sent (no thread is used).
+"""
+from django.dispatch import Signal
 
-import redis
+#: A websocket opened. ``channels``: the Redis channels it subscribed to from
+#: its URL ([] for a ws4redis.v2 socket on ``/ws/``).
+websocket_connected = Signal()
 
-from .audience import MEMBEROF_SESSION_KEY, session_digest
-from .server.logbridge import extra
-from .publisher import close_session_websockets
+#: A websocket that was connected closed. ``code``: its close code, None when
+#: it ended without one (the connection dropped).
+websocket_disconnected = Signal()
 
-logger = logging.getLogger(__name__)
-
-
-def store_groups_in_session(sender, request, user, **kwargs) -> None:
-    if request is not None and hasattr(request, "session"):
-        request.session[MEMBEROF_SESSION_KEY] = [group.name for group in user.groups.all()]
-
-
-def close_websockets_at_logout(sender, request, user, **kwargs) -> None:
-    """logout() sends the signal, then flushes the session: its key is still known here."""
-    key = getattr(getattr(request, "session", None), "session_key", None)
-    if not key:
-        return
-    try:
-        close_session_websockets(key)
-    except redis.exceptions.RedisError as exc:  # RedisUnavailable, or e.g. an ACL refusing PUBLISH
-        # The logout itself must succeed; the websockets stay open until they close.
-        digest = session_digest(key)
-        logger.warning("Logout: the websockets of session %s were not closed: %s", digest, exc,
-                       extra=extra({"session": digest, "error": str(exc)}))
+#: With ``WS4REDIS_MESSAGE_SIGNAL = True``: a client sent ``message`` (str for
+#: a text frame, bytes for a binary one; a ws4redis.v2 ``send`` op's data).
+#: ``reply(data)`` sends str or bytes back to that socket alone, from any
+#: thread; after the socket closed it does nothing. Nothing more is read from
+#: the socket until the receivers return.
+websocket_message = Signal()

@@ -13,8 +13,11 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 
-from twisted.logger import ILogObserver, LogEvent, LogLevel, LogPublisher, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, LogLevel, LogPublisher, Logger, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from zope.interface import provider
+
+from .. import logsafe
 
 #: The namespaces forwarded: this package's modules.
 NAMESPACE = "twisted_ws4redis"
@@ -82,3 +85,36 @@ def to_stdlib(event: LogEvent) -> None:
 def forward_to_stdlib(publisher: LogPublisher = globalLogPublisher) -> None:
     """Start forwarding; calling it again changes nothing."""
     publisher.addObserver(to_stdlib)
+
+
+class ToTwistedLog(logging.Handler):
+    """The other way, for one logger outside this package: ``django.dispatch``,
+    where ``send_robust`` logs a signal receiver that raised (with its
+    traceback). Without this, such a line reaches twistd's log only where
+    LOGGING sends it to stderr (DEBUG's console handler). The event is logged
+    on the reactor thread (the record comes from a pool thread) and, being of
+    that logger's namespace, is not passed back to ``logging``."""
+
+    def __init__(self, reactor):
+        super().__init__()
+        self.reactor = reactor
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = next((twisted for twisted, stdlib in reversed(LEVELS.items()) if record.levelno >= stdlib),
+                     LogLevel.debug)
+        # A receiver's message may quote what a client sent.
+        line = logsafe.text(record.getMessage())
+        logger = Logger(namespace=record.name)
+        if record.exc_info:
+            failure = Failure(record.exc_info[1], record.exc_info[0], record.exc_info[2])
+            self.reactor.callFromThread(logger.failure, "{line}", failure, level, line=line)
+        else:
+            self.reactor.callFromThread(logger.emit, level, "{line}", line=line)
+
+
+def forward_to_twisted(name: str, reactor) -> None:
+    """Log what the logger ``name`` logs in the server's log too; calling it
+    again changes nothing."""
+    stdlib = logging.getLogger(name)
+    if not any(isinstance(handler, ToTwistedLog) for handler in stdlib.handlers):
+        stdlib.addHandler(ToTwistedLog(reactor))

@@ -25,6 +25,7 @@ from ..django_bridge import Accepted, Handshake, authorize, defer_to_django
 from .outbox import Outbox, buffered_bytes, socket_transport, write_now
 from .presence import NodePresence
 from .pubsub import REDIS_WAIT, PubSubMessage, RedisBus
+from . import signalling
 from .v2 import SUBPROTOCOL, V2Session
 
 log = Logger()
@@ -144,6 +145,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
     username: str | None = None
     #: a plain websocket counted as connected to its facility (presence)
     _counted = False
+    #: its signals (signals.py), once one was sent
+    signals: signalling.SocketSignals | None = None
 
     # -- the write path and back-pressure --------------------------------------------
 
@@ -171,8 +174,9 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     @property
     def _op_waiting(self) -> bool:
-        """A ws4redis.v2 op waits (Django, Redis): what the client sends next waits too."""
-        return self.v2 is not None and self.v2.busy
+        """A ws4redis.v2 op waits (Django, Redis), or a message signal is on its
+        way: what the client sends next waits too."""
+        return (self.v2 is not None and self.v2.busy) or (self.signals is not None and self.signals.holding)
 
     def read_on(self) -> None:
         """A ws4redis.v2 op is done: parse what the client sent meanwhile."""
@@ -356,6 +360,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         if heartbeat is not None:
             self.sendMessage(heartbeat)
             self._heartbeat_call = self.factory.reactor.callLater(HEARTBEAT_IDLE, self._heartbeat_due)
+        signalling.connected(self)
         if self._wants_v2:
             self.v2 = V2Session(self)
             self.v2.open(self.facility, self._flags)
@@ -452,6 +457,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
         if self.v2 is not None:
             self.v2.received(payload, isBinary)
             return
+        if self.factory.settings.message_signal:
+            signalling.plain_message(self, payload, isBinary)
         if not payload or not self.subscriber.publishers or not self.may_publish():
             return
         self._last_published = payload
@@ -510,6 +517,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
                     del self.factory.sessions[self.session_digest]
             log.info("WSDISCONNECT {path} {peer} code={code}", path=logsafe.uri(self.http_request_uri),
                      peer=logsafe.text(self.peer), code=code)
+            signalling.disconnected(self, code if wasClean else None)
 
 
 def wait_until(reactor, done: Callable[[], bool], timeout: float, every: float = 0.05) -> defer.Deferred:

@@ -23,7 +23,7 @@ from .. import audience, conf
 from .control import NodeControl
 from .descriptors import raise_open_files_limit
 from .embedded import EmbeddedRedis, EmbeddedRedisService
-from .logbridge import forward_to_stdlib
+from .logbridge import forward_to_stdlib, forward_to_twisted
 from .outbox import buffered_bytes
 from .presence import NodePresence
 from .protocol import WebSocketFactory, wait_until
@@ -188,7 +188,8 @@ def redis_address_for(choice: str | None) -> tuple[RedisAddress, EmbeddedRedis |
 
 def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
     """The whole server as one service; Django must be set up already. From
-    here on the server's log also goes to Django's LOGGING (see logbridge)."""
+    here on the server's log also goes to Django's LOGGING (see logbridge),
+    and a signal receiver that raised (signals.py) to the server's log."""
     forward_to_stdlib()
     if reactor is None:
         from twisted.internet import reactor
@@ -247,6 +248,9 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
         listener._raiseSynchronously = True
         listener.setServiceParent(top)
         log.info("Serving websockets under {url} on {endpoint}", url=settings.websocket_url, endpoint=description)
+    # Once the WSGI application is loaded: that runs django.setup() again, and
+    # LOGGING's dictConfig takes the handlers off django's child loggers.
+    forward_to_twisted("django.dispatch", reactor)
     return top
 
 

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from .. import audience, history, logsafe, presence
 from ..django_bridge import authorize_op, defer_to_django
 from .pubsub import REDIS_WAIT, PubSubMessage, Replayed
+from . import signalling
 
 if TYPE_CHECKING:
     from .protocol import WebSocketProtocol
@@ -222,8 +223,10 @@ class V2Session:
                 work = self._publish(op, ref)
             elif name == "unsubscribe":
                 work = self._unsubscribe(op, ref)
+            elif name == "send":
+                work = self._send(op, ref)
             else:
-                raise Refused(400, "op must be 'subscribe', 'unsubscribe' or 'publish'")
+                raise Refused(400, "op must be 'subscribe', 'unsubscribe', 'publish' or 'send'")
         except Refused as refused:
             self._error(ref, refused.code, refused.reason)
             return
@@ -242,16 +245,20 @@ class V2Session:
         return op
 
     def _pair(self, op: dict) -> Pair:
-        facility, name = op.get("facility"), op.get("audience")
+        facility, name = self._facility(op), op.get("audience")
+        if not isinstance(name, str) or name not in audience.AUDIENCES:
+            raise Refused(400, "audience must be 'broadcast', 'group', 'user' or 'session'")
+        return facility, name
+
+    def _facility(self, op: dict) -> str:
+        facility = op.get("facility")
         if not isinstance(facility, str) or not self.settings.facility_pattern.fullmatch(facility):
             raise Refused(400, "The facility is not allowed (see WS4REDIS_FACILITY_PATTERN)")
         try:
             facility.encode("utf-8")  # JSON's escapes allow lone surrogates, which no channel name can hold
         except UnicodeEncodeError:
             raise Refused(400, "The facility is not valid Unicode") from None
-        if not isinstance(name, str) or name not in audience.AUDIENCES:
-            raise Refused(400, "audience must be 'broadcast', 'group', 'user' or 'session'")
-        return facility, name
+        return facility
 
     def _authorized(self, pair: Pair, kind: str, presence: bool = False) -> defer.Deferred:
         """The channels of ``pair`` for ``kind`` ('subscribe', 'publish'), as
@@ -396,6 +403,26 @@ class V2Session:
             return self._publication(channels, payload, ref)
 
         return self._authorized(pair, "publish").addCallback(granted)
+
+    def _send(self, op: dict, ref: Any) -> None:
+        """Data for the server's receivers of ``websocket_message`` (signals.py),
+        not for Redis; ``sent`` once they returned, their replies before it."""
+        if not self.settings.message_signal:
+            raise Refused(400, "send needs WS4REDIS_MESSAGE_SIGNAL = True on the server")
+        facility = self._facility(op)
+        payload = self._data(op)
+
+        def deliver(payload: bytes, is_binary: bool) -> None:
+            reply = {"op": "reply", "facility": facility, "ref": ref}
+            if is_binary:
+                reply["data_b64"] = base64.b64encode(payload).decode("ascii")
+            else:
+                reply["data"] = payload.decode("utf-8")
+            self._reply(reply)
+
+        message = payload if "data_b64" in op else op["data"]
+        signalling.message(self.protocol, facility, message, deliver).addCallback(
+            lambda _: self._reply({"op": "sent", "ref": ref}))
 
     def _data(self, op: dict) -> bytes:
         if "data_b64" in op:

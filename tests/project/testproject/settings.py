@@ -34,3 +34,7 @@ WEBSOCKET_URL = "/ws/"
 WS4REDIS_EXPIRE = 0
 
 globals().update(json.loads(os.environ.get("WS4REDIS_TEST_OVERRIDES", "{}")))
+
+# tests/test_signals.py: receivers of the websocket signals.
+if globals().get("TEST_SIGNAL_RECEIVERS"):
+    INSTALLED_APPS = [*INSTALLED_APPS, "testproject.receivers.Recording"]
