@@ -27,7 +27,7 @@ from django.utils.crypto import constant_time_compare, salted_hmac
 
 from . import django_bridge
 from .conf import get_settings
-from .signals import store_groups_in_session
+from .receivers import store_groups_in_session
 
 #: Tokens made here are signed for this purpose only: no other signed value of
 #: the site (a signed cookie, a password reset link) passes as one.
