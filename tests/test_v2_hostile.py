@@ -82,6 +82,17 @@ def rss(server) -> int:
     return psutil.Process(server.process.pid).memory_info().rss
 
 
+def replies_and_growth(server, ws: V2Socket, ops: list[dict]) -> tuple[list[dict], float]:
+    """Send ``ops`` in one go while reading their replies: the replies, and
+    how many MiB the server grew meanwhile."""
+    before = rss(server)
+    sender = threading.Thread(target=ws.sock.sendall, args=(b"".join(op_frame(op) for op in ops),))
+    sender.start()
+    replies = [ws.read_op() for _ in ops]
+    sender.join(TIMEOUT)
+    return replies, (rss(server) - before) / MIB
+
+
 def channels_of(redis_client, facility_prefix: str) -> list[bytes]:
     return redis_client.pubsub_channels(f"*{facility_prefix}*")
 
@@ -409,18 +420,13 @@ def test_ops_that_keep_nothing_leave_nothing(twistd_servers, redis_client):
     ws = V2Socket(server.port, "/ws/")
     try:
         hook_calls(ws)
-        before = rss(server)
         ref = "r" * 2048
         ops = []
         for n in range(count):
             ops += [{"op": "subscribe", "facility": tag, "audience": "broadcast", "ref": ref},
                     {"op": "unsubscribe", "facility": facility(tag, n), "audience": "group", "ref": ref},
                     {**publish(facility(tag, n)), "ref": ref}]
-        sender = threading.Thread(target=ws.sock.sendall, args=(b"".join(op_frame(op) for op in ops),))
-        sender.start()
-        replies = [ws.read_op() for _ in ops]
-        sender.join(TIMEOUT)
-        growth = (rss(server) - before) / MIB
+        replies, growth = replies_and_growth(server, ws, ops)
         assert [reply["op"] for reply in replies] == ["subscribed", "unsubscribed", "published"] * count
         assert channels_of(redis_client, tag) == [f"broadcast:{tag}".encode()]
         assert growth < 3, f"server grew by {growth:.1f} MiB"
@@ -530,17 +536,12 @@ def test_presence_churn_costs_only_the_subscription_cap_and_leaves_nothing(twist
     ws = V2Socket(server.port, "/ws/")
     try:
         hook_calls(ws)
-        before = rss(server)
         ref = "r" * 2048
         ops = []
         for n in range(count):
             pair = {"facility": facility(tag, n), "audience": "broadcast"}
             ops += [{"op": "subscribe", **pair, "presence": True, "ref": ref}, {"op": "unsubscribe", **pair}]
-        sender = threading.Thread(target=ws.sock.sendall, args=(b"".join(op_frame(op) for op in ops),))
-        sender.start()
-        replies = [ws.read_op() for _ in ops]
-        sender.join(TIMEOUT)
-        growth = (rss(server) - before) / MIB
+        replies, growth = replies_and_growth(server, ws, ops)
         subscribed = replies[0::2]
         assert all(reply["op"] == "subscribed" for reply in subscribed), subscribed[:3]
         assert {json.dumps(reply["presence"]) for reply in subscribed} == {

@@ -69,6 +69,15 @@ local function elsewhere(prefix, nodes, field)
   end
   return false
 end
+local function keep(nodes, own, node, now, ttl)
+  if redis.call('EXISTS', own) == 1 then
+    redis.call('PEXPIRE', own, 2 * ttl)
+    redis.call('ZADD', nodes, now + ttl, node)
+    redis.call('PEXPIRE', nodes, 2 * ttl)
+  else
+    redis.call('ZREM', nodes, node)
+  end
+end
 local function announce(channel, op, facility, field)
   redis.call('PUBLISH', channel, '{"op":' .. cjson.encode(op) .. ',"facility":' .. cjson.encode(facility)
     .. ',"user":' .. cjson.encode(string.sub(field, 3)) .. '}')
@@ -92,13 +101,7 @@ for i = 6, #ARGV, 3 do
     if not elsewhere(prefix, others, field) then announce(channel, event, facility, field) end
   end
 end
-if redis.call('EXISTS', own) == 1 then
-  redis.call('PEXPIRE', own, 2 * ttl)
-  redis.call('ZADD', nodes, now + ttl, node)
-  redis.call('PEXPIRE', nodes, 2 * ttl)
-else
-  redis.call('ZREM', nodes, node)
-end
+keep(nodes, own, node, now, ttl)
 """
 
 #: KEYS: the nodes' set, this node's hash. ARGV: node id, TTL (ms), node
@@ -112,21 +115,15 @@ local node, ttl, prefix, channel, facility = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local now = now_ms()
 local counted_until = tonumber(redis.call('ZSCORE', nodes, node) or 0)
 redis.call('DEL', own)
-if #ARGV > 5 then
-  local others = nil
-  for i = 6, #ARGV, 2 do
-    redis.call('HSET', own, ARGV[i], ARGV[i + 1])
-    if counted_until < now and string.sub(ARGV[i], 1, 2) == 'u:' then
-      others = others or live(nodes, now, node)
-      if not elsewhere(prefix, others, ARGV[i]) then announce(channel, 'join', facility, ARGV[i]) end
-    end
+local others = nil
+for i = 6, #ARGV, 2 do
+  redis.call('HSET', own, ARGV[i], ARGV[i + 1])
+  if counted_until < now and string.sub(ARGV[i], 1, 2) == 'u:' then
+    others = others or live(nodes, now, node)
+    if not elsewhere(prefix, others, ARGV[i]) then announce(channel, 'join', facility, ARGV[i]) end
   end
-  redis.call('PEXPIRE', own, 2 * ttl)
-  redis.call('ZADD', nodes, now + ttl, node)
-  redis.call('PEXPIRE', nodes, 2 * ttl)
-else
-  redis.call('ZREM', nodes, node)
 end
+keep(nodes, own, node, now, ttl)
 for _, dead in ipairs(redis.call('ZRANGEBYSCORE', nodes, '-inf', '(' .. now)) do
   if redis.call('ZREM', nodes, dead) == 1 then
     local alive = live(nodes, now, nil)

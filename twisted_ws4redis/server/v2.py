@@ -321,7 +321,9 @@ class V2Session:
             return
         old = self.subscriptions.pop(pair, None)
         if old is not None:
-            self._release(old)
+            # Its messages stop now; its presence once the new one counts,
+            # so that a replacement is neither a leave nor a join.
+            self._unlisten(old)
         subscription = self.subscriptions[pair] = Subscription(self, pair, channels)
         bus, reactor = self.factory.bus, self.factory.reactor
         try:
@@ -329,7 +331,8 @@ class V2Session:
             if wants_presence:
                 listens.append(self._watch(subscription))
             yield defer.gatherResults(listens, consumeErrors=True).addTimeout(REDIS_WAIT, reactor)
-            self._count(subscription)
+            if self.subscriptions.get(pair) is subscription:  # not closed meanwhile
+                self._count(subscription)
             state = None
             if wants_presence:
                 # Written before it is read (one connection, in order): this socket counts.
@@ -354,6 +357,9 @@ class V2Session:
                 del self.subscriptions[pair]
                 self._release(subscription)
             raise
+        finally:
+            if old is not None:
+                self._uncount(old)
         if self.closed or self.subscriptions.get(pair) is not subscription:
             return
         reply = {"op": "subscribed", "facility": pair[0], "audience": pair[1], "ref": ref}
@@ -466,9 +472,16 @@ class V2Session:
     # -- end -------------------------------------------------------------------
 
     def _release(self, subscription: Subscription) -> None:
+        self._unlisten(subscription)
+        self._uncount(subscription)
+
+    def _unlisten(self, subscription: Subscription) -> None:
         subscription.backlog = None
         for channel in subscription.channels:
             self.factory.bus.unlisten(channel, subscription)
+
+    def _uncount(self, subscription: Subscription) -> None:
+        """The subscription's part in presence ends: its count, its events."""
         facility = subscription.pair[0]
         if subscription.counted:
             subscription.counted = False
