@@ -1,0 +1,452 @@
+"""Presence (issue 13): who is connected to a facility, across nodes. Real
+Redis, real ``twistd ws4redis`` nodes on it, real websocket clients; the
+Django side (``present``, ``apresent``) is read in this process.
+
+Two nodes (A and B) serve the module; the tests that kill or stop a node
+start one of their own. Every test uses its own facility. Absence of an event
+is proved by ordering: events of a facility reach a subscriber in the order
+Redis got them, so a later event arriving first proves the other never came.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import signal
+import time
+
+import pytest
+import redis
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from conftest import RedisServer, TwistdServer, login, open_ws, unique, warm_up
+from test_v2 import V2, Client
+
+TIMEOUT = 5
+TTL = 3
+PRESENCE = {"WS4REDIS_PRESENCE": True, "WS4REDIS_PRESENCE_TTL": TTL}
+#: facility_allowed_channels drops "presence" on facilities named 'nopresence-…'.
+HOOKED = {**PRESENCE, "WS4REDIS_ALLOWED_CHANNELS": "testproject.hooks.facility_allowed_channels"}
+NOBODY = {"users": [], "anonymous": 0, "connections": 0}
+
+
+# -- helpers -------------------------------------------------------------------------
+
+
+class Watcher(Client):
+    """A ws4redis.v2 socket that keeps, in order, the join/leave ops it reads
+    while waiting for a reply (``event()`` hands them out)."""
+
+    def __init__(self, ws):
+        super().__init__(ws)
+        self.events: collections.deque[dict] = collections.deque()
+
+    def reply(self, ref) -> dict:
+        while True:
+            frame = self.recv()
+            if frame.get("op") in ("join", "leave"):
+                self.events.append(frame)
+            elif frame.get("op") == "message":
+                self.inbox.append(frame)
+            else:
+                assert frame.get("ref") == ref, f"expected the reply to ref {ref!r}, got {frame}"
+                return frame
+
+    def event(self, timeout: float = TIMEOUT) -> dict:
+        frame = self.events.popleft() if self.events else self.recv(timeout)
+        assert frame.get("op") in ("join", "leave"), f"expected a presence event, got {frame}"
+        return frame
+
+    def watch(self, facility: str, audience: str = "broadcast") -> dict:
+        """Subscribes with presence; the state the reply carries."""
+        reply = self.subscribe(facility, audience, presence=True)
+        assert set(reply["presence"]) == {"users", "anonymous", "connections"}, reply
+        return reply["presence"]
+
+
+def open_v2(server: TwistdServer, path: str = "", cookie: str | None = None) -> Watcher:
+    ws = connect(server.ws_url(path), subprotocols=[V2], additional_headers={"Cookie": cookie} if cookie else None,
+                 open_timeout=TIMEOUT)
+    assert ws.subprotocol == V2
+    return Watcher(ws)
+
+
+def join(facility: str, user: str) -> dict:
+    return {"op": "join", "facility": facility, "user": user}
+
+
+def leave(facility: str, user: str) -> dict:
+    return {"op": "leave", "facility": facility, "user": user}
+
+
+def by_user(*events: dict) -> list[dict]:
+    """Events of users on different sockets, whose order is not defined."""
+    return sorted(events, key=lambda op: op["user"])
+
+
+def state(users: list[str], anonymous: int, connections: int) -> dict:
+    return {"users": users, "anonymous": anonymous, "connections": connections}
+
+
+def present(facility: str) -> dict:
+    """``presence.present`` in this process, configured as the nodes are."""
+    from django.test import override_settings
+
+    from twisted_ws4redis import presence
+
+    with override_settings(**PRESENCE):
+        return presence.present(facility)
+
+
+def wait_present(facility: str, expected: dict, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while (seen := present(facility)) != expected:
+        assert time.monotonic() < deadline, f"present({facility!r}) is {seen}, not {expected}, after {timeout}s"
+        time.sleep(0.02)
+
+
+def node_keys(client: redis.Redis, facility: str) -> set[bytes]:
+    return set(client.scan_iter(match=f"ws4redis:presence:{{{facility}}}:node:*"))
+
+
+# -- fixtures ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nodes(twistd_servers, redis_server, test_db, django_in_process):
+    """Nodes A and B: two processes with the same settings on one Redis."""
+    a = twistd_servers(PRESENCE)
+    b = TwistdServer(redis_server.url, test_db, PRESENCE)
+    try:
+        warm_up(b)
+        yield a, b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def spare(redis_server, test_db, django_in_process):
+    """A third node, for a test to kill or stop."""
+    node = TwistdServer(redis_server.url, test_db, PRESENCE)
+    try:
+        warm_up(node)
+        yield node
+    finally:
+        node.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def cookies(nodes) -> dict[str, str]:
+    """A session per test user (sessions are in the database both nodes read)."""
+    return {name: login(nodes[0], name) for name in ("john", "mary", "ann")}
+
+
+@pytest.fixture
+def rc(redis_server):
+    client = redis_server.client()
+    yield client
+    client.close()
+
+
+# -- present() -----------------------------------------------------------------------
+
+
+def test_nobody_is_present_on_a_facility_never_used(nodes):
+    assert present(unique("never")) == NOBODY
+
+
+def test_anonymous_sockets_are_counted_and_go_as_they_close(nodes):
+    a, _ = nodes
+    facility = unique("anon")
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(open_ws(a, f"{facility}?subscribe-broadcast"))
+        stack.enter_context(open_ws(a, f"{facility}?subscribe-broadcast"))
+        wait_present(facility, state([], 2, 2))
+        first.close()
+        wait_present(facility, state([], 1, 1))
+    wait_present(facility, NOBODY)
+
+
+def test_users_sockets_on_two_nodes_and_both_wires(nodes, cookies):
+    """john twice (a plain socket on A, a v2 one on B), mary on B, an
+    anonymous socket on A: one name per user, every socket a connection."""
+    a, b = nodes
+    facility = unique("mixed")
+    path = f"{facility}?subscribe-broadcast"
+    with contextlib.ExitStack() as stack:
+        john_plain = stack.enter_context(open_ws(a, path, cookies["john"]))
+        john_v2 = stack.enter_context(open_v2(b, path, cookies["john"]))
+        assert john_v2.recv()["op"] == "subscribed"
+        mary = stack.enter_context(open_ws(b, path, cookies["mary"]))
+        anonymous = stack.enter_context(open_ws(a, path))
+        wait_present(facility, state(["john", "mary"], 1, 4))
+        john_plain.close()
+        wait_present(facility, state(["john", "mary"], 1, 3))
+        john_v2.ws.close()
+        wait_present(facility, state(["mary"], 1, 2))
+        anonymous.close()
+        wait_present(facility, state(["mary"], 0, 1))
+        mary.close()
+        wait_present(facility, NOBODY)
+
+
+def test_a_v2_socket_counts_once_per_facility_while_it_holds_a_subscription(nodes, cookies):
+    a, _ = nodes
+    facility, other = unique("v2-count"), unique("v2-other")
+    with open_v2(a, "", cookies["ann"]) as ws:
+        ws.subscribe(other)
+        wait_present(other, state(["ann"], 0, 1))
+        assert present(facility) == NOBODY  # a socket counts only where it subscribed
+        ws.subscribe(facility)
+        ws.subscribe(facility, "user")
+        wait_present(facility, state(["ann"], 0, 1))
+        ws.unsubscribe(facility)
+        third = unique("v2-third")
+        ws.subscribe(third)  # the node's presence writes after the unsubscribe's:
+        wait_present(third, state(["ann"], 0, 1))
+        assert present(facility) == state(["ann"], 0, 1)
+        ws.unsubscribe(facility, "user")
+        wait_present(facility, NOBODY)
+        assert present(other) == state(["ann"], 0, 1)
+
+
+def test_apresent_equals_present(nodes, cookies):
+    from django.test import override_settings
+
+    from twisted_ws4redis import presence
+
+    a, b = nodes
+    facility = unique("async")
+    path = f"{facility}?subscribe-broadcast"
+    with open_ws(a, path, cookies["mary"]), open_ws(b, path, cookies["john"]), open_ws(b, path):
+        wait_present(facility, state(["john", "mary"], 1, 3))
+        with override_settings(**PRESENCE):
+            assert asyncio.run(presence.apresent(facility)) == presence.present(facility)
+            assert asyncio.run(presence.apresent(unique("async-none"))) == NOBODY
+
+
+# -- join and leave ------------------------------------------------------------------
+
+
+def test_join_and_leave_across_nodes(nodes, cookies):
+    """Watched on A; john comes and goes on B: one join for his first socket,
+    one leave for his last. mary, after, is the marker that nothing came
+    in between."""
+    a, b = nodes
+    facility = unique("events")
+    path = f"{facility}?subscribe-broadcast"
+    with open_v2(a) as watcher:
+        assert watcher.watch(facility) == state([], 1, 1)  # this socket included
+        with open_ws(b, path, cookies["john"]) as first:
+            assert watcher.event() == join(facility, "john")
+            with open_v2(b, path, cookies["john"]) as second:
+                assert second.recv()["op"] == "subscribed"
+                wait_present(facility, state(["john"], 1, 3))
+            wait_present(facility, state(["john"], 1, 2))
+            with open_ws(b, path, cookies["mary"]):
+                assert watcher.event() == join(facility, "mary")  # no second join, no leave of john
+            assert watcher.event() == leave(facility, "mary")
+            first.close()
+            assert watcher.event() == leave(facility, "john")
+        wait_present(facility, state([], 1, 1))
+
+
+def test_the_subscribed_reply_carries_the_state_and_the_own_join_arrives(nodes, cookies):
+    a, b = nodes
+    facility = unique("state")
+    path = f"{facility}?subscribe-broadcast"
+    with open_ws(b, path, cookies["john"]), open_ws(a, path), open_ws(b, path):
+        wait_present(facility, state(["john"], 2, 3))
+        with open_v2(a, "", cookies["mary"]) as watcher:
+            assert watcher.watch(facility) == state(["john", "mary"], 2, 4)  # this socket included
+            assert watcher.event() == join(facility, "mary")
+
+
+def test_an_unsubscribe_of_a_v2_users_last_subscription_is_a_leave(nodes, cookies):
+    a, b = nodes
+    facility = unique("unsub")
+    with open_v2(a) as watcher, open_v2(b, "", cookies["ann"]) as ann:
+        watcher.watch(facility)
+        ann.subscribe(facility)
+        assert watcher.event() == join(facility, "ann")
+        ann.subscribe(facility, "user")
+        ann.unsubscribe(facility)
+        ann.unsubscribe(facility, "user")
+        assert watcher.event() == leave(facility, "ann")  # no join between: the second subscription made none
+        wait_present(facility, state([], 1, 1))
+
+
+def test_anonymous_sockets_cause_no_events(nodes, cookies):
+    a, b = nodes
+    facility = unique("quiet")
+    path = f"{facility}?subscribe-broadcast"
+    with open_v2(a) as watcher:
+        watcher.watch(facility)
+        with open_ws(b, path), open_v2(b, path) as anonymous_v2:
+            assert anonymous_v2.recv()["op"] == "subscribed"
+            wait_present(facility, state([], 3, 3))
+        wait_present(facility, state([], 1, 1))
+        with open_ws(b, path, cookies["john"]):
+            assert watcher.event() == join(facility, "john")
+
+
+def test_several_presence_subscriptions_on_a_facility_get_each_event_once(nodes, cookies):
+    """Events are per facility: the watcher's broadcast and user subscriptions
+    give one join per user."""
+    a, b = nodes
+    facility = unique("once")
+    path = f"{facility}?subscribe-broadcast"
+    with open_v2(a, "", cookies["mary"]) as watcher:
+        watcher.watch(facility)
+        assert watcher.event() == join(facility, "mary")
+        watcher.watch(facility, "user")
+        with open_ws(b, path, cookies["john"]):
+            assert watcher.event() == join(facility, "john")
+        assert watcher.event() == leave(facility, "john")  # not a second join of john
+        with open_ws(b, path, cookies["ann"]):
+            assert watcher.event() == join(facility, "ann")  # not a second leave of john
+
+
+def test_unsubscribing_stops_the_events(nodes, cookies):
+    a, b = nodes
+    facility, marker = unique("stop"), unique("stop-marker")
+    with open_v2(a) as watcher:
+        watcher.watch(facility)
+        watcher.unsubscribe(facility)
+        watcher.watch(marker)
+        with open_ws(b, f"{facility}?subscribe-broadcast", cookies["john"]):
+            wait_present(facility, state(["john"], 0, 1))
+            with open_ws(b, f"{marker}?subscribe-broadcast", cookies["ann"]):
+                assert watcher.event() == join(marker, "ann")
+
+
+# -- refusals ------------------------------------------------------------------------
+
+
+def test_presence_asked_of_a_node_without_it_is_a_400(twistd_servers, rc):
+    facility = unique("off")
+    with open_v2(twistd_servers()) as ws:
+        error = ws.call("subscribe", facility=facility, audience="broadcast", presence=True)
+        assert (error["op"], error["code"]) == ("error", 400), error
+        assert "WS4REDIS_PRESENCE" in error["reason"], error
+        ws.subscribe(unique("off-after"))  # the socket stays open, and the refused subscription was not made:
+        assert rc.publish(f"broadcast:{facility}", "to nobody") == 0
+
+
+@pytest.mark.parametrize("value", ["true", 1, [True], {}], ids=["text", "one", "list", "object"])
+def test_presence_not_a_bool_is_a_400(nodes, rc, value):
+    a, _ = nodes
+    facility = unique("notbool")
+    with open_v2(a) as ws:
+        error = ws.call("subscribe", facility=facility, audience="broadcast", presence=value)
+        assert (error["op"], error["code"]) == ("error", 400), error
+        ws.subscribe(unique("notbool-after"))
+        assert rc.publish(f"broadcast:{facility}", "to nobody") == 0
+
+
+def test_presence_false_is_a_plain_subscription(nodes):
+    a, _ = nodes
+    facility = unique("false")
+    with open_v2(a) as ws:
+        reply = ws.subscribe(facility, presence=False)
+        assert "presence" not in reply, reply
+        wait_present(facility, state([], 1, 1))
+
+
+def test_allowed_channels_dropping_presence_is_a_403(twistd_servers, django_in_process, cookies):
+    server = twistd_servers(HOOKED)
+    refused, allowed = unique("nopresence"), unique("presence-ok")
+    with open_v2(server, "", cookies["john"]) as ws:
+        error = ws.call("subscribe", facility=refused, audience="broadcast", presence=True)
+        assert (error["op"], error["code"]) == ("error", 403), error
+        ws.subscribe(refused)  # without presence, the facility is open to john
+        assert ws.watch(allowed) == state(["john"], 0, 1)
+        assert ws.event() == join(allowed, "john")
+
+
+# -- nodes that die or stop ----------------------------------------------------------
+
+
+def test_a_killed_nodes_users_leave_within_the_ttl(nodes, spare, cookies, rc):
+    """ann only on the killed node: gone from present() and a leave on A.
+    john also on A: stays, without a leave (mary, after, is the marker)."""
+    a, _ = nodes
+    facility = unique("killed")
+    path = f"{facility}?subscribe-broadcast"
+    with open_v2(a) as watcher, open_ws(a, path, cookies["john"]):
+        watcher.watch(facility)
+        assert watcher.event() == join(facility, "john")
+        ann = open_ws(spare, path, cookies["ann"])
+        john_there = open_ws(spare, path, cookies["john"])
+        assert watcher.event() == join(facility, "ann")
+        wait_present(facility, state(["ann", "john"], 1, 4))
+        assert len(node_keys(rc, facility)) == 2
+        spare.process.kill()
+        spare.process.wait()
+        wait_present(facility, state(["john"], 1, 2), timeout=TTL + 1)
+        assert watcher.event(timeout=TTL + 2) == leave(facility, "ann")
+        with open_ws(a, path, cookies["mary"]):
+            assert watcher.event() == join(facility, "mary")  # no leave of john came first
+        deadline = time.monotonic() + TIMEOUT
+        while len(node_keys(rc, facility)) != 1:  # the dead node's hash is deleted, A's stays
+            assert time.monotonic() < deadline, node_keys(rc, facility)
+            time.sleep(0.05)
+        for ws in (ann, john_there):
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=TIMEOUT)
+
+
+def test_a_stopped_node_publishes_its_users_leaves_before_it_exits(nodes, spare, cookies):
+    """SIGTERM: the node's sockets close (1001) and its users' leaves are
+    out before the process ends: present() no longer has them at once."""
+    a, _ = nodes
+    facility = unique("stopped")
+    path = f"{facility}?subscribe-broadcast"
+    with open_v2(a) as watcher:
+        watcher.watch(facility)
+        john = open_ws(spare, path, cookies["john"])
+        mary = open_v2(spare, path, cookies["mary"])
+        assert mary.recv()["op"] == "subscribed"
+        assert by_user(watcher.event(), watcher.event()) == [join(facility, "john"), join(facility, "mary")]
+        assert spare.stop(signal.SIGTERM) == 0
+        assert present(facility) == state([], 1, 1)
+        assert by_user(watcher.event(), watcher.event()) == [leave(facility, "john"), leave(facility, "mary")]
+        for ws in (john, mary.ws):
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=TIMEOUT)
+            assert ws.close_code == 1001
+
+
+# -- presence off --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("on", [False, True], ids=["off", "on"])
+def test_a_node_writes_presence_keys_only_with_presence_on(test_db, on):
+    """On a Redis of its own, a node with sockets of every kind: with presence
+    off (the default) not one presence key; on, the same steps write some
+    (so the check sees keys when there are any)."""
+    store = RedisServer()
+    node = None
+    try:
+        overrides = {"WS4REDIS_PRESENCE_TTL": 1, **({"WS4REDIS_PRESENCE": True} if on else {})}
+        node = TwistdServer(store.url, test_db, overrides)
+        warm_up(node)
+        client = store.client()
+        facility = unique("keys")
+        cookie = login(node, "john")
+        path = f"{facility}?subscribe-broadcast&publish-broadcast"
+        with open_ws(node, path, cookie) as plain, open_ws(node, path), open_v2(node, "", cookie) as v2:
+            v2.subscribe(facility)
+            v2.publish(facility, "round trip")  # the node has handled both opens and the subscribe
+            assert plain.recv(timeout=TIMEOUT) == "round trip"
+            assert v2.message()["data"] == "round trip"
+            deadline = time.monotonic() + 1.5  # past a refresh (TTL/3) had presence been on
+            while not (keys := list(client.scan_iter(match="*presence*"))) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert bool(keys) is on, keys
+        client.close()
+    finally:
+        if node is not None:
+            node.stop()
+        store.stop()
