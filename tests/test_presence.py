@@ -89,19 +89,19 @@ def state(users: list[str], anonymous: int, connections: int) -> dict:
     return {"users": users, "anonymous": anonymous, "connections": connections}
 
 
-def present(facility: str) -> dict:
+def present(facility: str, **settings) -> dict:
     """``presence.present`` in this process, configured as the nodes are."""
     from django.test import override_settings
 
     from twisted_ws4redis import presence
 
-    with override_settings(**PRESENCE):
+    with override_settings(**PRESENCE, **settings):
         return presence.present(facility)
 
 
-def wait_present(facility: str, expected: dict, timeout: float = TIMEOUT) -> None:
+def wait_present(facility: str, expected: dict, timeout: float = TIMEOUT, **settings) -> None:
     deadline = time.monotonic() + timeout
-    while (seen := present(facility)) != expected:
+    while (seen := present(facility, **settings)) != expected:
         assert time.monotonic() < deadline, f"present({facility!r}) is {seen}, not {expected}, after {timeout}s"
         time.sleep(0.02)
 
@@ -224,6 +224,16 @@ def test_apresent_equals_present(nodes, cookies):
         with override_settings(**PRESENCE):
             assert asyncio.run(presence.apresent(facility)) == presence.present(facility)
             assert asyncio.run(presence.apresent(unique("async-none"))) == NOBODY
+
+
+def test_present_reads_under_the_prefix(twistd_servers, django_in_process, cookies, rc):
+    server = twistd_servers({**PRESENCE, "WS4REDIS_PREFIX": "pfx"})
+    facility = unique("prefixed")
+    with open_ws(server, f"{facility}?subscribe-broadcast", cookies["john"]):
+        wait_present(facility, state(["john"], 0, 1), WS4REDIS_PREFIX="pfx")
+        assert present(facility) == NOBODY
+        keys = {key.decode() for key in rc.scan_iter(match=f"*{facility}*")}
+        assert keys and all(key.startswith(f"pfx:ws4redis:presence:{{{facility}}}") for key in keys), keys
 
 
 # -- join and leave ------------------------------------------------------------------
