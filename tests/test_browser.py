@@ -219,6 +219,22 @@ def test_user_chat_reaches_only_the_addressee(chat_server, open_browser):
     screenshot(mary, "userchat")
 
 
+def test_broadcast_chat_lists_who_is_here(chat_server, open_browser):
+    """WS4REDIS_PRESENCE: the page gets the state with its subscription, then
+    joins and leaves, through ws4redis.js' presence, join and leave callbacks."""
+    john, mary = open_browser(), open_browser()
+    here = lambda driver: driver.find_element(By.ID, "here").text  # noqa: E731
+    sign_in(john, chat_server, "john", "/chat/")
+    wait_until(lambda: here(john) == "Logged in here: john", message="john to see himself")
+    sign_in(mary, chat_server, "mary", "/chat/")
+    wait_until(lambda: here(mary) == "Logged in here: john, mary", message="mary to see both")
+    wait_until(lambda: here(john) == "Logged in here: john, mary", message="john to see mary join")
+    mary.execute_script("window.chatClient.close()")
+    wait_until(lambda: here(john) == "Logged in here: john", message="john to see mary leave")
+    sent = [json.loads(frame) for frame in frames(john)["sent"] if frame.startswith("{")]
+    assert [op.get("presence") for op in sent if op["op"] == "subscribe"] == [True]
+
+
 def test_user_chat_post_needs_the_csrf_token(chat_server, open_browser):
     """The view is CSRF-protected: a POST without the token is refused."""
     driver = open_browser()

@@ -67,6 +67,9 @@ CASES = [
     ("WS4REDIS_HISTORY_SIZE", -1, "twisted_ws4redis.E026", "-1"),
     ("WS4REDIS_HISTORY_TTL", 0, "twisted_ws4redis.E027", "got 0"),
     ("WS4REDIS_MAX_SUBSCRIPTIONS", "100", "twisted_ws4redis.E028", "'100'"),
+    ("WS4REDIS_PRESENCE", 1, "twisted_ws4redis.E029", "got 1"),
+    ("WS4REDIS_PRESENCE_TTL", 2.5, "twisted_ws4redis.E030", "2.5"),
+    ("WS4REDIS_MESSAGE_SIGNAL", "yes", "twisted_ws4redis.E031", "'yes'"),
 ]
 
 #: Checks and a start-up open no database: none is migrated for them.

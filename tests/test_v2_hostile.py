@@ -499,3 +499,61 @@ def test_a_payload_that_looks_like_an_envelope_is_delivered_as_sent(twistd_serve
             assert kept[1]["id"] == real_id and payload_of(kept[1]) == FORGED
             with connect(server.ws_url(f"{tag}?subscribe-broadcast"), open_timeout=TIMEOUT) as later:
                 assert later.recv(timeout=TIMEOUT) == FORGED.decode()
+
+
+# -- 7. presence ---------------------------------------------------------------------------
+
+PRESENCE_CAP = {**SUBSCRIPTION_CAP, "WS4REDIS_PRESENCE": True}
+
+
+def presence_keys(redis_client, tag: str) -> list[bytes]:
+    return sorted(redis_client.scan_iter(f"*presence*{tag}*")) + sorted(channels_of(redis_client, tag))
+
+
+def wait_for_no_presence(redis_client, tag: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while presence_keys(redis_client, tag):
+        assert time.monotonic() < deadline, presence_keys(redis_client, tag)
+        time.sleep(0.05)
+
+
+def test_presence_churn_costs_only_the_subscription_cap_and_leaves_nothing(twistd_servers, redis_client):
+    """WS4REDIS_PRESENCE: one socket asks 400 times for the presence of a new
+    facility (128 characters, 2 KiB refs) and drops it, in one go: at most
+    WS4REDIS_MAX_SUBSCRIPTIONS facilities at a time are counted or listened
+    to, each answered, the server has not grown by what it was sent (1.2 MiB),
+    and once they are dropped Redis holds no presence key or channel of
+    them; a socket holding the cap of them and reset (RST) leaves none either."""
+    server = twistd_servers(PRESENCE_CAP)
+    tag = unique("presence")
+    count = 400
+    ws = V2Socket(server.port, "/ws/")
+    try:
+        hook_calls(ws)
+        before = rss(server)
+        ref = "r" * 2048
+        ops = []
+        for n in range(count):
+            pair = {"facility": facility(tag, n), "audience": "broadcast"}
+            ops += [{"op": "subscribe", **pair, "presence": True, "ref": ref}, {"op": "unsubscribe", **pair}]
+        sender = threading.Thread(target=ws.sock.sendall, args=(b"".join(op_frame(op) for op in ops),))
+        sender.start()
+        replies = [ws.read_op() for _ in ops]
+        sender.join(TIMEOUT)
+        growth = (rss(server) - before) / MIB
+        subscribed = replies[0::2]
+        assert all(reply["op"] == "subscribed" for reply in subscribed), subscribed[:3]
+        assert {json.dumps(reply["presence"]) for reply in subscribed} == {
+            json.dumps({"users": [], "anonymous": 1, "connections": 1})}
+        assert [reply["op"] for reply in replies[1::2]] == ["unsubscribed"] * count
+        assert growth < 3, f"server grew by {growth:.1f} MiB"
+        wait_for_no_presence(redis_client, tag)
+        for n in range(CAP):
+            ws.send_op({"op": "subscribe", "facility": facility(tag, n), "audience": "broadcast", "presence": True})
+        assert [ws.read_op()["op"] for _ in range(CAP)] == ["subscribed"] * CAP
+        assert len(redis_client.keys(f"*presence*{tag}*:nodes")) == CAP
+    finally:
+        ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        ws.close()
+    wait_for_no_presence(redis_client, tag)
+    assert_log_clean(server)

@@ -69,6 +69,9 @@ class Settings:
     history_size: int
     history_ttl: int
     max_subscriptions: int
+    presence: bool
+    presence_ttl: int
+    message_signal: bool
 
 
 class SettingError(ImproperlyConfigured):
@@ -108,6 +111,12 @@ def _prefix(name: str, value: Any) -> str:
 def _count(name: str, value: Any, unit: str = "seconds") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ImproperlyConfigured(f"{name} must be a non-negative integer ({unit}), got {value!r}")
+    return value
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ImproperlyConfigured(f"{name} must be True or False, got {value!r}")
     return value
 
 
@@ -262,6 +271,11 @@ RULES: dict[str, Rule] = {
     "WS4REDIS_HISTORY_TTL": _positive("twisted_ws4redis.E027", "history_ttl", 3600, "seconds", integer=True),
     "WS4REDIS_MAX_SUBSCRIPTIONS": _positive("twisted_ws4redis.E028", "max_subscriptions", 100,
                                             "subscriptions per websocket", integer=True),
+    # Presence and server-side signals (see presence.py, server/presence.py, signals.py).
+    "WS4REDIS_PRESENCE": Rule(False, "twisted_ws4redis.E029", "presence", _bool),
+    "WS4REDIS_PRESENCE_TTL": _positive("twisted_ws4redis.E030", "presence_ttl", 30, "seconds", integer=True),
+    "WS4REDIS_MESSAGE_SIGNAL": Rule(False, "twisted_ws4redis.E031", "message_signal", _bool,
+                                    "True sends websocket_message for every message (a thread hop each)."),
 }
 
 DEFAULTS: dict[str, Any] = {name: rule.default for name, rule in RULES.items()}

@@ -111,6 +111,8 @@ class Accepted:
     #: ws4redis.v2 only: the URL's allowed flags, each with its channels
     #: ({"subscribe-broadcast": [...], ...})
     flags: dict[str, list[str]] = field(default_factory=dict)
+    #: the user's name for presence (None: anonymous)
+    username: str | None = None
 
 
 def _flag_channels(request: WSGIRequest, flag: str, settings: Settings, bus: Any) -> list[str]:
@@ -134,23 +136,29 @@ def authorize(handshake: Handshake, facility: str, settings: Settings, bus: Any,
     subscriber = settings.subscriber(bus)
     subscriber.set_pubsub_channels(request, flags)
     key = audience.genuine_session_key(getattr(request, "session", None))
-    accepted = Accepted(request, subscriber, echo, audience.session_digest(key) if key else None)
+    user = getattr(request, "user", None)
+    accepted = Accepted(request, subscriber, echo, audience.session_digest(key) if key else None,
+                        username=user.get_username() if getattr(user, "is_authenticated", False) else None)
     if v2:
         accepted.flags = {flag: _flag_channels(request, flag, settings, bus) for flag in flags}
     return accepted
 
 
-def authorize_op(request: WSGIRequest, facility: str, flag: str, settings: Settings, bus: Any) -> list[str]:
+def authorize_op(request: WSGIRequest, facility: str, flag: str, settings: Settings, bus: Any,
+                 presence: bool = False) -> list[str]:
     """A ws4redis.v2 subscribe or publish, decided as the URL's flags are:
     WS4REDIS_ALLOWED_CHANNELS asked with ``request.facility`` set to
     ``facility`` and the one flag; the channels it names. A flag the
     subscriber does not recognise, or that the hook drops, raises
-    ``PermissionDenied``."""
+    ``PermissionDenied``. With ``presence`` the hook is asked for the flag
+    ``"presence"`` too (who else is connected is not for everybody)."""
     if flag not in settings.subscriber.recognised_flags():
         raise PermissionDenied(f"{flag} is not offered here")
     request.facility = facility
-    if settings.allowed_channels is not None and flag not in settings.allowed_channels(request, [flag]):
-        raise PermissionDenied(f"{flag} is not allowed for this facility")
+    if settings.allowed_channels is not None:
+        for asked in [flag, "presence"] if presence else [flag]:
+            if asked not in settings.allowed_channels(request, [asked]):
+                raise PermissionDenied(f"{asked} is not allowed for this facility")
     return _flag_channels(request, flag, settings, bus)
 
 

@@ -23,6 +23,7 @@ from ..conf import Settings
 from .descriptors import ConnectionBudget
 from ..django_bridge import Accepted, Handshake, authorize, defer_to_django
 from .outbox import Outbox, buffered_bytes, socket_transport, write_now
+from .presence import NodePresence
 from .pubsub import REDIS_WAIT, PubSubMessage, RedisBus
 from .v2 import SUBPROTOCOL, V2Session
 
@@ -139,6 +140,10 @@ class WebSocketProtocol(WebSocketServerProtocol):
     _wants_v2 = False
     #: ws4redis.v2: the URL's allowed flags and their channels
     _flags: dict | None = None
+    #: the user's name for presence (None: anonymous)
+    username: str | None = None
+    #: a plain websocket counted as connected to its facility (presence)
+    _counted = False
 
     # -- the write path and back-pressure --------------------------------------------
 
@@ -286,6 +291,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self.django_request = accepted.request
         self.subscriber = accepted.subscriber
         self.echo = accepted.echo
+        self.username = accepted.username
         if self._paused_before_101:
             self._paused_before_101 = False
             self.update_reading()
@@ -355,6 +361,9 @@ class WebSocketProtocol(WebSocketServerProtocol):
             self.v2.open(self.facility, self._flags)
             self._flags = None
             return
+        if self.factory.presence is not None:
+            self._counted = True
+            self.factory.presence.joined(self.facility, self.username)
         d = self.subscriber.subscribe(self._deliver)
         d.addCallback(lambda _: self.subscriber.fetch_persisted_messages())
         d.addTimeout(REDIS_WAIT, self.factory.reactor)
@@ -489,6 +498,9 @@ class WebSocketProtocol(WebSocketServerProtocol):
             self.subscriber.release()
         if self.v2 is not None:
             self.v2.close()
+        if self._counted:
+            self._counted = False
+            self.factory.presence.left(self.facility, self.username)
         if self in self.factory.connections:
             self.factory.connections.discard(self)
             same_session = self.factory.sessions.get(self.session_digest)
@@ -535,6 +547,8 @@ class WebSocketFactory(WebSocketServerFactory):
         #: digest -> reactor time, oldest first, of sessions recently ended
         self._ended: OrderedDict[str, float] = OrderedDict()
         self.outbox = Outbox(self.reactor, settings.max_buffered_bytes)
+        #: who is connected to which facility (WS4REDIS_PRESENCE; set by the service)
+        self.presence: NodePresence | None = None
         self.setProtocolOptions(
             webStatus=False,
             # RFC 6455 only: drafts (version 8) have been dead for a decade.

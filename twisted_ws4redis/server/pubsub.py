@@ -452,6 +452,10 @@ class RedisBus(Service):
         # Without a timeout a command waits forever while Redis is away.
         return d.addTimeout(self._timeout, self._reactor)
 
+    def script(self, source: str, keys: list[str], args: list) -> defer.Deferred:
+        """Run a Lua script (txredisapi's eval() sends it once per connection, then its digest)."""
+        return self._run("eval", source, keys, args)
+
     def publish(self, channels: Iterable[str], message: bytes, expire: int = 0) -> defer.Deferred:
         """PUBLISH on every channel and, if ``expire`` > 0, keep the message
         there for that many seconds (pipelined on one connection, in order);
@@ -462,8 +466,7 @@ class RedisBus(Service):
         calls = []
         for channel in channels:
             if settings.history_size:
-                # txredisapi's eval() sends the script once per connection, then its digest.
-                calls.append(self._run("eval", history.PUBLISH_SCRIPT, history.publish_keys(channel, settings.prefix),
+                calls.append(self.script(history.PUBLISH_SCRIPT, history.publish_keys(channel, settings.prefix),
                                        args)
                              .addCallback(lambda reply: reply[1].decode("ascii")))
             else:
@@ -484,7 +487,7 @@ class RedisBus(Service):
         payload)] in order, or None when the history no longer reaches back to
         ``since`` (history.py)."""
         settings = get_settings()
-        d = self._run("eval", history.RECOVER_SCRIPT, history.recover_keys(channel, settings.prefix),
+        d = self.script(history.RECOVER_SCRIPT, history.recover_keys(channel, settings.prefix),
                       [since, settings.history_size])
 
         def read(reply) -> list[tuple[str, bytes]] | None:
@@ -503,7 +506,7 @@ class RedisBus(Service):
         settings = get_settings()
         if not settings.history_size:
             return self.fetch([channel]).addCallback(lambda values: (None, values[0]) if values[0] else None)
-        d = self._run("eval", history.CURRENT_SCRIPT, [channel, history.history_key(channel, settings.prefix)], [])
+        d = self.script(history.CURRENT_SCRIPT, [channel, history.history_key(channel, settings.prefix)], [])
 
         def read(reply) -> tuple[str | None, bytes] | None:
             persisted, last = reply

@@ -25,6 +25,7 @@ from .descriptors import raise_open_files_limit
 from .embedded import EmbeddedRedis, EmbeddedRedisService
 from .logbridge import forward_to_stdlib
 from .outbox import buffered_bytes
+from .presence import NodePresence
 from .protocol import WebSocketFactory, wait_until
 from .pubsub import RedisBus
 from .reactor_thread import daemon_thread
@@ -226,6 +227,10 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
         EmbeddedRedisService(embedded, reactor).setServiceParent(top)
     ThreadPoolService(pool).setServiceParent(top)
     bus.setServiceParent(top)
+    if settings.presence:
+        # After the bus: stopped before it, its last leaves still reach Redis.
+        factory.presence = NodePresence(bus, settings, reactor)
+        factory.presence.setServiceParent(top)
     if settings.auto_ping_interval:
         pinger = TimerService(settings.auto_ping_interval, factory.ping_all)
         pinger.clock = reactor

@@ -24,7 +24,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .. import audience, history, logsafe
+from .. import audience, history, logsafe, presence
 from ..django_bridge import authorize_op, defer_to_django
 from .pubsub import REDIS_WAIT, PubSubMessage, Replayed
 
@@ -86,7 +86,7 @@ def message_frame(pair: Pair, message: PubSubMessage) -> bytes:
 class Subscription:
     """One (facility, audience) of a websocket: a listener of its channels."""
 
-    __slots__ = ("session", "pair", "channels", "backlog", "replayed")
+    __slots__ = ("session", "pair", "channels", "backlog", "replayed", "counted", "watch")
 
     def __init__(self, session: V2Session, pair: Pair, channels: list[str]):
         self.session = session
@@ -95,6 +95,10 @@ class Subscription:
         #: live messages waiting for the recovered ones; None once live
         self.backlog: list[PubSubMessage] | None = []
         self.replayed = Replayed()
+        #: the socket counts as connected to the facility for this subscription (presence)
+        self.counted = False
+        #: the facility's join and leave events it asked for
+        self.watch: PresenceWatch | None = None
 
     def __call__(self, message: PubSubMessage) -> None:
         if self.backlog is not None:
@@ -109,6 +113,31 @@ class Subscription:
                 self.session.deliver(self, message)
 
 
+class PresenceWatch:
+    """The join and leave events of one facility for one websocket, however
+    many of its subscriptions asked for them. They wait until the first
+    ``subscribed`` reply has gone (with the state they follow)."""
+
+    __slots__ = ("session", "channel", "subscriptions", "backlog")
+
+    def __init__(self, session: V2Session, channel: str):
+        self.session = session
+        self.channel = channel
+        self.subscriptions = 0
+        self.backlog: list[PubSubMessage] | None = []
+
+    def __call__(self, message: PubSubMessage) -> None:
+        if self.backlog is not None:
+            self.backlog.append(message)
+        else:
+            self.session.send_event(message)
+
+    def go_live(self) -> None:
+        backlog, self.backlog = self.backlog or [], None
+        for message in backlog:
+            self.session.send_event(message)
+
+
 class V2Session:
     """The ws4redis.v2 state of one websocket."""
 
@@ -120,6 +149,10 @@ class V2Session:
         #: publish permissions asked for once per pair, as the URL's flags are
         #: per socket (most recently used last, at most WS4REDIS_MAX_SUBSCRIPTIONS)
         self._grants: OrderedDict[Pair, list[str]] = OrderedDict()
+        #: facility -> subscriptions for which the socket counts as connected to it (presence)
+        self._counted: dict[str, int] = {}
+        #: facility -> its join and leave events
+        self._watches: dict[str, PresenceWatch] = {}
         #: an op is waiting: nothing more is read from the socket
         self.busy = False
         self.closed = False
@@ -145,6 +178,10 @@ class V2Session:
             self._put(message.framed(subscription.pair, lambda: self.factory.prepareMessage(
                 message_frame(subscription.pair, message), False).payloadHybi))
 
+    def send_event(self, message: PubSubMessage) -> None:
+        """A presence event, as its node published it (a JSON op)."""
+        self._put(message.framed("presence", lambda: self.factory.prepareMessage(message.payload, False).payloadHybi))
+
     # -- ops -------------------------------------------------------------------
 
     def open(self, facility: str, flags: dict[str, list[str]]) -> None:
@@ -162,7 +199,7 @@ class V2Session:
     @defer.inlineCallbacks
     def _start_all(self, subscribe: list[tuple[Pair, list[str]]]):
         for pair, channels in subscribe:
-            yield self._start(channels, pair, None, None)
+            yield self._start(channels, pair, None, None, False)
 
     def received(self, payload: bytes, is_binary: bool) -> None:
         """One op from the client."""
@@ -216,12 +253,12 @@ class V2Session:
             raise Refused(400, "audience must be 'broadcast', 'group', 'user' or 'session'")
         return facility, name
 
-    def _authorized(self, pair: Pair, kind: str) -> defer.Deferred:
+    def _authorized(self, pair: Pair, kind: str, presence: bool = False) -> defer.Deferred:
         """The channels of ``pair`` for ``kind`` ('subscribe', 'publish'), as
-        Django decides on the thread pool."""
+        Django decides on the thread pool (``presence``: its events too)."""
         protocol = self.protocol
         d = defer_to_django(self.factory.reactor, self.factory.pool, authorize_op, protocol.django_request,
-                            pair[0], f"{kind}-{pair[1]}", self.settings, self.factory.bus)
+                            pair[0], f"{kind}-{pair[1]}", self.settings, self.factory.bus, presence)
 
         def refused(failure: Failure):
             failure.trap(PermissionDenied)
@@ -260,13 +297,19 @@ class V2Session:
             if parsed is None:
                 raise Refused(400, "since must be a message id, such as '1733059200000-0'")
             since = history.format_id(parsed)
+        wants_presence = op.get("presence", False)
+        if not isinstance(wants_presence, bool):
+            raise Refused(400, "presence must be true or false")
+        if wants_presence and self.factory.presence is None:
+            raise Refused(400, "Presence is off on this server (WS4REDIS_PRESENCE)")
         limit = self.settings.max_subscriptions
         if pair not in self.subscriptions and len(self.subscriptions) >= limit:
             raise Refused(429, f"At most {limit} subscriptions per websocket (WS4REDIS_MAX_SUBSCRIPTIONS)")
-        return self._authorized(pair, "subscribe").addCallback(self._start, pair, since, ref)
+        return self._authorized(pair, "subscribe", wants_presence).addCallback(
+            self._start, pair, since, ref, wants_presence)
 
     @defer.inlineCallbacks
-    def _start(self, channels: list[str], pair: Pair, since: str | None, ref: Any):
+    def _start(self, channels: list[str], pair: Pair, since: str | None, ref: Any, wants_presence: bool):
         if self.closed:
             return
         old = self.subscriptions.pop(pair, None)
@@ -275,9 +318,17 @@ class V2Session:
         subscription = self.subscriptions[pair] = Subscription(self, pair, channels)
         bus, reactor = self.factory.bus, self.factory.reactor
         try:
-            listening = defer.gatherResults([bus.listen(channel, subscription) for channel in channels],
-                                            consumeErrors=True)
-            yield listening.addTimeout(REDIS_WAIT, reactor)
+            listens = [bus.listen(channel, subscription) for channel in channels]
+            if wants_presence:
+                listens.append(self._watch(subscription))
+            yield defer.gatherResults(listens, consumeErrors=True).addTimeout(REDIS_WAIT, reactor)
+            self._count(subscription)
+            state = None
+            if wants_presence:
+                # Written before it is read (one connection, in order): this socket counts.
+                self.factory.presence.flush()
+                keys, args = presence.read_call(pair[0], self.settings.prefix)
+                state = yield bus.script(presence.READ_SCRIPT, keys, args).addTimeout(REDIS_WAIT, reactor)
             recovered = None
             found = [None] * len(channels)
             if since is not None and self.settings.history_size:
@@ -301,7 +352,11 @@ class V2Session:
         reply = {"op": "subscribed", "facility": pair[0], "audience": pair[1], "ref": ref}
         if since is not None:
             reply["recovered"] = recovered
+        if state is not None:
+            reply["presence"] = presence.parse_read(state)
         self._reply(reply)
+        if subscription.watch is not None:
+            subscription.watch.go_live()
         replay = []
         for channel, entries, kept in zip(channels, found, current):
             key = channel.encode("utf-8")
@@ -387,6 +442,45 @@ class V2Session:
         subscription.backlog = None
         for channel in subscription.channels:
             self.factory.bus.unlisten(channel, subscription)
+        facility = subscription.pair[0]
+        if subscription.counted:
+            subscription.counted = False
+            self._counted[facility] -= 1
+            if not self._counted[facility]:
+                del self._counted[facility]
+                self.factory.presence.left(facility, self.protocol.username)
+        watch, subscription.watch = subscription.watch, None
+        if watch is not None:
+            watch.subscriptions -= 1
+            if not watch.subscriptions:
+                del self._watches[facility]
+                self.factory.bus.unlisten(watch.channel, watch)
+
+    # -- presence --------------------------------------------------------------
+
+    def _count(self, subscription: Subscription) -> None:
+        """The socket is connected to the subscription's facility (once per facility)."""
+        if self.factory.presence is None:
+            return
+        facility = subscription.pair[0]
+        subscription.counted = True
+        self._counted[facility] = self._counted.get(facility, 0) + 1
+        if self._counted[facility] == 1:
+            self.factory.presence.joined(facility, self.protocol.username)
+
+    def _watch(self, subscription: Subscription) -> defer.Deferred:
+        """Listen to the facility's events for ``subscription``; fires once listening."""
+        facility = subscription.pair[0]
+        watch = self._watches.get(facility)
+        if watch is None:
+            watch = self._watches[facility] = PresenceWatch(
+                self, presence.events_channel(facility, self.settings.prefix))
+            listening = self.factory.bus.listen(watch.channel, watch)
+        else:
+            listening = defer.succeed(None)
+        watch.subscriptions += 1
+        subscription.watch = watch
+        return listening
 
     def close(self) -> None:
         self.closed = True

@@ -77,5 +77,7 @@ WS4REDIS_ALLOWED_CHANNELS = "chatserver.websocket_access.allowed_channels"
 # History (needs Redis >= 6.2): the broadcast chat's page (ws4redis.v2) gets back
 # what it missed while its connection was down, a server restart included.
 WS4REDIS_HISTORY_SIZE = 100
+# Who is on the broadcast chat, on every node (its page lists them).
+WS4REDIS_PRESENCE = True
 # The chat's form takes 2,000 characters (at most 8,000 bytes of UTF-8): no need for 1 MiB.
 WS4REDIS_MAX_MESSAGE_SIZE = 8192

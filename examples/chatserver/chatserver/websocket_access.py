@@ -16,7 +16,7 @@ from django.core.exceptions import PermissionDenied
 #: facility -> the flags its page asks for (see the templates' ws_uri blocks)
 PAGES = {
     "": set(),  # a ws4redis.v2 socket's URL: its ops are asked one by one
-    "chat": {"subscribe-broadcast", "publish-broadcast"},
+    "chat": {"subscribe-broadcast", "publish-broadcast", "presence"},
     "userchat": {"subscribe-user"},
     "groupchat": {"subscribe-group"},
 }

@@ -61,6 +61,12 @@
  *                       channel's persisted message follows, if any
  *   error(reply)        refused ({code: 400, 403, 429, 503, 500, reason}):
  *                       the subscription has ended
+ *   presence(state)     asks for the facility's presence (WS4REDIS_PRESENCE on
+ *                       the server): state is {users, anonymous, connections}
+ *                       when subscribed (again after each reconnect), then
+ *   join(user, event)   a user's first socket on the facility opened (any node)
+ *   leave(user, event)  a user's last socket on the facility closed
+ *                       (join and leave alone ask for presence too)
  * Subscribing again to the same facility and audience replaces the previous
  * subscription (as the server does). sub.unsubscribe(done) ends it at once
  * (receive is not called again); done(error) is called when the server has
@@ -309,6 +315,9 @@
             if (since !== null) {
                 op.since = since;
             }
+            if (entry.wantsPresence) {
+                op.presence = true;
+            }
             entry.pending = true;
             request(op, {
                 reply: function (reply) { entry.answered(reply); },
@@ -372,6 +381,15 @@
                 }
                 return;
             }
+            if (reply.op === 'join' || reply.op === 'leave') {
+                Object.keys(subscriptions).forEach(function (key) {
+                    var watcher = subscriptions[key];
+                    if (watcher.facility === reply.facility && watcher.wantsPresence && !watcher.pending) {
+                        watcher.presenceEvent(reply);
+                    }
+                });
+                return;
+            }
             var ref = reply.ref;
             if (ref !== null && ref !== undefined && Object.prototype.hasOwnProperty.call(waiting, ref)) {
                 var handler = waiting[ref];
@@ -393,6 +411,7 @@
             this.audience = audience;
             this.pending = false;    // subscribe sent, not answered yet
             this.confirmed = false;  // subscribed once: later subscribes recover
+            this.wantsPresence = !!(callbacks.presence || callbacks.join || callbacks.leave);
 
             function current() {
                 return subscriptions[key] === entry;
@@ -404,6 +423,10 @@
                 }
                 var data = 'data_b64' in message ? fromBase64(message.data_b64) : message.data;
                 receive(data, message);
+            };
+
+            this.presenceEvent = function (event) {
+                (callbacks[event.op] || noop)(event.user, event);
             };
 
             this.answered = function (reply) {
@@ -418,6 +441,9 @@
                 entry.pending = false;
                 entry.confirmed = true;
                 (callbacks.subscribed || noop)(reply);
+                if (reply.presence) {
+                    (callbacks.presence || noop)(reply.presence);
+                }
                 if (typeof reply.recovered === 'boolean') {
                     (callbacks.recovered || noop)(reply.recovered);
                 }

@@ -70,6 +70,13 @@
         receive_message: receive
     };
     var client, sendThroughSocket;
+    var here = {};
+    var hereLine = document.getElementById('here');
+
+    function showHere() {
+        var users = Object.keys(here).sort();
+        hereLine.textContent = 'Logged in here: ' + (users.length ? users.join(', ') : 'nobody');
+    }
     var facility = section.dataset.facility;
     if (facility) {
         client = WS4Redis.connect(options);
@@ -80,7 +87,15 @@
                     show('Messages sent while you were away could not all be recovered', '', 'notice');
                 }
             },
-            error: function (reply) { show('Not subscribed: ' + reply.reason, '', 'error'); }
+            error: function (reply) { show('Not subscribed: ' + reply.reason, '', 'error'); },
+            // Who is here (WS4REDIS_PRESENCE): the state at each (re)subscribe, then its changes.
+            presence: function (state) {
+                here = {};
+                state.users.forEach(function (user) { here[user] = true; });
+                showHere();
+            },
+            join: function (user) { here[user] = true; showHere(); },
+            leave: function (user) { delete here[user]; showHere(); }
         });
         sendThroughSocket = function (text) {
             client.publish(facility, audience, text, function (error) {
