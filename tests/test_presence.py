@@ -116,8 +116,8 @@ def node_keys(client: redis.Redis, facility: str) -> set[bytes]:
 @pytest.fixture(scope="module")
 def nodes(twistd_servers, redis_server, test_db, django_in_process):
     """Nodes A and B: two processes with the same settings on one Redis."""
-    a = twistd_servers(PRESENCE)
-    b = TwistdServer(redis_server.url, test_db, PRESENCE)
+    a = twistd_servers(HOOKED)
+    b = TwistdServer(redis_server.url, test_db, HOOKED)
     try:
         warm_up(b)
         yield a, b
@@ -127,12 +127,16 @@ def nodes(twistd_servers, redis_server, test_db, django_in_process):
 
 @pytest.fixture
 def spare(redis_server, test_db, django_in_process):
-    """A third node, for a test to kill or stop."""
-    node = TwistdServer(redis_server.url, test_db, PRESENCE)
-    try:
-        warm_up(node)
-        yield node
-    finally:
+    """``spare(ttl)``: a third node, for a test to kill or stop."""
+    started = []
+
+    def start(ttl: int = TTL) -> TwistdServer:
+        started.append(TwistdServer(redis_server.url, test_db, {**HOOKED, "WS4REDIS_PRESENCE_TTL": ttl}))
+        warm_up(started[-1])
+        return started[-1]
+
+    yield start
+    for node in started:
         node.stop(signal.SIGKILL)
 
 
@@ -224,16 +228,6 @@ def test_apresent_equals_present(nodes, cookies):
         with override_settings(**PRESENCE):
             assert asyncio.run(presence.apresent(facility)) == presence.present(facility)
             assert asyncio.run(presence.apresent(unique("async-none"))) == NOBODY
-
-
-def test_present_reads_under_the_prefix(twistd_servers, django_in_process, cookies, rc):
-    server = twistd_servers({**PRESENCE, "WS4REDIS_PREFIX": "pfx"})
-    facility = unique("prefixed")
-    with open_ws(server, f"{facility}?subscribe-broadcast", cookies["john"]):
-        wait_present(facility, state(["john"], 0, 1), WS4REDIS_PREFIX="pfx")
-        assert present(facility) == NOBODY
-        keys = {key.decode() for key in rc.scan_iter(match=f"*{facility}*")}
-        assert keys and all(key.startswith(f"pfx:ws4redis:presence:{{{facility}}}") for key in keys), keys
 
 
 # -- join and leave ------------------------------------------------------------------
@@ -364,10 +358,9 @@ def test_presence_false_is_a_plain_subscription(nodes):
         wait_present(facility, state([], 1, 1))
 
 
-def test_allowed_channels_dropping_presence_is_a_403(twistd_servers, django_in_process, cookies):
-    server = twistd_servers(HOOKED)
+def test_allowed_channels_dropping_presence_is_a_403(nodes, cookies):
     refused, allowed = unique("nopresence"), unique("presence-ok")
-    with open_v2(server, "", cookies["john"]) as ws:
+    with open_v2(nodes[0], "", cookies["john"]) as ws:
         error = ws.call("subscribe", facility=refused, audience="broadcast", presence=True)
         assert (error["op"], error["code"]) == ("error", 403), error
         ws.subscribe(refused)  # without presence, the facility is open to john
@@ -382,18 +375,20 @@ def test_a_killed_nodes_users_leave_within_the_ttl(nodes, spare, cookies, rc):
     """ann only on the killed node: gone from present() and a leave on A.
     john also on A: stays, without a leave (mary, after, is the marker)."""
     a, _ = nodes
+    doomed = spare()
     facility = unique("killed")
     path = f"{facility}?subscribe-broadcast"
-    with open_v2(a) as watcher, open_ws(a, path, cookies["john"]):
+    with contextlib.ExitStack() as stack:
+        watcher = stack.enter_context(open_v2(a))
         watcher.watch(facility)
+        stack.enter_context(open_ws(a, path, cookies["john"]))
         assert watcher.event() == join(facility, "john")
-        ann = open_ws(spare, path, cookies["ann"])
-        john_there = open_ws(spare, path, cookies["john"])
+        on_doomed = [stack.enter_context(open_ws(doomed, path, cookies[name])) for name in ("ann", "john")]
         assert watcher.event() == join(facility, "ann")
         wait_present(facility, state(["ann", "john"], 1, 4))
         assert len(node_keys(rc, facility)) == 2
-        spare.process.kill()
-        spare.process.wait()
+        doomed.process.kill()
+        doomed.process.wait()
         wait_present(facility, state(["john"], 1, 2), timeout=TTL + 1)
         assert watcher.event(timeout=TTL + 2) == leave(facility, "ann")
         with open_ws(a, path, cookies["mary"]):
@@ -402,24 +397,27 @@ def test_a_killed_nodes_users_leave_within_the_ttl(nodes, spare, cookies, rc):
         while len(node_keys(rc, facility)) != 1:  # the dead node's hash is deleted, A's stays
             assert time.monotonic() < deadline, node_keys(rc, facility)
             time.sleep(0.05)
-        for ws in (ann, john_there):
+        for ws in on_doomed:
             with pytest.raises(ConnectionClosed):
                 ws.recv(timeout=TIMEOUT)
 
 
 def test_a_stopped_node_publishes_its_users_leaves_before_it_exits(nodes, spare, cookies):
     """SIGTERM: the node's sockets close (1001) and its users' leaves are
-    out before the process ends: present() no longer has them at once."""
+    out before the process ends: present() no longer has them at once. (Its
+    long TTL: had it left them to expire, they would still count.)"""
     a, _ = nodes
+    doomed = spare(ttl=30)
     facility = unique("stopped")
     path = f"{facility}?subscribe-broadcast"
-    with open_v2(a) as watcher:
+    with contextlib.ExitStack() as stack:
+        watcher = stack.enter_context(open_v2(a))
         watcher.watch(facility)
-        john = open_ws(spare, path, cookies["john"])
-        mary = open_v2(spare, path, cookies["mary"])
+        john = stack.enter_context(open_ws(doomed, path, cookies["john"]))
+        mary = stack.enter_context(open_v2(doomed, path, cookies["mary"]))
         assert mary.recv()["op"] == "subscribed"
         assert by_user(watcher.event(), watcher.event()) == [join(facility, "john"), join(facility, "mary")]
-        assert spare.stop(signal.SIGTERM) == 0
+        assert doomed.stop(signal.SIGTERM) == 0
         assert present(facility) == state([], 1, 1)
         assert by_user(watcher.event(), watcher.event()) == [leave(facility, "john"), leave(facility, "mary")]
         for ws in (john, mary.ws):
@@ -432,31 +430,39 @@ def test_a_stopped_node_publishes_its_users_leaves_before_it_exits(nodes, spare,
 
 
 @pytest.mark.parametrize("on", [False, True], ids=["off", "on"])
-def test_a_node_writes_presence_keys_only_with_presence_on(test_db, on):
-    """On a Redis of its own, a node with sockets of every kind: with presence
-    off (the default) not one presence key; on, the same steps write some
-    (so the check sees keys when there are any)."""
+def test_presence_keys_only_when_on_and_under_the_prefix(test_db, django_in_process, on):
+    """A node on a Redis of its own, with sockets of both wires. Off (the
+    default): not one presence key. On, the same steps: keys, all under
+    WS4REDIS_PREFIX, where present() finds the sockets (and only there)."""
+    overrides = {"WS4REDIS_PREFIX": "pfx", "WS4REDIS_PRESENCE_TTL": 1, **({"WS4REDIS_PRESENCE": True} if on else {})}
     store = RedisServer()
+    client = store.client()
     node = None
     try:
-        overrides = {"WS4REDIS_PRESENCE_TTL": 1, **({"WS4REDIS_PRESENCE": True} if on else {})}
         node = TwistdServer(store.url, test_db, overrides)
         warm_up(node)
-        client = store.client()
+        reading = {"WS4REDIS_CONNECTION": {"host": "127.0.0.1", "port": store.port, "db": 0}}
         facility = unique("keys")
         cookie = login(node, "john")
-        path = f"{facility}?subscribe-broadcast&publish-broadcast"
+        path = f"{facility}?subscribe-broadcast"
         with open_ws(node, path, cookie) as plain, open_ws(node, path), open_v2(node, "", cookie) as v2:
             v2.subscribe(facility)
             v2.publish(facility, "round trip")  # the node has handled both opens and the subscribe
             assert plain.recv(timeout=TIMEOUT) == "round trip"
             assert v2.message()["data"] == "round trip"
-            deadline = time.monotonic() + 1.5  # past a refresh (TTL/3) had presence been on
-            while not (keys := list(client.scan_iter(match="*presence*"))) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        assert bool(keys) is on, keys
-        client.close()
+            if on:
+                wait_present(facility, state(["john"], 1, 3), WS4REDIS_PREFIX="pfx", **reading)
+                assert present(facility, **reading) == NOBODY
+                keys = {key.decode() for key in client.scan_iter(match="*presence*")}
+                assert keys and all(key.startswith(f"pfx:ws4redis:presence:{{{facility}}}") for key in keys), keys
+            else:
+                deadline = time.monotonic() + 1.0  # three refreshes (TTL/3), had presence been on
+                while time.monotonic() < deadline:
+                    assert not list(client.scan_iter(match="*presence*"))
+                    time.sleep(0.05)
+                assert present(facility, WS4REDIS_PREFIX="pfx", **reading) == NOBODY
     finally:
+        client.close()
         if node is not None:
             node.stop()
         store.stop()
