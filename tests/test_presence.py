@@ -234,25 +234,33 @@ def test_apresent_equals_present(nodes, cookies):
 
 
 def test_join_and_leave_across_nodes(nodes, cookies):
-    """Watched on A; john comes and goes on B: one join for his first socket,
-    one leave for his last. mary, after, is the marker that nothing came
-    in between."""
+    """Watched on A; john comes on B: one join for his first socket, none for
+    a second one on B nor a third on A; no leave until his last one closes.
+    mary is the marker that nothing came in between."""
     a, b = nodes
     facility = unique("events")
     path = f"{facility}?subscribe-broadcast"
-    with open_v2(a) as watcher:
+
+    def mary_comes_and_goes() -> None:
+        with open_ws(b, path, cookies["mary"]):
+            assert watcher.event() == join(facility, "mary")
+        assert watcher.event() == leave(facility, "mary")
+
+    with open_v2(a) as watcher, contextlib.ExitStack() as stack:
         assert watcher.watch(facility) == state([], 1, 1)  # this socket included
-        with open_ws(b, path, cookies["john"]) as first:
-            assert watcher.event() == join(facility, "john")
-            with open_v2(b, path, cookies["john"]) as second:
-                assert second.recv()["op"] == "subscribed"
-                wait_present(facility, state(["john"], 1, 3))
-            wait_present(facility, state(["john"], 1, 2))
-            with open_ws(b, path, cookies["mary"]):
-                assert watcher.event() == join(facility, "mary")  # no second join, no leave of john
-            assert watcher.event() == leave(facility, "mary")
-            first.close()
-            assert watcher.event() == leave(facility, "john")
+        first = stack.enter_context(open_ws(b, path, cookies["john"]))
+        assert watcher.event() == join(facility, "john")
+        second = stack.enter_context(open_v2(b, path, cookies["john"]))
+        assert second.recv()["op"] == "subscribed"
+        last = stack.enter_context(open_ws(a, path, cookies["john"]))
+        wait_present(facility, state(["john"], 1, 4))
+        mary_comes_and_goes()  # no second join of john
+        second.ws.close()
+        first.close()
+        wait_present(facility, state(["john"], 1, 2))
+        mary_comes_and_goes()  # john is still on A: no leave
+        last.close()
+        assert watcher.event() == leave(facility, "john")
         wait_present(facility, state([], 1, 1))
 
 
@@ -323,6 +331,35 @@ def test_unsubscribing_stops_the_events(nodes, cookies):
             wait_present(facility, state(["john"], 0, 1))
             with open_ws(b, f"{marker}?subscribe-broadcast", cookies["ann"]):
                 assert watcher.event() == join(marker, "ann")
+
+
+def test_subscribing_a_pair_again_is_neither_a_leave_nor_a_join(nodes, cookies):
+    """A v2 subscription replaced (the wire's rule for a pair subscribed
+    again), with and without presence: ann stays connected throughout."""
+    a, b = nodes
+    facility = unique("again")
+    with open_v2(a) as watcher, open_v2(b, "", cookies["ann"]) as ann:
+        watcher.watch(facility)
+        ann.watch(facility)
+        assert watcher.event() == join(facility, "ann")
+        assert ann.event() == join(facility, "ann")
+        assert ann.watch(facility) == state(["ann"], 1, 2)
+        ann.subscribe(facility)
+        with open_ws(b, f"{facility}?subscribe-broadcast", cookies["john"]):
+            assert watcher.event() == join(facility, "john")  # not a leave of ann
+
+
+def test_entries_lost_by_redis_are_written_again(nodes, cookies, rc):
+    """Redis loses everything (FLUSHALL, as a restart without persistence):
+    the nodes' next refresh brings their sockets back."""
+    a, b = nodes
+    facility = unique("lost")
+    path = f"{facility}?subscribe-broadcast"
+    with open_ws(a, path, cookies["john"]), open_ws(b, path):
+        wait_present(facility, state(["john"], 1, 2))
+        rc.flushall()
+        assert present(facility) == NOBODY
+        wait_present(facility, state(["john"], 1, 2), timeout=TTL + 1)
 
 
 # -- refusals ------------------------------------------------------------------------
