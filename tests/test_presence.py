@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from conftest import RedisServer, TwistdServer, login, open_ws, unique, warm_up
+from test_logout import log_out
 from test_v2 import V2, Client
 
 TIMEOUT = 5
@@ -347,6 +348,21 @@ def test_subscribing_a_pair_again_is_neither_a_leave_nor_a_join(nodes, cookies):
         ann.subscribe(facility)
         with open_ws(b, f"{facility}?subscribe-broadcast", cookies["john"]):
             assert watcher.event() == join(facility, "john")  # not a leave of ann
+
+
+def test_a_logout_that_closes_the_sockets_is_a_leave(nodes):
+    """Django's logout() on A closes the session's socket on B: john leaves."""
+    a, b = nodes
+    facility = unique("logout")
+    cookie = login(a, "john")  # a session of its own: the module's stay
+    with open_v2(a) as watcher:
+        watcher.watch(facility)
+        with open_ws(b, f"{facility}?subscribe-broadcast", cookie) as ws:
+            assert watcher.event() == join(facility, "john")
+            log_out(a, cookie)
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=TIMEOUT)
+            assert watcher.event() == leave(facility, "john")
 
 
 def test_entries_lost_by_redis_are_written_again(nodes, cookies, rc):
