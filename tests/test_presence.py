@@ -162,14 +162,17 @@ def test_nobody_is_present_on_a_facility_never_used(nodes):
 
 
 def test_anonymous_sockets_are_counted_and_go_as_they_close(nodes):
+    """Whatever they listen to: a plain socket that only publishes is
+    connected to its facility, a v2 one by its (empty) user audience."""
     a, _ = nodes
     facility = unique("anon")
     with contextlib.ExitStack() as stack:
         first = stack.enter_context(open_ws(a, f"{facility}?subscribe-broadcast"))
-        stack.enter_context(open_ws(a, f"{facility}?subscribe-broadcast"))
-        wait_present(facility, state([], 2, 2))
+        stack.enter_context(open_ws(a, f"{facility}?publish-broadcast"))
+        stack.enter_context(open_v2(a)).subscribe(facility, "user")
+        wait_present(facility, state([], 3, 3))
         first.close()
-        wait_present(facility, state([], 1, 1))
+        wait_present(facility, state([], 2, 2))
     wait_present(facility, NOBODY)
 
 
