@@ -94,7 +94,9 @@
  * server is not hit by every browser at once. A connection that misses three
  * heartbeats in a row is considered dead, closed and reopened. Heartbeats are
  * raw text frames on both wires and never reach the page. Nothing is
- * reopened after close().
+ * reopened after close(). A page hidden for another (pagehide: the browser may
+ * keep it for its back button) closes its socket, and opens it again when it
+ * is shown: nobody counts it as present meanwhile.
  */
 (function (root, factory) {
     'use strict';
@@ -144,6 +146,7 @@
         var heartbeatTimer = null;
         var reconnectTimer = null;
         var closedByUser = false;
+        var hidden = false;  // the page left for another: no socket until it is shown again
 
         function connect() {
             reconnectTimer = null;
@@ -201,9 +204,40 @@
             stopHeartbeat();
             handlers.close(evt);
             on.disconnected(evt);
-            if (!closedByUser) {
+            if (!closedByUser && !hidden) {
                 scheduleReconnect();
             }
+        }
+
+        // A page the browser keeps for its back button (bfcache) kept its
+        // socket open too: the server would count it as present, and send
+        // it messages nobody sees. Closed when the page is hidden, opened
+        // again if it is shown.
+        function onPageHide() {
+            if (closedByUser || hidden) {
+                return;
+            }
+            hidden = true;
+            stopHeartbeat();
+            if (reconnectTimer !== null) {
+                clearTimeout(reconnectTimer);
+                reconnectTimer = null;
+            }
+            ws.close(1000, 'page hidden');
+        }
+
+        function onPageShow() {
+            if (closedByUser || !hidden) {
+                return;
+            }
+            hidden = false;
+            attempts = 0;
+            connect();
+        }
+
+        if (typeof window !== 'undefined' && window.addEventListener) {
+            window.addEventListener('pagehide', onPageHide);
+            window.addEventListener('pageshow', onPageShow);
         }
 
         function scheduleReconnect() {
