@@ -144,7 +144,7 @@ def spare(redis_server, test_db, django_in_process):
 @pytest.fixture(scope="module")
 def cookies(nodes) -> dict[str, str]:
     """A session per test user (sessions are in the database both nodes read)."""
-    return {name: login(nodes[0], name) for name in ("john", "mary", "ann")}
+    return {name: login(nodes[0], name) for name in ("john", "mary", "ann", "admin")}
 
 
 @pytest.fixture
@@ -427,11 +427,14 @@ def test_allowed_channels_dropping_presence_is_a_403(nodes, cookies):
 # -- nodes that die or stop ----------------------------------------------------------
 
 
-def test_a_killed_nodes_users_leave_within_the_ttl(nodes, spare, cookies, rc):
-    """ann only on the killed node: gone from present() and a leave on A.
-    john also on A: stays, without a leave (mary, after, is the marker)."""
+def test_a_killed_nodes_users_leave_within_its_ttl(nodes, spare, cookies, rc):
+    """Three users on the node killed: ann only there leaves (gone from
+    present() within its TTL, a leave from A); john, also on A, and mary, who
+    reconnects to A while the dead node still counts, stay without an event.
+    admin, after, is the marker that none came."""
+    ttl = 5  # the time mary has to reconnect, and more
     a, _ = nodes
-    doomed = spare()
+    doomed = spare(ttl)
     facility = unique("killed")
     path = f"{facility}?subscribe-broadcast"
     with contextlib.ExitStack() as stack:
@@ -439,16 +442,19 @@ def test_a_killed_nodes_users_leave_within_the_ttl(nodes, spare, cookies, rc):
         watcher.watch(facility)
         stack.enter_context(open_ws(a, path, cookies["john"]))
         assert watcher.event() == join(facility, "john")
-        on_doomed = [stack.enter_context(open_ws(doomed, path, cookies[name])) for name in ("ann", "john")]
-        assert watcher.event() == join(facility, "ann")
-        wait_present(facility, state(["ann", "john"], 1, 4))
+        on_doomed = [stack.enter_context(open_ws(doomed, path, cookies[name])) for name in ("ann", "john", "mary")]
+        assert by_user(watcher.event(), watcher.event()) == [join(facility, "ann"), join(facility, "mary")]
+        wait_present(facility, state(["ann", "john", "mary"], 1, 5))
         assert len(node_keys(rc, facility)) == 2
         doomed.process.kill()
         doomed.process.wait()
-        wait_present(facility, state(["john"], 1, 2), timeout=TTL + 1)
-        assert watcher.event(timeout=TTL + 2) == leave(facility, "ann")
-        with open_ws(a, path, cookies["mary"]):
-            assert watcher.event() == join(facility, "mary")  # no leave of john came first
+        stack.enter_context(open_ws(a, path, cookies["mary"]))
+        wait_present(facility, state(["ann", "john", "mary"], 1, 6))  # mary's socket on A counted...
+        # ...while the dead node's still counted: not her first socket, so no join
+        wait_present(facility, state(["john", "mary"], 1, 3), timeout=ttl + 1)
+        assert watcher.event(timeout=TIMEOUT) == leave(facility, "ann")
+        with open_ws(a, path, cookies["admin"]):
+            assert watcher.event() == join(facility, "admin")  # no event of john or mary came first
         deadline = time.monotonic() + TIMEOUT
         while len(node_keys(rc, facility)) != 1:  # the dead node's hash is deleted, A's stays
             assert time.monotonic() < deadline, node_keys(rc, facility)
