@@ -13,6 +13,8 @@ import asyncio
 import collections
 import contextlib
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -20,7 +22,7 @@ import redis
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from conftest import RedisServer, TwistdServer, login, open_ws, unique, warm_up
+from conftest import PROJECT, RedisServer, TwistdServer, free_port, login, open_ws, project_env, unique, warm_up
 from test_logout import log_out
 from test_v2 import V2, Client
 
@@ -234,6 +236,19 @@ def test_apresent_equals_present(nodes, cookies):
             assert asyncio.run(presence.apresent(unique("async-none"))) == NOBODY
 
 
+def test_present_and_apresent_raise_redis_unavailable(django_in_process):
+    from django.test import override_settings
+
+    from twisted_ws4redis import presence
+    from twisted_ws4redis.exceptions import RedisUnavailable
+
+    closed = {"WS4REDIS_CONNECTION": {"host": "127.0.0.1", "port": free_port(), "db": 0}}
+    with pytest.raises(RedisUnavailable):
+        present("down", **closed)
+    with override_settings(**PRESENCE, **closed), pytest.raises(RedisUnavailable):
+        asyncio.run(presence.apresent("down"))
+
+
 # -- join and leave ------------------------------------------------------------------
 
 
@@ -351,6 +366,23 @@ def test_subscribing_a_pair_again_is_neither_a_leave_nor_a_join(nodes, cookies):
         ann.subscribe(facility)
         with open_ws(b, f"{facility}?subscribe-broadcast", cookies["john"]):
             assert watcher.event() == join(facility, "john")  # not a leave of ann
+
+
+def test_a_name_beyond_ascii_is_given_as_it_is(nodes, test_db):
+    """Django allows letters of any script in a user name."""
+    a, b = nodes
+    name = "zoë_Łukasz@例"
+    code = ("from django.contrib.auth.models import User; "
+            f"User.objects.filter(username={name!r}).exists() or User.objects.create_user({name!r}, password='secret')")
+    subprocess.run([sys.executable, "-m", "django", "shell", "-c", code], env=project_env(test_db), check=True,
+                   cwd=PROJECT)
+    facility = unique("unicode")
+    with open_v2(a) as watcher:
+        watcher.watch(facility)
+        with open_ws(b, f"{facility}?subscribe-broadcast", login(a, name)):
+            assert watcher.event() == join(facility, name)
+            assert present(facility) == state([name], 1, 2)
+        assert watcher.event() == leave(facility, name)
 
 
 def test_a_logout_that_closes_the_sockets_is_a_leave(nodes):
