@@ -151,6 +151,7 @@ def cookies(nodes) -> dict[str, str]:
 
 @pytest.fixture
 def rc(redis_server):
+    """The test Redis, not flushed (as redis_client is) under the module's nodes."""
     client = redis_server.client()
     yield client
     client.close()
