@@ -44,6 +44,8 @@ class Watcher(Client):
     def __init__(self, ws):
         super().__init__(ws)
         self.events: collections.deque[dict] = collections.deque()
+        #: facilities watched so far
+        self.watched: set[str] = set()
 
     def reply(self, ref) -> dict:
         while True:
@@ -62,9 +64,15 @@ class Watcher(Client):
         return frame
 
     def watch(self, facility: str, audience: str = "broadcast") -> dict:
-        """Subscribes with presence; the state the reply carries."""
+        """Subscribes with presence; the state the reply carries (the first
+        time, no event of the facility comes before it)."""
+        waiting = len(self.events)
         reply = self.subscribe(facility, audience, presence=True)
         assert set(reply["presence"]) == {"users", "anonymous", "connections"}, reply
+        if facility not in self.watched:
+            early = [op for op in list(self.events)[waiting:] if op["facility"] == facility]
+            assert not early, f"events before the state they follow: {early}"
+            self.watched.add(facility)
         return reply["presence"]
 
 
