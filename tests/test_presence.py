@@ -29,8 +29,10 @@ from test_v2 import V2, Client
 TIMEOUT = 5
 TTL = 3
 PRESENCE = {"WS4REDIS_PRESENCE": True, "WS4REDIS_PRESENCE_TTL": TTL}
-#: facility_allowed_channels drops "presence" on facilities named 'nopresence-…'.
-HOOKED = {**PRESENCE, "WS4REDIS_ALLOWED_CHANNELS": "testproject.hooks.facility_allowed_channels"}
+#: The nodes': facility_allowed_channels drops "presence" on facilities named
+#: 'nopresence-…'; a short history, for a subscribe with both since and presence.
+NODE = {**PRESENCE, "WS4REDIS_ALLOWED_CHANNELS": "testproject.hooks.facility_allowed_channels",
+        "WS4REDIS_HISTORY_SIZE": 10}
 NOBODY = {"users": [], "anonymous": 0, "connections": 0}
 
 
@@ -127,8 +129,8 @@ def node_keys(client: redis.Redis, facility: str) -> set[bytes]:
 @pytest.fixture(scope="module")
 def nodes(twistd_servers, redis_server, test_db, django_in_process):
     """Nodes A and B: two processes with the same settings on one Redis."""
-    a = twistd_servers(HOOKED)
-    b = TwistdServer(redis_server.url, test_db, HOOKED)
+    a = twistd_servers(NODE)
+    b = TwistdServer(redis_server.url, test_db, NODE)
     try:
         warm_up(b)
         yield a, b
@@ -142,7 +144,7 @@ def spare(redis_server, test_db, django_in_process):
     started = []
 
     def start(ttl: int = TTL) -> TwistdServer:
-        started.append(TwistdServer(redis_server.url, test_db, {**HOOKED, "WS4REDIS_PRESENCE_TTL": ttl}))
+        started.append(TwistdServer(redis_server.url, test_db, {**NODE, "WS4REDIS_PRESENCE_TTL": ttl}))
         warm_up(started[-1])
         return started[-1]
 
@@ -301,6 +303,21 @@ def test_the_subscribed_reply_carries_the_state_and_the_own_join_arrives(nodes, 
         with open_v2(a, "", cookies["mary"]) as watcher:
             assert watcher.watch(facility) == state(["john", "mary"], 2, 4)  # this socket included
             assert watcher.event() == join(facility, "mary")
+
+
+def test_a_recovering_subscribe_carries_the_state_too(nodes, cookies):
+    a, b = nodes
+    facility = unique("since")
+    with open_v2(b, "", cookies["john"]) as john:
+        john.subscribe(facility)
+        since = john.publish(facility, "one")
+        john.publish(facility, "two")
+        with open_v2(a, "", cookies["mary"]) as mary:
+            reply = mary.subscribe(facility, since=since, presence=True)
+            assert (reply["recovered"], reply["presence"]) == (True, state(["john", "mary"], 0, 2)), reply
+            frames = sorted((mary.recv(), mary.recv()), key=lambda op: op["op"])  # their order is not defined
+            assert frames[0] == join(facility, "mary")
+            assert (frames[1]["op"], frames[1]["data"]) == ("message", "two"), frames[1]
 
 
 def test_an_unsubscribe_of_a_v2_users_last_subscription_is_a_leave(nodes, cookies):
