@@ -48,12 +48,14 @@ def breakable_allowed_channels(request, channels):
 def facility_allowed_channels(request, channels):
     """allowed_channels, and by ``request.facility`` (what a ws4redis.v2
     subscribe or publish sets): 'denied-…' raises PermissionDenied,
-    'nouser-…' drops subscribe-user."""
+    'nouser-…' drops subscribe-user, 'nopresence-…' drops presence."""
     facility = getattr(request, "facility", None) or ""
     if facility.startswith("denied-"):
         raise PermissionDenied("Facility denied by the test hook")
     if facility.startswith("nouser-"):
         channels = [flag for flag in channels if flag != "subscribe-user"]
+    if facility.startswith("nopresence-"):
+        channels = [flag for flag in channels if flag != "presence"]
     return allowed_channels(request, channels)
 
 
