@@ -53,7 +53,7 @@ class SocketSignals:
         def failed(failure: Failure) -> None:
             # send_robust catches what receivers raise: this is Django's own hygiene failing.
             log.failure("A websocket signal of {path} was not sent", failure,
-                        path=logsafe.text(protocol.http_request_uri))
+                        path=logsafe.uri(protocol.http_request_uri))
 
         def run(_) -> defer.Deferred:
             return defer_to_django(factory.reactor, factory.pool, job).addErrback(failed).addBoth(done.callback)
