@@ -52,7 +52,10 @@ def free_port() -> int:
 #: Settings of the example the benchmark changes before any ``--set``: the load
 #: generator's facilities (bench-*) are no page's, which the example's
 #: least-privilege hook would refuse.
-BENCH_SETTINGS = {"WS4REDIS_ALLOWED_CHANNELS": None}
+#: The example's settings, minus what a default project does not have: its
+#: least-privilege hook, presence and token authentication (``--set`` turns
+#: any of them back on, e.g. ``--set WS4REDIS_PRESENCE=true``).
+BENCH_SETTINGS = {"WS4REDIS_ALLOWED_CHANNELS": None, "WS4REDIS_PRESENCE": False, "WS4REDIS_PROCESS_REQUEST": None}
 
 
 def prepare_project(work: Path, overrides: dict) -> dict:
@@ -101,8 +104,10 @@ def one_run(env: dict, size: int, args) -> list[dict]:
                   f"--protocol={args.protocol}"]
         results = []
         for scenarios, extra in ((args.scenarios, []), ("fanout", ["--messages=50", "--interval=0.02"])):
-            output = subprocess.run(common + [f"--scenarios={scenarios}", *extra], check=True,
-                                    capture_output=True, text=True).stdout
+            done = subprocess.run(common + [f"--scenarios={scenarios}", *extra], capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"wsload.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
+            output = done.stdout
             for line in output.splitlines():
                 result = json.loads(line)
                 if extra:
