@@ -27,6 +27,9 @@ from twisted_ws4redis.server.embedded import EmbeddedRedis  # noqa: E402
 #: The columns of the results table: (scenario, metric, heading).
 COLUMNS = [
     ("connect", "handshakes_per_s", "handshakes/s"),
+    ("connect", "server_cpu_us_per_handshake", "server µs/handshake"),
+    ("connect", "client_busy_pct", "handshakes: client CPU %"),
+    ("connect", "server_busy_pct", "handshakes: server CPU %"),
     ("connect", "kib_per_connection", "KiB/connection"),
     ("connect", "redis_clients", "Redis clients"),
     ("fanout", "deliveries_per_s", "fan-out deliveries/s"),
@@ -34,13 +37,25 @@ COLUMNS = [
     ("fanout", "p50_ms", "burst p50 ms"),
     ("fanout", "p99_ms", "burst p99 ms"),
     ("fanout", "server_cpu_us_per_delivery", "server µs/delivery"),
+    ("fanout", "client_busy_pct", "burst: client CPU %"),
+    ("fanout", "server_busy_pct", "burst: server CPU %"),
     ("paced", "p99_ms", "single broadcast p99 ms"),
     ("chat", "deliveries_per_s", "chat deliveries/s"),
     ("churn", "connections_per_s", "churn conn/s"),
     ("churn", "rss_growth_pct", "RSS growth after churn %"),
     ("churn", "redis_clients_after", "Redis clients after churn"),
     ("session", "handshakes_per_s", "session handshakes/s"),
+    ("session", "client_busy_pct", "session: client CPU %"),
+    ("log", "errors", "server log: error and critical lines"),
 ]
+
+#: A client busier than this (% of the phase) was the bottleneck: the
+#: scenario's figures are marked "≥", lower bounds of what the server can do.
+CLIENT_BOUND_PCT = 90
+
+#: Levels of the server's log lines that a run must not produce (a failure's
+#: traceback is logged at critical, Django's errors at error).
+ERROR_MARKS = ("#critical]", "#error]")
 
 
 def free_port() -> int:
@@ -113,33 +128,47 @@ def one_run(env: dict, size: int, args) -> list[dict]:
                 if extra:
                     result["scenario"] = "paced"
                 results.append(result)
-        return results
     finally:
         server.terminate()
         server.wait(30)
         log.close()
         redis_server.stop()
+    with open(log.name, errors="replace") as lines:
+        results.append({"scenario": "log", "errors": sum(any(mark in line for mark in ERROR_MARKS) for line in lines)})
+    return results
 
 
-def medians(runs: list[list[dict]]) -> dict[tuple[str, str], float | None]:
+def medians(runs: list[list[dict]]) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """(scenario, metric) -> (median, min, max) over the runs."""
     values: dict[tuple[str, str], list[float]] = {}
     for results in runs:
         for result in results:
             for metric, value in result.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     values.setdefault((result["scenario"], metric), []).append(value)
-    return {key: statistics.median(found) for key, found in values.items()}
+    return {key: (statistics.median(found), min(found), max(found)) for key, found in values.items()}
+
+
+def number(value: float) -> str:
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
 
 
 def table(by_size: dict[int, dict], runs: int) -> str:
     sizes = sorted(by_size)
-    lines = [f"| metric (median of {runs} runs) | " + " | ".join(f"N = {size:,}" for size in sizes) + " |",
+    lines = [f"| metric (median of {runs} runs, min–max) | " + " | ".join(f"N = {size:,}" for size in sizes) + " |",
              "|---|" + "---:|" * len(sizes)]
     for scenario, metric, heading in COLUMNS:
         cells = []
         for size in sizes:
-            value = by_size[size].get((scenario, metric))
-            cells.append("–" if value is None else f"{value:,.2f}".rstrip("0").rstrip("."))
+            found = by_size[size].get((scenario, metric))
+            if found is None:
+                cells.append("–")
+                continue
+            median, low, high = found
+            client = by_size[size].get((scenario, "client_busy_pct"))
+            bound = "≥ " if client is not None and client[0] >= CLIENT_BOUND_PCT and metric.endswith("_per_s") else ""
+            spread = f" ({number(low)}–{number(high)})" if low != high else ""
+            cells.append(f"{bound}{number(median)}{spread}")
         lines.append(f"| {heading} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -283,15 +283,38 @@ async def close_all(clients: list[Client]) -> None:
                        [asyncio.ensure_future(asyncio.sleep(0))])
 
 
+class Phase:
+    """The CPU the client and the server used over a measured phase, as a
+    share of its wall time: a client near 100 % makes the figure a lower
+    bound of what the server can do."""
+
+    def __init__(self, target: Target):
+        self.target = target
+        self.client = time.process_time()
+        self.server = target.cpu_seconds()
+
+    def busy(self, seconds: float, count: int | None = None, unit: str = "") -> dict:
+        """The shares over ``seconds``; with ``count``, the server's µs per ``unit`` too."""
+        found = {"client_busy_pct": round(100 * (time.process_time() - self.client) / seconds, 1)}
+        if self.server is not None:
+            server = self.target.cpu_seconds() - self.server
+            found["server_busy_pct"] = round(100 * server / seconds, 1)
+            if count:
+                found[f"server_cpu_us_per_{unit}"] = round(1e6 * server / count, 1)
+        return found
+
+
 async def scenario_connect(target: Target, args) -> dict:
     before = target.rss_kib()
+    phase = Phase(target)
     clients, failures, elapsed = await open_clients(target, args.n, target.path("bench-connect", "subscribe-broadcast"))
+    busy = phase.busy(elapsed, len(clients), "handshake")
     target.wait_subscribers("bench-connect")
     await asyncio.sleep(1)
     after = target.rss_kib()
     result = {"handshakes_per_s": round(len(clients) / elapsed, 1), "failures": failures, "seconds": round(elapsed, 2),
               "rss_before_kib": before, "rss_after_kib": after, "redis_clients": target.redis_clients(),
-              "kib_per_connection": round((after - before) / max(1, len(clients)), 2) if before else None}
+              "kib_per_connection": round((after - before) / max(1, len(clients)), 2) if before else None, **busy}
     await close_all(clients)
     return result
 
@@ -305,6 +328,7 @@ async def scenario_fanout(target: Target, args) -> dict:
     deliveries.expected = len(clients) * args.messages
     pipe = target.redis.pipeline(transaction=False)
     cpu = target.cpu_seconds()
+    phase = Phase(target)
     first_ns = time.monotonic_ns()
     if args.interval:
         # One broadcast at a time: the latency of a single message to everyone.
@@ -324,7 +348,7 @@ async def scenario_fanout(target: Target, args) -> dict:
     result = {"subscribers": len(clients), "failures": failures, "messages": args.messages,
               "deliveries": deliveries.count, "lost": deliveries.expected - deliveries.count,
               "deliveries_per_s": round(deliveries.count / span), **deliveries.latency_ms(),
-              **server_cpu_per_delivery(target, cpu, deliveries.count)}
+              **server_cpu_per_delivery(target, cpu, deliveries.count), **phase.busy(span)}
     await close_all(clients)
     return result
 
@@ -406,10 +430,11 @@ async def scenario_churn(target: Target, args) -> dict:
 
 async def scenario_session(target: Target, args) -> dict:
     cookie = target.session_cookie()
+    phase = Phase(target)
     clients, failures, elapsed = await open_clients(target, args.n, target.path("bench-session", "subscribe-user"),
                                                     cookie=cookie)
     result = {"handshakes_per_s": round(len(clients) / elapsed, 1), "failures": failures,
-              "seconds": round(elapsed, 2)}
+              "seconds": round(elapsed, 2), **phase.busy(elapsed, len(clients), "handshake")}
     await close_all(clients)
     return result
 
