@@ -463,11 +463,13 @@ def test_presence_not_a_bool_is_a_400(nodes, rc, value):
         assert rc.publish(f"broadcast:{facility}", "to nobody") == 0
 
 
-def test_presence_false_is_a_plain_subscription(nodes):
+@pytest.mark.parametrize("value", [False, None], ids=["false", "null"])
+def test_presence_false_or_null_is_a_plain_subscription(nodes, value):
+    """null means absent, as for since."""
     a, _ = nodes
     facility = unique("false")
     with open_v2(a) as ws:
-        reply = ws.subscribe(facility, presence=False)
+        reply = ws.subscribe(facility, presence=value)
         assert "presence" not in reply, reply
         wait_present(facility, state([], 1, 1))
 

@@ -304,8 +304,10 @@ class V2Session:
             if parsed is None:
                 raise Refused(400, "since must be a message id, such as '1733059200000-0'")
             since = history.format_id(parsed)
-        wants_presence = op.get("presence", False)
-        if not isinstance(wants_presence, bool):
+        wants_presence = op.get("presence")
+        if wants_presence is None:  # null is absent, as for since
+            wants_presence = False
+        elif not isinstance(wants_presence, bool):
             raise Refused(400, "presence must be true or false")
         if wants_presence and self.factory.presence is None:
             raise Refused(400, "Presence is off on this server (WS4REDIS_PRESENCE)")
