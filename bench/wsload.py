@@ -245,10 +245,25 @@ class Deliveries:
                 "max_ms": round(ordered[-1] / 1e6, 2)}
 
 
-def server_cpu_per_delivery(target: Target, cpu_before: float | None, deliveries: int) -> dict:
-    if cpu_before is None or not deliveries:
-        return {}
-    return {"server_cpu_us_per_delivery": round(1e6 * (target.cpu_seconds() - cpu_before) / deliveries, 2)}
+class Phase:
+    """The CPU the client and the server used over a measured phase, as a
+    share of its wall time: a client near 100 % makes the figure a lower
+    bound of what the server can do."""
+
+    def __init__(self, target: Target):
+        self.target = target
+        self.client = time.process_time()
+        self.server = target.cpu_seconds()
+
+    def busy(self, seconds: float, count: int | None = None, unit: str = "") -> dict:
+        """The shares over ``seconds``; with ``count``, the server's µs per ``unit`` too."""
+        found = {"client_busy_pct": round(100 * (time.process_time() - self.client) / seconds, 1)}
+        if self.server is not None:
+            server = self.target.cpu_seconds() - self.server
+            found["server_busy_pct"] = round(100 * server / seconds, 1)
+            if count:
+                found[f"server_cpu_us_per_{unit}"] = round(1e6 * server / count, 2)
+        return found
 
 
 async def open_clients(target: Target, count: int, path: str, on_message=None, cookie: str | None = None,
@@ -283,27 +298,6 @@ async def close_all(clients: list[Client]) -> None:
                        [asyncio.ensure_future(asyncio.sleep(0))])
 
 
-class Phase:
-    """The CPU the client and the server used over a measured phase, as a
-    share of its wall time: a client near 100 % makes the figure a lower
-    bound of what the server can do."""
-
-    def __init__(self, target: Target):
-        self.target = target
-        self.client = time.process_time()
-        self.server = target.cpu_seconds()
-
-    def busy(self, seconds: float, count: int | None = None, unit: str = "") -> dict:
-        """The shares over ``seconds``; with ``count``, the server's µs per ``unit`` too."""
-        found = {"client_busy_pct": round(100 * (time.process_time() - self.client) / seconds, 1)}
-        if self.server is not None:
-            server = self.target.cpu_seconds() - self.server
-            found["server_busy_pct"] = round(100 * server / seconds, 1)
-            if count:
-                found[f"server_cpu_us_per_{unit}"] = round(1e6 * server / count, 1)
-        return found
-
-
 async def scenario_connect(target: Target, args) -> dict:
     before = target.rss_kib()
     phase = Phase(target)
@@ -327,7 +321,6 @@ async def scenario_fanout(target: Target, args) -> dict:
     await asyncio.sleep(0.5)
     deliveries.expected = len(clients) * args.messages
     pipe = target.redis.pipeline(transaction=False)
-    cpu = target.cpu_seconds()
     phase = Phase(target)
     first_ns = time.monotonic_ns()
     if args.interval:
@@ -348,7 +341,7 @@ async def scenario_fanout(target: Target, args) -> dict:
     result = {"subscribers": len(clients), "failures": failures, "messages": args.messages,
               "deliveries": deliveries.count, "lost": deliveries.expected - deliveries.count,
               "deliveries_per_s": round(deliveries.count / span), **deliveries.latency_ms(),
-              **server_cpu_per_delivery(target, cpu, deliveries.count), **phase.busy(span)}
+              **phase.busy(span, deliveries.count, "delivery")}
     await close_all(clients)
     return result
 
@@ -360,7 +353,7 @@ async def scenario_chat(target: Target, args) -> dict:
     target.wait_subscribers("bench-chat")
     await asyncio.sleep(0.5)
     deliveries.expected = len(clients) * len(clients) * args.chat_messages
-    cpu = target.cpu_seconds()
+    phase = Phase(target)
     first_ns = time.monotonic_ns()
     sequence = 0
     for _ in range(args.chat_messages):
@@ -375,7 +368,7 @@ async def scenario_chat(target: Target, args) -> dict:
     span = max(1, deliveries.last_ns - first_ns) / 1e9
     result = {"clients": len(clients), "failures": failures, "sent": sequence, "deliveries": deliveries.count,
               "lost": deliveries.expected - deliveries.count, "deliveries_per_s": round(deliveries.count / span),
-              **deliveries.latency_ms(), **server_cpu_per_delivery(target, cpu, deliveries.count)}
+              **deliveries.latency_ms(), **phase.busy(span, deliveries.count, "delivery")}
     await close_all(clients)
     return result
 
