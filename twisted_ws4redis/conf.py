@@ -214,8 +214,9 @@ class Rule:
 
 
 def _positive(check_id: str, field: str, default: Any, unit: str, *, integer: bool = False,
-              optional: bool = False) -> Rule:
-    return Rule(default, check_id, field, functools.partial(_number, integer=integer, optional=optional, unit=unit))
+              optional: bool = False, hint: str | None = None) -> Rule:
+    return Rule(default, check_id, field, functools.partial(_number, integer=integer, optional=optional, unit=unit),
+                hint)
 
 
 #: Every setting twisted_ws4redis reads. The check ids are stable: never renumber them.
@@ -278,10 +279,10 @@ RULES: dict[str, Rule] = {
     "WS4REDIS_MESSAGE_SIGNAL": Rule(False, "twisted_ws4redis.E031", "message_signal", _bool,
                                     "True sends websocket_message for every message (a thread hop each)."),
     # Token authentication (auth.py): make_token's default lifetime.
-    "WS4REDIS_TOKEN_MAX_AGE": Rule(
-        300, "twisted_ws4redis.E032", "token_max_age", functools.partial(_number, integer=True, unit="seconds"),
-        "A token is checked only when a websocket opens, and one in a URL may reach an access log: a few "
-        "minutes (300) is enough to fetch one and connect, and leaves a logged one stale soon."),
+    "WS4REDIS_TOKEN_MAX_AGE": _positive(
+        "twisted_ws4redis.E032", "token_max_age", 300, "seconds", integer=True,
+        hint="A token is checked only when a websocket opens, and one in a URL may reach an access log: a few "
+             "minutes (300) is enough to fetch one and connect, and leaves a logged one stale soon."),
 }
 
 DEFAULTS: dict[str, Any] = {name: rule.default for name, rule in RULES.items()}

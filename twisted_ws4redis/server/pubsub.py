@@ -466,8 +466,7 @@ class RedisBus(Service):
         calls = []
         for channel in channels:
             if settings.history_size:
-                calls.append(self.script(history.PUBLISH_SCRIPT, history.publish_keys(channel, settings.prefix),
-                                       args)
+                calls.append(self.script(history.PUBLISH_SCRIPT, history.publish_keys(channel, settings.prefix), args)
                              .addCallback(lambda reply: reply[1].decode("ascii")))
             else:
                 steps = [self._run("publish", channel, history.plain(message))]
@@ -488,7 +487,7 @@ class RedisBus(Service):
         ``since`` (history.py)."""
         settings = get_settings()
         d = self.script(history.RECOVER_SCRIPT, history.recover_keys(channel, settings.prefix),
-                      [since, settings.history_size])
+                        [since, settings.history_size])
 
         def read(reply) -> list[tuple[str, bytes]] | None:
             if reply is None:
