@@ -8,7 +8,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from conftest import wait_subscribed
+from conftest import login, open_ws, round_trip, unique, wait_subscribed
 
 
 def test_a_burst_is_delivered_whole_and_in_order(server, redis_client):
@@ -21,6 +21,45 @@ def test_a_burst_is_delivered_whole_and_in_order(server, redis_client):
         pipe.execute()
         received = [ws.recv(timeout=5) for _ in range(300)]
     assert received == [f"message {number}" for number in range(300)]
+
+
+def test_a_burst_on_two_channels_keeps_the_order_they_were_published_in(server, redis_client):
+    """The server hands each channel's run of messages from one read of Redis
+    to its sockets at once: a socket subscribed to both channels still gets
+    them interleaved as Redis sent them."""
+    facility = unique("interleaved")
+    cookie = login(server, "john")
+    channels = [f"broadcast:{facility}", f"user:john:{facility}"]
+    with open_ws(server, f"{facility}?subscribe-broadcast&subscribe-user", cookie) as ws:
+        for channel in channels:
+            wait_subscribed(redis_client, channel)
+        # runs of 1, 2, 3 and 4 messages, the channels taking turns
+        order = ([0] + [1] * 2 + [0] * 3 + [1] * 4) * 20
+        pipe = redis_client.pipeline(transaction=False)
+        for number, which in enumerate(order):
+            pipe.publish(channels[which], f"message {number}")
+        pipe.execute()
+        received = [ws.recv(timeout=5) for _ in range(200)]
+    assert received == [f"message {number}" for number in range(200)]
+
+
+def test_a_burst_skips_only_what_the_socket_itself_published(server, redis_client):
+    """Without ``echo`` a socket does not get back what it published last
+    (ws4redis' rule), also in the middle of a burst; the others get all."""
+    facility = unique("burst-echo")
+    channel = f"broadcast:{facility}"
+    with open_ws(server, f"{facility}?subscribe-broadcast&publish-broadcast") as publisher, \
+            open_ws(server, f"{facility}?subscribe-broadcast") as listener:
+        wait_subscribed(redis_client, channel, count=1)
+        publisher.send("mine")
+        assert listener.recv(timeout=5) == "mine"
+        round_trip(publisher)
+        pipe = redis_client.pipeline(transaction=False)
+        for text in ("one", "mine", "two", "mine", "three"):
+            pipe.publish(channel, text)
+        pipe.execute()
+        assert [listener.recv(timeout=5) for _ in range(5)] == ["one", "mine", "two", "mine", "three"]
+        assert [publisher.recv(timeout=5) for _ in range(3)] == ["one", "two", "three"]
 
 
 def _handshake(port: int, path: str) -> socket.socket:

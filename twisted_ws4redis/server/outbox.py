@@ -84,7 +84,7 @@ class Outbox:
     def __init__(self, reactor, max_write: int):
         """``max_write``: WS4REDIS_MAX_BUFFERED_BYTES, the most bytes joined in one write."""
         self._reactor = reactor
-        self._max_write = max_write
+        self.max_write = max_write
         self._pending: dict = {}
 
     def put(self, protocol, frame: bytes) -> None:
@@ -105,7 +105,7 @@ class Outbox:
             if len(frames) == 1:  # a broadcast's common case: nothing to join
                 protocol.sendData(frames[0])
                 continue
-            for data in joined(frames, self._max_write):
+            for data in joined(frames, self.max_write):
                 protocol.sendData(data)
                 if protocol.state != protocol.STATE_OPEN:
                     break  # closed past the cap: what remains is dropped

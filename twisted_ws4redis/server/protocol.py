@@ -24,7 +24,7 @@ from .descriptors import ConnectionBudget
 from ..django_bridge import Accepted, Handshake, authorize, defer_to_django
 from .outbox import Outbox, buffered_bytes, socket_transport, write_now
 from .presence import NodePresence
-from .pubsub import REDIS_WAIT, PubSubMessage, RedisBus
+from .pubsub import REDIS_WAIT, Burst, PubSubMessage, RedisBus
 from . import signalling
 from .v2 import SUBPROTOCOL, V2Session
 
@@ -388,18 +388,27 @@ class WebSocketProtocol(WebSocketServerProtocol):
         after them, in order."""
         self._ready = True
         backlog, self._backlog = self._backlog, []
-        for message in backlog:
-            self._deliver(message)
+        self._deliver(Burst(b"", backlog))
 
-    def _deliver(self, message: PubSubMessage) -> None:
+    def _deliver(self, messages: Burst) -> None:
         if not self._ready:
-            self._backlog.append(message)
-        elif (self.echo or message.payload != self._last_published) and self.state == self.STATE_OPEN:
-            # The frame as framed once for every listener (no permessage-deflate is
-            # negotiated, so it is valid on every connection), written at the end of
-            # this reactor turn together with the others of the same burst.
-            self.factory.outbox.put(self, message.prepared(self.factory).payloadHybi)
-            self._last_sent = self.factory.reactor.seconds()
+            self._backlog.extend(messages)
+            return
+        last = self._last_published
+        if not (self.echo or last is None) and any(message.payload == last for message in messages):
+            messages = Burst(messages.channel, [message for message in messages if message.payload != last])
+        if not messages or self.state != self.STATE_OPEN:
+            return
+        # The frames as framed once for every listener (no permessage-deflate is
+        # negotiated, so they are valid on every connection), written at the end
+        # of this reactor turn together with the others of the same turn.
+        outbox = self.factory.outbox
+        for data in messages.writes("ws4redis", self._frame, outbox.max_write):
+            outbox.put(self, data)
+        self._last_sent = self.factory.reactor.seconds()
+
+    def _frame(self, message: PubSubMessage) -> bytes:
+        return message.prepared(self.factory).payloadHybi
 
     def _send(self, message: PubSubMessage) -> None:
         if self.state != self.STATE_OPEN:

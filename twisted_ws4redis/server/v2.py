@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from .. import audience, history, logsafe, presence
 from ..django_bridge import authorize_op, defer_to_django
-from .pubsub import REDIS_WAIT, PubSubMessage, Replayed
+from .pubsub import REDIS_WAIT, Burst, PubSubMessage, Replayed
 from . import signalling
 
 if TYPE_CHECKING:
@@ -101,17 +101,19 @@ class Subscription:
         #: the facility's join and leave events it asked for
         self.watch: PresenceWatch | None = None
 
-    def __call__(self, message: PubSubMessage) -> None:
+    def __call__(self, messages: Burst) -> None:
         if self.backlog is not None:
-            self.backlog.append(message)
-        elif not (self.replayed and self.replayed.delivered(message)):
-            self.session.deliver(self, message)
+            self.backlog.extend(messages)
+        elif self.replayed:
+            self.session.deliver(self, Burst(messages.channel, [
+                message for message in messages if not self.replayed.delivered(message)]))
+        else:
+            self.session.deliver(self, messages)
 
     def go_live(self) -> None:
         backlog, self.backlog = self.backlog or [], None
-        for message in backlog:
-            if not self.replayed.delivered(message):
-                self.session.deliver(self, message)
+        self.session.deliver(self, Burst(b"", [message for message in backlog
+                                               if not self.replayed.delivered(message)]))
 
 
 class PresenceWatch:
@@ -127,16 +129,15 @@ class PresenceWatch:
         self.subscriptions = 0
         self.backlog: list[PubSubMessage] | None = []
 
-    def __call__(self, message: PubSubMessage) -> None:
+    def __call__(self, messages: Burst) -> None:
         if self.backlog is not None:
-            self.backlog.append(message)
+            self.backlog.extend(messages)
         else:
-            self.session.send_event(message)
+            self.session.send_events(messages)
 
     def go_live(self) -> None:
         backlog, self.backlog = self.backlog or [], None
-        for message in backlog:
-            self.session.send_event(message)
+        self.session.send_events(Burst(b"", backlog))
 
 
 class V2Session:
@@ -174,14 +175,32 @@ class V2Session:
     def _error(self, ref: Any, code: int, reason: str) -> None:
         self._reply({"op": "error", "ref": ref, "code": code, "reason": reason})
 
-    def deliver(self, subscription: Subscription, message: PubSubMessage) -> None:
-        if self.protocol.state == self.protocol.STATE_OPEN:
-            self._put(message.framed(subscription.pair, lambda: self.factory.prepareMessage(
-                message_frame(subscription.pair, message), False).payloadHybi))
+    def deliver(self, subscription: Subscription, messages: Burst) -> None:
+        """``messages`` as ``message`` ops of ``subscription``, framed once
+        per (facility, audience) for every socket."""
+        pair, prepare = subscription.pair, self.factory.prepareMessage
 
-    def send_event(self, message: PubSubMessage) -> None:
-        """A presence event, as its node published it (a JSON op)."""
-        self._put(message.framed("presence", lambda: self.factory.prepareMessage(message.payload, False).payloadHybi))
+        def frame(message: PubSubMessage) -> bytes:
+            return message.framed(pair, lambda: prepare(message_frame(pair, message), False).payloadHybi)
+
+        self._put_all(messages, pair, frame)
+
+    def send_events(self, messages: Burst) -> None:
+        """Presence events, as their nodes published them (JSON ops)."""
+        prepare = self.factory.prepareMessage
+
+        def frame(message: PubSubMessage) -> bytes:
+            return message.framed("presence", lambda: prepare(message.payload, False).payloadHybi)
+
+        self._put_all(messages, "presence", frame)
+
+    def _put_all(self, messages: Burst, key, frame) -> None:
+        protocol = self.protocol
+        if messages and protocol.state == protocol.STATE_OPEN:
+            outbox = self.factory.outbox
+            for data in messages.writes(key, frame, outbox.max_write):
+                outbox.put(protocol, data)
+            protocol._last_sent = self.factory.reactor.seconds()
 
     # -- ops -------------------------------------------------------------------
 
@@ -381,10 +400,11 @@ class V2Session:
                 replay.append((history.parse_id(message_id), key, (message_id, payload)))
         # Persisted messages first (in channel order), then the history by id.
         replay.sort(key=lambda item: (item[0] is not None, item[0] or (0, 0)))
-        for parsed, key, (message_id, payload) in replay:
+        for parsed, key, _ in replay:
             if parsed is not None:
                 subscription.replayed.note(key, parsed)
-            self.deliver(subscription, PubSubMessage(key, payload, live=False, message_id=message_id))
+        self.deliver(subscription, Burst(b"", [PubSubMessage(key, payload, live=False, message_id=message_id)
+                                               for _, key, (message_id, payload) in replay]))
         subscription.go_live()
 
     def _unsubscribe(self, op: dict, ref: Any) -> None:
