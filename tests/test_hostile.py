@@ -334,6 +334,11 @@ def test_a_client_within_the_rate_is_never_closed(twistd_servers, redis_client):
             time.sleep(0.25)
 
 
+#: A session cookie (of no session): the handshake goes to Django's threads,
+#: where one without it is decided on the reactor (django_bridge.reads_nothing).
+TO_A_THREAD = "Cookie: sessionid=nosuchsession\r\n"
+
+
 def busy_threads(server, seconds: float) -> list[socket.socket]:
     """Requests that keep Django's ten threads busy for ``seconds``: a
     handshake arriving now waits for a thread. Their sockets, to read or close."""
@@ -352,7 +357,7 @@ def test_what_a_client_sends_before_the_101_is_not_another_handshake(server, red
     busy = busy_threads(server, 1)
     time.sleep(0.2)
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
-        sock.sendall(handshake(f"/ws/{first}?subscribe-broadcast"))
+        sock.sendall(handshake(f"/ws/{first}?subscribe-broadcast", extra=TO_A_THREAD))
         time.sleep(0.2)
         for _ in range(5):
             sock.sendall(handshake(f"/ws/{later}?subscribe-broadcast"))
@@ -384,7 +389,7 @@ def test_what_a_client_sends_before_the_101_is_read_once_at_most(server, redis_c
     process = psutil.Process(server.process.pid)
     before = process.memory_info().rss
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
-        sock.sendall(handshake(f"/ws/{unique('early')}?subscribe-broadcast"))
+        sock.sendall(handshake(f"/ws/{unique('early')}?subscribe-broadcast", extra=TO_A_THREAD))
         time.sleep(0.3)  # the head is with Django now; what follows reaches the websocket protocol
         sock.setblocking(False)
         sent, chunk, deadline = 0, b"x" * 65536, time.monotonic() + 1.5
@@ -410,7 +415,7 @@ def test_a_handshake_dropped_while_django_decides_is_not_opened_later(twistd_ser
     busy = busy_threads(server, 2)
     time.sleep(0.2)
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
-        sock.sendall(handshake(f"/ws/{facility}?subscribe-broadcast"))
+        sock.sendall(handshake(f"/ws/{facility}?subscribe-broadcast", extra=TO_A_THREAD))
         try:
             answer = sock.recv(4096)
         except ConnectionResetError:  # Autobahn aborts

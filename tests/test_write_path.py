@@ -495,3 +495,30 @@ def test_a_socket_transport_pauses_its_producer_past_its_buffer_size_and_resumes
     transport.blocked = False
     transport.doWrite()
     assert producer.calls == ["pause", "resume"] and buffered_bytes(transport) == 0
+
+
+def test_autobahn_looks_up_its_debug_formatters_when_it_logs_so_they_can_be_skipped():
+    """protocol.py replaces Autobahn's ``pformat`` and ``hltype`` (called for
+    every debug line's arguments, logged or not) in the modules that use them.
+    That works only while Autobahn's methods look them up as module globals
+    when they run, and while debug logging still gets the real thing."""
+    import txaio
+    from autobahn.twisted import websocket as autobahn_websocket
+    from autobahn.util import hltype
+    from autobahn.websocket import protocol as autobahn_protocol
+
+    from twisted_ws4redis.server import protocol  # noqa: F401 (the replacement is made on import)
+
+    assert "hltype" in autobahn_protocol.WebSocketServerProtocol.processHandshake.__code__.co_names
+    assert "pformat" in autobahn_protocol.WebSocketProtocol._connectionMade.__code__.co_names
+    assert "hltype" in autobahn_websocket.WebSocketAdapterProtocol.connectionMade.__code__.co_names
+    for module in (autobahn_protocol, autobahn_websocket):
+        assert module.hltype(test_autobahn_looks_up_its_debug_formatters_when_it_logs_so_they_can_be_skipped) \
+            == "(not formatted: debug logging is off)"
+    level = txaio.get_global_log_level()
+    txaio.set_global_log_level("debug")
+    try:
+        assert autobahn_protocol.hltype(hltype) == hltype(hltype)
+        assert autobahn_protocol.pformat({"a": 1}) == "{'a': 1}"
+    finally:
+        txaio.set_global_log_level(level)

@@ -1,8 +1,10 @@
-"""Django work for the websocket door, always on the service's thread pool.
+"""Django work for the websocket door, on the service's thread pool.
 
 The handshake becomes a real Django ``WSGIRequest`` (path, query, cookies,
 headers, REMOTE_ADDR), so session engines, auth backends and the hooks see what
-they see in a view. Nothing here runs on the reactor thread.
+they see in a view. Nothing here runs on the reactor thread, except
+``authorize`` for a handshake that ``reads_nothing`` says it decides without
+any read.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from twisted.internet import threads
 from . import audience
 from .conf import Settings
 from .receivers import store_groups_in_session
+from .subscriber import RedisSubscriber
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,23 @@ def _flag_channels(request: WSGIRequest, flag: str, settings: Settings, bus: Any
     subscriber = settings.subscriber(bus)
     subscriber.set_pubsub_channels(request, [flag])
     return subscriber.subscribed if flag.startswith("subscribe-") else subscriber.publishers
+
+
+def reads_nothing(handshake: Handshake, settings: Settings) -> bool:
+    """Whether ``authorize`` reads nothing (no database, session store or
+    cache) for ``handshake``, so that the reactor may run it rather than make
+    a thread round trip: the default authentication and subscriber, no
+    WS4REDIS_ALLOWED_CHANNELS, and no session cookie. The session is then
+    empty without a read (Django's sessions load nothing for a session without
+    a key) and the user anonymous without a query (tests/test_threads.py pins
+    both). A cookie that merely mentions the session cookie's name goes to the
+    thread pool too: the check errs on the side of a thread."""
+    if settings.process_request is not None or settings.allowed_channels is not None:
+        return False
+    if settings.subscriber is not RedisSubscriber:
+        return False
+    cookie = handshake.headers.get("cookie")
+    return not cookie or django_settings.SESSION_COOKIE_NAME not in cookie
 
 
 def authorize(handshake: Handshake, facility: str, settings: Settings, bus: Any, v2: bool = False) -> Accepted:

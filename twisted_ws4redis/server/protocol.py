@@ -10,6 +10,8 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 import txaio
+from autobahn import util as autobahn_util
+from autobahn.twisted import websocket as autobahn_websocket
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.types import ConnectionDeny
@@ -21,7 +23,7 @@ from twisted.logger import Logger
 from .. import __version__, audience, logsafe
 from ..conf import Settings
 from .descriptors import ConnectionBudget
-from ..django_bridge import Accepted, Handshake, authorize, defer_to_django
+from ..django_bridge import Accepted, Handshake, authorize, defer_to_django, reads_nothing
 from .outbox import Outbox, buffered_bytes, socket_transport, write_now
 from .presence import NodePresence
 from .pubsub import REDIS_WAIT, Burst, PubSubMessage, RedisBus
@@ -31,17 +33,24 @@ from .v2 import SUBPROTOCOL, V2Session
 log = Logger()
 
 
-def _pformat_when_debugging(value) -> str:
-    """Autobahn's ``pformat``, skipped unless its debug logging is on."""
-    if txaio.get_global_log_level() in ("debug", "trace"):
-        return pformat(value)
-    return "(not formatted: debug logging is off)"
+def _only_when_debugging(format_function: Callable[[object], str]) -> Callable[[object], str]:
+    """One of Autobahn's formatters for the arguments of its debug lines,
+    which it calls whether or not debug logging is on: skipped unless it is."""
+
+    def formatted(value) -> str:
+        if txaio.get_global_log_level() in ("debug", "trace"):
+            return format_function(value)
+        return "(not formatted: debug logging is off)"
+
+    return formatted
 
 
 # Autobahn pretty-prints its ~40 options for a debug log line on every new
 # connection, whether or not debug logging is on: 40 % of the reactor's time
-# while accepting handshakes (bench/README.md).
-autobahn_protocol.pformat = _pformat_when_debugging
+# while accepting handshakes (bench/README.md). Its debug lines also name the
+# method they are in with hltype(), ~7 calls per handshake: 3 % more.
+autobahn_protocol.pformat = _only_when_debugging(pformat)
+autobahn_protocol.hltype = autobahn_websocket.hltype = _only_when_debugging(autobahn_util.hltype)
 
 #: Seconds without any frame to the client after which a heartbeat is sent.
 HEARTBEAT_IDLE = 4.0
@@ -279,8 +288,11 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self.facility = facility
         self._head_taken = True
         self._wants_v2 = SUBPROTOCOL in request.protocols
-        d = defer_to_django(self.factory.reactor, self.factory.pool, authorize,
-                            handshake, facility, self.factory.settings, self.factory.bus, self._wants_v2)
+        arguments = (handshake, facility, settings, self.factory.bus, self._wants_v2)
+        if reads_nothing(handshake, settings):
+            d = defer.maybeDeferred(authorize, *arguments)
+        else:
+            d = defer_to_django(self.factory.reactor, self.factory.pool, authorize, *arguments)
         return d.addCallbacks(self._accepted, self._refused)
 
     def _accepted(self, accepted: Accepted):
