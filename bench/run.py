@@ -7,6 +7,7 @@ runs, written as a Markdown table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -32,6 +33,7 @@ COLUMNS = [
     ("connect", "server_busy_pct", "handshakes: server CPU %"),
     ("connect", "kib_per_connection", "KiB/connection"),
     ("connect", "redis_clients", "Redis clients"),
+    ("persisted", "kib_per_connection", "KiB/connection, a persisted message replayed"),
     ("fanout", "deliveries_per_s", "fan-out deliveries/s"),
     ("fanout", "lost", "lost"),
     ("fanout", "p50_ms", "burst p50 ms"),
@@ -100,8 +102,11 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> 
             time.sleep(0.1)
 
 
-def one_run(env: dict, size: int, args) -> list[dict]:
-    """A fresh Redis and server, every scenario once; the JSON results."""
+@contextlib.contextmanager
+def serving(env: dict, results: list[dict]):
+    """A fresh Redis and twistd ws4redis (on CPU 0): yields (port, pid,
+    Redis port); once stopped, the count of error lines in its log goes
+    into ``results``."""
     redis_server = EmbeddedRedis(port=free_port())
     redis_server.start()
     port = free_port()
@@ -112,29 +117,49 @@ def one_run(env: dict, size: int, args) -> list[dict]:
          f"--redis=redis://127.0.0.1:{redis_server.port}/0"], env=env, cwd=EXAMPLE, stdout=log, stderr=log)
     try:
         wait_for_port(port, server)
-        common = ["taskset", "-c", "1", sys.executable, str(ROOT / "bench" / "wsload.py"),
-                  f"--url=ws://127.0.0.1:{port}/ws/", f"--redis=redis://127.0.0.1:{redis_server.port}/0",
-                  "--prefix=demo", f"--server-pid={server.pid}", f"-n={size}",
-                  f"--login-url=http://127.0.0.1:{port}/accounts/login/", f"--churn-seconds={args.churn_seconds}",
-                  f"--protocol={args.protocol}"]
-        results = []
-        for scenarios, extra in ((args.scenarios, []), ("fanout", ["--messages=50", "--interval=0.02"])):
-            done = subprocess.run(common + [f"--scenarios={scenarios}", *extra], capture_output=True, text=True)
-            if done.returncode:
-                sys.exit(f"wsload.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
-            output = done.stdout
-            for line in output.splitlines():
-                result = json.loads(line)
-                if extra:
-                    result["scenario"] = "paced"
-                results.append(result)
+        yield port, server.pid, redis_server.port
     finally:
         server.terminate()
         server.wait(30)
         log.close()
         redis_server.stop()
     with open(log.name, errors="replace") as lines:
-        results.append({"scenario": "log", "errors": sum(any(mark in line for mark in ERROR_MARKS) for line in lines)})
+        errors = sum(any(mark in line for mark in ERROR_MARKS) for line in lines)
+    found = next((result for result in results if result["scenario"] == "log"), None)
+    if found is None:
+        results.append({"scenario": "log", "errors": errors})
+    else:
+        found["errors"] += errors
+
+
+def one_run(env: dict, size: int, args) -> list[dict]:
+    """Every scenario once, the JSON results. "persisted" gets a server of
+    its own: memory freed by the sockets of an earlier scenario would be
+    reused by its sockets and hide what they cost."""
+    asked = args.scenarios.split(",")
+    groups = [[name for name in asked if name != "persisted"], ["persisted"] if "persisted" in asked else []]
+    results: list[dict] = []
+    for group, paced in zip(groups, (True, False)):
+        if not group:
+            continue
+        with serving(env, results) as (port, pid, redis_port):
+            common = ["taskset", "-c", "1", sys.executable, str(ROOT / "bench" / "wsload.py"),
+                      f"--url=ws://127.0.0.1:{port}/ws/", f"--redis=redis://127.0.0.1:{redis_port}/0",
+                      "--prefix=demo", f"--server-pid={pid}", f"-n={size}",
+                      f"--login-url=http://127.0.0.1:{port}/accounts/login/", f"--churn-seconds={args.churn_seconds}",
+                      f"--protocol={args.protocol}"]
+            passes = [(",".join(group), [])]
+            if paced:
+                passes.append(("fanout", ["--messages=50", "--interval=0.02"]))
+            for scenarios, extra in passes:
+                done = subprocess.run(common + [f"--scenarios={scenarios}", *extra], capture_output=True, text=True)
+                if done.returncode:
+                    sys.exit(f"wsload.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
+                for line in done.stdout.splitlines():
+                    result = json.loads(line)
+                    if extra:
+                        result["scenario"] = "paced"
+                    results.append(result)
     return results
 
 
@@ -177,7 +202,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,5000")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--scenarios", default="connect,fanout,chat,churn,session")
+    parser.add_argument("--scenarios", default="connect,persisted,fanout,chat,churn,session")
     parser.add_argument("--churn-seconds", type=float, default=10)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
     parser.add_argument("--protocol", choices=("ws4redis", "v2"), default="ws4redis",

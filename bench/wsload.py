@@ -324,12 +324,14 @@ async def close_all(clients: list[Client]) -> None:
                        [asyncio.ensure_future(asyncio.sleep(0))])
 
 
-async def scenario_connect(target: Target, args) -> dict:
+async def idle_sockets(target: Target, args, facility: str) -> dict:
+    """Open ``args.n`` websockets on ``facility``: handshakes/s, and what each
+    idle socket costs the server (its RSS growth per socket, once open)."""
     before = target.rss_kib()
     phase = Phase(target)
-    clients, failures, elapsed = await open_clients(target, args.n, target.path("bench-connect", "subscribe-broadcast"))
+    clients, failures, elapsed = await open_clients(target, args.n, target.path(facility, "subscribe-broadcast"))
     busy = phase.busy(elapsed, len(clients), "handshake")
-    target.wait_subscribers("bench-connect")
+    target.wait_subscribers(facility)
     await asyncio.sleep(1)
     after = target.rss_kib()
     result = {"handshakes_per_s": round(len(clients) / elapsed, 1), "failures": failures, "seconds": round(elapsed, 2),
@@ -337,6 +339,17 @@ async def scenario_connect(target: Target, args) -> dict:
               "kib_per_connection": round((after - before) / max(1, len(clients)), 2) if before else None, **busy}
     await close_all(clients)
     return result
+
+
+async def scenario_connect(target: Target, args) -> dict:
+    return await idle_sockets(target, args, "bench-connect")
+
+
+async def scenario_persisted(target: Target, args) -> dict:
+    """As connect, on a facility with a persisted message (ws4redis' SETEX),
+    which each socket gets as it opens."""
+    target.redis.set(target.channel("bench-persisted"), stamp(0), ex=3600)
+    return await idle_sockets(target, args, "bench-persisted")
 
 
 async def scenario_fanout(target: Target, args) -> dict:
@@ -465,7 +478,7 @@ async def scenario_session(target: Target, args) -> dict:
     return result
 
 
-SCENARIOS = {"connect": scenario_connect, "fanout": scenario_fanout, "chat": scenario_chat,
+SCENARIOS = {"connect": scenario_connect, "persisted": scenario_persisted, "fanout": scenario_fanout, "chat": scenario_chat,
              "churn": scenario_churn, "session": scenario_session}
 
 
@@ -489,7 +502,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--redis", required=True, help="the server's Redis, e.g. redis://127.0.0.1:6379/0")
     parser.add_argument("--prefix", default="", help="the server's WS4REDIS_PREFIX")
     parser.add_argument("--server-pid", type=int, help="server process, for its RSS")
-    parser.add_argument("--scenarios", default="connect,fanout,chat,churn,session")
+    parser.add_argument("--scenarios", default="connect,persisted,fanout,chat,churn,session")
     parser.add_argument("--protocol", choices=("ws4redis", "v2"), default="ws4redis",
                         help="the wire every socket speaks: ws4redis, or ws4redis.v2 (JSON ops)")
     parser.add_argument("-n", type=int, default=1000, help="connections (connect, fanout, session)")
