@@ -522,3 +522,37 @@ def test_autobahn_looks_up_its_debug_formatters_when_it_logs_so_they_can_be_skip
         assert autobahn_protocol.pformat({"a": 1}) == "{'a': 1}"
     finally:
         txaio.set_global_log_level(level)
+
+
+def _autobahn_methods_using(name: str) -> set[str]:
+    """The methods of Autobahn's websocket protocol classes whose code names ``name``."""
+    import inspect
+
+    from autobahn.twisted import websocket as autobahn_websocket
+    from autobahn.websocket import protocol as autobahn_protocol
+
+    found = set()
+    for module in (autobahn_protocol, autobahn_websocket):
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ != module.__name__:
+                continue
+            for method_name, method in vars(cls).items():
+                code = getattr(getattr(method, "__func__", method), "__code__", None)
+                if code is not None and name in code.co_names:
+                    found.add(method_name)
+    return found
+
+
+def test_what_a_websocket_lets_go_of_once_open_autobahn_reads_only_during_the_handshake():
+    """protocol.py drops HANDSHAKE_ONLY when the websocket opens, and swaps the
+    trickled-writes queue for an empty tuple: safe while only the handshake's
+    methods read the former and only Autobahn's own sendData (overridden) fills
+    the latter."""
+    from twisted_ws4redis.server.protocol import HANDSHAKE_ONLY, WebSocketProtocol
+
+    handshake_methods = {"processHandshake", "succeedHandshake", "startHandshake", "_actuallyStartHandshake",
+                         "onConnect", "_onConnect", "failHandshake"}
+    for name in HANDSHAKE_ONLY:
+        assert _autobahn_methods_using(name) <= handshake_methods, name
+    assert _autobahn_methods_using("send_queue") == {"_connectionMade", "_send", "sendData"}
+    assert WebSocketProtocol.sendData is not WebSocketServerProtocol.sendData

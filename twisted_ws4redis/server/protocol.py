@@ -52,6 +52,13 @@ def _only_when_debugging(format_function: Callable[[object], str]) -> Callable[[
 autobahn_protocol.pformat = _only_when_debugging(pformat)
 autobahn_protocol.hltype = autobahn_websocket.hltype = _only_when_debugging(autobahn_util.hltype)
 
+#: Autobahn's state of the opening handshake (the request as read, its
+#: headers, the response), which nothing reads once the websocket is open
+#: (tests/test_write_path.py pins that): let go of then.
+HANDSHAKE_ONLY = ("http_request_data", "http_response_data", "http_status_line", "http_headers",
+                  "http_request_params", "http_request_host", "http_request_path", "_wskey",
+                  "websocket_extensions", "websocket_origin", "websocket_protocols")
+
 #: Seconds without any frame to the client after which a heartbeat is sent.
 HEARTBEAT_IDLE = 4.0
 #: Random bytes in each of the server's pings, which only its answer repeats.
@@ -352,6 +359,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
     # -- open ------------------------------------------------------------------------
 
     def onOpen(self):
+        self._forget_the_handshake()
         self._ready = False
         self._backlog: list[PubSubMessage] = []
         self._last_published: bytes | None = None
@@ -378,6 +386,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
             self.v2.open(self.facility, self._flags)
             self._flags = None
             return
+        if not signalling.heard_later():
+            self.django_request = None  # nothing reads it again (a ws4redis.v2 socket's ops do)
         if self.factory.presence is not None:
             self._counted = True
             self.factory.presence.joined(self.facility, self.username)
@@ -386,6 +396,14 @@ class WebSocketProtocol(WebSocketServerProtocol):
         d.addTimeout(REDIS_WAIT, self.factory.reactor)
         d.addCallbacks(self._send_persisted, self._redis_unavailable)
         d.addBoth(self._go_live)
+
+    def _forget_the_handshake(self) -> None:
+        for name in HANDSHAKE_ONLY:
+            setattr(self, name, None)
+        # Autobahn's queue for the trickled writes of its own sendData
+        # (sync/chopsize), which this one never makes: an empty deque is 760
+        # bytes per socket.
+        self.send_queue = ()
 
     def _send_persisted(self, messages: list[bytes]) -> None:
         for payload in messages:

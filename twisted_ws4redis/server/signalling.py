@@ -62,6 +62,14 @@ class SocketSignals:
         return done
 
 
+def heard_later() -> bool:
+    """Whether a receiver of a websocket's later signals (its messages, its
+    end) is connected. A plain websocket that opens while none is lets go of
+    its Django request (~1.5 KiB per socket): a receiver connected after it
+    opened gets ``request=None`` for it."""
+    return websocket_message.has_listeners() or websocket_disconnected.has_listeners()
+
+
 def _signals(protocol: WebSocketProtocol) -> SocketSignals:
     if protocol.signals is None:
         protocol.signals = SocketSignals(protocol)
