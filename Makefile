@@ -41,7 +41,7 @@ demo: $(STAMP)
 		--redis=$(REDIS_URL) --static
 
 # Load tests (bench/README.md): a fresh server per run, medians into bench/results.md.
-BENCH_ARGS ?= --sizes 1000,5000 --runs 3
+BENCH_ARGS ?= --sizes 1000,5000,19500 --runs 3
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet uvloop
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -2,7 +2,7 @@
 per run (server pinned to CPU 0, load generator to CPU 1), medians of several
 runs, written as a Markdown table.
 
-    python bench/run.py --sizes 1000,5000 --runs 3 --out bench/results.md
+    python bench/run.py --sizes 1000,5000,19500 --runs 3 --out bench/results.md
 """
 from __future__ import annotations
 
@@ -42,11 +42,14 @@ COLUMNS = [
     ("fanout", "client_busy_pct", "burst: client CPU %"),
     ("fanout", "server_busy_pct", "burst: server CPU %"),
     ("paced", "p99_ms", "single broadcast p99 ms"),
+    ("paced", "client_busy_pct", "paced: client CPU %"),
+    ("paced", "server_busy_pct", "paced: server CPU %"),
     ("chat", "deliveries_per_s", "chat deliveries/s"),
     ("churn", "connections_per_s", "churn conn/s"),
     ("churn", "rss_growth_pct", "RSS growth after churn %"),
     ("churn", "redis_clients_after", "Redis clients after churn"),
     ("session", "handshakes_per_s", "session handshakes/s"),
+    ("session", "server_cpu_us_per_handshake", "session: server µs/handshake"),
     ("session", "client_busy_pct", "session: client CPU %"),
     ("log", "errors", "server log: error and critical lines"),
 ]
@@ -200,7 +203,7 @@ def table(by_size: dict[int, dict], runs: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1000,5000")
+    parser.add_argument("--sizes", default="1000,5000,19500")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--scenarios", default="connect,persisted,fanout,chat,churn,session")
     parser.add_argument("--churn-seconds", type=float, default=10)

@@ -18,6 +18,7 @@ import base64
 import json
 import os
 import re
+import resource
 import struct
 import time
 import urllib.parse
@@ -518,6 +519,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--username", default="john")
     parser.add_argument("--password", default="secret")
     args = parser.parse_args(argv)
+    # One descriptor per socket: the soft open files limit up to the hard one.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard != resource.RLIM_INFINITY and max(args.n, args.chat_clients) + 100 > hard:
+        parser.error(f"-n {args.n} needs more open files than this process may have ({hard}); raise 'ulimit -Hn'")
     global SUBPROTOCOL
     SUBPROTOCOL = "ws4redis.v2" if args.protocol == "v2" else None
     try:
