@@ -174,3 +174,18 @@ def test_disconnected_for_a_socket_dropped_without_close(twistd_servers, redis_c
     assert [(record["signal"], record.get("code")) for record in seen] == [("connected", None),
                                                                            ("disconnected", None)]
     assert seen[0]["channels"] == []
+
+
+def test_receivers_connected_for_the_documented_sender_get_every_signal(twistd_servers, redis_client):
+    """Receivers connected with ``sender=WebSocketProtocol``, as the signals'
+    documentation names the sender, are heard too: Django's has_listeners()
+    without a sender did not count them, so they got nothing at all."""
+    server = twistd_servers({"TEST_SIGNAL_RECEIVERS": "sender", "WS4REDIS_MESSAGE_SIGNAL": True})
+    facility = unique("sender")
+    with open_ws(server, f"{facility}?subscribe-broadcast", login(server, "john")) as ws:
+        ws.send("hello")
+        ws.close(code=4002)
+    seen = records(redis_client, facility)
+    assert [record["signal"] for record in seen] == ["connected", "message", "disconnected"]
+    assert seen[-1]["code"] == 4002
+    assert {record["user"] for record in seen} == {"john"}

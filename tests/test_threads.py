@@ -76,6 +76,8 @@ def test_a_handshake_without_a_session_cookie_is_decided_without_a_read(django_i
 def test_a_session_cookie_or_a_hook_sends_the_handshake_to_a_thread(django_in_process):
     from dataclasses import replace
 
+    from django.test.utils import override_settings
+
     from twisted_ws4redis.conf import get_settings
     from twisted_ws4redis.django_bridge import Handshake, reads_nothing
 
@@ -86,6 +88,8 @@ def test_a_session_cookie_or_a_hook_sends_the_handshake_to_a_thread(django_in_pr
     assert not reads_nothing(anonymous, replace(settings, process_request=lambda request: None))
     assert not reads_nothing(anonymous, replace(settings, allowed_channels=lambda request, flags: flags))
     assert not reads_nothing(anonymous, replace(settings, subscriber=type("Mine", (settings.subscriber,), {})))
+    with override_settings(SESSION_ENGINE="testproject.my_sessions"):  # a project's own engine may read
+        assert not reads_nothing(anonymous, settings)
 
 
 def test_an_anonymous_handshake_does_not_wait_for_django_s_threads(server, redis_client):

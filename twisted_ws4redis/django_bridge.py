@@ -129,15 +129,18 @@ def reads_nothing(handshake: Handshake, settings: Settings) -> bool:
     """Whether ``authorize`` reads nothing (no database, session store or
     cache) for ``handshake``, so that the reactor may run it rather than make
     a thread round trip: the default authentication and subscriber, no
-    WS4REDIS_ALLOWED_CHANNELS, and no session cookie. The session is then
-    empty without a read (Django's sessions load nothing for a session without
-    a key) and the user anonymous without a query (tests/test_threads.py pins
-    both). A cookie that merely mentions the session cookie's name goes to the
-    thread pool too: the check errs on the side of a thread."""
+    WS4REDIS_ALLOWED_CHANNELS, one of Django's own session engines, and no
+    session cookie. The session is then empty without a read (Django's engines
+    load nothing for a session without a key) and the user anonymous without a
+    query (tests/test_threads.py pins both). A cookie that merely mentions the
+    session cookie's name goes to the thread pool too: the check errs on the
+    side of a thread."""
     if settings.process_request is not None or settings.allowed_channels is not None:
         return False
     if settings.subscriber is not RedisSubscriber:
         return False
+    if not django_settings.SESSION_ENGINE.startswith("django.contrib.sessions.backends."):
+        return False  # a project's own engine may read even without a key
     cookie = handshake.headers.get("cookie")
     return not cookie or django_settings.SESSION_COOKIE_NAME not in cookie
 

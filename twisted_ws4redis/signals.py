@@ -9,6 +9,10 @@ signal passes ``request``, the handshake's Django request (its ``user`` and
 ``session`` as authenticated), and ``facility``. One socket's signals come in
 order: connected, its messages, disconnected, each after the one before has
 returned. A signal without receivers is not sent (no thread is used).
+
+Connect receivers at start-up (``AppConfig.ready()``): a plain websocket that
+opens while no receiver of ``websocket_message`` or ``websocket_disconnected``
+is connected keeps no request, and its later signals carry ``request=None``.
 """
 from django.dispatch import Signal
 

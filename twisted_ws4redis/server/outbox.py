@@ -67,6 +67,8 @@ def buffered_bytes(transport) -> int:
 def joined(frames: list[bytes], most: int) -> list[bytes]:
     """``frames`` joined in order into writes of at most ``most`` bytes each
     (a frame larger than that is one write)."""
+    if not frames:
+        return []
     writes, run, size = [], [], 0
     for frame in frames:
         if run and size + len(frame) > most:

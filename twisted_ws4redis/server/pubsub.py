@@ -168,8 +168,10 @@ class _SubscriberProtocol(_WholeReads, txredisapi.SubscriberProtocol):
     is parsed at once, and dispatched at the end of the read."""
 
     def dataReceived(self, data, unpause=False):
-        super().dataReceived(data, unpause)
-        self.factory.bus._dispatch_burst()
+        try:
+            super().dataReceived(data, unpause)
+        finally:
+            self.factory.bus._dispatch_burst()
 
     def replyReceived(self, reply):
         if not (isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message"):
@@ -404,6 +406,7 @@ class RedisBus(Service):
         log.info("Redis subscriber connected; subscribing {count} channel(s)", count=len(self._listeners))
 
     def _disconnected(self, protocol: _SubscriberProtocol) -> None:
+        self._dispatch_burst()  # what that connection brought, before anything of the next
         if self._subscriber is protocol:
             was_live, self._live = self._live, False
             self._subscriber = None

@@ -3,7 +3,7 @@
 Each is sent with ``send_robust`` on the thread pool, never on the reactor,
 and each socket's signals go through one Deferred chain: a signal is sent
 once the one before has returned, so receivers see connected, the messages,
-then disconnected. ``has_listeners()`` is asked on the reactor first: while
+then disconnected. ``listening()`` is asked on the reactor first: while
 nobody listens a socket costs no thread hop and no state.
 """
 from __future__ import annotations
@@ -62,12 +62,21 @@ class SocketSignals:
         return done
 
 
+def listening(signal: Signal) -> bool:
+    """Whether ``signal`` has receivers for this server's sockets: those
+    connected for any sender and those connected with ``sender=WebSocketProtocol``
+    (Django's ``has_listeners()`` without a sender counts only the former)."""
+    from .protocol import WebSocketProtocol  # the sender; that module imports this one
+
+    return signal.has_listeners(WebSocketProtocol)
+
+
 def heard_later() -> bool:
     """Whether a receiver of a websocket's later signals (its messages, its
     end) is connected. A plain websocket that opens while none is lets go of
     its Django request (~1.5 KiB per socket): a receiver connected after it
     opened gets ``request=None`` for it."""
-    return websocket_message.has_listeners() or websocket_disconnected.has_listeners()
+    return listening(websocket_message) or listening(websocket_disconnected)
 
 
 def _signals(protocol: WebSocketProtocol) -> SocketSignals:
@@ -78,7 +87,7 @@ def _signals(protocol: WebSocketProtocol) -> SocketSignals:
 
 def connected(protocol: WebSocketProtocol) -> None:
     """From onOpen: the channels the URL subscribed to."""
-    if not websocket_connected.has_listeners():
+    if not listening(websocket_connected):
         return
     if protocol._wants_v2:
         channels = [channel for flag, names in protocol._flags.items() if flag.startswith("subscribe-")
@@ -90,7 +99,7 @@ def connected(protocol: WebSocketProtocol) -> None:
 
 def disconnected(protocol: WebSocketProtocol, code: int | None) -> None:
     """From onClose, for a socket that was open."""
-    if websocket_disconnected.has_listeners():
+    if listening(websocket_disconnected):
         _signals(protocol).send(websocket_disconnected, facility=protocol.facility, code=code)
 
 
@@ -98,7 +107,7 @@ def message(protocol: WebSocketProtocol, facility: str, data: str | bytes, deliv
     """The message signal (WS4REDIS_MESSAGE_SIGNAL is on); fires once its
     receivers returned, at once when there are none. Meanwhile nothing more is
     read from the socket: a client makes the server hold one message at most."""
-    if not websocket_message.has_listeners():
+    if not listening(websocket_message):
         return defer.succeed(None)
     signals = _signals(protocol)
     signals.holding = True
@@ -124,7 +133,7 @@ def message(protocol: WebSocketProtocol, facility: str, data: str | bytes, deliv
 
 def plain_message(protocol: WebSocketProtocol, payload: bytes, is_binary: bool) -> None:
     """What the client of a plain ws4redis socket sent; replies are frames as sent."""
-    if not websocket_message.has_listeners():
+    if not listening(websocket_message):
         return
 
     def deliver(payload: bytes, is_binary: bool) -> None:

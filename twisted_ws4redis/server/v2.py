@@ -104,9 +104,9 @@ class Subscription:
     def __call__(self, messages: Burst) -> None:
         if self.backlog is not None:
             self.backlog.extend(messages)
-        elif self.replayed:
-            self.session.deliver(self, Burst(messages.channel, [
-                message for message in messages if not self.replayed.delivered(message)]))
+        elif messages.channel in self.replayed:
+            kept = [message for message in messages if not self.replayed.delivered(message)]
+            self.session.deliver(self, messages if len(kept) == len(messages) else Burst(messages.channel, kept))
         else:
             self.session.deliver(self, messages)
 

@@ -1,5 +1,6 @@
 """Receivers of the websocket signals for tests/test_signals.py, installed
-with the override ``{"TEST_SIGNAL_RECEIVERS": true}`` (see settings.py).
+with the override ``{"TEST_SIGNAL_RECEIVERS": true}`` (see settings.py), or
+``"sender"`` to connect them for the documented sender only.
 
 Each signal is recorded, as JSON, in the Redis list ``signals:<tag>``: the
 URL's ``?tag=`` (else the facility), so that a test reads what its own
@@ -65,7 +66,13 @@ class Recording(AppConfig):
     label = "signal_receivers"
 
     def ready(self) -> None:
-        websocket_connected.connect(connected)
-        websocket_disconnected.connect(disconnected)
-        websocket_message.connect(raising)
-        websocket_message.connect(recording)
+        from django.conf import settings
+
+        sender = None
+        if settings.TEST_SIGNAL_RECEIVERS == "sender":
+            # As the signals' documentation names the sender.
+            from twisted_ws4redis.server.protocol import WebSocketProtocol as sender
+        websocket_connected.connect(connected, sender=sender)
+        websocket_disconnected.connect(disconnected, sender=sender)
+        websocket_message.connect(raising, sender=sender)
+        websocket_message.connect(recording, sender=sender)
