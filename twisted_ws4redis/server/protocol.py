@@ -427,18 +427,22 @@ class WebSocketProtocol(WebSocketServerProtocol):
         last = self._last_published
         if not (self.echo or last is None) and any(message.payload == last for message in messages):
             messages = Burst(messages.channel, [message for message in messages if message.payload != last])
-        if not messages or self.state != self.STATE_OPEN:
-            return
-        # The frames as framed once for every listener (no permessage-deflate is
-        # negotiated, so they are valid on every connection), written at the end
-        # of this reactor turn together with the others of the same turn.
-        outbox = self.factory.outbox
-        for data in messages.writes("ws4redis", self._frame, outbox.max_write):
-            outbox.put(self, data)
-        self._last_sent = self.factory.reactor.seconds()
+        self.put_burst(messages, "ws4redis", self._frame)
 
     def _frame(self, message: PubSubMessage) -> bytes:
         return message.prepared(self.factory).payloadHybi
+
+    def put_burst(self, messages: Burst, key, frame: Callable[[PubSubMessage], bytes]) -> None:
+        """``messages`` as ``frame(message)`` makes them, joined once per
+        ``key`` for every socket (no permessage-deflate is negotiated, so a
+        frame is valid on every connection), and written at the end of this
+        reactor turn together with the socket's other frames of that turn."""
+        if not messages or self.state != self.STATE_OPEN:
+            return
+        outbox = self.factory.outbox
+        for data in messages.writes(key, frame, outbox.max_write):
+            outbox.put(self, data)
+        self._last_sent = self.factory.reactor.seconds()
 
     def _send(self, message: PubSubMessage) -> None:
         if self.state != self.STATE_OPEN:

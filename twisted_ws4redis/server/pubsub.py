@@ -96,14 +96,12 @@ class Burst(list):
     def __init__(self, channel: bytes, messages: Iterable[PubSubMessage] = ()):
         super().__init__(messages)
         self.channel = channel
-        self._writes: dict | None = None
+        self._writes: dict = {}
 
     def writes(self, key, frame: Callable[[PubSubMessage], bytes], most: int) -> list[bytes]:
         """Every message's ``frame(message)``, joined into writes of at most
         ``most`` bytes (WS4REDIS_MAX_BUFFERED_BYTES, as the outbox joins);
         made once per ``key`` for all listeners."""
-        if self._writes is None:
-            self._writes = {}
         made = self._writes.get(key)
         if made is None:
             made = self._writes[key] = joined([frame(message) for message in self], most)

@@ -183,7 +183,7 @@ class V2Session:
         def frame(message: PubSubMessage) -> bytes:
             return message.framed(pair, lambda: prepare(message_frame(pair, message), False).payloadHybi)
 
-        self._put_all(messages, pair, frame)
+        self.protocol.put_burst(messages, pair, frame)
 
     def send_events(self, messages: Burst) -> None:
         """Presence events, as their nodes published them (JSON ops)."""
@@ -192,15 +192,7 @@ class V2Session:
         def frame(message: PubSubMessage) -> bytes:
             return message.framed("presence", lambda: prepare(message.payload, False).payloadHybi)
 
-        self._put_all(messages, "presence", frame)
-
-    def _put_all(self, messages: Burst, key, frame) -> None:
-        protocol = self.protocol
-        if messages and protocol.state == protocol.STATE_OPEN:
-            outbox = self.factory.outbox
-            for data in messages.writes(key, frame, outbox.max_write):
-                outbox.put(protocol, data)
-            protocol._last_sent = self.factory.reactor.seconds()
+        self.protocol.put_burst(messages, "presence", frame)
 
     # -- ops -------------------------------------------------------------------
 
