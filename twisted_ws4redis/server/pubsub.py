@@ -323,6 +323,12 @@ class RedisBus(Service):
         subscription waits for."""
         return self._live or not self._failed
 
+    @property
+    def settled(self) -> bool:
+        """Whether the first attempt to reach Redis is over: Redis confirmed
+        a subscription, or an attempt failed (a worker is ready then)."""
+        return self._live or self._failed
+
     def _outage(self, error: str) -> None:
         self._failed = True
         if self._unreachable or not self.running:

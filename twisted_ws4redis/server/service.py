@@ -31,6 +31,7 @@ from .pubsub import RedisBus
 from .reactor_thread import daemon_thread
 from ..redis_address import RedisAddress
 from .resource import Root, Site, WebSocketDoor
+from .sharedports import AdoptedEndpoint
 from .tls import harden
 
 log = Logger()
@@ -48,6 +49,8 @@ class ServerConfig:
     redis: str | None = None  # redis:// or unix:// URL, or "embedded"; None: WS4REDIS_CONNECTION
     static: bool = False
     grace: float = 10.0  # seconds a stop waits for HTTP requests being answered
+    workers: int | None = None  # worker processes under a supervisor (supervisor.py); None: this process serves
+    inherited: list[int] = field(default_factory=list)  # a worker's: the listening descriptor of each endpoint
 
 
 class ThreadPoolService(Service):
@@ -236,12 +239,17 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
         pinger = TimerService(settings.auto_ping_interval, factory.ping_all)
         pinger.clock = reactor
         pinger.setServiceParent(top)
-    for description in config.endpoints:
+    if config.inherited and len(config.inherited) != len(config.endpoints):
+        raise ImproperlyConfigured(f"{len(config.inherited)} inherited descriptor(s) for "
+                                   f"{len(config.endpoints)} endpoint(s)")
+    for index, description in enumerate(config.endpoints):
         try:
             endpoint = serverFromString(reactor, description)
         except Exception as exc:  # a bad string, or files (ssl: keys, certificates) that cannot be used
             raise ImproperlyConfigured(f"--endpoint {description!r} is not a valid endpoint: {exc}") from None
         endpoint = harden(endpoint, settings.tls_ciphers)
+        if config.inherited:
+            endpoint = AdoptedEndpoint(endpoint, config.inherited[index], reactor)
         listener = StreamServerEndpointService(endpoint, site)
         listener.description = description
         # A port that cannot be bound must stop the start-up, not just be logged.
@@ -254,18 +262,19 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
     return top
 
 
-def run_in_foreground(service: Ws4RedisService, reactor=None, signal_handlers: bool = True) -> None:
+def run_in_foreground(service: Service, reactor=None, signal_handlers: bool = True, observer=None) -> None:
     """Start ``service``, bound already (``privilegedStartService()``), and run
-    it until the reactor stops, logging to stdout: the management commands'
-    server. ``signal_handlers=False`` where the reactor does not run in the
-    main thread (under Django's autoreloader)."""
+    it until the reactor stops, logging to ``observer`` (default: text on
+    stdout): the management commands' server, and a worker's (worker.py).
+    ``signal_handlers=False`` where the reactor does not run in the main
+    thread (under Django's autoreloader)."""
     if reactor is None:
         from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     # Resolving Redis' host name uses the reactor's own pool.
     reactor.getThreadPool().threadFactory = daemon_thread
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    globalLogBeginner.beginLoggingTo([observer or textFileLogObserver(sys.stdout)])
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run(installSignalHandlers=signal_handlers)

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, Callable, TypeVar
+
+import django
 
 from twisted.logger import Logger
 from twisted.python import usage
 
 from .service import ServerConfig
+from .supervisor import worker_count
 
 log = Logger()
+
+T = TypeVar("T")
 
 #: (long name, default, help) of the options that take a value.
 OPTIONS: list[tuple[str, Any, str]] = [
@@ -24,6 +29,10 @@ OPTIONS: list[tuple[str, Any, str]] = [
                     "rediss://…, unix:///path?db=N, or 'embedded' for a private redis-server "
                     "on a unix socket of this process only (a publisher in another process, "
                     "e.g. manage.py shell or a task worker, cannot reach it)."),
+    ("workers", None, "Worker processes sharing the endpoints: a number, or 'auto' (one per CPU). Each has "
+                      "its own threads and Redis connections; this process supervises them (restarts one "
+                      "that dies, SIGTERM stops all gracefully, SIGHUP restarts them one at a time). "
+                      "Default: no workers, this process serves."),
 ]
 ENDPOINT_HELP = "Twisted endpoint to listen on (repeatable), e.g. tcp:8000, ssl:8443:privateKey=key.pem, unix:/run/ws.sock; default tcp:8000."
 FLAGS: list[tuple[str, str]] = [
@@ -53,6 +62,10 @@ class Options(usage.Options):
                 self[name] = kind(self[name])
             except ValueError:
                 raise usage.UsageError(f"--{name} must be {what}, got {self[name]!r}") from None
+        try:
+            worker_count(self["workers"])
+        except ValueError as exc:
+            raise usage.UsageError(str(exc)) from None
 
 
 def server_config(options: dict[str, Any]) -> ServerConfig:
@@ -65,6 +78,7 @@ def server_config(options: dict[str, Any]) -> ServerConfig:
         redis=options.get("redis"),
         static=bool(options.get("static")),
         grace=float(ServerConfig.grace if options.get("grace") is None else options["grace"]),
+        workers=worker_count(options.get("workers")),
     )
 
 
@@ -85,27 +99,25 @@ def run_settings_checks() -> None:
         log.warn("{problem}", problem=line)
 
 
-def makeService(options: Options):
-    """Set Django up, run the system checks of the settings (as ``manage.py check``),
-    build the server. A bad setting or option ends twistd here with a message
-    naming it (every bad setting at once)."""
-    from django.core.exceptions import ImproperlyConfigured
-
-    if options["settings"]:
-        os.environ["DJANGO_SETTINGS_MODULE"] = options["settings"]
+def setup_django(settings_module: str | None) -> None:
+    """Django set up as ``manage.py`` would, for twistd and for a worker."""
+    if settings_module:
+        os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
     if not os.environ.get("DJANGO_SETTINGS_MODULE"):
         raise SystemExit("twistd ws4redis: give --settings=mysite.settings (or set DJANGO_SETTINGS_MODULE)")
     # Like manage.py, find the project in the current directory.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    reported(django.setup)
+
+
+def reported(make: Callable[[], T]) -> T:
+    """``make()``; a bad setting, option or import ends the process with one
+    line naming it (every bad setting at once)."""
+    from django.core.exceptions import ImproperlyConfigured
+
     try:
-        import django
-
-        django.setup()
-        from .service import make_service
-
-        run_settings_checks()
-        service = make_service(server_config(options))
+        return make()
     except (ImproperlyConfigured, ValueError, ImportError, RuntimeError) as exc:
         settings_module = os.environ["DJANGO_SETTINGS_MODULE"]
         if isinstance(exc, ImportError) and exc.name and f"{settings_module}.".startswith(f"{exc.name}."):
@@ -113,5 +125,35 @@ def makeService(options: Options):
                              f"manage.py and the {settings_module.split('.')[0]!r} package, "
                              f"or add that directory to PYTHONPATH)") from None
         raise SystemExit(f"twistd ws4redis: {exc}") from None
+
+
+def build(config: ServerConfig, reactor=None):
+    """The server ``config`` asks for: this process serving, or (``--workers``)
+    the supervisor of its workers (supervisor.py)."""
+    if not config.workers:
+        from .service import make_service
+
+        return make_service(config, reactor)
+    if reactor is None:
+        from twisted.internet import reactor
+    from .service import redis_address_for
+    from .supervisor import Supervisor
+
+    # The workers' Redis, and a check of --redis before any worker starts.
+    _, embedded = redis_address_for(config.redis)
+    return Supervisor(config, config.workers, reactor, embedded)
+
+
+def makeService(options: Options):
+    """Set Django up, run the system checks of the settings (as ``manage.py check``),
+    build the server. A bad setting or option ends twistd here with a message
+    naming it (every bad setting at once)."""
+    setup_django(options["settings"])
+
+    def checked():
+        run_settings_checks()
+        return build(server_config(options))
+
+    service = reported(checked)
     service.exit_on_listen_error = bool(options.parent is not None and options.parent.get("nodaemon"))
     return service

@@ -64,11 +64,15 @@ class ServerTLS(BufferingTLSTransport):
 class ServerTLSEndpoint(SSL4ServerEndpoint):
     """``ssl:``'s endpoint, its connections wrapped in ``ServerTLS``."""
 
-    def listen(self, protocolFactory) -> defer.Deferred:
+    def wrap(self, protocolFactory) -> TLSMemoryBIOFactory:
+        """``protocolFactory`` behind this endpoint's TLS (also on a shared socket, sharedports.py)."""
         factory = TLSMemoryBIOFactory(self._sslContextFactory, False, protocolFactory)
         factory.protocol = ServerTLS
-        return defer.execute(self._reactor.listenTCP, self._port, factory, backlog=self._backlog,
-                             interface=self._interface)
+        return factory
+
+    def listen(self, protocolFactory) -> defer.Deferred:
+        return defer.execute(self._reactor.listenTCP, self._port, self.wrap(protocolFactory),
+                             backlog=self._backlog, interface=self._interface)
 
 
 def harden(endpoint: IStreamServerEndpoint, cipher_string: str) -> IStreamServerEndpoint:

@@ -18,10 +18,10 @@ class Command(BaseCommand):
             parser.add_argument(f"--{name}", action="store_true", help=text)
 
     def handle(self, *args, **options):
-        from twisted_ws4redis.server.service import make_service, run_in_foreground
+        from twisted_ws4redis.server.service import run_in_foreground
 
         try:
-            service = make_service(tap.server_config(options))
+            service = tap.build(tap.server_config(options))
         except Exception as exc:
             raise CommandError(str(exc)) from exc
         # A port in use ends the command with one line, before the thread pool

@@ -1,0 +1,290 @@
+"""``twistd ws4redis --workers N``: worker processes sharing one listening
+socket under a supervisor. Real twistd, real workers, real sockets; which
+worker holds a connection is read from /proc."""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from websockets.sync.client import connect
+
+from conftest import TwistdServer, http_post_json, unique, warm_up
+
+TIMEOUT = 10.0
+
+
+# -- what runs where --------------------------------------------------------------------
+
+
+def workers_of(parent: int) -> set[int]:
+    """The worker processes of the supervisor ``parent`` now."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"twisted_ws4redis.server.worker" in command and stat.rsplit(")", 1)[1].split()[0] != "Z":
+            found.add(int(entry))
+    return found
+
+
+def wait_for_workers(server: TwistdServer, count: int, *, other_than: set[int] = frozenset(),
+                     timeout: float = 30.0) -> set[int]:
+    """Until ``count`` workers, none of ``other_than``, have said they are ready."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert server.process.poll() is None, server.log()
+        ready = {int(pid) for pid in re.findall(r"Worker \d+ \(pid (\d+)\) is ready", server.log())}
+        alive = workers_of(server.process.pid)
+        current = (ready & alive) - set(other_than)
+        if len(current) >= count and len(alive - set(other_than)) == count:
+            return current
+        assert time.monotonic() < deadline, f"{count} workers are not ready:\n{server.log()}"
+        time.sleep(0.05)
+
+
+def holder(ws_or_sock, server_port: int, pids: set[int]) -> int | None:
+    """The worker (of ``pids``) holding the server side of a client's connection."""
+    sock = getattr(ws_or_sock, "socket", ws_or_sock)
+    client_port = sock.getsockname()[1]
+    wanted = f"0100007F:{server_port:04X} 0100007F:{client_port:04X}"
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if f"{fields[1]} {fields[2]}" == wanted:
+            inode = fields[9]
+    if inode is None:
+        return None
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                        return pid
+    return None
+
+
+def start(redis_server, test_db, *args: str, **kwargs) -> tuple[TwistdServer, set[int]]:
+    server = TwistdServer(redis_server.url, test_db, args=("--workers=2", *args), **kwargs)
+    pids = wait_for_workers(server, 2)
+    warm_up(server)
+    return server, pids
+
+
+def sockets_on_both(server: TwistdServer, pids: set[int], path: str, stack: contextlib.ExitStack,
+                    at_least: int = 3, most: int = 400) -> dict[int, list]:
+    """Websockets opened until each worker holds ``at_least`` of them."""
+    held: dict[int, list] = {pid: [] for pid in pids}
+    for _ in range(most):
+        ws = stack.enter_context(connect(server.ws_url(path), open_timeout=TIMEOUT))
+        held[holder(ws, server.port, pids)].append(ws)
+        if all(len(sockets) >= at_least for sockets in held.values()):
+            return held
+    raise AssertionError(f"after {most} sockets: {[len(s) for s in held.values()]} per worker")
+
+
+# -- the tests ------------------------------------------------------------------------------
+
+
+def test_two_workers_share_the_port_and_redis_carries_messages_between_them(redis_server, test_db, redis_client):
+    """Each worker takes connections from the one socket; what Django publishes
+    reaches the sockets of both; a socket's publish reaches those of the other."""
+    server, pids = start(redis_server, test_db)
+    try:
+        facility = unique("workers")
+        with contextlib.ExitStack() as stack:
+            held = sockets_on_both(server, pids, f"{facility}?subscribe-broadcast&publish-broadcast", stack)
+            everyone = [ws for sockets in held.values() for ws in sockets]
+            http_post_json(server, "/publish/", {"facility": facility, "broadcast": True, "message": "to all"})
+            assert [ws.recv(timeout=TIMEOUT) for ws in everyone] == ["to all"] * len(everyone)
+            for pid, sockets in held.items():
+                sender = sockets[0]
+                sender.send(f"from {pid}")
+                others = [ws for ws in everyone if ws is not sender]
+                assert [ws.recv(timeout=TIMEOUT) for ws in others] == [f"from {pid}"] * len(others)
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_a_worker_that_dies_is_restarted_and_the_other_serves_meanwhile(redis_server, test_db):
+    server, pids = start(redis_server, test_db)
+    try:
+        victim, survivor = sorted(pids)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:  # during the back-off: every page from the survivor
+            with urllib.request.urlopen(server.http_url("/"), timeout=TIMEOUT) as response:
+                assert response.status == 200
+        new = wait_for_workers(server, 2, other_than={victim})
+        assert survivor in new and victim not in new
+        log = server.log()
+        assert re.search(rf"Worker \d \(pid {victim}\) was killed by signal 9; restarting it in 0.5 s", log), log
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_sigterm_closes_every_socket_of_every_worker_with_1001_and_exits_0(redis_server, test_db):
+    server, pids = start(redis_server, test_db)
+    answers = []
+
+    def slow_request() -> None:
+        with urllib.request.urlopen(server.http_url("/slow/?seconds=2"), timeout=15) as response:
+            answers.append((response.status, response.read()))
+
+    with contextlib.ExitStack() as stack:
+        held = sockets_on_both(server, pids, f"{unique('stop')}?subscribe-broadcast", stack, at_least=2)
+        client = threading.Thread(target=slow_request)
+        client.start()
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        for ws in [ws for sockets in held.values() for ws in sockets]:
+            with pytest.raises(Exception):
+                ws.recv(timeout=TIMEOUT)
+            assert ws.close_code == 1001
+        client.join(15)
+    assert server.process.wait(30) == 0, server.log()
+    assert answers == [(200, b"slow and done")]
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def probe(port: int, stop: threading.Event, outcomes: list) -> None:
+    """An HTTP request every 5 ms, each on a new connection, until ``stop``."""
+    while not stop.is_set():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            outcomes.append(answer.split(b"\r\n", 1)[0])
+        except OSError as exc:
+            outcomes.append(repr(exc).encode())
+        time.sleep(0.005)
+
+
+def test_sighup_restarts_the_workers_one_at_a_time_without_refusing_a_connection(redis_server, test_db):
+    server, pids = start(redis_server, test_db)
+    stop = threading.Event()
+    outcomes: list[bytes] = []
+    prober = threading.Thread(target=probe, args=(server.port, stop, outcomes))
+    try:
+        prober.start()
+        time.sleep(0.3)
+        server.process.send_signal(signal.SIGHUP)
+        new = wait_for_workers(server, 2, other_than=pids)
+        time.sleep(0.3)
+        stop.set()
+        prober.join(TIMEOUT)
+        assert not new & pids
+        assert "SIGHUP: every worker restarted" in server.log()
+        failed = [outcome for outcome in outcomes if outcome != b"HTTP/1.1 200 OK"]
+        assert len(outcomes) > 50 and not failed, (len(outcomes), failed[:5])
+    finally:
+        stop.set()
+        assert server.stop() == 0, server.log()
+
+
+def test_a_unix_socket_outlives_a_worker_restart_and_goes_at_exit(redis_server, test_db, tmp_path):
+    """Twisted's UNIX port removes its file when it closes, even an adopted
+    one (the pin below): a worker's must not, or no worker would be reachable."""
+    path = tmp_path / "ws.sock"
+    server, pids = start(redis_server, test_db, f"--endpoint=unix:{path}")
+    try:
+        server.process.send_signal(signal.SIGHUP)
+        wait_for_workers(server, 2, other_than=pids)
+        assert path.exists()
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(TIMEOUT)
+            sock.connect(str(path))
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+    finally:
+        assert server.stop() == 0, server.log()
+    assert not path.exists()
+
+
+def test_twisteds_adopted_unix_port_removes_its_file_and_shuts_the_socket_down(tmp_path):
+    """The assumptions sharedports._AdoptedUNIXPort is built on: Twisted's
+    adopted UNIX port removes the socket file when it closes and, the file
+    kept, still shuts the shared socket down (another holder no longer
+    accepts); ours does neither."""
+    script = f"""
+import os, socket
+from twisted.internet import reactor, tcp, unix
+from twisted.internet.protocol import Factory
+from twisted_ws4redis.server.sharedports import _AdoptedUNIXPort
+
+class FileKept(unix.Port):
+    connectionLost = tcp.Port.connectionLost
+
+for kind in ("twisted", "file kept", "ours"):
+    path = os.path.join({str(tmp_path)!r}, kind.replace(" ", "-") + ".sock")
+    sock = socket.socket(socket.AF_UNIX); sock.bind(path); sock.listen(5); sock.setblocking(False)
+    other_holder = os.dup(sock.fileno())
+    if kind == "twisted":
+        port = reactor.adoptStreamPort(sock.fileno(), socket.AF_UNIX, Factory())
+    else:
+        port = (FileKept if kind == "file kept" else _AdoptedUNIXPort)._fromListeningDescriptor(
+            reactor, sock.fileno(), Factory())
+        port.startListening()
+    port.stopListening()
+    for _ in range(3):
+        reactor.iterate(0)
+    client = socket.socket(socket.AF_UNIX)
+    try:
+        client.connect(path)
+        accepting = True
+    except OSError:
+        accepting = False
+    print(f"{{kind}}: file {{os.path.exists(path)}}, accepting {{accepting}}")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert result.stdout.splitlines() == ["twisted: file False, accepting False",
+                                          "file kept: file True, accepting False",
+                                          "ours: file True, accepting True"], result.stderr
+
+
+def test_a_worker_that_cannot_start_ends_the_supervisor_with_its_reason(redis_server, test_db):
+    server = TwistdServer(redis_server.url, test_db, args=("--workers=2", "--wsgi=no_such_module.application"))
+    try:
+        assert server.process.wait(30) == 1, server.log()
+    finally:
+        server.stop()
+    log = server.log()
+    assert "cannot import 'no_such_module.application'" in log
+    assert "before any worker was ready: stopping" in log
+    assert not workers_of(server.process.pid)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", ""])
+def test_a_bad_workers_option_is_named(redis_server, test_db, value):
+    with pytest.raises(RuntimeError) as failed:
+        TwistdServer(redis_server.url, test_db, args=(f"--workers={value}",))
+    assert f"--workers must be a number from 1, or 'auto', got {value!r}" in str(failed.value)
+
+
+def test_auto_starts_one_worker_per_cpu_this_process_may_use(redis_server, test_db):
+    server = TwistdServer(redis_server.url, test_db, args=("--workers=auto",),
+                          preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+    try:
+        wait_for_workers(server, 1)
+        time.sleep(0.5)
+        assert len(workers_of(server.process.pid)) == 1
+        assert "for 1 worker(s)" in server.log()
+    finally:
+        assert server.stop() == 0, server.log()
