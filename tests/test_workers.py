@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import TwistdServer, http_post_json, unique, warm_up
@@ -55,6 +56,13 @@ def wait_for_workers(server: TwistdServer, count: int, *, other_than: set[int] =
         if len(current) >= count and len(alive - set(other_than)) == count:
             return current
         assert time.monotonic() < deadline, f"{count} workers are not ready:\n{server.log()}"
+        time.sleep(0.05)
+
+
+def wait_for_line(server: TwistdServer, text: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in server.log():
+        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{server.log()}"
         time.sleep(0.05)
 
 
@@ -162,6 +170,25 @@ def test_sigterm_closes_every_socket_of_every_worker_with_1001_and_exits_0(redis
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
 
 
+def test_a_worker_at_its_cap_leaves_new_connections_to_one_with_room(redis_server, test_db):
+    """Three websockets per worker: six open, three on each, whichever worker
+    the kernel would have woken first; the seventh, with both full, gets 503."""
+    server, pids = start(redis_server, test_db, overrides={"WS4REDIS_MAX_CONNECTIONS": 3})
+    try:
+        with contextlib.ExitStack() as stack:
+            path = f"{unique('cap')}?subscribe-broadcast"
+            sockets = [stack.enter_context(connect(server.ws_url(path), open_timeout=TIMEOUT)) for _ in range(6)]
+            held = [holder(ws, server.port, pids) for ws in sockets]
+            assert sorted(held.count(pid) for pid in pids) == [3, 3], held
+            time.sleep(0.5)  # a look at the other worker (loadshare.RECHECK): both full, both accept
+            with pytest.raises(InvalidStatus) as refused:
+                connect(server.ws_url(path), open_timeout=TIMEOUT)
+            assert refused.value.response.status_code == 503
+        assert "at its cap: another worker takes new connections" in server.log()
+    finally:
+        assert server.stop() == 0, server.log()
+
+
 def probe(port: int, stop: threading.Event, outcomes: list) -> None:
     """An HTTP request every 5 ms, each on a new connection, until ``stop``."""
     while not stop.is_set():
@@ -187,11 +214,11 @@ def test_sighup_restarts_the_workers_one_at_a_time_without_refusing_a_connection
         time.sleep(0.3)
         server.process.send_signal(signal.SIGHUP)
         new = wait_for_workers(server, 2, other_than=pids)
+        wait_for_line(server, "SIGHUP: every worker restarted")
         time.sleep(0.3)
         stop.set()
         prober.join(TIMEOUT)
-        assert not new & pids
-        assert "SIGHUP: every worker restarted" in server.log()
+        assert not new & pids and not workers_of(server.process.pid) & pids
         failed = [outcome for outcome in outcomes if outcome != b"HTTP/1.1 200 OK"]
         assert len(outcomes) > 50 and not failed, (len(outcomes), failed[:5])
     finally:
@@ -207,6 +234,7 @@ def test_a_unix_socket_outlives_a_worker_restart_and_goes_at_exit(redis_server, 
     try:
         server.process.send_signal(signal.SIGHUP)
         wait_for_workers(server, 2, other_than=pids)
+        wait_for_line(server, "SIGHUP: every worker restarted")
         assert path.exists()
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(TIMEOUT)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import resource
 import sys
+from typing import Callable
 
 from django.core.exceptions import ImproperlyConfigured
 from twisted.logger import Logger
@@ -68,6 +69,8 @@ class ConnectionBudget:
         #: websockets from the takeover of their connection to its loss
         self.websockets = 0
         self._warned: set[str] = set()
+        #: called after every change of ``websockets`` (loadshare.AcceptBalancer, with --workers)
+        self.on_websockets: Callable[[], None] | None = None
 
     def apply(self, open_files: int) -> None:
         """Derive the caps from the soft limit ``open_files``."""
@@ -114,12 +117,16 @@ class ConnectionBudget:
 
     def websocket_opened(self) -> None:
         self.websockets += 1
+        if self.on_websockets is not None:
+            self.on_websockets()
 
     def websocket_closed(self) -> None:
         """A websocket's connection is lost: it was a client connection too."""
         self.websockets -= 1
         self._rearm("websockets", self.websockets, self.max_websockets)
         self.connection_closed()
+        if self.on_websockets is not None:
+            self.on_websockets()
 
     # -- one warning per episode, not one per refused client ------------------------
 

@@ -62,6 +62,8 @@ class AdoptedEndpoint:
         self._endpoint = endpoint
         self._fd = fd
         self._reactor = reactor
+        #: the port, once listening (loadshare.AcceptBalancer pauses it)
+        self.port: IListeningPort | None = None
 
     def listen(self, factory) -> defer.Deferred:
         return defer.execute(self._adopt, factory)
@@ -82,4 +84,5 @@ class AdoptedEndpoint:
         # The port holds its own duplicate: closing it (a stop) must close the
         # worker's last reference.
         os.close(self._fd)
+        self.port = port
         return port

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tempfile
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -29,6 +30,7 @@ from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 
 from .. import logsafe
 from .embedded import EmbeddedRedis, EmbeddedRedisService
+from .loadshare import SharedLoad
 from .logbridge import FORWARDED
 from .protocol import wait_until
 from .service import ServerConfig
@@ -187,6 +189,10 @@ class Supervisor(MultiService):
         if embedded is not None:
             EmbeddedRedisService(embedded, reactor).setServiceParent(self)
         self.ports: list[IListeningPort] = []
+        # Each worker's websockets and cap, for the others to see (loadshare.py).
+        self._load_file = tempfile.TemporaryFile()
+        self._load_file.truncate(SharedLoad.size(count))
+        self.load = SharedLoad(self._load_file.fileno(), count)
         #: slot -> the worker serving it
         self.workers: dict[int, WorkerProcess] = {}
         #: every worker process not ended yet (a roll's new and old ones too)
@@ -228,12 +234,14 @@ class Supervisor(MultiService):
             config = ServerConfig(**{**vars(config), "redis": f"unix://{self.embedded.socket_path}"})
         descriptors = ",".join(str(3 + index) for index in range(len(self.ports)))
         return [self.executable, "-m", "twisted_ws4redis.server.worker", f"--slot={slot}",
-                f"--listen-fds={descriptors}", *worker_arguments(config)]
+                f"--slots={self.count}", f"--listen-fds={descriptors}", f"--load-fd={3 + len(self.ports)}",
+                *worker_arguments(config)]
 
     def _spawn(self, slot: int) -> WorkerProcess:
         worker = WorkerProcess(slot, self.reactor.seconds())
         child_fds = {0: "w", 1: "r", 2: "r"}
         child_fds.update({3 + index: port.fileno() for index, port in enumerate(self.ports)})
+        child_fds[3 + len(self.ports)] = self._load_file.fileno()
         self.reactor.spawnProcess(worker, self.executable, self._arguments(slot), env=dict(os.environ),
                                   path=os.getcwd(), childFDs=child_fds)
         self.processes.add(worker)
@@ -269,6 +277,7 @@ class Supervisor(MultiService):
         if self.workers.get(worker.slot) is not worker:
             return  # replaced in a roll, or never taken on
         del self.workers[worker.slot]
+        self.load.write(worker.slot, 0, 0)  # no room there until its successor says so
         if self._stopping:
             return
         if not self._ever_ready:

@@ -21,6 +21,8 @@ class WorkerOptions(tap.Options):
     optParameters = tap.Options.optParameters + [
         ["listen-fds", None, "", "The inherited listening descriptor of each --endpoint, comma-separated."],
         ["slot", None, "0", "This worker's number, in the supervisor's log."],
+        ["slots", None, "1", "How many workers the supervisor runs."],
+        ["load-fd", None, None, "The file where the workers write their websocket counts (loadshare.py)."],
     ]
 
 
@@ -36,13 +38,16 @@ def main(argv: list[str] | None = None) -> None:
     die_with_parent()
     if os.getppid() != parent:  # the supervisor died before the line above
         raise SystemExit(0)
-    # A terminal's hangup reaches the whole process group; SIGHUP is the supervisor's.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Its own process group: a terminal's Ctrl-C and hangup are the supervisor's
+    # to handle (it stops or restarts the workers), not each worker's.
+    os.setpgrp()
     from twisted.internet import reactor
 
     from .protocol import wait_until
     from .pubsub import REDIS_WAIT
+    from .loadshare import AcceptBalancer, SharedLoad
     from .service import run_in_foreground
+    from .sharedports import AdoptedEndpoint
     from .supervisor import READY
 
     config_options = dict(options)
@@ -54,9 +59,25 @@ def main(argv: list[str] | None = None) -> None:
     service.exit_on_listen_error = True
     service.privilegedStartService()
 
+    def share_load() -> None:
+        if options["load-fd"] is None:
+            return
+        ports = [child.endpoint.port for child in service if isinstance(getattr(child, "endpoint", None),
+                                                                        AdoptedEndpoint)]
+        shared = SharedLoad(int(options["load-fd"]), int(options["slots"]))
+        balancer = AcceptBalancer(service.factory.budget, shared, int(options["slot"]), ports, reactor)
+        reactor.addSystemEventTrigger("before", "shutdown", balancer.stop)
+
+    def stopping() -> None:
+        # A second SIGTERM (the supervisor's after an operator's) would log
+        # Twisted's "Can't stop reactor that isn't running" as critical.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
     def ready(_) -> None:
         log.info("Worker {slot} (pid {pid}) is serving", slot=options["slot"], pid=os.getpid(), **{READY: True})
 
+    reactor.addSystemEventTrigger("before", "shutdown", stopping)
+    reactor.callWhenRunning(share_load)
     reactor.callWhenRunning(
         lambda: wait_until(reactor, lambda: service.factory.bus.settled, REDIS_WAIT).addCallback(ready))
     run_in_foreground(service, reactor, observer=jsonFileLogObserver(sys.stdout))
