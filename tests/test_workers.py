@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import TwistdServer, http_post_json, unique, warm_up
+from conftest import PROJECT, TwistdServer, free_port, http_post_json, new_log_path, project_env, unique, warm_up
 
 TIMEOUT = 10.0
 
@@ -316,3 +317,77 @@ def test_auto_starts_one_worker_per_cpu_this_process_may_use(redis_server, test_
         assert "for 1 worker(s)" in server.log()
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_workers_share_a_tls_endpoint_hardened_as_one_process_is(redis_server, redis_client, test_db, tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    port = free_port()
+    server = TwistdServer(redis_server.url, test_db, args=("--workers=2",), port=port,
+                          endpoint=f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}")
+    try:
+        pids = wait_for_workers(server, 2)
+        context = ssl.create_default_context(cafile=str(cert))
+        facility = unique("tls")
+        with contextlib.ExitStack() as stack:
+            held: dict[int, list] = {pid: [] for pid in pids}
+            for _ in range(200):
+                ws = stack.enter_context(connect(f"wss://localhost:{port}/ws/{facility}?subscribe-broadcast",
+                                                 ssl=context, open_timeout=TIMEOUT))
+                held[holder(ws, port, pids)].append(ws)
+                if all(held.values()):
+                    break
+            assert all(held.values()), {pid: len(sockets) for pid, sockets in held.items()}
+            redis_client.publish(f"broadcast:{facility}", "sealed")
+            everyone = [ws for sockets in held.values() for ws in sockets]
+            assert [ws.recv(timeout=TIMEOUT) for ws in everyone] == ["sealed"] * len(everyone)
+        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        old.load_verify_locations(str(cert))
+        old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
+        old.set_ciphers("ALL:@SECLEVEL=0")
+        with pytest.raises(ssl.SSLError), socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
+            old.wrap_socket(raw, server_hostname="localhost")
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_workers_share_an_embedded_redis_that_goes_with_them(test_db):
+    server = TwistdServer("embedded", test_db, args=("--workers=2",))
+    try:
+        pids = wait_for_workers(server, 2)
+        warm_up(server)
+        socket_path = Path(re.search(r"Embedded redis-server \S+ on (\S+)", server.log()).group(1))
+        facility = unique("embedded")
+        with contextlib.ExitStack() as stack:
+            held = sockets_on_both(server, pids, f"{facility}?subscribe-broadcast", stack, at_least=1)
+            everyone = [ws for sockets in held.values() for ws in sockets]
+            answer = http_post_json(server, "/publish/", {"facility": facility, "broadcast": True,
+                                                         "message": "from one worker's view"})
+            assert answer["received"] == 2  # each worker's one subscriber connection
+            assert [ws.recv(timeout=TIMEOUT) for ws in everyone] == ["from one worker's view"] * len(everyone)
+    finally:
+        assert server.stop() == 0, server.log()
+    assert not socket_path.parent.exists()
+
+
+def test_runws4redis_takes_workers_too(redis_server, test_db):
+    port = free_port()
+    command = [sys.executable, "-m", "django", "runws4redis", f"--endpoint=tcp:{port}:interface=127.0.0.1",
+               f"--redis={redis_server.url}", "--workers=2"]
+    with open(new_log_path("runws4redis-"), "w+b") as log:
+        process = subprocess.Popen(command, env=project_env(test_db), cwd=PROJECT, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while len(workers_of(process.pid)) < 2 or b"is ready" not in Path(log.name).read_bytes():
+                assert process.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()
+                time.sleep(0.05)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=TIMEOUT) as response:
+                assert response.read() == b"testproject"
+            pids = workers_of(process.pid)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0, Path(log.name).read_text()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
