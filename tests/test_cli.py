@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect, unix_connect
 
-from conftest import BIN, PROJECT, TwistdServer, free_port, http_post_json, project_env, unique, \
+from conftest import BIN, PROJECT, self_signed_certificate, TwistdServer, free_port, http_post_json, project_env, unique, \
     wait_for_port, wait_subscribed
 
 TIMEOUT = 5
@@ -79,10 +79,7 @@ def test_unix_endpoint_serves_django_and_websockets(tmp_path, redis_server, redi
 
 
 def test_ssl_endpoint_serves_https_and_wss(tmp_path, redis_server, redis_client, test_db):
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    key, cert = self_signed_certificate(tmp_path)
     port = free_port()
     server = TwistdServer(redis_server.url, test_db,
                           endpoint=f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}")

@@ -20,7 +20,7 @@ from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 from websockets.sync.client import connect
 
-from conftest import BIN, PROJECT, TwistdServer, free_port, project_env, unique, wait_for_port, wait_subscribed
+from conftest import BIN, PROJECT, self_signed_certificate, TwistdServer, free_port, project_env, unique, wait_for_port, wait_subscribed
 from test_door import handshake
 
 TIMEOUT = 5
@@ -28,12 +28,7 @@ TIMEOUT = 5
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tls")
-    key, cert = directory / "key.pem", directory / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
-    return key, cert
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def ssl_endpoint(certificate, port: int) -> str:

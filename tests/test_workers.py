@@ -20,7 +20,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import PROJECT, TwistdServer, free_port, http_post_json, new_log_path, project_env, unique, warm_up
+from conftest import PROJECT, self_signed_certificate, TwistdServer, free_port, http_post_json, new_log_path, project_env, unique, warm_up
 
 TIMEOUT = 10.0
 
@@ -320,10 +320,7 @@ def test_auto_starts_one_worker_per_cpu_this_process_may_use(redis_server, test_
 
 
 def test_workers_share_a_tls_endpoint_hardened_as_one_process_is(redis_server, redis_client, test_db, tmp_path):
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    key, cert = self_signed_certificate(tmp_path)
     port = free_port()
     server = TwistdServer(redis_server.url, test_db, args=("--workers=2",), port=port,
                           endpoint=f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}")
