@@ -13,6 +13,7 @@ one process does.
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 from typing import Iterable
 
@@ -24,8 +25,9 @@ from .descriptors import ConnectionBudget
 
 log = Logger()
 
-#: One worker's entry: its websockets now and its cap (0: not serving).
-ENTRY = struct.Struct("qq")
+#: One worker's entry: its pid, its websockets now and its cap (0: not serving).
+#: The pid tells whose it is: during a SIGHUP roll two workers share a slot.
+ENTRY = struct.Struct("qqq")
 #: Seconds between looks at the other workers while this one is at its cap.
 RECHECK = 0.2
 
@@ -41,13 +43,21 @@ class SharedLoad:
     def size(slots: int) -> int:
         return ENTRY.size * slots
 
-    def write(self, slot: int, websockets: int, cap: int) -> None:
-        ENTRY.pack_into(self._map, ENTRY.size * slot, websockets, cap)
+    def write(self, slot: int, websockets: int, cap: int, pid: int | None = None) -> None:
+        ENTRY.pack_into(self._map, ENTRY.size * slot, os.getpid() if pid is None else pid, websockets, cap)
+
+    def owner(self, slot: int) -> int:
+        return ENTRY.unpack_from(self._map, ENTRY.size * slot)[0]
+
+    def clear(self, slot: int, pid: int) -> None:
+        """``pid``'s entry says it has no room, if the slot is still its own."""
+        if self.owner(slot) == pid:
+            self.write(slot, 0, 0, pid)
 
     def others_have_room(self, slot: int) -> bool:
         for other in range(self.slots):
             if other != slot:
-                websockets, cap = ENTRY.unpack_from(self._map, ENTRY.size * other)
+                _, websockets, cap = ENTRY.unpack_from(self._map, ENTRY.size * other)
                 if websockets < cap:
                     return True
         return False
@@ -88,7 +98,7 @@ class AcceptBalancer:
 
     def stop(self) -> None:
         """The worker stops: it has no room for anyone now."""
-        self.shared.write(self.slot, self.budget.websockets, 0)
+        self.shared.clear(self.slot, os.getpid())
         if self._recheck.running:
             self._recheck.stop()
         self.budget.on_websockets = None

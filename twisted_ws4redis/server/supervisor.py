@@ -242,7 +242,10 @@ class Supervisor(MultiService):
         child_fds = {0: "w", 1: "r", 2: "r"}
         child_fds.update({3 + index: port.fileno() for index, port in enumerate(self.ports)})
         child_fds[3 + len(self.ports)] = self._load_file.fileno()
-        self.reactor.spawnProcess(worker, self.executable, self._arguments(slot), env=dict(os.environ),
+        env = dict(os.environ)
+        # What this process imports from (manage.py's directory, --pythonpath), the workers too.
+        env["PYTHONPATH"] = os.pathsep.join([path for path in sys.path if path] + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        self.reactor.spawnProcess(worker, self.executable, self._arguments(slot), env=env,
                                   path=os.getcwd(), childFDs=child_fds)
         self.processes.add(worker)
         worker.ended.addCallback(self._ended)
@@ -252,8 +255,16 @@ class Supervisor(MultiService):
 
     def _start(self, slot: int) -> None:
         self._restarts.pop(slot, None)
-        if not self._stopping:
+        if self._stopping:
+            return
+        try:
             self.workers[slot] = self._spawn(slot)
+        except OSError as exc:  # fork's EAGAIN/ENOMEM, an executable replaced by a deploy
+            deaths = self._quick_deaths[slot] = self._quick_deaths[slot] + 1
+            delay = min(RESTART_FIRST_DELAY * 2 ** max(deaths - 1, 0), RESTART_MAX_DELAY)
+            log.error("Worker {slot} cannot be started ({error}); trying again in {delay} s", slot=slot,
+                      error=str(exc), delay=delay)
+            self._restarts[slot] = self.reactor.callLater(delay, self._start, slot)
 
     def _watch_readiness(self, worker: WorkerProcess) -> defer.Deferred:
         """Fires with whether ``worker`` became ready before it ended or READY_TIMEOUT passed."""
@@ -277,7 +288,7 @@ class Supervisor(MultiService):
         if self.workers.get(worker.slot) is not worker:
             return  # replaced in a roll, or never taken on
         del self.workers[worker.slot]
-        self.load.write(worker.slot, 0, 0)  # no room there until its successor says so
+        self.load.clear(worker.slot, worker.pid)  # no room there until its successor says so
         if self._stopping:
             return
         if not self._ever_ready:
@@ -334,7 +345,12 @@ class Supervisor(MultiService):
                 self.workers[slot] = new
                 if old is not None:
                     old.signal("TERM")
-                    yield old.ended
+                    stopped = yield wait_until(self.reactor, lambda: old.exit is not None,
+                                               self.config.grace + STOP_MARGIN)
+                    if not stopped:
+                        log.warn("Worker {slot} (pid {pid}) did not stop in time: killed", slot=slot, pid=old.pid)
+                        old.signal("KILL")
+                        yield wait_until(self.reactor, lambda: old.exit is not None, 5.0)
             log.info("SIGHUP: every worker restarted")
         finally:
             self._rolling = False

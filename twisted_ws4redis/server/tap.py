@@ -139,8 +139,13 @@ def build(config: ServerConfig, reactor=None):
     from .service import redis_address_for
     from .supervisor import Supervisor
 
+    from .logbridge import forward_to_stdlib
+
     # The workers' Redis, and a check of --redis before any worker starts.
     _, embedded = redis_address_for(config.redis)
+    # The supervisor's own events (a worker died, was killed, cannot start) to LOGGING too;
+    # the relayed ones are marked as forwarded by their worker.
+    forward_to_stdlib()
     return Supervisor(config, config.workers, reactor, embedded)
 
 

@@ -26,6 +26,27 @@ class WorkerOptions(tap.Options):
     ]
 
 
+def json_observer(out):
+    """JSON events on ``out``, a failure's message kept: eventAsJSON cannot
+    persist the exception itself (the supervisor would print
+    ``{'unpersistable': True}``)."""
+    import copy
+
+    from twisted.python.reflect import safe_str
+
+    write = jsonFileLogObserver(out)
+
+    def observe(event) -> None:
+        failure = event.get("log_failure")
+        if failure is not None and not isinstance(failure.value, str):
+            portable = copy.copy(failure)
+            portable.value = safe_str(failure.value)
+            event = {**event, "log_failure": portable}
+        write(event)
+
+    return observe
+
+
 def main(argv: list[str] | None = None) -> None:
     options = WorkerOptions()
     try:
@@ -80,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     reactor.callWhenRunning(share_load)
     reactor.callWhenRunning(
         lambda: wait_until(reactor, lambda: service.factory.bus.settled, REDIS_WAIT).addCallback(ready))
-    run_in_foreground(service, reactor, observer=jsonFileLogObserver(sys.stdout))
+    run_in_foreground(service, reactor, observer=json_observer(sys.stdout))
 
 
 if __name__ == "__main__":
