@@ -142,7 +142,7 @@ def test_a_worker_that_dies_is_restarted_and_the_other_serves_meanwhile(redis_se
         new = wait_for_workers(server, 2, other_than={victim})
         assert survivor in new and victim not in new
         log = server.log()
-        assert re.search(rf"Worker \d \(pid {victim}\) was killed by signal 9; restarting it in 0.5 s", log), log
+        assert re.search(rf"Worker \d \(pid {victim}\) was killed by signal 9; starting it again in 0.5 s", log), log
     finally:
         assert server.stop() == 0, server.log()
 

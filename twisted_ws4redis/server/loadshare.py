@@ -37,6 +37,7 @@ class SharedLoad:
 
     def __init__(self, fd: int, slots: int):
         self.slots = slots
+        self._pid = os.getpid()  # a system call each time otherwise
         self._map = mmap.mmap(fd, ENTRY.size * slots)
 
     @staticmethod
@@ -44,7 +45,7 @@ class SharedLoad:
         return ENTRY.size * slots
 
     def write(self, slot: int, websockets: int, cap: int, pid: int | None = None) -> None:
-        ENTRY.pack_into(self._map, ENTRY.size * slot, os.getpid() if pid is None else pid, websockets, cap)
+        ENTRY.pack_into(self._map, ENTRY.size * slot, self._pid if pid is None else pid, websockets, cap)
 
     def owner(self, slot: int) -> int:
         return ENTRY.unpack_from(self._map, ENTRY.size * slot)[0]

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import tempfile
+from typing import Callable
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -47,9 +48,12 @@ STEADY_AFTER = 10.0
 READY_TIMEOUT = 60.0
 #: Seconds a stopping worker gets beyond ``--grace`` before it is killed.
 STOP_MARGIN = 15.0
-#: The key of the event a worker logs once it is ready.
-READY = "log_ws4redis_worker_ready"
-#: Bytes of one line of a worker's output held at most (a longer one is passed on in pieces).
+#: A worker's descriptors: the pipe it says it is ready on, the load file
+#: (loadshare.py), then the listening socket of each endpoint.
+READY_FD = 3
+LOAD_FD = 4
+FIRST_LISTEN_FD = 5
+#: Bytes of one line of a worker's JSON log held at most; a longer line is dropped (and said so).
 MAX_LINE = 1 << 20
 
 
@@ -84,16 +88,112 @@ def worker_arguments(config: ServerConfig) -> list[str]:
     return arguments
 
 
-def _lines(buffer: bytearray, data: bytes) -> list[bytes]:
-    """The complete lines ``data`` ends in ``buffer``, which keeps the rest
-    (at most MAX_LINE bytes: a longer line is cut)."""
-    buffer += data
-    *lines, rest = buffer.split(b"\n")
-    if len(rest) > MAX_LINE:
-        lines.append(rest)
-        rest = b""
-    buffer[:] = rest
-    return lines
+class _Lines:
+    """Complete lines out of a pipe's reads; a line longer than MAX_LINE is
+    dropped (``dropped`` counts them) rather than held."""
+
+    def __init__(self):
+        self._buffer = bytearray()
+        self._dropping = False
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if self._dropping:
+            end = data.find(b"\n")
+            if end < 0:
+                return []
+            data, self._dropping = data[end + 1:], False
+        self._buffer += data
+        *lines, rest = self._buffer.split(b"\n")
+        if len(rest) > MAX_LINE:
+            self.dropped += 1
+            self._dropping = True
+            rest = b""
+        self._buffer[:] = rest
+        return lines
+
+    def rest(self) -> bytes:
+        rest, self._buffer = bytes(self._buffer), bytearray()
+        return rest
+
+
+class WorkerProcess(ProcessProtocol):
+    """One worker: its readiness and its end reported; its log relayed to the
+    supervisor's observers (``relay``), or written by the worker itself to
+    the supervisor's standard output."""
+
+    def __init__(self, slot: int, started: float, on_ready: Callable[[WorkerProcess], None],
+                 observer=globalLogPublisher):
+        self.slot = slot
+        self.started = started
+        self.pid: int | None = None
+        self.ready = False
+        #: fires with whether it became ready (Supervisor._watch_readiness)
+        self.readiness: defer.Deferred | None = None
+        self.exit: str | None = None  # how it ended, once it has
+        self.ended = defer.Deferred()
+        self._on_ready = on_ready
+        self._observer = observer
+        self._out = _Lines()
+        self._err = _Lines()
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == READY_FD:
+            if not self.ready:
+                self.ready = True
+                self._on_ready(self)
+        else:
+            super().childDataReceived(childFD, data)
+
+    def outReceived(self, data: bytes) -> None:
+        dropped = self._out.dropped
+        for line in self._out.feed(data):
+            self._relay(line)
+        if self._out.dropped > dropped:
+            log.warn("worker {slot}: a log line of more than {most} bytes was dropped", slot=self.slot,
+                     most=MAX_LINE)
+
+    def errReceived(self, data: bytes) -> None:
+        for line in self._err.feed(data):
+            self._text(line)
+
+    def _text(self, line: bytes) -> None:
+        if line.strip():
+            log.warn("worker {slot}: {line}", slot=self.slot, line=logsafe.text(line.decode("utf-8", "replace")))
+
+    def _relay(self, line: bytes) -> None:
+        """One JSON event of the worker, to the supervisor's observers."""
+        before, separator, record = line.rpartition(b"\x1e")
+        self._text(before)  # something else wrote to its stdout
+        try:
+            event = eventFromJSON(record.strip().decode("utf-8"))
+            level = event["log_level"].name
+        except (ValueError, KeyError, AttributeError, TypeError):
+            self._text(record)
+            return
+        event["log_system"] = worker_system(self.slot, event, level)
+        # The worker passed it to Django's LOGGING already (logbridge).
+        event[FORWARDED] = True
+        self._observer(event)
+
+    def processEnded(self, reason) -> None:
+        status = reason.value
+        self._relay(self._out.rest())
+        self._text(self._err.rest())
+        if getattr(status, "signal", None):
+            self.exit = f"was killed by signal {status.signal}"
+        else:
+            self.exit = f"exited with status {getattr(status, 'exitCode', None) or 0}"
+        self.ended.callback(self)
+
+    def signal(self, name: str) -> None:
+        try:
+            self.transport.signalProcess(name)
+        except (ProcessExitedAlready, OSError):
+            pass
 
 
 def _outcome(d: defer.Deferred) -> defer.Deferred:
@@ -108,68 +208,11 @@ def _outcome(d: defer.Deferred) -> defer.Deferred:
     return copy
 
 
-class WorkerProcess(ProcessProtocol):
-    """One worker: its output relayed to the supervisor's log, its end reported."""
-
-    def __init__(self, slot: int, started: float, observer=globalLogPublisher):
-        self.slot = slot
-        self.started = started
-        self.pid: int | None = None
-        self.ready = False
-        #: fires with whether it became ready (Supervisor._watch_readiness)
-        self.readiness: defer.Deferred | None = None
-        self.exit: str | None = None  # how it ended, once it has
-        self.ended = defer.Deferred()
-        self._observer = observer
-        self._out = bytearray()
-        self._err = bytearray()
-
-    def connectionMade(self) -> None:
-        self.pid = self.transport.pid
-
-    def outReceived(self, data: bytes) -> None:
-        for line in _lines(self._out, data):
-            self._relay(line)
-
-    def errReceived(self, data: bytes) -> None:
-        for line in _lines(self._err, data):
-            if line.strip():
-                log.warn("worker {slot}: {line}", slot=self.slot, line=logsafe.text(line.decode("utf-8", "replace")))
-
-    def _relay(self, line: bytes) -> None:
-        """One JSON event of the worker, to the supervisor's observers."""
-        try:
-            event = eventFromJSON(line.strip(b"\x1e\r\n ").decode("utf-8"))
-            level = event["log_level"].name
-        except (ValueError, KeyError, AttributeError, TypeError):
-            if line.strip():
-                log.warn("worker {slot}: {line}", slot=self.slot, line=logsafe.text(line.decode("utf-8", "replace")))
-            return
-        if event.get(READY) and not self.ready:
-            self.ready = True
-        system = event.get("log_system") or f"{event.get('log_namespace', '-')}#{level}"
-        event["log_system"] = f"worker {self.slot} {system}"
-        # The worker passed it to Django's LOGGING already (logbridge).
-        event[FORWARDED] = True
-        self._observer(event)
-
-    def processEnded(self, reason) -> None:
-        status = reason.value
-        if self._out:  # a last line without its end
-            self._relay(bytes(self._out))
-        if self._err:
-            self.errReceived(b"\n")
-        if getattr(status, "signal", None):
-            self.exit = f"was killed by signal {status.signal}"
-        else:
-            self.exit = f"exited with status {getattr(status, 'exitCode', None) or 0}"
-        self.ended.callback(self)
-
-    def signal(self, name: str) -> None:
-        try:
-            self.transport.signalProcess(name)
-        except (ProcessExitedAlready, OSError):
-            pass
+def worker_system(slot: int, event: dict, level: str | None = None) -> str:
+    """The system field of a worker's event in the supervisor's log: ``worker N namespace#level``."""
+    if level is None:
+        level = getattr(event.get("log_level"), "name", "-")
+    return f"worker {slot} {event.get('log_system') or event.get('log_namespace', '-') + '#' + level}"
 
 
 class Supervisor(MultiService):
@@ -179,13 +222,19 @@ class Supervisor(MultiService):
     exit_on_listen_error = False
 
     def __init__(self, config: ServerConfig, count: int, reactor, embedded: EmbeddedRedis | None = None,
-                 executable: str = sys.executable):
+                 executable: str = sys.executable, share_output: bool = False):
+        """``share_output``: this process logs to its standard output, which
+        the workers then write their lines to themselves (text, as this
+        process does); otherwise they send JSON events that it relays (its
+        log may be a file it rotates, or syslog). Relaying costs about 80 µs
+        of this process per line (measured: 13 % of a core at 1,670 requests/s)."""
         super().__init__()
         self.config = config
         self.count = count
         self.reactor = reactor
         self.executable = executable
         self.embedded = embedded
+        self.share_output = share_output
         if embedded is not None:
             EmbeddedRedisService(embedded, reactor).setServiceParent(self)
         self.ports: list[IListeningPort] = []
@@ -200,6 +249,7 @@ class Supervisor(MultiService):
         self._quick_deaths = [0] * count
         self._restarts: dict[int, object] = {}
         self._rolling = False
+        self._roll_again = False
         self._stopping = False
         self._ever_ready = False
         self._previous_sighup = None
@@ -232,19 +282,21 @@ class Supervisor(MultiService):
         config = self.config
         if self.embedded is not None:
             config = ServerConfig(**{**vars(config), "redis": f"unix://{self.embedded.socket_path}"})
-        descriptors = ",".join(str(3 + index) for index in range(len(self.ports)))
+        descriptors = ",".join(str(FIRST_LISTEN_FD + index) for index in range(len(self.ports)))
         return [self.executable, "-m", "twisted_ws4redis.server.worker", f"--slot={slot}",
-                f"--slots={self.count}", f"--listen-fds={descriptors}", f"--load-fd={3 + len(self.ports)}",
+                f"--slots={self.count}", f"--listen-fds={descriptors}", f"--load-fd={LOAD_FD}",
+                f"--ready-fd={READY_FD}", f"--log={'text' if self.share_output else 'json'}",
                 *worker_arguments(config)]
 
     def _spawn(self, slot: int) -> WorkerProcess:
-        worker = WorkerProcess(slot, self.reactor.seconds())
-        child_fds = {0: "w", 1: "r", 2: "r"}
-        child_fds.update({3 + index: port.fileno() for index, port in enumerate(self.ports)})
-        child_fds[3 + len(self.ports)] = self._load_file.fileno()
+        worker = WorkerProcess(slot, self.reactor.seconds(), self._became_ready)
+        child_fds = {0: "w", 1: 1, 2: 2} if self.share_output else {0: "w", 1: "r", 2: "r"}
+        child_fds.update({READY_FD: "r", LOAD_FD: self._load_file.fileno()})
+        child_fds.update({FIRST_LISTEN_FD + index: port.fileno() for index, port in enumerate(self.ports)})
         env = dict(os.environ)
         # What this process imports from (manage.py's directory, --pythonpath), the workers too.
-        env["PYTHONPATH"] = os.pathsep.join([path for path in sys.path if path] + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env["PYTHONPATH"] = os.pathsep.join([path for path in sys.path if path] + [env.get("PYTHONPATH", "")]
+                                            ).rstrip(os.pathsep)
         self.reactor.spawnProcess(worker, self.executable, self._arguments(slot), env=env,
                                   path=os.getcwd(), childFDs=child_fds)
         self.processes.add(worker)
@@ -260,26 +312,47 @@ class Supervisor(MultiService):
         try:
             self.workers[slot] = self._spawn(slot)
         except OSError as exc:  # fork's EAGAIN/ENOMEM, an executable replaced by a deploy
-            deaths = self._quick_deaths[slot] = self._quick_deaths[slot] + 1
-            delay = min(RESTART_FIRST_DELAY * 2 ** max(deaths - 1, 0), RESTART_MAX_DELAY)
-            log.error("Worker {slot} cannot be started ({error}); trying again in {delay} s", slot=slot,
-                      error=str(exc), delay=delay)
-            self._restarts[slot] = self.reactor.callLater(delay, self._start, slot)
+            self._restart_later(slot, f"cannot be started ({exc})", quick=True)
+
+    def _restart_later(self, slot: int, what: str, quick: bool) -> None:
+        """Start ``slot``'s worker again after the back-off, which doubles
+        while its workers die ``quick``ly."""
+        deaths = self._quick_deaths[slot] = self._quick_deaths[slot] + 1 if quick else 0
+        delay = min(RESTART_FIRST_DELAY * 2 ** max(deaths - 1, 0), RESTART_MAX_DELAY)
+        log.warn("Worker {slot} {what}; starting it again in {delay} s", slot=slot, what=what, delay=delay)
+        self._restarts[slot] = self.reactor.callLater(delay, self._start, slot)
+
+    def _became_ready(self, worker: WorkerProcess) -> None:
+        self._ever_ready = True
+        log.info("Worker {slot} (pid {pid}) is ready", slot=worker.slot, pid=worker.pid)
 
     def _watch_readiness(self, worker: WorkerProcess) -> defer.Deferred:
-        """Fires with whether ``worker`` became ready before it ended or READY_TIMEOUT passed."""
+        """Fires with whether ``worker`` became ready before it ended or
+        READY_TIMEOUT passed. A slot's worker that is not ready by then is
+        stopped (and so started again); a roll stops its own."""
 
-        def settled(ready) -> bool:
-            if worker.ready:
-                self._ever_ready = True
-                log.info("Worker {slot} (pid {pid}) is ready", slot=worker.slot, pid=worker.pid)
-            elif worker.exit is None and not self._stopping:
+        def settled(_) -> bool:
+            if not worker.ready and worker.exit is None and not self._stopping:
                 log.error("Worker {slot} (pid {pid}) is not ready after {timeout} s", slot=worker.slot,
                           pid=worker.pid, timeout=READY_TIMEOUT)
-            return bool(worker.ready)
+                if self.workers.get(worker.slot) is worker:
+                    self._stop_worker(worker)
+            return worker.ready
 
         return wait_until(self.reactor, lambda: worker.ready or worker.exit is not None,
                           READY_TIMEOUT).addCallback(settled)
+
+    @defer.inlineCallbacks
+    def _stop_worker(self, worker: WorkerProcess):
+        """SIGTERM, and SIGKILL if it has not ended after ``--grace`` and a margin.
+        Fires with whether it stopped by itself."""
+        worker.signal("TERM")
+        stopped = yield wait_until(self.reactor, lambda: worker.exit is not None, self.config.grace + STOP_MARGIN)
+        if not stopped:
+            log.error("Worker {slot} (pid {pid}) did not stop in time: killed", slot=worker.slot, pid=worker.pid)
+            worker.signal("KILL")
+            yield wait_until(self.reactor, lambda: worker.exit is not None, 5.0)
+        return bool(stopped)
 
     # -- a worker ended ----------------------------------------------------------
 
@@ -294,16 +367,13 @@ class Supervisor(MultiService):
         if not self._ever_ready:
             log.critical("Worker {slot} {exit} before any worker was ready: stopping (see its lines above)",
                          slot=worker.slot, exit=worker.exit)
-            self._fail()
+            self._exit_failing()
+            self.reactor.stop()
             return
-        quick = self.reactor.seconds() - worker.started < STEADY_AFTER
-        deaths = self._quick_deaths[worker.slot] = self._quick_deaths[worker.slot] + 1 if quick else 0
-        delay = min(RESTART_FIRST_DELAY * 2 ** max(deaths - 1, 0), RESTART_MAX_DELAY)
-        log.warn("Worker {slot} (pid {pid}) {exit}; restarting it in {delay} s", slot=worker.slot,
-                 pid=worker.pid, exit=worker.exit, delay=delay)
-        self._restarts[worker.slot] = self.reactor.callLater(delay, self._start, worker.slot)
+        self._restart_later(worker.slot, f"(pid {worker.pid}) {worker.exit}",
+                            quick=self.reactor.seconds() - worker.started < STEADY_AFTER)
 
-    def _fail(self) -> None:
+    def _exit_failing(self) -> None:
         """End the process with status 1 once the reactor has stopped."""
 
         def exit_failing() -> None:
@@ -313,16 +383,19 @@ class Supervisor(MultiService):
             os._exit(1)
 
         self.reactor.addSystemEventTrigger("after", "shutdown", exit_failing)
-        self.reactor.stop()
 
     # -- SIGHUP: one at a time -----------------------------------------------------
 
     @defer.inlineCallbacks
     def roll(self):
         """Replace every worker, one at a time: a new worker takes the slot
-        once it is ready, then the old one stops gracefully."""
-        if self._rolling or self._stopping:
-            log.info("SIGHUP ignored: {what}", what="a restart is under way" if self._rolling else "stopping")
+        once it is ready, then the old one stops gracefully. A SIGHUP during
+        a roll makes another one follow (the code may have changed again)."""
+        if self._stopping:
+            return
+        if self._rolling:
+            log.info("SIGHUP during a restart: another one follows it")
+            self._roll_again = True
             return
         self._rolling = True
         log.info("SIGHUP: restarting the {count} worker(s) one at a time", count=self.count)
@@ -335,8 +408,8 @@ class Supervisor(MultiService):
                 if not ready or self._stopping:
                     new.signal("TERM")
                     if not self._stopping:
-                        log.error("Worker {slot}'s replacement {exit}: the restart stops, worker {slot} keeps "
-                                  "running", slot=slot, exit=new.exit or "was not ready in time")
+                        log.error("The new worker {slot} {exit}: the restart stops here, the workers not "
+                                  "replaced yet go on", slot=slot, exit=new.exit or "was not ready in time")
                     return
                 pending = self._restarts.pop(slot, None)
                 if pending is not None:
@@ -344,16 +417,13 @@ class Supervisor(MultiService):
                 old = self.workers.get(slot)
                 self.workers[slot] = new
                 if old is not None:
-                    old.signal("TERM")
-                    stopped = yield wait_until(self.reactor, lambda: old.exit is not None,
-                                               self.config.grace + STOP_MARGIN)
-                    if not stopped:
-                        log.warn("Worker {slot} (pid {pid}) did not stop in time: killed", slot=slot, pid=old.pid)
-                        old.signal("KILL")
-                        yield wait_until(self.reactor, lambda: old.exit is not None, 5.0)
+                    yield self._stop_worker(old)
             log.info("SIGHUP: every worker restarted")
         finally:
             self._rolling = False
+            if self._roll_again and not self._stopping:
+                self._roll_again = False
+                self.reactor.callLater(0, self.roll)
 
     # -- stop ------------------------------------------------------------------------
 
@@ -367,16 +437,12 @@ class Supervisor(MultiService):
             signal.signal(signal.SIGHUP, self._previous_sighup)
         running = list(self.processes)
         log.info("Stopping {count} worker(s)", count=len(running))
-        for worker in running:
-            worker.signal("TERM")
-        yield wait_until(self.reactor, lambda: not self.processes, self.config.grace + STOP_MARGIN)
-        for worker in list(self.processes):
-            log.warn("Worker {slot} (pid {pid}) did not stop in time: killed", slot=worker.slot, pid=worker.pid)
-            worker.signal("KILL")
-        yield wait_until(self.reactor, lambda: not self.processes, 5.0)
+        stopped = yield defer.gatherResults([self._stop_worker(worker) for worker in running])
         for port in self.ports:
             yield defer.maybeDeferred(port.stopListening)
         yield MultiService.stopService(self)
+        if not all(stopped):
+            self._exit_failing()  # not a graceful stop: say so to systemd
         # A completed graceful stop is a success (as Ws4RedisService says).
-        if getattr(self.reactor, "_exitSignal", None) is not None:
+        elif getattr(self.reactor, "_exitSignal", None) is not None:
             self.reactor._exitSignal = None

@@ -127,26 +127,26 @@ def reported(make: Callable[[], T]) -> T:
         raise SystemExit(f"twistd ws4redis: {exc}") from None
 
 
-def build(config: ServerConfig, reactor=None):
+def build(config: ServerConfig, reactor=None, logs_to_stdout: bool = True):
     """The server ``config`` asks for: this process serving, or (``--workers``)
-    the supervisor of its workers (supervisor.py)."""
+    the supervisor of its workers (supervisor.py), whose workers write their
+    log lines to its standard output themselves when that is where it logs."""
     if not config.workers:
         from .service import make_service
 
         return make_service(config, reactor)
     if reactor is None:
         from twisted.internet import reactor
+    from .logbridge import forward_to_stdlib
     from .service import redis_address_for
     from .supervisor import Supervisor
-
-    from .logbridge import forward_to_stdlib
 
     # The workers' Redis, and a check of --redis before any worker starts.
     _, embedded = redis_address_for(config.redis)
     # The supervisor's own events (a worker died, was killed, cannot start) to LOGGING too;
     # the relayed ones are marked as forwarded by their worker.
     forward_to_stdlib()
-    return Supervisor(config, config.workers, reactor, embedded)
+    return Supervisor(config, config.workers, reactor, embedded, share_output=logs_to_stdout)
 
 
 def makeService(options: Options):
@@ -155,9 +155,13 @@ def makeService(options: Options):
     naming it (every bad setting at once)."""
     setup_django(options["settings"])
 
+    twistd = options.parent or {}
+    logs_to_stdout = bool(twistd.get("nodaemon") and twistd.get("logfile") in (None, "-")
+                          and not twistd.get("syslog"))
+
     def checked():
         run_settings_checks()
-        return build(server_config(options))
+        return build(server_config(options), logs_to_stdout=logs_to_stdout)
 
     service = reported(checked)
     service.exit_on_listen_error = bool(options.parent is not None and options.parent.get("nodaemon"))

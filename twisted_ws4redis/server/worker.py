@@ -1,20 +1,25 @@
 """A worker of ``--workers`` (supervisor.py): a whole server on the listening
-sockets it inherits (``--listen-fds``, one per ``--endpoint``), its log as
-JSON events on stdout, a pipe the supervisor reads.
+sockets it inherits (``--listen-fds``, one per ``--endpoint``). It says it
+is ready on ``--ready-fd``, and logs either text lines straight to the
+supervisor's standard output or JSON events, which the supervisor relays.
 
 Run by the supervisor only: ``python -m twisted_ws4redis.server.worker``."""
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import sys
+from typing import IO
 
-from twisted.logger import Logger, jsonFileLogObserver
+from twisted.logger import ILogObserver, Logger, jsonFileLogObserver, textFileLogObserver
 from twisted.python import usage
+from twisted.python.reflect import safe_str
+from zope.interface import provider
 
 from . import tap
 
-log = Logger()
+log = Logger(namespace=__name__ if __name__ != "__main__" else "twisted_ws4redis.server.worker")
 
 
 class WorkerOptions(tap.Options):
@@ -23,19 +28,31 @@ class WorkerOptions(tap.Options):
         ["slot", None, "0", "This worker's number, in the supervisor's log."],
         ["slots", None, "1", "How many workers the supervisor runs."],
         ["load-fd", None, None, "The file where the workers write their websocket counts (loadshare.py)."],
+        ["ready-fd", None, None, "The pipe to write to once serving."],
+        ["log", None, "json", "'text': lines on stdout, the supervisor's own; 'json': events it relays."],
     ]
 
 
-def json_observer(out):
+def text_observer(out: IO[str], slot: int) -> ILogObserver:
+    """Text lines as the supervisor writes its own, ``worker N`` in the system field."""
+    from .supervisor import worker_system
+
+    write = textFileLogObserver(out)
+
+    @provider(ILogObserver)
+    def observe(event) -> None:
+        write({**event, "log_system": worker_system(slot, event)})
+
+    return observe
+
+
+def json_observer(out: IO[str]) -> ILogObserver:
     """JSON events on ``out``, a failure's message kept: eventAsJSON cannot
     persist the exception itself (the supervisor would print
     ``{'unpersistable': True}``)."""
-    import copy
-
-    from twisted.python.reflect import safe_str
-
     write = jsonFileLogObserver(out)
 
+    @provider(ILogObserver)
     def observe(event) -> None:
         failure = event.get("log_failure")
         if failure is not None and not isinstance(failure.value, str):
@@ -64,13 +81,13 @@ def main(argv: list[str] | None = None) -> None:
     os.setpgrp()
     from twisted.internet import reactor
 
+    from .loadshare import AcceptBalancer, SharedLoad
     from .protocol import wait_until
     from .pubsub import REDIS_WAIT
-    from .loadshare import AcceptBalancer, SharedLoad
     from .service import run_in_foreground
     from .sharedports import AdoptedEndpoint
-    from .supervisor import READY
 
+    slot = int(options["slot"])
     config_options = dict(options)
     config_options["workers"] = None
     tap.setup_django(options["settings"])
@@ -86,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         ports = [child.endpoint.port for child in service if isinstance(getattr(child, "endpoint", None),
                                                                         AdoptedEndpoint)]
         shared = SharedLoad(int(options["load-fd"]), int(options["slots"]))
-        balancer = AcceptBalancer(service.factory.budget, shared, int(options["slot"]), ports, reactor)
+        balancer = AcceptBalancer(service.factory.budget, shared, slot, ports, reactor)
         reactor.addSystemEventTrigger("before", "shutdown", balancer.stop)
 
     def stopping() -> None:
@@ -95,13 +112,18 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def ready(_) -> None:
-        log.info("Worker {slot} (pid {pid}) is serving", slot=options["slot"], pid=os.getpid(), **{READY: True})
+        log.info("Worker {slot} (pid {pid}) is serving", slot=slot, pid=os.getpid())
+        if options["ready-fd"] is not None:
+            fd = int(options["ready-fd"])
+            os.write(fd, b"ready\n")
+            os.close(fd)
 
     reactor.addSystemEventTrigger("before", "shutdown", stopping)
     reactor.callWhenRunning(share_load)
     reactor.callWhenRunning(
         lambda: wait_until(reactor, lambda: service.factory.bus.settled, REDIS_WAIT).addCallback(ready))
-    run_in_foreground(service, reactor, observer=json_observer(sys.stdout))
+    observer = text_observer(sys.stdout, slot) if options["log"] == "text" else json_observer(sys.stdout)
+    run_in_foreground(service, reactor, observer=observer)
 
 
 if __name__ == "__main__":
