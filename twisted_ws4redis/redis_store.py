@@ -23,7 +23,8 @@ def reaching_redis() -> Iterator[None]:
     try:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-            redis.exceptions.ClusterError) as exc:  # a cluster's: no master for a slot (failing over)
+            # a cluster's, while a master fails over: CLUSTERDOWN, no node for a slot
+            redis.exceptions.ClusterError, redis.exceptions.SlotNotCoveredError) as exc:
         raise RedisUnavailable(f"Redis is unavailable: {exc}") from exc
 
 
