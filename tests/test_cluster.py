@@ -6,8 +6,9 @@ promoted while a socket goes on receiving."""
 from __future__ import annotations
 
 import asyncio
-import json
-import signal
+import contextlib
+import random
+import socket
 import subprocess
 import threading
 import time
@@ -18,7 +19,7 @@ import redis
 from django.test import override_settings
 from redis.cluster import ClusterNode, RedisCluster
 
-from conftest import TwistdServer, free_port, login, open_ws, project_env, session_key, unique, wait_for_port
+from conftest import TwistdServer, login, open_ws, project_env, session_key, unique, wait_for_port
 from test_cli import run_twistd
 from test_v2 import message, open_v2
 from twisted_ws4redis.server.embedded import redis_server_binary
@@ -27,11 +28,24 @@ TIMEOUT = 5
 HISTORY = {"WS4REDIS_HISTORY_SIZE": 100, "WS4REDIS_PRESENCE": True}
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 higher, so at most 65,535) is free too."""
+    while True:
+        port = random.randrange(20000, 55535)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+            return port
+        except OSError:
+            continue
+
+
 class Node:
     """One redis-server of the cluster, restartable on its port and files."""
 
     def __init__(self, directory: Path):
-        self.port = free_port()
+        self.port = cluster_port()
         self.directory = directory
         directory.mkdir(parents=True)
         self.process: subprocess.Popen | None = None
@@ -42,7 +56,8 @@ class Node:
             self.process = subprocess.Popen(
                 [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
                  "--cluster-enabled", "yes", "--cluster-config-file", str(self.directory / "nodes.conf"),
-                 "--cluster-node-timeout", "1500", "--save", "", "--appendonly", "no"],
+                 "--cluster-node-timeout", "1500", "--save", "", "--appendonly", "no",
+                 "--repl-diskless-sync-delay", "0"],
                 stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, process=self.process)
 
@@ -88,12 +103,16 @@ class Cluster:
             time.sleep(0.01)
 
     def wait_ok(self, timeout: float = 30) -> None:
+        """Every live node says cluster_state:ok and every replica is in sync."""
         deadline = time.monotonic() + timeout
         while True:
             live = [node for node in self.nodes if node.process.poll() is None]
             try:
                 states = [node.client().execute_command("CLUSTER", "INFO") for node in live]
-                if all(b"cluster_state:ok" in state for state in states):
+                replication = [node.client().info("replication") for node in live]
+                # A replica that has not synced yet cannot take over from its master.
+                if all(b"cluster_state:ok" in state for state in states) and \
+                        all(info.get("master_link_status", "up") == "up" for info in replication):
                     return
             except redis.RedisError:
                 pass
@@ -190,15 +209,12 @@ def test_the_asyncio_publisher_publishes_and_fetches_on_every_shard(on_cluster, 
     async def fetch_all() -> list:
         return [await RedisPublisher().afetch_message(None, f, "broadcast") for f in facilities]
 
-    sockets = [open_ws(plain, f"{f}?subscribe-broadcast") for f in facilities]
-    try:
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(open_ws(plain, f"{f}?subscribe-broadcast")) for f in facilities]
         for facility in facilities:
             on_cluster.wait_subscribed(f"broadcast:{facility}")
         assert asyncio.run(publish_all()) == [1, 1, 1]
         assert [ws.recv(timeout=TIMEOUT) for ws in sockets] == [f"async {f}" for f in facilities]
-    finally:
-        for ws in sockets:
-            ws.close()
     assert asyncio.run(fetch_all()) == [f"async {f}".encode() for f in facilities]
     assert [RedisPublisher().fetch_message(None, f, "broadcast") for f in facilities] == \
         [f"async {f}".encode() for f in facilities]
@@ -312,6 +328,7 @@ def test_a_master_killed_mid_stream_fails_over_and_nothing_is_lost(on_cluster, r
     victim = on_cluster.master_of(channel)
     published: list[str] = []
     attempted: list[str] = []
+    errors: list[str] = []
     stop = threading.Event()
 
     def publisher() -> None:
@@ -324,8 +341,8 @@ def test_a_master_killed_mid_stream_fails_over_and_nothing_is_lost(on_cluster, r
                 try:
                     publish(facility, text, broadcast=True)
                     published.append(text)
-                except (RedisUnavailable, redis.RedisError, redis.exceptions.RedisClusterException):
-                    pass
+                except (RedisUnavailable, redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+                    errors.append(f"{exc!r} {exc.__cause__!r}")
                 time.sleep(0.02)
 
     with open_v2(recorded) as ws:
@@ -341,8 +358,14 @@ def test_a_master_killed_mid_stream_fails_over_and_nothing_is_lost(on_cluster, r
             time.sleep(0.1)
         promoted = len(attempted)
         # Delivery resumes on this socket once the server subscribed on the promoted master.
+        deadline = time.monotonic() + 30
         while int(received[-1][1:]) < promoted + 25:
-            received.append(ws.message(timeout=30)["data"])
+            try:
+                received.append(ws.message(timeout=1)["data"])
+            except TimeoutError:
+                assert time.monotonic() < deadline, (f"delivery did not resume: got up to {received[-1]}, "
+                                                     f"{len(published)} of {len(attempted)} published, "
+                                                     f"the last {published[-1:]}; errors {sorted(set(errors))}")
         stop.set()
         thread.join(10)
         while len(received) < len(published):

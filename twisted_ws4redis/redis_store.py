@@ -39,8 +39,39 @@ def is_cluster(client: Any) -> bool:
 def publication_pipeline(client: Any) -> Any:
     """A pipeline for one publication: a transaction on one Redis; on a
     cluster a plain pipeline, which redis-py splits per node (a transaction
-    there must stay in one slot, and a publication's channels are in many)."""
+    there must stay in one slot, and a publication's channels are in many),
+    but for the blocking client one command at a time (``_OneByOne``)."""
+    from redis.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        return _OneByOne(client)
     return client.pipeline(transaction=not is_cluster(client))
+
+
+class _OneByOne:
+    """A pipeline's ``execute_command``/``execute`` sending each command on
+    its own. redis-py 8.1's blocking cluster pipeline asks its default node
+    for the keys of an EVALSHA (COMMAND GETKEYS) and, that node dead, fails
+    every later publication, even once its replica took over; the client's
+    own commands find the slot locally and follow the failover."""
+
+    def __init__(self, client: Any):
+        self._client = client
+        self._commands: list[tuple] = []
+
+    def execute_command(self, *args: Any) -> None:
+        self._commands.append(args)
+
+    def execute(self, raise_on_error: bool = True) -> list:
+        replies = []
+        for args in self._commands:
+            try:
+                replies.append(self._client.execute_command(*args))
+            except redis.exceptions.ResponseError as exc:  # as a pipeline gives them (NOSCRIPT)
+                if raise_on_error:
+                    raise
+                replies.append(exc)
+        return replies
 
 
 def publication_rounds(channels: list[str]) -> Generator[tuple[list[str], bool], list, int]:
