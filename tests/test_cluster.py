@@ -295,6 +295,32 @@ def test_logout_closes_sockets_through_the_control_channel(on_cluster, plain, re
             assert ws.close_code == 4401
 
 
+@pytest.mark.parametrize("flavour", ["blocking", "asyncio"])
+def test_a_node_that_lost_its_scripts_gets_the_script_and_the_others_publish_once(on_cluster, flavour):
+    """One publication on channels of the three shards, with the history on;
+    one master forgot the script (SCRIPT FLUSH): only that channel is sent
+    again, with the script: every history holds the message once."""
+    from twisted_ws4redis.publisher import RedisPublisher
+    from twisted_ws4redis.redis_store import RedisMessage
+
+    facility = unique("cl-noscript")
+    users = []
+    while len({on_cluster.master_of(f"user:{user}:{facility}").port for user in users}) < 3:
+        users.append(unique("u"))
+    channels = [f"user:{user}:{facility}" for user in users]
+    with override_settings(**HISTORY):
+        publisher = RedisPublisher(facility=facility, users=users)
+        publish_once = (lambda: publisher.publish_message(RedisMessage("first"))) if flavour == "blocking" else \
+            (lambda: asyncio.run(publisher.apublish_message(RedisMessage("first"))))
+        publish_once()  # every master knows the script now
+        on_cluster.master_of(channels[0]).client().script_flush()
+        assert publish_once() == 0
+    client = on_cluster.client()
+    for channel in channels:
+        entries = client.xrange(f"ws4redis:history:{{{channel}}}")
+        assert [fields[b"m"] for _, fields in entries] == [b"first", b"first"], channel
+
+
 def test_bad_cluster_settings_are_named(test_db):
     from twisted_ws4redis.redis_address import RedisAddress
 
