@@ -252,6 +252,10 @@ def test_history_is_recovered_per_shard(on_cluster, recorded):
             a.subscribe(facility)
             since = a.publish(facility, "seen")
             assert a.message()["data"] == "seen"
+        deadline = time.monotonic() + TIMEOUT
+        while on_cluster.subscribers(f"broadcast:{facility}"):  # the server unsubscribed: nobody listens
+            assert time.monotonic() < deadline, "the server did not unsubscribe"
+            time.sleep(0.01)
         with override_settings(**HISTORY):
             missed = [publish(facility, f"away {n}", broadcast=True) for n in range(3)]
         assert missed == [0, 0, 0]  # nobody listened
@@ -341,6 +345,33 @@ def test_bad_cluster_settings_are_named(test_db):
         result = run_twistd(["--settings=testproject.settings", f"--redis={url}"], project_env(test_db))
         assert result.returncode != 0 and says in result.stdout + result.stderr, result.stdout + result.stderr
         assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_slot_moved_to_another_master_is_followed(on_cluster, plain):
+    """The channel's slot is migrated while a socket listens: the old master
+    drops the subscription (sunsubscribe), the server asks the slot table
+    again and subscribes on the new master; the same socket goes on."""
+    facility = unique("cl-moved")
+    channel = f"broadcast:{facility}"
+    slot = redis.crc.key_slot(channel.encode())
+    source = on_cluster.master_of(channel)
+    target = next(node for node in on_cluster.masters() if node is not source)
+    source_id, target_id = (node.client().execute_command("CLUSTER", "MYID").decode() for node in (source, target))
+    with open_ws(plain, f"{facility}?subscribe-broadcast") as ws:
+        on_cluster.wait_subscribed(channel)
+        assert publish(facility, "before the move", broadcast=True) == 1
+        assert ws.recv(timeout=TIMEOUT) == "before the move"
+        target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        for key in source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000):
+            source.client().migrate("127.0.0.1", target.port, key, 0, 5000)
+        for node in (target, source, *(node for node in on_cluster.masters() if node not in (source, target))):
+            node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        assert on_cluster.master_of(channel) is target
+        on_cluster.wait_subscribed(channel)  # on the new master
+        assert source.client().execute_command("PUBSUB", "SHARDNUMSUB", channel)[1] == 0
+        assert publish(facility, "after the move", broadcast=True) == 1
+        assert ws.recv(timeout=TIMEOUT) == "after the move"
 
 
 def test_a_master_killed_mid_stream_fails_over_and_nothing_is_lost(on_cluster, recorded):

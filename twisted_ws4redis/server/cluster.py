@@ -181,14 +181,18 @@ class ClusterBus(_Bus):
         self._slots = [None if node is None else self._masters[node] for node in table]
         for node in [node for node in self._masters if node not in set(table)]:
             self._masters.pop(node).stop().addErrback(lambda _: None)
+        moved = 0
         for key, old in before.items():
             new = self._shard_of(key)
             if new is not old:
+                moved += 1
                 self._confirmed.discard(key)
                 if old is not None and not old.retired:
                     old.unsubscribe([key])
             if key not in self._confirmed and new is not None and new.protocol is not None:
                 self._resubscribe(new, [key])
+        if moved and any(old is not None for old in before.values()):
+            log.info("Redis Cluster slots moved: {count} channel(s) now on another master", count=moved)
 
     # -- where things go -------------------------------------------------------
 
@@ -208,7 +212,10 @@ class ClusterBus(_Bus):
         self._refresh()
 
     def _moved(self, shard: ShardSubscriber) -> None:
-        self._refresh()
+        """A subscription answered MOVED: the table is asked again soon (not
+        at once: a node may answer so until the new owner is known to all)."""
+        if self._retry is None or not self._retry.active():
+            self._retry = self._reactor.callLater(TOPOLOGY_RETRY, self._refresh)
 
     def _unsubscribed(self, shard: ShardSubscriber, key: bytes) -> None:
         """Unasked (the channel still has listeners, here): its slot moved or
