@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The programs the test suite drives that pip cannot install: a real
-# redis-server (Sentinel mode included), headless Chromium and its driver for
-# the browser tests, HAProxy for the scale-out tests. `make test` runs this
+# redis-server (Sentinel and Cluster modes included) and redis-cli (it creates
+# the test cluster), headless Chromium and its driver for the browser tests,
+# HAProxy for the scale-out tests. `make test` runs this
 # first. As root on a Debian-like system it installs what is missing; anywhere
 # else it names the missing packages and how to install them, in one line,
 # and stops before anything runs.
 set -euo pipefail
 
 # command to look for : Debian package that provides it
-wanted=(redis-server:redis-server chromium:chromium chromedriver:chromium-driver haproxy:haproxy)
+wanted=(redis-server:redis-server redis-cli:redis-tools chromium:chromium chromedriver:chromium-driver haproxy:haproxy)
 
 missing=()
 for pair in "${wanted[@]}"; do

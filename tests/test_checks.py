@@ -71,6 +71,7 @@ CASES = [
     ("WS4REDIS_PRESENCE_TTL", 2.5, "twisted_ws4redis.E030", "2.5"),
     ("WS4REDIS_MESSAGE_SIGNAL", "yes", "twisted_ws4redis.E031", "'yes'"),
     ("WS4REDIS_TOKEN_MAX_AGE", 0, "twisted_ws4redis.E032", "got 0"),
+    ("WS4REDIS_CLUSTER_PLAIN_PUBLISH", "yes", "twisted_ws4redis.E033", "'yes'"),
 ]
 
 #: Checks and a start-up open no database: none is migrated for them.

@@ -73,6 +73,7 @@ class Settings:
     presence_ttl: int
     message_signal: bool
     token_max_age: int
+    cluster_plain_publish: bool
 
 
 class SettingError(ImproperlyConfigured):
@@ -283,6 +284,9 @@ RULES: dict[str, Rule] = {
         "twisted_ws4redis.E032", "token_max_age", 300, "seconds", integer=True,
         hint="A token is checked only when a websocket opens, and one in a URL may reach an access log: a few "
              "minutes (300) is enough to fetch one and connect, and leaves a logged one stale soon."),
+    # Redis Cluster (server/cluster.py): also hear foreign publishers' plain PUBLISH.
+    "WS4REDIS_CLUSTER_PLAIN_PUBLISH": Rule(False, "twisted_ws4redis.E033", "cluster_plain_publish", _bool,
+                                           "True also subscribes every channel with plain SUBSCRIBE on one node."),
 }
 
 DEFAULTS: dict[str, Any] = {name: rule.default for name, rule in RULES.items()}

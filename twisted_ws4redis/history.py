@@ -11,7 +11,10 @@ without being published.
 
 The history of channel ``[prefix:]broadcast:chat`` is the stream
 ``[prefix:]ws4redis:history:broadcast:chat``: under the prefix, never the name
-of a channel (those start with an audience).
+of a channel (those start with an audience). On a Redis Cluster the script's
+keys must share the channel's slot, so the history's keys carry the channel
+as their hash tag: ``[prefix:]ws4redis:history:{[prefix:]broadcast:chat}``
+(``slot_tag``), and the script publishes with SPUBLISH (``sharded_script``).
 
 Recovery (``RECOVER_SCRIPT``) reads the entries after a client's last id and
 whether the stream still reaches back to it. The publish script keeps, beside
@@ -34,6 +37,7 @@ id (``plain``): a client's binary data cannot pass for an id.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -124,24 +128,63 @@ _MAX_PART = 2 ** 64 - 1
 MessageId = tuple[int, int]
 
 
-def history_key(channel: str, prefix: str) -> str:
-    """The history stream of ``channel`` (whose name starts with ``prefix``)."""
-    return f"{prefix}ws4redis:history:{channel[len(prefix):]}"
+def history_key(channel: str, prefix: str, sharded: bool = False) -> str:
+    """The history stream of ``channel`` (whose name starts with ``prefix``);
+    ``sharded``: on a Redis Cluster, in the channel's slot."""
+    return _key("history", channel, prefix, sharded)
 
 
-def trimmed_key(channel: str, prefix: str) -> str:
+def trimmed_key(channel: str, prefix: str, sharded: bool = False) -> str:
     """Where the id of the last entry trimmed from ``channel``'s history is kept."""
-    return f"{prefix}ws4redis:trimmed:{channel[len(prefix):]}"
+    return _key("trimmed", channel, prefix, sharded)
 
 
-def publish_keys(channel: str, prefix: str) -> list[str]:
+def _key(kind: str, channel: str, prefix: str, sharded: bool) -> str:
+    if sharded:
+        return f"{prefix}ws4redis:{kind}:{{{slot_tag(channel)}}}"
+    return f"{prefix}ws4redis:{kind}:{channel[len(prefix):]}"
+
+
+def slot_tag(key: str) -> str:
+    """A hash tag that puts a key in ``key``'s slot, unique to ``key``: the key
+    itself in most cases; a key whose slot a hash tag cannot name by its own
+    text (one with a hash tag of its own, or a ``}`` before any ``{``) gets the
+    key, its braces escaped, after a short tag of its slot."""
+    if "{" not in key and "}" not in key:
+        return key
+    escaped = key.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    return f"{_tag_of_slot(_key_slot(key))}}}{escaped}"
+
+
+def _key_slot(key: str) -> int:
+    from redis.crc import key_slot
+
+    return key_slot(key.encode("utf-8"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _tag_of_slot(slot: int) -> str:
+    """The first of "0", "1", … that hashes to ``slot`` (some 16,000 tries at most on average)."""
+    number = 0
+    while _key_slot(str(number)) != slot:
+        number += 1
+    return str(number)
+
+
+def sharded_script(script: str) -> str:
+    """``script`` as it runs on a Redis Cluster: its PUBLISH is SPUBLISH (a
+    PUBLISH never reaches a sharded subscriber)."""
+    return script.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+
+
+def publish_keys(channel: str, prefix: str, sharded: bool = False) -> list[str]:
     """``PUBLISH_SCRIPT``'s KEYS."""
-    return [channel, history_key(channel, prefix), trimmed_key(channel, prefix)]
+    return [channel, history_key(channel, prefix, sharded), trimmed_key(channel, prefix, sharded)]
 
 
-def recover_keys(channel: str, prefix: str) -> list[str]:
+def recover_keys(channel: str, prefix: str, sharded: bool = False) -> list[str]:
     """``RECOVER_SCRIPT``'s KEYS."""
-    return [history_key(channel, prefix), trimmed_key(channel, prefix)]
+    return [history_key(channel, prefix, sharded), trimmed_key(channel, prefix, sharded)]
 
 
 def parse_id(value: object) -> MessageId | None:
@@ -182,6 +225,11 @@ def plain(message: bytes) -> bytes:
     return ENVELOPE_MAGIC + b"\x00" + message if message.startswith(ENVELOPE_MAGIC) else message
 
 
+def publish_script(sharded: bool) -> tuple[str, str]:
+    """The publish script and its digest, for one Redis or a cluster."""
+    return (SHARDED_PUBLISH_SCRIPT, SHARDED_PUBLISH_SHA) if sharded else (PUBLISH_SCRIPT, PUBLISH_SHA)
+
+
 def publish_args(message: bytes, expire: int, size: int, ttl: int) -> list:
     """``PUBLISH_SCRIPT``'s ARGV."""
     return [message, expire, size, ttl, ENVELOPE_MAGIC]
@@ -191,3 +239,7 @@ def entry_payload(fields: list) -> bytes:
     """The payload of a stream entry's field list (``[b"m", payload]``)."""
     values = dict(zip(fields[::2], fields[1::2]))
     return values.get(FIELD, b"")
+
+
+SHARDED_PUBLISH_SCRIPT = sharded_script(PUBLISH_SCRIPT)
+SHARDED_PUBLISH_SHA = hashlib.sha1(SHARDED_PUBLISH_SCRIPT.encode()).hexdigest()

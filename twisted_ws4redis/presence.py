@@ -31,6 +31,10 @@ class Present(TypedDict):
 
 
 def _base(facility: str, prefix: str) -> str:
+    if not facility:
+        # "{}" is no hash tag (Redis would hash each whole key): the empty
+        # facility's keys share the tag ":" instead, under a name no facility has.
+        return f"{prefix}ws4redis:presence::{{:}}"
     return f"{prefix}ws4redis:presence:{{{facility}}}"
 
 

@@ -13,7 +13,8 @@ import redis
 from . import audience as wire
 from .conf import get_settings, redis_address
 from .redis_address import RedisAddress, aclose_asyncio_client
-from .redis_store import RedisMessage, RedisStore, publication_rounds, reaching_redis
+from .redis_store import (RedisMessage, RedisStore, is_cluster, publication_pipeline, publication_rounds,
+                          reaching_redis)
 
 _clients: dict = {}
 _clients_lock = threading.Lock()
@@ -68,6 +69,12 @@ async def _closed_with_loop(loop: asyncio.AbstractEventLoop, address: RedisAddre
         await aclose_asyncio_client(client)
 
 
+def _mget(client: Any, keys: list[str]) -> Any:
+    """MGET (awaitable from an asyncio client); on a cluster one MGET per slot
+    (across slots it is CROSSSLOT), the values in ``keys``' order."""
+    return client.mget_nonatomic(keys) if is_cluster(client) else client.mget(keys)
+
+
 def _first_found(values: list) -> bytes | None:
     """MGET's replies in search order: the first message kept wins."""
     return next((value for value in values if value), None)
@@ -109,16 +116,16 @@ class RedisPublisher(RedisStore):
         """``publish_message`` without blocking the event loop (redis.asyncio,
         one pool per loop; SELF read with Django's async APIs): the same
         commands, return value and ``RedisUnavailable``."""
-        channels = await self._achannels()
         client = await _aconnection()
-        rounds = publication_rounds()
-        send_script = next(rounds)
+        sharded = is_cluster(client)
+        rounds = publication_rounds(await self._achannels())
+        channels, send_script = next(rounds)
         with reaching_redis():
             while True:
-                pipe = client.pipeline(transaction=True)
-                self._queue_publication(pipe, channels, message, expire, send_script)
+                pipe = publication_pipeline(client)
+                self._queue_publication(pipe, channels, message, expire, send_script, sharded)
                 try:
-                    send_script = rounds.send(await pipe.execute(raise_on_error=False))
+                    channels, send_script = rounds.send(await pipe.execute(raise_on_error=False))
                 except StopIteration as done:
                     return done.value
 
@@ -130,7 +137,7 @@ class RedisPublisher(RedisStore):
         if not channels:
             return None
         with reaching_redis():
-            return _first_found(self._connection.mget(channels))
+            return _first_found(_mget(self._connection, channels))
 
     async def afetch_message(self, request, facility: str, audience: str = "any") -> bytes | None:
         """``fetch_message`` without blocking the event loop."""
@@ -139,7 +146,7 @@ class RedisPublisher(RedisStore):
             return None
         client = await _aconnection()
         with reaching_redis():
-            return _first_found(await client.mget(channels))
+            return _first_found(await _mget(client, channels))
 
 
 def close_session_websockets(session_key: str) -> int:
@@ -150,5 +157,8 @@ def close_session_websockets(session_key: str) -> int:
     the key is gone. Returns how many server processes heard it; raises
     ``RedisUnavailable`` when Redis cannot be reached in time."""
     command = wire.close_session_command(session_key)
+    client = _connection()
     with reaching_redis():
-        return _connection().publish(wire.control_channel(get_settings().prefix), command)
+        # On a cluster every server subscribes the control channel on its shard (SSUBSCRIBE).
+        return client.execute_command("SPUBLISH" if is_cluster(client) else "PUBLISH",
+                                      wire.control_channel(get_settings().prefix), command)

@@ -4,7 +4,10 @@ publisher (redis-py, blocking or asyncio) and the reactor's clients (txredisapi)
 Redis may be named directly (host and port, or a UNIX socket) or through
 Sentinel: a list of Sentinels and the name of the service they watch. Then
 both clients ask the Sentinels where the master is whenever they (re)connect,
-and so follow a failover.
+and so follow a failover. Or it is a Redis Cluster, named by some of its nodes
+(``startup_nodes``): the clients learn the others from them (redis-py's
+``RedisCluster`` on the Django side, ``server.cluster.ClusterBus`` on the
+reactor), and messages go over sharded pub/sub.
 """
 from __future__ import annotations
 
@@ -21,12 +24,17 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
-#: Keys WS4REDIS_CONNECTION accepts (redis-py's names, as in ws4redis, and
-#: for Sentinel those of ``redis.sentinel.Sentinel.master_for``).
+#: Keys WS4REDIS_CONNECTION accepts (redis-py's names, as in ws4redis, for
+#: Sentinel those of ``redis.sentinel.Sentinel.master_for``, for a cluster
+#: ``redis.cluster.RedisCluster``'s ``startup_nodes``).
 CONNECTION_KEYS = frozenset(
     {"host", "port", "db", "password", "username", "unix_socket_path", "ssl",
-     "socket_timeout", "socket_connect_timeout", "sentinels", "service_name", "sentinel_password"}
+     "socket_timeout", "socket_connect_timeout", "sentinels", "service_name", "sentinel_password",
+     "startup_nodes"}
 )
+
+#: What the cluster's nodes cannot be combined with.
+_NOT_WITH_CLUSTER = ("host", "port", "unix_socket_path", "sentinels", "service_name", "sentinel_password")
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,13 @@ class RedisAddress:
     sentinels: tuple[tuple[str, int], ...] = ()
     service_name: str | None = None
     sentinel_password: str | None = None
+    #: ((host, port), ...) of some nodes of a Redis Cluster; empty: no cluster.
+    startup_nodes: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def cluster(self) -> bool:
+        """A Redis Cluster: sharded pub/sub, keys on their slot's master."""
+        return bool(self.startup_nodes)
 
     @classmethod
     def from_dict(cls, values: dict, name: str = "WS4REDIS_CONNECTION") -> RedisAddress:
@@ -61,7 +76,13 @@ class RedisAddress:
                              f"{'; ' + ' '.join(guesses) if guesses else ''}; allowed: {sorted(CONNECTION_KEYS)}")
         values = {key: value for key, value in values.items() if value is not None}
         if "sentinels" in values:
-            values["sentinels"] = _sentinel_list(values["sentinels"], name)
+            values["sentinels"] = _node_list(values["sentinels"], name, "sentinels", "a Sentinel")
+        if "startup_nodes" in values:
+            mixed = [key for key in _NOT_WITH_CLUSTER if key in values]
+            if mixed:
+                raise ValueError(f"{name}: 'startup_nodes' (a Redis Cluster) cannot be combined with {mixed}: "
+                                 f"give the cluster's nodes in 'startup_nodes' only")
+            values["startup_nodes"] = _node_list(values["startup_nodes"], name, "startup_nodes", "a cluster node")
         address = cls(**values)
         address._check(name)
         return address
@@ -69,10 +90,13 @@ class RedisAddress:
     @classmethod
     def from_url(cls, url: str, name: str = "--redis") -> RedisAddress:
         """redis://[user:password@]host[:port][/db], rediss://… (TLS),
-        unix:///path/to/socket[?db=N] (``password=`` may be given in the query), or
-        redis+sentinel://[:password@]host:port[,host:port…]/service_name[/db]."""
+        unix:///path/to/socket[?db=N] (``password=`` may be given in the query),
+        redis+sentinel://[:password@]host:port[,host:port…]/service_name[/db], or
+        redis+cluster://[user:password@]host:port[,host:port…][/0] (rediss+cluster:// for TLS)."""
         if url.startswith("redis+sentinel://"):
             return cls._from_sentinel_url(url, name)
+        if url.startswith(("redis+cluster://", "rediss+cluster://")):
+            return cls._from_cluster_url(url, name)
         parts = urlsplit(url)
         query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
         password = unquote(parts.password) if parts.password else query.get("password")
@@ -103,8 +127,28 @@ class RedisAddress:
         try:
             if not segments or len(segments) > 2:
                 raise ValueError("give the service name after the Sentinels: …/mymaster[/db]")
-            address = cls(sentinels=_sentinel_list(hosts.split(","), name), service_name=unquote(segments[0]),
+            address = cls(sentinels=_node_list(hosts.split(","), name, "sentinels", "a Sentinel"),
+                          service_name=unquote(segments[0]),
                           db=int(segments[1]) if len(segments) == 2 else 0, password=password)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {url!r} is not a Redis URL: {exc}") from None
+        address._check(name)
+        return address
+
+    @classmethod
+    def _from_cluster_url(cls, url: str, name: str) -> RedisAddress:
+        scheme, _, rest = url.partition("://")
+        netloc, _, path = rest.partition("/")
+        credentials, _, hosts = netloc.rpartition("@")
+        user, _, password = credentials.partition(":")
+        try:
+            if "?" in path or "?" in hosts:
+                raise ValueError("a cluster URL takes no query")
+            db = int(path.strip("/") or 0)
+            address = cls(startup_nodes=_node_list(hosts.split(",") if hosts else [], name, "startup_nodes",
+                                                   "a cluster node"),
+                          db=db, password=unquote(password) or None, username=unquote(user) or None,
+                          ssl=scheme == "rediss+cluster")
         except ValueError as exc:
             raise ValueError(f"{name}: {url!r} is not a Redis URL: {exc}") from None
         address._check(name)
@@ -123,6 +167,8 @@ class RedisAddress:
             raise ValueError(f"{name}: 'sentinels' and 'service_name' go together (Redis through Sentinel)")
         if self.sentinels and (self.unix_socket_path or self.ssl):
             raise ValueError(f"{name}: Sentinel cannot be combined with unix_socket_path or ssl")
+        if self.cluster and self.db != 0:
+            raise ValueError(f"{name}: a Redis Cluster has only database 0, got db {self.db!r}")
 
     def redis_py_kwargs(self, asynchronous: bool = False) -> dict:
         """Keyword arguments for redis-py's ``ConnectionPool`` (``redis.asyncio``'s
@@ -158,6 +204,14 @@ class RedisAddress:
     def _redis_py_client(self, asynchronous: bool):
         flavour = _redis_py(asynchronous)
         kwargs = self.redis_py_kwargs(asynchronous)
+        if self.cluster:
+            # redis-py's cluster client makes its own connections per node
+            # (and follows MOVED and failovers); ``retry`` as for one Redis.
+            for key in ("host", "port", "db", "connection_class"):
+                kwargs.pop(key, None)
+            return flavour.RedisCluster(startup_nodes=[flavour.ClusterNode(host, port)
+                                                       for host, port in self.startup_nodes],
+                                        ssl=self.ssl, **kwargs)
         if self.sentinels:
             for key in ("host", "port"):
                 kwargs.pop(key)
@@ -172,20 +226,31 @@ class RedisAddress:
         with a ``disconnect()`` for its connections to the Sentinels)."""
         from twisted.internet import endpoints
 
+        if self.cluster:
+            raise ValueError("a Redis Cluster has no single endpoint: see node_endpoint()")
         if self.sentinels:
             return SentinelEndpoint(reactor, self)
         if self.unix_socket_path:
             return endpoints.UNIXClientEndpoint(reactor, self.unix_socket_path,
                                                 timeout=self.socket_connect_timeout)
-        endpoint = endpoints.HostnameEndpoint(reactor, self.host, self.port,
-                                              timeout=self.socket_connect_timeout)
+        return self.node_endpoint(reactor, self.host, self.port)
+
+    def node_endpoint(self, reactor, host: str, port: int):
+        """A Twisted client endpoint reaching the Redis at ``host:port`` with
+        this address' TLS and timeout (one Redis, or one node of a cluster)."""
+        from twisted.internet import endpoints
+
+        endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=self.socket_connect_timeout)
         if self.ssl:
             from twisted.internet.ssl import optionsForClientTLS
 
-            endpoint = endpoints.wrapClientTLS(optionsForClientTLS(self.host), endpoint)
+            endpoint = endpoints.wrapClientTLS(optionsForClientTLS(host), endpoint)
         return endpoint
 
     def __str__(self) -> str:
+        if self.cluster:
+            hosts = ",".join(f"{host}:{port}" for host, port in self.startup_nodes)
+            return f"{'rediss' if self.ssl else 'redis'}+cluster://{hosts}"
         if self.sentinels:
             hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
             return f"redis+sentinel://{hosts}/{self.service_name}/{self.db}"
@@ -199,20 +264,29 @@ def _redis_py(asynchronous: bool) -> SimpleNamespace:
     same names, so that one mapping of our options serves both clients."""
     if asynchronous:
         import redis.asyncio as flavour
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
         from redis.asyncio.retry import Retry
         from redis.asyncio.sentinel import Sentinel
     else:
         import redis as flavour
+        from redis.cluster import ClusterNode, RedisCluster
         from redis.retry import Retry
         from redis.sentinel import Sentinel
     return SimpleNamespace(Redis=flavour.Redis, ConnectionPool=flavour.ConnectionPool, Retry=Retry,
+                           RedisCluster=RedisCluster, ClusterNode=ClusterNode,
                            Sentinel=Sentinel, UnixDomainSocketConnection=flavour.UnixDomainSocketConnection,
                            SSLConnection=flavour.SSLConnection)
 
 
 async def aclose_asyncio_client(client: redis.asyncio.Redis) -> None:
     """Close the connections of a ``redis_py_asyncio_client()``: its pool's and,
-    through Sentinel, those to the Sentinels (on the loop that opened them)."""
+    through Sentinel, those to the Sentinels, or a cluster client's to every
+    node (on the loop that opened them)."""
+    from redis.asyncio.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        await client.aclose()
+        return
     pool = client.connection_pool
     await pool.disconnect()
     manager = getattr(pool, "sentinel_manager", None)
@@ -220,10 +294,10 @@ async def aclose_asyncio_client(client: redis.asyncio.Redis) -> None:
         await sentinel.connection_pool.disconnect()
 
 
-def _sentinel_list(value, name: str) -> tuple[tuple[str, int], ...]:
-    """Sentinels given as [('host', port), ...] or ['host:port', ...]."""
+def _node_list(value, name: str, key: str, what: str) -> tuple[tuple[str, int], ...]:
+    """Sentinels or cluster nodes given as [('host', port), ...] or ['host:port', ...]."""
     if isinstance(value, (str, bytes)) or not value:
-        raise ValueError(f"{name}: sentinels must be a non-empty list of (host, port), got {value!r}")
+        raise ValueError(f"{name}: {key} must be a non-empty list of (host, port), got {value!r}")
     sentinels = []
     for item in value:
         if isinstance(item, str):
@@ -235,7 +309,7 @@ def _sentinel_list(value, name: str) -> tuple[tuple[str, int], ...]:
             if not host or not 0 < port < 65536:
                 raise ValueError
         except (TypeError, ValueError):
-            raise ValueError(f"{name}: a Sentinel must be (host, port) or 'host:port', got {item!r}") from None
+            raise ValueError(f"{name}: {what} must be (host, port) or 'host:port', got {item!r}") from None
         sentinels.append((host, port))
     return tuple(sentinels)
 

@@ -22,10 +22,12 @@ websocket door then refuses handshakes with 503).
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Callable, Iterable
 
 import txredisapi
+from redis.crc import key_slot
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -160,10 +162,17 @@ class _CommandProtocol(_WholeReads, txredisapi.RedisProtocol):
     """The command connection's protocol (replies: recovered histories)."""
 
 
+#: The pushes of plain and of sharded pub/sub (RESP2: [kind, channel, payload or count]).
+_MESSAGES = (b"message", b"smessage")
+_SUBSCRIBED = (b"subscribe", b"ssubscribe")
+_UNSUBSCRIBED = (b"unsubscribe", b"sunsubscribe")
+
+
 class _SubscriberProtocol(_WholeReads, txredisapi.SubscriberProtocol):
     """Pushes (messages, subscription confirmations) are routed here rather
     than through txredisapi's reply queue, and a burst read from Redis at once
-    is parsed at once, and dispatched at the end of the read."""
+    is parsed at once, and dispatched at the end of the read. Messages go to
+    the factory's bus, the rest to its shard (``ShardSubscriber``)."""
 
     def dataReceived(self, data, unpause=False):
         try:
@@ -172,29 +181,36 @@ class _SubscriberProtocol(_WholeReads, txredisapi.SubscriberProtocol):
             self.factory.bus._dispatch_burst()
 
     def replyReceived(self, reply):
-        if not (isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message"):
-            # What follows a confirmation or a refusal comes after the messages before it.
-            self.factory.bus._dispatch_burst()
-        if isinstance(reply, txredisapi.ResponseError) and self.factory.bus._subscriber is self:
-            if str(reply).startswith("NOAUTH"):
+        bus = self.factory.bus
+        pushed = isinstance(reply, list) and len(reply) == 3
+        if pushed and reply[0] in _MESSAGES:
+            bus._message(reply[1], reply[2])
+            return
+        # What follows a confirmation or a refusal comes after the messages before it.
+        bus._dispatch_burst()
+        shard = self.factory.shard
+        if isinstance(reply, txredisapi.ResponseError) and shard.protocol is self:
+            error = str(reply)
+            if error.startswith("NOAUTH"):
                 # SUBSCRIBE refused because Redis wants a password we did not give.
-                self.factory.bus._refused(str(reply), self)
+                shard.refused(error, self)
+            elif error.startswith(("MOVED", "ASK")):
+                # A sharded subscription sent to a node that no longer owns the slot.
+                bus._moved(shard)
             else:
                 # Another refusal (an ACL's NOPERM for one channel, which a
                 # client's facility may name) is that channel's, not an outage
                 # of every websocket. Nothing waits for it: txredisapi's reply
                 # queue would keep it for ever.
-                log.warn("Redis refused a subscription: {error}", error=logsafe.text(str(reply)))
+                log.warn("Redis refused a subscription: {error}", error=logsafe.text(error))
             return
-        if isinstance(reply, list) and len(reply) == 3:
+        if pushed:
             kind = reply[0]
-            if kind == b"message":
-                self.factory.bus._message(reply[1], reply[2])
+            if kind in _SUBSCRIBED:
+                bus._subscribed(shard, reply[1])
                 return
-            if kind == b"subscribe":
-                self.factory.bus._subscribed(reply[1])
-                return
-            if kind == b"unsubscribe":
+            if kind in _UNSUBSCRIBED:
+                bus._unsubscribed(shard, reply[1])
                 return
         # Replies to the commands txredisapi sends on connecting (AUTH).
         super().replyReceived(reply)
@@ -208,9 +224,10 @@ class _SubscriberFactory(txredisapi.SubscriberFactory):
     initialDelay = RECONNECT_INITIAL_DELAY
     maxDelay = RECONNECT_MAX_DELAY
 
-    def __init__(self, bus: RedisBus, address: RedisAddress):
+    def __init__(self, shard: ShardSubscriber, address: RedisAddress):
         super().__init__(isLazy=True)
-        self.bus = bus
+        self.shard = shard
+        self.bus = shard.bus
         self.charset = None
         self.convertNumbers = False
         self.password = address.password
@@ -218,14 +235,27 @@ class _SubscriberFactory(txredisapi.SubscriberFactory):
 
     def buildProtocol(self, addr):
         protocol = super().buildProtocol(addr)
-        protocol.whenConnected().addCallback(self.bus._connected)
+        protocol.whenConnected().addCallback(self.shard._connected)
         return protocol
 
     def connectionError(self, why: str) -> None:
         # txredisapi's report of an AUTH or SELECT that Redis refused, after
         # which it drops the connection (and, its choice, stops trying).
         super().connectionError(why)
-        self.bus._refused(why)
+        self.shard.refused(why)
+
+
+def command_factory(address: RedisAddress, label: str) -> txredisapi.RedisFactory:
+    """A (lazy, reconnecting) pipelined command connection, one per Redis or
+    per cluster master; start it with ``startConnecting(endpoint)``."""
+    factory = txredisapi.RedisFactory(
+        label, address.db or None, 1, isLazy=True, charset=None,
+        password=address.password, username=address.username,
+        replyTimeout=address.socket_timeout, convertNumbers=False)
+    factory.protocol = _CommandProtocol
+    factory.initialDelay = RECONNECT_INITIAL_DELAY
+    factory.maxDelay = RECONNECT_MAX_DELAY
+    return factory
 
 
 class _ReportingEndpoint:
@@ -247,8 +277,108 @@ class _ReportingEndpoint:
         return repr(self._endpoint)
 
 
-class RedisBus(Service):
-    """Subscriptions and commands of one process, over txredisapi."""
+class ShardSubscriber:
+    """One subscriber connection: to the one Redis, or to one master of a
+    cluster (sharded pub/sub). It reconnects with back-off and logs an outage
+    once: a warning naming the address and the error when an attempt first
+    fails or Redis refuses the connection, an info line when it is back."""
+
+    def __init__(self, bus: _Bus, address: RedisAddress, label: str, sharded: bool = False):
+        self.bus = bus
+        self.label = label
+        self.sharded = sharded
+        self.protocol: _SubscriberProtocol | None = None
+        self.retired = False  # a cluster node that no longer holds slots: its losses are no outage
+        self._unreachable = False  # an outage has been reported and is not over
+        self.failed = False  # an attempt failed, Redis refused us or the connection was lost (since start)
+        self.live = False  # Redis confirmed a subscription on the current connection
+        self._factory = _SubscriberFactory(self, address)
+
+    def start(self, endpoint) -> None:
+        # The subscriber's attempts tell whether Redis is reachable.
+        self._factory.startConnecting(
+            _ReportingEndpoint(endpoint, lambda failure: self.outage(failure.getErrorMessage())))
+
+    def stop(self) -> defer.Deferred:
+        return self._factory.disconnect()
+
+    @property
+    def reachable(self) -> bool:
+        """False from a failed attempt, a refusal or a lost connection until
+        Redis confirms a subscription again; True during the first attempt."""
+        return self.live or not self.failed
+
+    @property
+    def settled(self) -> bool:
+        """Whether the first attempt is over: Redis confirmed a subscription, or an attempt failed."""
+        return self.live or self.failed
+
+    def outage(self, error: str) -> None:
+        self.failed = True
+        if self._unreachable or not self.bus.running or self.retired:
+            return
+        self._unreachable = True
+        log.warn("Redis at {address} is unreachable: {error}", address=self.label, error=logsafe.text(error))
+
+    def refused(self, error: str, protocol: _SubscriberProtocol | None = None) -> None:
+        """Redis answered but refused this server (AUTH, SELECT, NOAUTH):
+        an outage too, logged as one; the connection is dropped and retried."""
+        self.outage(error)
+        if protocol is not None:
+            protocol.transport.loseConnection()
+
+    def back(self) -> None:
+        """Redis confirmed a subscription on this connection: reachable."""
+        self.live = True
+        if self._unreachable:
+            self._unreachable = False
+            log.info("Redis at {address} is reachable again", address=self.label)
+
+    def subscribe(self, keys: list[bytes]) -> None:
+        self._send("SSUBSCRIBE" if self.sharded else "SUBSCRIBE", keys)
+
+    def unsubscribe(self, keys: list[bytes]) -> None:
+        self._send("SUNSUBSCRIBE" if self.sharded else "UNSUBSCRIBE", keys)
+
+    def _send(self, command: str, keys: list[bytes]) -> None:
+        """One command for all ``keys``; sharded, one per slot (several slots
+        in one SSUBSCRIBE are CROSSSLOT, even on one node)."""
+        if self.protocol is None or not keys:
+            return
+        if not self.sharded:
+            self.protocol.send(command, keys)
+            return
+        by_slot: dict[int, list[bytes]] = {}
+        for key in keys:
+            by_slot.setdefault(key_slot(key), []).append(key)
+        for group in by_slot.values():
+            self.protocol.send(command, group)
+
+    def _connected(self, protocol: _SubscriberProtocol) -> None:
+        self.protocol = protocol
+        protocol.whenDisconnected().addCallback(self._disconnected)
+        self.bus._shard_connected(self)
+
+    def _disconnected(self, protocol: _SubscriberProtocol) -> None:
+        self.bus._dispatch_burst()  # what that connection brought, before anything of the next
+        if self.protocol is protocol:
+            was_live, self.live = self.live, False
+            self.protocol = None
+            self.failed = True
+            if self.bus.running and was_live and not self.retired:  # not one Redis refused (an outage)
+                log.warn("Redis subscriber connection lost; reconnecting to {address}", address=self.label)
+            self.bus._shard_lost(self)
+
+
+class _Bus(Service):
+    """What every bus does, whatever its Redis: listeners per channel,
+    reference-counted subscriptions, the catch-up from the history after a
+    subscriber reconnected, the bursts, the batched fetches, the commands
+    every websocket sends. Where each channel's subscription and each key's
+    command go is the subclass' (``_shard_of``, ``_on_key``, ``_mget``)."""
+
+    #: A cluster's bus: sharded pub/sub, the history's cluster key names.
+    sharded = False
 
     def __init__(self, address: RedisAddress, reactor=None):
         if reactor is None:
@@ -272,90 +402,39 @@ class RedisBus(Service):
         self._burst: Burst | None = None
         #: fetches of persisted messages waiting for the end of the reactor turn
         self._fetches: list[tuple[list[str], defer.Deferred]] = []
-        self._subscriber: _SubscriberProtocol | None = None
-        self._endpoint = None
-        self._unreachable = False  # an outage has been reported and is not over
-        self._failed = False  # an attempt failed, Redis refused us or the connection was lost (since start)
-        self._live = False  # Redis confirmed a subscription on the current subscriber connection
-        self._subscriber_factory = _SubscriberFactory(self, address)
-        self._commands = txredisapi.RedisFactory(
-            str(address), address.db or None, 1, isLazy=True, charset=None,
-            password=address.password, username=address.username,
-            replyTimeout=address.socket_timeout, convertNumbers=False)
-        self._commands.protocol = _CommandProtocol
-        self._commands.initialDelay = RECONNECT_INITIAL_DELAY
-        self._commands.maxDelay = RECONNECT_MAX_DELAY
 
-    # -- service ---------------------------------------------------------------
+    # -- where things go (the subclass') ---------------------------------------
 
-    def startService(self) -> None:
-        super().startService()
-        self._endpoint = self.address.client_endpoint(self._reactor)
-        # The subscriber's attempts tell whether Redis is reachable.
-        self._subscriber_factory.startConnecting(
-            _ReportingEndpoint(self._endpoint, lambda failure: self._outage(failure.getErrorMessage())))
-        self._commands.startConnecting(self._endpoint)
-        log.info("Redis at {address}", address=str(self.address))
-        if get_settings().history_size:
-            self._run("execute_command", "INFO", "server").addCallbacks(self._check_version, lambda _: None)
+    def _shard_of(self, key: bytes) -> ShardSubscriber | None:
+        raise NotImplementedError
 
-    def _check_version(self, info: bytes) -> None:
-        """The history's scripts need Redis 6.2 (an exclusive XRANGE): say so at
-        start rather than at every recovery."""
-        found = re.search(rb"redis_version:(\d+)\.(\d+)([0-9.]*)", info)
-        if found and (int(found[1]), int(found[2])) < (6, 2):
-            log.error("WS4REDIS_HISTORY_SIZE needs Redis 6.2 or later; {address} runs {version}: recovering "
-                      "from the history fails there", address=str(self.address),
-                      version=b".".join(found.groups()[:2]).decode("ascii") + found[3].decode("ascii"))
+    def _subscribers_of(self, key: bytes) -> list[ShardSubscriber]:
+        """Every connection that subscribes ``key``: its shard's."""
+        shard = self._shard_of(key)
+        return [] if shard is None else [shard]
 
-    def stopService(self) -> defer.Deferred:
-        super().stopService()
-        stopping = [self._subscriber_factory.disconnect(), self._commands.disconnect()]
-        if hasattr(self._endpoint, "disconnect"):  # Sentinel connections
-            stopping.append(self._endpoint.disconnect())
-        return defer.gatherResults(stopping, consumeErrors=True)
+    def _on_key(self, key: str | None, command: str, *args) -> defer.Deferred:
+        """txredisapi's ``command(*args)`` on the connection that holds ``key``."""
+        raise NotImplementedError
 
-    @property
-    def reachable(self) -> bool:
-        """False from a failed attempt, a refusal or a lost connection until
-        Redis confirms a subscription again: a new websocket could not
-        subscribe. True during the first attempt at start, which a
-        subscription waits for."""
-        return self._live or not self._failed
+    def _mget(self, keys: list[str]) -> defer.Deferred:
+        raise NotImplementedError
 
-    @property
-    def settled(self) -> bool:
-        """Whether the first attempt to reach Redis is over: Redis confirmed
-        a subscription, or an attempt failed (a worker is ready then)."""
-        return self._live or self._failed
+    def _moved(self, shard: ShardSubscriber) -> None:
+        """A sharded subscription was answered MOVED (a cluster's)."""
 
-    def _outage(self, error: str) -> None:
-        self._failed = True
-        if self._unreachable or not self.running:
-            return
-        self._unreachable = True
-        log.warn("Redis at {address} is unreachable: {error}", address=str(self.address),
-                 error=logsafe.text(error))
-
-    def _refused(self, error: str, protocol: _SubscriberProtocol | None = None) -> None:
-        """Redis answered but refused this server (AUTH, SELECT, NOAUTH):
-        an outage too, logged as one; the connection is dropped and retried."""
-        self._outage(error)
-        if protocol is not None:
-            protocol.transport.loseConnection()
-
-    def _back(self) -> None:
-        """Redis confirmed a subscription on this connection: reachable."""
-        self._live = True
-        if self._unreachable:
-            self._unreachable = False
-            log.info("Redis at {address} is reachable again", address=str(self.address))
+    def _unsubscribed(self, shard: ShardSubscriber, key: bytes) -> None:
+        """Redis confirmed an unsubscription (or, in a cluster, made one)."""
 
     # -- subscriptions ---------------------------------------------------------
 
     @property
     def channel_count(self) -> int:
         return len(self._listeners)
+
+    def _wanted(self) -> list[bytes]:
+        """Every channel to subscribe, the watched ones first."""
+        return list(self._watchers) + [key for key in self._listeners if key not in self._watchers]
 
     def listen(self, channel: str, listener: Listener) -> defer.Deferred:
         """Deliver ``channel``'s messages to ``listener``. The Deferred fires once
@@ -364,8 +443,8 @@ class RedisBus(Service):
         listeners = self._listeners.get(key)
         if listeners is None:
             listeners = self._listeners[key] = set()
-            if self._subscriber is not None:
-                self._subscriber.send("SUBSCRIBE", [key])
+            for shard in self._subscribers_of(key):
+                shard.subscribe([key])
         listeners.add(listener)
         if key in self._confirmed:
             return defer.succeed(None)
@@ -379,8 +458,8 @@ class RedisBus(Service):
         unsubscribed, not counted in ``channel_count``."""
         key = channel.encode("utf-8")
         self._watchers[key] = watcher
-        if self._subscriber is not None:
-            self._subscriber.send("SUBSCRIBE", [key])
+        for shard in self._subscribers_of(key):
+            shard.subscribe([key])
 
     def unlisten(self, channel: str, listener: Listener) -> None:
         key = channel.encode("utf-8")
@@ -392,36 +471,37 @@ class RedisBus(Service):
             del self._listeners[key]
             self._confirmed.discard(key)
             self._last_ids.pop(key, None)
+            self._resuming.pop(key, None)
             self._replayed.pop(key, None)
             for waiting in self._waiting.pop(key, ()):
                 waiting.callback(None)
-            if self._subscriber is not None and key not in self._watchers:
-                self._subscriber.send("UNSUBSCRIBE", [key])
+            for shard in self._subscribers_of(key) if key not in self._watchers else ():
+                shard.unsubscribe([key])
 
-    def _connected(self, protocol: _SubscriberProtocol) -> None:
-        self._subscriber = protocol
-        protocol.whenDisconnected().addCallback(self._disconnected)
-        channels = list(self._watchers) + [key for key in self._listeners if key not in self._watchers]
-        self._resuming = {key: self._last_ids[key] for key in self._listeners if key in self._last_ids}
-        if channels:
-            protocol.send("SUBSCRIBE", channels)
+    def _resubscribe(self, shard: ShardSubscriber, keys: list[bytes]) -> None:
+        """Subscribe ``keys`` on ``shard`` again (a new connection, or a moved
+        slot): each catches up from the last message its listeners got."""
+        for key in keys:
+            if key in self._listeners and key in self._last_ids:
+                self._resuming[key] = self._last_ids[key]
+        shard.subscribe(keys)
+
+    def _shard_connected(self, shard: ShardSubscriber) -> None:
+        keys = [key for key in self._wanted() if self._shard_of(key) is shard]
+        if keys:
+            self._resubscribe(shard, keys)
         else:
-            self._back()  # nothing to confirm
-        log.info("Redis subscriber connected; subscribing {count} channel(s)", count=len(self._listeners))
+            shard.back()  # nothing to confirm
+        log.info("Redis subscriber connected to {address}; subscribing {count} channel(s)", address=shard.label,
+                 count=sum(1 for key in keys if key in self._listeners))
 
-    def _disconnected(self, protocol: _SubscriberProtocol) -> None:
-        self._dispatch_burst()  # what that connection brought, before anything of the next
-        if self._subscriber is protocol:
-            was_live, self._live = self._live, False
-            self._subscriber = None
-            self._failed = True
-            self._confirmed.clear()
-            if self.running and was_live:  # not one that Redis refused (logged as an outage)
-                log.warn("Redis subscriber connection lost; reconnecting")
+    def _shard_lost(self, shard: ShardSubscriber) -> None:
+        for key in [key for key in self._confirmed if self._shard_of(key) is shard]:
+            self._confirmed.discard(key)
 
-    def _subscribed(self, key: bytes) -> None:
-        if not self._live:
-            self._back()
+    def _subscribed(self, shard: ShardSubscriber, key: bytes) -> None:
+        if not shard.live:
+            shard.back()
         if key not in self._listeners:
             return
         self._confirmed.add(key)
@@ -507,38 +587,41 @@ class RedisBus(Service):
 
     # -- commands --------------------------------------------------------------
 
-    def _run(self, command: str, *args) -> defer.Deferred:
-        d = getattr(self._commands.handler, command)(*args)
-        # Without a timeout a command waits forever while Redis is away.
-        return d.addTimeout(self._timeout, self._reactor)
-
     def script(self, source: str, keys: list[str], args: list) -> defer.Deferred:
-        """Run a Lua script (txredisapi's eval() sends it once per connection, then its digest)."""
-        return self._run("eval", source, keys, args)
+        """Run a Lua script where its keys are (txredisapi's eval() sends it
+        once per connection, then its digest; again after a NOSCRIPT). In a
+        cluster the keys share one slot and a PUBLISH in it is SPUBLISH."""
+        if self.sharded:
+            source = _sharded_script(source)
+        return self._on_key(keys[0] if keys else None, "eval", source, keys, args)
 
     def publish(self, channels: Iterable[str], message: bytes, expire: int = 0) -> defer.Deferred:
-        """PUBLISH on every channel and, if ``expire`` > 0, keep the message
-        there for that many seconds (pipelined on one connection, in order);
-        with the history on, through its script (history.py). Fires with each
-        channel's message id (None without history)."""
+        """PUBLISH (SPUBLISH in a cluster) on every channel and, if ``expire``
+        > 0, keep the message there for that many seconds (pipelined on one
+        connection per Redis, in order); with the history on, through its
+        script (history.py). Fires with each channel's message id (None
+        without history)."""
         settings = get_settings()
         args = history.publish_args(message, expire, settings.history_size, settings.history_ttl)
         calls = []
         for channel in channels:
             if settings.history_size:
-                calls.append(self.script(history.PUBLISH_SCRIPT, history.publish_keys(channel, settings.prefix), args)
+                keys = history.publish_keys(channel, settings.prefix, self.sharded)
+                calls.append(self.script(history.PUBLISH_SCRIPT, keys, args)
                              .addCallback(lambda reply: reply[1].decode("ascii")))
             else:
-                steps = [self._run("publish", channel, history.plain(message))]
+                command = "SPUBLISH" if self.sharded else "PUBLISH"
+                steps = [self._on_key(channel, "execute_command", command, channel, history.plain(message))]
                 if expire > 0:
-                    steps.append(self._run("setex", channel, expire, message))
+                    steps.append(self._on_key(channel, "setex", channel, expire, message))
                 calls.append(defer.gatherResults(steps, consumeErrors=True).addCallback(lambda _: None))
         return defer.gatherResults(calls, consumeErrors=True)
 
     def fetch(self, keys: list[str]) -> defer.Deferred:
         """The persisted messages of ``keys`` (None where there is none). The
-        fetches of one reactor turn (the handshakes it opened) are one MGET:
-        txredisapi's cost per command was 8 % of a handshake's."""
+        fetches of one reactor turn (the handshakes it opened) are one MGET
+        (one per slot in a cluster): txredisapi's cost per command was 8 % of
+        a handshake's."""
         if not keys:
             return defer.succeed([])
         if not self._fetches:
@@ -562,14 +645,14 @@ class RedisBus(Service):
                 if not fetched.called:
                     fetched.errback(failure)
 
-        defer.maybeDeferred(self._run, "mget", keys).addCallbacks(spread, failed)
+        defer.maybeDeferred(self._mget, keys).addCallbacks(spread, failed)
 
     def recover(self, channel: str, since: str) -> defer.Deferred:
         """The recorded messages of ``channel`` after ``since``, as [(id,
         payload)] in order, or None when the history no longer reaches back to
         ``since`` (history.py)."""
         settings = get_settings()
-        d = self.script(history.RECOVER_SCRIPT, history.recover_keys(channel, settings.prefix),
+        d = self.script(history.RECOVER_SCRIPT, history.recover_keys(channel, settings.prefix, self.sharded),
                         [since, settings.history_size])
 
         def read(reply) -> list[tuple[str, bytes]] | None:
@@ -588,7 +671,8 @@ class RedisBus(Service):
         settings = get_settings()
         if not settings.history_size:
             return self.fetch([channel]).addCallback(lambda values: (None, values[0]) if values[0] else None)
-        d = self.script(history.CURRENT_SCRIPT, [channel, history.history_key(channel, settings.prefix)], [])
+        d = self.script(history.CURRENT_SCRIPT,
+                        [channel, history.history_key(channel, settings.prefix, self.sharded)], [])
 
         def read(reply) -> tuple[str | None, bytes] | None:
             persisted, last = reply
@@ -599,3 +683,78 @@ class RedisBus(Service):
             return None, persisted
 
         return d.addCallback(read)
+
+
+@functools.lru_cache(maxsize=64)
+def _sharded_script(source: str) -> str:
+    return history.sharded_script(source)
+
+
+class RedisBus(_Bus):
+    """Subscriptions and commands of one process on one Redis (or the master
+    Sentinel names), over txredisapi: one subscriber, one command connection."""
+
+    def __init__(self, address: RedisAddress, reactor=None):
+        super().__init__(address, reactor)
+        self._endpoint = None
+        self._shard = ShardSubscriber(self, address, str(address))
+        self._commands = command_factory(address, str(address))
+
+    # -- service ---------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._endpoint = self.address.client_endpoint(self._reactor)
+        self._shard.start(self._endpoint)
+        self._commands.startConnecting(self._endpoint)
+        log.info("Redis at {address}", address=str(self.address))
+        if get_settings().history_size:
+            self._run("execute_command", "INFO", "server").addCallbacks(self._check_version, lambda _: None)
+
+    def _check_version(self, info: bytes) -> None:
+        """The history's scripts need Redis 6.2 (an exclusive XRANGE): say so at
+        start rather than at every recovery."""
+        found = re.search(rb"redis_version:(\d+)\.(\d+)([0-9.]*)", info)
+        if found and (int(found[1]), int(found[2])) < (6, 2):
+            log.error("WS4REDIS_HISTORY_SIZE needs Redis 6.2 or later; {address} runs {version}: recovering "
+                      "from the history fails there", address=str(self.address),
+                      version=b".".join(found.groups()[:2]).decode("ascii") + found[3].decode("ascii"))
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        stopping = [self._shard.stop(), self._commands.disconnect()]
+        if hasattr(self._endpoint, "disconnect"):  # Sentinel connections
+            stopping.append(self._endpoint.disconnect())
+        return defer.gatherResults(stopping, consumeErrors=True)
+
+    @property
+    def reachable(self) -> bool:
+        """False from a failed attempt, a refusal or a lost connection until
+        Redis confirms a subscription again: a new websocket could not
+        subscribe. True during the first attempt at start, which a
+        subscription waits for."""
+        return self._shard.reachable
+
+    @property
+    def settled(self) -> bool:
+        """Whether the first attempt to reach Redis is over (a worker is ready then)."""
+        return self._shard.settled
+
+    # -- where things go -------------------------------------------------------
+
+    def _shard_of(self, key: bytes) -> ShardSubscriber | None:
+        return self._shard
+
+    def _shard_lost(self, shard: ShardSubscriber) -> None:
+        self._confirmed.clear()
+
+    def _run(self, command: str, *args) -> defer.Deferred:
+        d = getattr(self._commands.handler, command)(*args)
+        # Without a timeout a command waits forever while Redis is away.
+        return d.addTimeout(self._timeout, self._reactor)
+
+    def _on_key(self, key: str | None, command: str, *args) -> defer.Deferred:
+        return self._run(command, *args)
+
+    def _mget(self, keys: list[str]) -> defer.Deferred:
+        return self._run("mget", keys)

@@ -27,6 +27,7 @@ from .logbridge import forward_to_stdlib, forward_to_twisted
 from .outbox import buffered_bytes
 from .presence import NodePresence
 from .protocol import WebSocketFactory, wait_until
+from .cluster import ClusterBus
 from .pubsub import RedisBus
 from .reactor_thread import daemon_thread
 from ..redis_address import RedisAddress
@@ -209,7 +210,7 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
     # Daemons: a process that ends without stopping its pool (the autoreloader's
     # child, on a code change) is not kept alive by it.
     pool.threadFactory = daemon_thread
-    bus = RedisBus(address, reactor)
+    bus = (ClusterBus if address.cluster else RedisBus)(address, reactor)
     factory = WebSocketFactory(settings, bus, pool, reactor)
     bus.watch(audience.control_channel(settings.prefix), NodeControl(factory))
     wsgi = None

@@ -26,7 +26,9 @@ OPTIONS: list[tuple[str, Any, str]] = [
     ("threads", ServerConfig.threads, "Most threads running Django code (WSGI requests and websocket handshakes)."),
     ("grace", ServerConfig.grace, "Seconds a stop (SIGTERM) waits for HTTP requests being answered."),
     ("redis", None, "Redis to use instead of WS4REDIS_CONNECTION: redis://host:port/db, "
-                    "rediss://…, unix:///path?db=N, or 'embedded' for a private redis-server "
+                    "rediss://…, unix:///path?db=N, redis+sentinel://host:port[,…]/service[/db], "
+                    "redis+cluster://host:port[,host:port…] (a Redis Cluster's startup nodes; "
+                    "rediss+cluster:// for TLS), or 'embedded' for a private redis-server "
                     "on a unix socket of this process only (a publisher in another process, "
                     "e.g. manage.py shell or a task worker, cannot reach it)."),
     ("workers", None, "Worker processes sharing the endpoints: a number, or 'auto' (one per CPU). Each has "
