@@ -19,7 +19,7 @@ import redis
 from django.test import override_settings
 from redis.cluster import ClusterNode, RedisCluster
 
-from conftest import TwistdServer, login, open_ws, project_env, session_key, unique, wait_for_port
+from conftest import TwistdServer, login, open_ws, project_env, session_key, unique, wait_for_port, warm_up
 from test_cli import run_twistd
 from test_v2 import message, open_v2
 from twisted_ws4redis.server.embedded import redis_server_binary
@@ -465,3 +465,23 @@ def test_a_master_killed_mid_stream_fails_over_and_nothing_is_lost(on_cluster, r
     # Every message published is received once, in order; none of the failed ones.
     assert received == published
     victim.start()  # back, as a replica of the promoted one
+
+
+def test_two_workers_on_a_cluster_each_subscribe_on_every_shard(on_cluster, test_db):
+    """--workers with a cluster: each worker's own subscriber per master, so a
+    publish on any shard counts both workers and reaches the sockets of both."""
+    from test_workers import sockets_on_both, wait_for_workers
+
+    server = TwistdServer(on_cluster.url, test_db, args=("--workers=2",))
+    try:
+        pids = wait_for_workers(server, 2)
+        warm_up(server)
+        for facility in per_master(on_cluster, lambda f: f"broadcast:{f}"):
+            with contextlib.ExitStack() as stack:
+                held = sockets_on_both(server, pids, f"{facility}?subscribe-broadcast", stack, at_least=1)
+                on_cluster.wait_subscribed(f"broadcast:{facility}", count=2)
+                assert publish(facility, f"to both on {facility}", broadcast=True) == 2
+                everyone = [ws for sockets in held.values() for ws in sockets]
+                assert [ws.recv(timeout=TIMEOUT) for ws in everyone] == [f"to both on {facility}"] * len(everyone)
+    finally:
+        assert server.stop() == 0, server.log()
