@@ -166,6 +166,7 @@ def measure(env: dict, workers: int | None, size: int, args, work: Path) -> dict
     log = results[0]
     return {
         "workers": workers or 1, "size": size, "held": count, "failures": sum(found["failures"] for found in held),
+        "failure_reasons": [found["failure_reasons"] for found in held],
         "per_worker": per_worker, "redis_subscribers": subscribed,
         "handshakes_per_s": round(count / span, 1),
         "server_us_per_handshake": round(1e6 * (cpu_held - cpu_before) / max(1, count), 1),
