@@ -130,18 +130,18 @@ def measure(env: dict, workers: int | None, size: int, args, work: Path) -> dict
         time.sleep(1)
         rss_before = [rss_kib(pid) for pid in pids]
         sockets_before = [socket_fds(pid) for pid in pids]
-        cpu_before, supervisor_before = sum(map(cpu_seconds, pids)), cpu_seconds(server.pid)
+        cpu_before, supervisor_before = [cpu_seconds(pid) for pid in pids], cpu_seconds(server.pid)
         loaders = [Loader(server, share, f"127.0.0.{2 + index}", args.timeout, stderr)
                    for index, share in enumerate(shares)]
         try:
             held = [loader.expect("held", args.connect_timeout) for loader in loaders]
-            cpu_held, supervisor_held = sum(map(cpu_seconds, pids)), cpu_seconds(server.pid)
+            cpu_held, supervisor_held = [cpu_seconds(pid) for pid in pids], cpu_seconds(server.pid)
             time.sleep(1)
             rss_held = [rss_kib(pid) for pid in pids]
             per_worker = [socket_fds(pid) - before for pid, before in zip(pids, sockets_before)]
             subscribed = dict(db.pubsub_numsub(CHANNEL)).get(CHANNEL.encode(), 0)
             # The burst: published at once, once every loader holds its sockets.
-            cpu_burst = sum(map(cpu_seconds, pids))
+            cpu_burst = [cpu_seconds(pid) for pid in pids]
             pipe = db.pipeline(transaction=False)
             for sequence in range(args.messages):
                 pipe.publish(CHANNEL, stamp(sequence))
@@ -150,7 +150,7 @@ def measure(env: dict, workers: int | None, size: int, args, work: Path) -> dict
             first_ns = time.monotonic_ns()
             pipe.execute()
             bursts = [loader.expect("burst", args.timeout + 30) for loader in loaders]
-            cpu_after = sum(map(cpu_seconds, pids))
+            cpu_after = [cpu_seconds(pid) for pid in pids]
             for loader in loaders:
                 loader.tell("close")
             for loader in loaders:
@@ -164,24 +164,28 @@ def measure(env: dict, workers: int | None, size: int, args, work: Path) -> dict
     deliveries = sum(found["deliveries"] for found in bursts)
     burst_span = max(1, max(found["last_ns"] for found in bursts) - first_ns) / 1e9
     log = results[0]
+    handshake_cpu = [after - before for before, after in zip(cpu_before, cpu_held)]
+    burst_cpu = [after - before for before, after in zip(cpu_burst, cpu_after)]
     return {
         "workers": workers or 1, "size": size, "held": count, "failures": sum(found["failures"] for found in held),
         "failure_reasons": [found["failure_reasons"] for found in held],
         "per_worker": per_worker, "redis_subscribers": subscribed,
         "handshakes_per_s": round(count / span, 1),
-        "server_us_per_handshake": round(1e6 * (cpu_held - cpu_before) / max(1, count), 1),
+        "server_us_per_handshake": round(1e6 * sum(handshake_cpu) / max(1, count), 1),
         "supervisor_us_per_handshake": round(1e6 * (supervisor_held - supervisor_before) / max(1, count), 1)
         if workers else None,
         "handshake_client_pct": round(100 * sum(found["client_cpu_s"] for found in held) / span, 1),
-        "handshake_server_pct": round(100 * (cpu_held - cpu_before) / span, 1),
+        "handshake_server_pct": round(100 * sum(handshake_cpu) / span, 1),
+        "handshake_cpu_s_per_worker": [round(seconds, 2) for seconds in handshake_cpu],
         "rss_mib_per_worker": [round(kib / 1024, 1) for kib in rss_held],
         "kib_per_socket": round((sum(rss_held) - sum(rss_before)) / max(1, count), 2),
         "deliveries_per_s": round(deliveries / burst_span), "deliveries": deliveries,
         "lost": sum(found["lost"] for found in bursts),
         "p50_ms": max(found["p50_ms"] or 0 for found in bursts), "p99_ms": max(found["p99_ms"] or 0 for found in bursts),
-        "server_us_per_delivery": round(1e6 * (cpu_after - cpu_burst) / max(1, deliveries), 3),
+        "server_us_per_delivery": round(1e6 * sum(burst_cpu) / max(1, deliveries), 3),
+        "burst_cpu_s_per_worker": [round(seconds, 2) for seconds in burst_cpu],
         "burst_client_pct": round(100 * sum(found["client_cpu_s"] for found in bursts) / burst_span, 1),
-        "burst_server_pct": round(100 * (cpu_after - cpu_burst) / burst_span, 1),
+        "burst_server_pct": round(100 * sum(burst_cpu) / burst_span, 1),
         "errors": log["errors"], "warnings": log["warnings"], "excerpt": log["excerpt"],
         "handshake_seconds": round(span, 2), "burst_seconds": round(burst_span, 3),
     }
