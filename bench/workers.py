@@ -45,7 +45,7 @@ ROWS = [
     ("per_worker", "sockets per worker"),
     ("handshakes_per_s", "handshakes/s"),
     ("server_us_per_handshake", "server µs/handshake (workers summed)"),
-    ("supervisor_us_per_handshake", "supervisor µs/handshake (relaying the workers' log)"),
+    ("supervisor_us_per_handshake", "supervisor µs/handshake"),
     ("handshake_client_pct", "handshakes: client CPU % (of one core, loaders summed)"),
     ("handshake_server_pct", "handshakes: server CPU % (of one core, workers summed)"),
     ("rss_mib_per_worker", "RSS per worker, MiB (sockets held)"),
