@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 EXAMPLE := examples/chatserver
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install clean bench system-packages
+.PHONY: test demo install clean bench bench-workers system-packages
 
 # The editable install uses "compat" mode: with the default mode, twistd cannot
 # see the plugin in twisted/plugins/ of a flat layout. The last line refreshes
@@ -45,6 +45,12 @@ BENCH_ARGS ?= --sizes 1000,5000,19500 --runs 3
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet uvloop
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# --workers 2 against one process (bench/README.md), medians into bench/workers-results.md.
+BENCH_WORKERS_ARGS ?= --sizes 5000,full --runs 3
+bench-workers: $(STAMP)
+	$(BIN)/python -m pip install --quiet uvloop
+	$(BIN)/python bench/workers.py $(BENCH_WORKERS_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

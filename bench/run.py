@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
+import re
 import os
 import socket
 import statistics
@@ -88,6 +90,7 @@ def prepare_project(work: Path, overrides: dict) -> dict:
                CHATSERVER_STATIC_ROOT=str(work / "static"), PYTHONPATH=os.pathsep.join(map(str, (work, EXAMPLE, ROOT))))
     for command in (["migrate", "--noinput", "-v0"], ["loaddata", "-v0", "demo_users"]):
         subprocess.run([sys.executable, "manage.py", *command], env=env, cwd=EXAMPLE, check=True)
+    env["BENCH_WORK"] = str(work)  # where serving() keeps the servers' logs
     return env
 
 
@@ -105,34 +108,81 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> 
             time.sleep(0.1)
 
 
+#: The supervisor's line for each worker that is ready (supervisor.py).
+WORKER_READY = re.compile(r"Worker (\d+) \(pid (\d+)\) is ready")
+
+
+@dataclasses.dataclass
+class Server:
+    port: int
+    #: twistd's process: the server, or (``--workers``) the supervisor
+    pid: int
+    redis_port: int
+    #: the processes that serve: [pid], or the workers by slot
+    pids: list[int]
+    log: Path
+
+
+def wait_for_workers(log: Path, count: int, process: subprocess.Popen, timeout: float = 60) -> list[int]:
+    """The pids of ``count`` workers, by slot, once the supervisor has logged each as ready."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited at start (see {log})")
+        ready = dict(WORKER_READY.findall(log.read_text(errors="replace")))
+        if len(ready) >= count:
+            return [int(ready[slot]) for slot in sorted(ready, key=int)][:count]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(ready)} of {count} workers ready after {timeout} s")
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
-def serving(env: dict, results: list[dict]):
-    """A fresh Redis and twistd ws4redis (on CPU 0): yields (port, pid,
-    Redis port); once stopped, the count of error lines in its log goes
-    into ``results``."""
+def serving(env: dict, results: list[dict], workers: int | None = None, cpus: str | None = "0"):
+    """A fresh Redis and twistd ws4redis (on ``cpus`` with taskset; None:
+    unpinned), with ``--workers`` if given: yields a Server once it (every
+    worker) is ready. Once it stopped, the count of error lines in its log
+    goes into ``results``, and the log is removed (its error lines are
+    printed on stderr first)."""
     redis_server = EmbeddedRedis(port=free_port())
     redis_server.start()
     port = free_port()
-    log = open(Path(tempfile.gettempdir()) / f"bench-twistd-{port}.log", "wb")
-    server = subprocess.Popen(
-        ["taskset", "-c", "0", str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis",
-         "--settings=bench_settings", f"--endpoint=tcp:{port}:interface=127.0.0.1:backlog=4096",
-         f"--redis=redis://127.0.0.1:{redis_server.port}/0"], env=env, cwd=EXAMPLE, stdout=log, stderr=log)
+    log_path = Path(env.get("BENCH_WORK") or tempfile.gettempdir()) / f"twistd-{port}.log"
+    log = open(log_path, "wb")
+    command = [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis", "--settings=bench_settings",
+               f"--endpoint=tcp:{port}:interface=127.0.0.1:backlog=4096",
+               f"--redis=redis://127.0.0.1:{redis_server.port}/0"]
+    if workers:
+        command.append(f"--workers={workers}")
+    server = subprocess.Popen((["taskset", "-c", cpus] if cpus else []) + command, env=env, cwd=EXAMPLE,
+                              stdout=log, stderr=log)
     try:
         wait_for_port(port, server)
-        yield port, server.pid, redis_server.port
+        pids = wait_for_workers(log_path, workers, server) if workers else [server.pid]
+        yield Server(port, server.pid, redis_server.port, pids, log_path)
     finally:
         server.terminate()
-        server.wait(30)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
         log.close()
         redis_server.stop()
-    with open(log.name, errors="replace") as lines:
-        errors = sum(any(mark in line for mark in ERROR_MARKS) for line in lines)
+    with open(log_path, errors="replace") as lines:
+        text = lines.read().splitlines()
+    log_path.unlink()
+    bad = [line for line in text if any(mark in line for mark in ERROR_MARKS)]
+    warnings = [line for line in text if "#warn]" in line]
+    for line in bad[:20]:
+        print(f"server log: {line}", file=sys.stderr)
     found = next((result for result in results if result["scenario"] == "log"), None)
     if found is None:
-        results.append({"scenario": "log", "errors": errors})
-    else:
-        found["errors"] += errors
+        found = {"scenario": "log", "errors": 0, "warnings": 0, "excerpt": []}
+        results.append(found)
+    found["errors"] += len(bad)
+    found["warnings"] = found.get("warnings", 0) + len(warnings)
+    found.setdefault("excerpt", []).extend((bad + warnings)[:10])
 
 
 def one_run(env: dict, size: int, args) -> list[dict]:
@@ -145,7 +195,8 @@ def one_run(env: dict, size: int, args) -> list[dict]:
     for group, paced in zip(groups, (True, False)):
         if not group:
             continue
-        with serving(env, results) as (port, pid, redis_port):
+        with serving(env, results) as server:
+            port, pid, redis_port = server.port, server.pid, server.redis_port
             common = ["taskset", "-c", "1", sys.executable, str(ROOT / "bench" / "wsload.py"),
                       f"--url=ws://127.0.0.1:{port}/ws/", f"--redis=redis://127.0.0.1:{redis_port}/0",
                       "--prefix=demo", f"--server-pid={pid}", f"-n={size}",

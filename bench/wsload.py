@@ -15,11 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import json
 import os
 import re
 import resource
+import socket
 import struct
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -28,6 +31,11 @@ from http.cookiejar import CookieJar
 import redis
 
 PAYLOAD_SIZE = 100
+#: Linux's socket option that leaves a bound socket's port to connect()
+#: (Python names it from 3.12 on).
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+#: Why handshakes failed (open_clients), counted by reason.
+FAILURES: collections.Counter = collections.Counter()
 #: The websocket subprotocol every client offers (``--protocol v2``: ws4redis.v2), or None.
 SUBPROTOCOL: str | None = None
 
@@ -151,8 +159,30 @@ class Target:
         self.base_path = parts.path if parts.path.endswith("/") else parts.path + "/"
         self.redis = redis.Redis.from_url(args.redis)
         self.prefix = f"{args.prefix}:" if args.prefix else ""
-        self.server_pid = args.server_pid
+        #: the server's processes (``--server-pid 1,2``: a supervisor's workers), summed
+        self.server_pids = [int(pid) for pid in str(args.server_pid).split(",") if pid] if args.server_pid else []
+        #: the local address every socket binds (``--source``), or None
+        self.local_addr = (args.source, 0) if args.source else None
         self.login_url, self.username, self.password = args.login_url, args.username, args.password
+
+    async def connect(self, factory) -> tuple:
+        """A connection to the server, from ``--source`` if given: (transport, protocol)."""
+        loop = asyncio.get_running_loop()
+        if self.local_addr is None:
+            return await loop.create_connection(factory, self.host, self.port)
+        # bind() with port 0 picks a port no socket holds, searching past the
+        # bound ones (at 19,500 sockets, milliseconds of the client's CPU per
+        # connection); with IP_BIND_ADDRESS_NO_PORT, connect() picks it.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind(self.local_addr)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (self.host, self.port))
+        except BaseException:
+            sock.close()
+            raise
+        return await loop.create_connection(factory, sock=sock)
 
     def path(self, facility: str, flags: str) -> str:
         return f"{self.base_path}{facility}?{flags}"
@@ -161,18 +191,12 @@ class Target:
         return f"{self.prefix}broadcast:{facility}"
 
     def rss_kib(self) -> int | None:
-        if not self.server_pid:
-            return None
-        with open(f"/proc/{self.server_pid}/status") as status:
-            return int(re.search(r"VmRSS:\s+(\d+)", status.read()).group(1))
+        """The server's resident memory, summed over its processes."""
+        return sum(map(rss_kib, self.server_pids)) if self.server_pids else None
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU time the server has used so far."""
-        if not self.server_pid:
-            return None
-        with open(f"/proc/{self.server_pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time the server (all its processes) has used so far."""
+        return sum(map(cpu_seconds, self.server_pids)) if self.server_pids else None
 
     def redis_clients(self) -> int:
         return int(self.redis.info("clients")["connected_clients"])
@@ -198,6 +222,19 @@ class Target:
         if "sessionid" not in cookies:
             raise RuntimeError(f"login as {self.username!r} at {self.login_url} failed")
         return "; ".join(f"{name}={value}" for name, value in cookies.items())
+
+
+def rss_kib(pid: int) -> int:
+    """A process' resident memory (``/proc``)."""
+    with open(f"/proc/{pid}/status") as status:
+        return int(re.search(r"VmRSS:\s+(\d+)", status.read()).group(1))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process (all its threads) has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stamp(sequence: int) -> bytes:
@@ -297,18 +334,17 @@ async def open_clients(target: Target, count: int, path: str, on_messages=None, 
                        concurrency: int = 100) -> tuple[list[Client], int, float]:
     """Open ``count`` websockets, ``concurrency`` handshakes at a time;
     (clients, failures, seconds)."""
-    loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(concurrency)
     ignore = on_messages or (lambda payloads, arrival: None)
 
     async def one() -> Client | None:
         async with gate:
             try:
-                _, client = await loop.create_connection(
-                    lambda: Client(f"{target.host}:{target.port}", path, cookie, ignore), target.host, target.port)
+                _, client = await target.connect(lambda: Client(f"{target.host}:{target.port}", path, cookie, ignore))
                 await asyncio.wait_for(client.opened, 30)
                 return client
-            except (OSError, asyncio.TimeoutError):
+            except (OSError, asyncio.TimeoutError) as exc:
+                FAILURES[f"{type(exc).__name__}: {exc}"[:80]] += 1
                 return None
 
     started = time.monotonic()
@@ -444,9 +480,9 @@ async def scenario_churn(target: Target, args) -> dict:
                     got.set_result(None)
 
             try:
-                _, client = await loop.create_connection(
+                _, client = await target.connect(
                     lambda: Client(f"{target.host}:{target.port}", target.path("bench-churn", "subscribe-broadcast"),
-                                   None, on_messages), target.host, target.port)
+                                   None, on_messages))
                 await asyncio.wait_for(client.opened, 10)
                 await asyncio.wait_for(got, 10)
                 client.close()
@@ -479,8 +515,59 @@ async def scenario_session(target: Target, args) -> dict:
     return result
 
 
+async def command(expected: str) -> list[str]:
+    """The next line on stdin (from the orchestrator), split; it must begin with ``expected``."""
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    words = line.split()
+    if not words or words[0] != expected:
+        raise SystemExit(f"wsload: expected {expected!r} on stdin, got {line!r}")
+    return words[1:]
+
+
+async def scenario_hold(target: Target, args) -> dict:
+    """One of several load processes that an orchestrator (bench/workers.py)
+    drives together: open ``args.n`` sockets on bench-fanout and print a
+    ``held`` line; on ``burst M`` (stdin) count M messages to every socket,
+    published by the orchestrator, and print a ``burst`` line; on ``close``,
+    close them. The times are CLOCK_MONOTONIC's, which every process shares."""
+    deliveries = Deliveries()
+    cpu = time.process_time()
+    started_ns = time.monotonic_ns()
+    clients, failures, elapsed = await open_clients(target, args.n, target.path("bench-fanout", "subscribe-broadcast"),
+                                                    deliveries)
+    ended_ns = time.monotonic_ns()
+    print(json.dumps({"scenario": "hold", "phase": "held", "n": args.n, "held": len(clients), "failures": failures,
+                      "failure_reasons": dict(FAILURES),
+                      "started_ns": started_ns, "ended_ns": ended_ns,
+                      "handshakes_per_s": round(len(clients) / elapsed, 1),
+                      "client_cpu_s": round(time.process_time() - cpu, 3)}), flush=True)
+    # The burst may begin to arrive before its command is read.
+    before = deliveries.count
+    words = await command("burst")
+    messages = int(words[0])
+    cpu = time.process_time()
+    deliveries.expected = before + len(clients) * messages
+    if deliveries.count >= deliveries.expected:
+        deliveries.done.set()
+    try:
+        await asyncio.wait_for(deliveries.done.wait(), args.timeout)
+    except asyncio.TimeoutError:
+        pass
+    client_cpu = time.process_time() - cpu
+    latencies = deliveries.latencies_ns()
+    print(json.dumps({"scenario": "hold", "phase": "burst", "held": len(clients), "messages": messages,
+                      "deliveries": deliveries.count - before, "stamped": len(latencies),
+                      "lost": len(clients) * messages - (deliveries.count - before),
+                      "still_open": sum(not client.closed.done() for client in clients),
+                      "first_ns": deliveries.reads[0][0] if deliveries.reads else None, "last_ns": deliveries.last_ns,
+                      "client_cpu_s": round(client_cpu, 3), **deliveries.latency_ms(latencies)}), flush=True)
+    await command("close")
+    await close_all(clients)
+    return {"held": len(clients)}
+
+
 SCENARIOS = {"connect": scenario_connect, "persisted": scenario_persisted, "fanout": scenario_fanout, "chat": scenario_chat,
-             "churn": scenario_churn, "session": scenario_session}
+             "churn": scenario_churn, "session": scenario_session, "hold": scenario_hold}
 
 
 async def run(args) -> list[dict]:
@@ -502,7 +589,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url", required=True, help="websocket base URL, e.g. ws://127.0.0.1:8000/ws/")
     parser.add_argument("--redis", required=True, help="the server's Redis, e.g. redis://127.0.0.1:6379/0")
     parser.add_argument("--prefix", default="", help="the server's WS4REDIS_PREFIX")
-    parser.add_argument("--server-pid", type=int, help="server process, for its RSS")
+    parser.add_argument("--server-pid", help="server process, for its RSS and CPU; several, comma-separated "
+                        "(the workers of --workers), are summed")
+    parser.add_argument("--source", help="local address every socket binds, e.g. 127.0.0.2: each source address "
+                        "has its own ephemeral ports (ip_local_port_range) towards one server port")
     parser.add_argument("--scenarios", default="connect,persisted,fanout,chat,churn,session")
     parser.add_argument("--protocol", choices=("ws4redis", "v2"), default="ws4redis",
                         help="the wire every socket speaks: ws4redis, or ws4redis.v2 (JSON ops)")
