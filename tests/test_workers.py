@@ -190,6 +190,33 @@ def test_a_worker_at_its_cap_leaves_new_connections_to_one_with_room(redis_serve
         assert server.stop() == 0, server.log()
 
 
+def test_connections_whose_handshake_is_still_to_come_count_against_the_cap(redis_server, test_db):
+    """Six connections that have sent nothing yet land three on each worker
+    (a worker counting only open websockets took them all), and each of
+    them then opens as a websocket."""
+    server, pids = start(redis_server, test_db, overrides={"WS4REDIS_MAX_CONNECTIONS": 3})
+    try:
+        raw = []
+        for _ in range(6):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+            raw.append(sock)
+            deadline = time.monotonic() + TIMEOUT
+            while holder(sock, server.port, pids) is None:  # accepted by a worker
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        held = [holder(sock, server.port, pids) for sock in raw]
+        assert sorted(held.count(pid) for pid in pids) == [3, 3], held
+        for sock in raw:
+            sock.sendall(f"GET /ws/{unique('later')}?subscribe-broadcast HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                         "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                         "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+        assert [sock.recv(12) for sock in raw] == [b"HTTP/1.1 101"] * 6
+    finally:
+        for sock in raw:
+            sock.close()
+        assert server.stop() == 0, server.log()
+
+
 def probe(port: int, stop: threading.Event, outcomes: list) -> None:
     """An HTTP request every 5 ms, each on a new connection, until ``stop``."""
     while not stop.is_set():

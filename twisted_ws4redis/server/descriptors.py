@@ -69,8 +69,8 @@ class ConnectionBudget:
         #: websockets from the takeover of their connection to its loss
         self.websockets = 0
         self._warned: set[str] = set()
-        #: called after every change of ``websockets`` (loadshare.AcceptBalancer, with --workers)
-        self.on_websockets: Callable[[], None] | None = None
+        #: called after every change of ``connections`` (loadshare.AcceptBalancer, with --workers)
+        self.on_change: Callable[[], None] | None = None
 
     def apply(self, open_files: int) -> None:
         """Derive the caps from the soft limit ``open_files``."""
@@ -95,6 +95,8 @@ class ConnectionBudget:
         """Count a new client connection; False when it is one too many and
         must be closed (it is counted until it is lost all the same)."""
         self.connections += 1
+        if self.on_change is not None:
+            self.on_change()
         if self.connections <= self.max_connections:
             return True
         self._warn_once("connections", "Client connections at their cap ({cap}): new ones are closed at once "
@@ -104,6 +106,8 @@ class ConnectionBudget:
     def connection_closed(self) -> None:
         self.connections -= 1
         self._rearm("connections", self.connections, self.max_connections)
+        if self.on_change is not None:
+            self.on_change()
 
     # -- websockets -------------------------------------------------------------------
 
@@ -117,16 +121,12 @@ class ConnectionBudget:
 
     def websocket_opened(self) -> None:
         self.websockets += 1
-        if self.on_websockets is not None:
-            self.on_websockets()
 
     def websocket_closed(self) -> None:
         """A websocket's connection is lost: it was a client connection too."""
         self.websockets -= 1
         self._rearm("websockets", self.websockets, self.max_websockets)
         self.connection_closed()
-        if self.on_websockets is not None:
-            self.on_websockets()
 
     # -- one warning per episode, not one per refused client ------------------------
 

@@ -5,8 +5,13 @@ connection; whichever calls ``accept()`` first takes it, so one worker may
 hold far more sockets than another (495 against 1,505 of 2,000 in a trial
 here). Below their caps that costs nothing; at its cap a worker answers new
 handshakes with 503 while another may have room. So each worker writes its
-websocket count and cap into a small file the supervisor shares with all of
-them, and a worker at its cap stops accepting while another one has room.
+client connections and its websocket cap into a small file the supervisor
+shares with all of them, and a worker whose connections reach the cap stops
+accepting while another one has room. Connections, not websockets: a
+connection accepted is a handshake to come, and a worker that counted only
+open websockets went on accepting up to a listen queue's worth past its cap
+(25 to 125 handshakes answered 503 at 2 x 19,500 in bench/workers.py, while
+the other worker had room).
 When every worker is at its cap, they all accept again and answer 503, as
 one process does.
 """
@@ -25,7 +30,7 @@ from .descriptors import ConnectionBudget
 
 log = Logger()
 
-#: One worker's entry: its pid, its websockets now and its cap (0: not serving).
+#: One worker's entry: its pid, its client connections now and its cap (0: not serving).
 #: The pid tells whose it is: during a SIGHUP roll two workers share a slot.
 ENTRY = struct.Struct("qqq")
 #: Seconds between looks at the other workers while this one is at its cap.
@@ -44,8 +49,8 @@ class SharedLoad:
     def size(slots: int) -> int:
         return ENTRY.size * slots
 
-    def write(self, slot: int, websockets: int, cap: int, pid: int | None = None) -> None:
-        ENTRY.pack_into(self._map, ENTRY.size * slot, self._pid if pid is None else pid, websockets, cap)
+    def write(self, slot: int, connections: int, cap: int, pid: int | None = None) -> None:
+        ENTRY.pack_into(self._map, ENTRY.size * slot, self._pid if pid is None else pid, connections, cap)
 
     def owner(self, slot: int) -> int:
         return ENTRY.unpack_from(self._map, ENTRY.size * slot)[0]
@@ -58,15 +63,15 @@ class SharedLoad:
     def others_have_room(self, slot: int) -> bool:
         for other in range(self.slots):
             if other != slot:
-                _, websockets, cap = ENTRY.unpack_from(self._map, ENTRY.size * other)
-                if websockets < cap:
+                _, connections, cap = ENTRY.unpack_from(self._map, ENTRY.size * other)
+                if connections < cap:
                     return True
         return False
 
 
 class AcceptBalancer:
-    """Stops this worker's ports accepting while it is at its websocket cap
-    and another worker has room (``ConnectionBudget.on_websockets``)."""
+    """Stops this worker's ports accepting while its client connections are
+    at its websocket cap and another worker has room (``ConnectionBudget.on_change``)."""
 
     def __init__(self, budget: ConnectionBudget, shared: SharedLoad, slot: int, ports: Iterable[IListeningPort],
                  reactor):
@@ -77,21 +82,22 @@ class AcceptBalancer:
         self.paused = False
         self._recheck = LoopingCall(self.update)
         self._recheck.clock = reactor
-        budget.on_websockets = self.update
+        budget.on_change = self.update
         self.update()
 
     def update(self) -> None:
         budget = self.budget
-        full = budget.websockets >= budget.max_websockets
-        self.shared.write(self.slot, budget.websockets, budget.max_websockets)
+        full = budget.connections >= budget.max_websockets
+        self.shared.write(self.slot, budget.connections, budget.max_websockets)
         pause = full and self.shared.others_have_room(self.slot)
         if pause != self.paused:
             self.paused = pause
             for port in self.ports:
                 port.stopReading() if pause else port.startReading()
-            log.info("Worker {slot} {what} ({websockets} websockets, cap {cap})", slot=self.slot,
+            log.info("Worker {slot} {what} ({connections} connections, {websockets} websockets, cap {cap})",
+                     slot=self.slot, connections=budget.connections, websockets=budget.websockets,
                      what="at its cap: another worker takes new connections" if pause else "accepts again",
-                     websockets=budget.websockets, cap=budget.max_websockets)
+                     cap=budget.max_websockets)
         if full and not self._recheck.running:
             self._recheck.start(RECHECK, now=False)
         elif not full and self._recheck.running:
@@ -102,4 +108,4 @@ class AcceptBalancer:
         self.shared.clear(self.slot, os.getpid())
         if self._recheck.running:
             self._recheck.stop()
-        self.budget.on_websockets = None
+        self.budget.on_change = None
