@@ -185,7 +185,7 @@ def test_a_worker_at_its_cap_leaves_new_connections_to_one_with_room(redis_serve
             with pytest.raises(InvalidStatus) as refused:
                 connect(server.ws_url(path), open_timeout=TIMEOUT)
             assert refused.value.response.status_code == 503
-        assert "at its cap: another worker takes new connections" in server.log()
+        assert "near its cap: another worker takes new connections" in server.log()
     finally:
         assert server.stop() == 0, server.log()
 

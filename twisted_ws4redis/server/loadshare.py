@@ -6,8 +6,8 @@ hold far more sockets than another (495 against 1,505 of 2,000 in a trial
 here). Below their caps that costs nothing; at its cap a worker answers new
 handshakes with 503 while another may have room. So each worker writes its
 client connections and its websocket cap into a small file the supervisor
-shares with all of them, and a worker whose connections reach the cap stops
-accepting while another one has room. Connections, not websockets: a
+shares with all of them, and a worker whose connections come near the cap
+stops accepting while another one has room. Connections, not websockets: a
 connection accepted is a handshake to come, and a worker that counted only
 open websockets went on accepting up to a listen queue's worth past its cap
 (25 to 125 handshakes answered 503 at 2 x 19,500 in bench/workers.py, while
@@ -35,6 +35,17 @@ log = Logger()
 ENTRY = struct.Struct("qqq")
 #: Seconds between looks at the other workers while this one is at its cap.
 RECHECK = 0.2
+#: Connections short of its cap at which a worker leaves new ones to a
+#: worker with more room (at most an eighth of the cap): one read of the
+#: listening socket accepts many connections at once (Twisted's accept loop
+#: takes up to a hundred and more), which a worker stopping exactly at its cap
+#: would take past it, to answer 503 (16 of 39,000 in bench/workers.py).
+HEADROOM = 256
+
+
+def threshold(cap: int) -> int:
+    """The connections from which a worker with ``cap`` leaves new ones to the others."""
+    return cap - min(HEADROOM, cap // 8)
 
 
 class SharedLoad:
@@ -61,17 +72,20 @@ class SharedLoad:
             self.write(slot, 0, 0, pid)
 
     def others_have_room(self, slot: int) -> bool:
+        """Whether another worker is below its threshold."""
         for other in range(self.slots):
             if other != slot:
                 _, connections, cap = ENTRY.unpack_from(self._map, ENTRY.size * other)
-                if connections < cap:
+                if connections < threshold(cap):
                     return True
         return False
 
 
 class AcceptBalancer:
     """Stops this worker's ports accepting while its client connections are
-    at its websocket cap and another worker has room (``ConnectionBudget.on_change``)."""
+    near its websocket cap (``threshold``) and another worker's are not
+    (``ConnectionBudget.on_change``); once all are, every worker accepts up
+    to its cap."""
 
     def __init__(self, budget: ConnectionBudget, shared: SharedLoad, slot: int, ports: Iterable[IListeningPort],
                  reactor):
@@ -87,7 +101,7 @@ class AcceptBalancer:
 
     def update(self) -> None:
         budget = self.budget
-        full = budget.connections >= budget.max_websockets
+        full = budget.connections >= threshold(budget.max_websockets)
         self.shared.write(self.slot, budget.connections, budget.max_websockets)
         pause = full and self.shared.others_have_room(self.slot)
         if pause != self.paused:
@@ -96,7 +110,7 @@ class AcceptBalancer:
                 port.stopReading() if pause else port.startReading()
             log.info("Worker {slot} {what} ({connections} connections, {websockets} websockets, cap {cap})",
                      slot=self.slot, connections=budget.connections, websockets=budget.websockets,
-                     what="at its cap: another worker takes new connections" if pause else "accepts again",
+                     what="near its cap: another worker takes new connections" if pause else "accepts again",
                      cap=budget.max_websockets)
         if full and not self._recheck.running:
             self._recheck.start(RECHECK, now=False)
