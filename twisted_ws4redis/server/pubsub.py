@@ -341,12 +341,16 @@ class ShardSubscriber:
         self._send("SUNSUBSCRIBE" if self.sharded else "UNSUBSCRIBE", keys)
 
     def _send(self, command: str, keys: list[bytes]) -> None:
-        """One command for all ``keys``; sharded, one per slot (several slots
-        in one SSUBSCRIBE are CROSSSLOT, even on one node)."""
+        """One command per channel; sharded, one per slot (several slots in
+        one SSUBSCRIBE are CROSSSLOT, even on one node). Not one for all:
+        Redis refuses a whole SUBSCRIBE that names one channel an ACL denies
+        (NOPERM), and the channels subscribed again after a reconnection
+        would then all go with the one a client's facility named."""
         if self.protocol is None or not keys:
             return
         if not self.sharded:
-            self.protocol.send(command, keys)
+            for key in keys:
+                self.protocol.send(command, [key])
             return
         by_slot: dict[int, list[bytes]] = {}
         for key in keys:
