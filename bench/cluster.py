@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import queue
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -124,6 +126,20 @@ def three_masters(work: Path):
                 process.wait()
 
 
+def machine_busy_seconds() -> float:
+    """CPU time every core of the machine has spent busy (``/proc/stat``: all but idle and iowait)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def run_queue_seconds(pid: int) -> float:
+    """Time a process' main thread has waited, runnable, for a CPU (``/proc/PID/schedstat``'s second field)."""
+    with open(f"/proc/{pid}/schedstat") as stat:
+        return int(stat.read().split()[1]) / 1e9
+
+
 def owners(ports: list[int], channels: list[str]) -> dict[int, list[str]]:
     """Each node's channels: all on one node, or by slot on a cluster's masters."""
     if len(ports) == 1:
@@ -217,6 +233,8 @@ def measure(env: dict, mode: str, rate: float, args, work: Path) -> dict:
                     **{f"server {index}": pid for index, pid in enumerate(server.pids)},
                     "loader": loader.process.pid}
             before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            busy_before = machine_busy_seconds()
+            waited_before = {name: run_queue_seconds(pid) for name, pid in pids.items()}
             info_before = {port: redis.Redis(port=port).info("stats") for port in ports}
             loader.tell("start")
             published = subprocess.run(
@@ -228,10 +246,14 @@ def measure(env: dict, mode: str, rate: float, args, work: Path) -> dict:
             pub = json.loads(published.stdout.splitlines()[-1])
             # The publishing window (first publish to last reply): what Redis did while offered the rate.
             published_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            busy_published = machine_busy_seconds()
+            waited = {name: round(100 * (run_queue_seconds(pid) - waited_before[name]) / pub["span_s"], 1)
+                      for name, pid in pids.items()}
             heard = pub["replies"] - pub["unheard"] - pub["errors"]
             loader.tell(f"expect {heard * args.sockets // args.facilities} {args.drain}")
             window = loader.expect("window", args.drain + 60)
             after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            busy_after = machine_busy_seconds()
             info_after = {port: redis.Redis(port=port).info() for port in ports}
             loader.tell("close")
             loader.process.wait(60)
@@ -246,6 +268,12 @@ def measure(env: dict, mode: str, rate: float, args, work: Path) -> dict:
     redis_cpu = [cpu[f"redis {port}"] for port in ports]
     during = {name: round(100 * (published_cpu[name] - before[name]) / pub["span_s"], 1) for name in pids}
     redis_during = [during[f"redis {port}"] for port in ports]
+    # What else ran meanwhile (other sessions, the kernel's work not charged to a process, the bench itself):
+    # the machine's busy time less this measurement's processes (the publisher's from its own count).
+    ours_during = sum(published_cpu[name] - before[name] for name in pids) + pub["cpu_s"]
+    other_during = round(100 * ((busy_published - busy_before) - ours_during) / pub["span_s"], 1)
+    ours = sum(after[name] - before[name] for name in pids) + pub["cpu_s"]
+    other = round(100 * ((busy_after - busy_before) - ours) / span, 1)
     return {
         "mode": mode, "rate": rate, "held": held["held"], "failures": held["failures"],
         "offered_per_s": round(pub["generated"] / args.seconds),
@@ -265,6 +293,10 @@ def measure(env: dict, mode: str, rate: float, args, work: Path) -> dict:
         "server_pub_cpu_pct": round(sum(value for name, value in during.items() if name.startswith("server")), 1),
         "loader_pub_cpu_pct": during["loader"],
         "publisher_pub_cpu_pct": round(100 * pub["cpu_s"] / pub["span_s"], 1),
+        "redis_pub_wait_pct": [waited[f"redis {port}"] for port in ports],
+        "server_pub_wait_pct": waited["server 0"],
+        "machine_pub_busy_pct": round(100 * (busy_published - busy_before) / pub["span_s"], 1),
+        "other_pub_cpu_pct": other_during, "other_cpu_pct": other,
         "redis_cpu_pct": redis_cpu, "redis_cpu_max_pct": max(redis_cpu), "redis_cpu_sum_pct": round(sum(redis_cpu), 1),
         "server_cpu_pct": round(sum(value for name, value in cpu.items() if name.startswith("server")), 1),
         "loader_cpu_pct": cpu["loader"],
@@ -297,10 +329,15 @@ ROWS = [
     ("server_pub_cpu_pct", "publishing window: CPU % of the ws server"),
     ("publisher_pub_cpu_pct", "publishing window: CPU % of the publisher"),
     ("loader_pub_cpu_pct", "publishing window: CPU % of the client (wsload.py)"),
+    ("redis_pub_wait_pct", "publishing window: % of it each redis-server waited for a CPU (schedstat), each run"),
+    ("server_pub_wait_pct", "publishing window: % of it the ws server waited for a CPU"),
+    ("machine_pub_busy_pct", "publishing window: the machine's busy CPU % (of 200)"),
+    ("other_pub_cpu_pct", "publishing window: CPU % of everything else (other sessions, kernel)"),
     ("span_s", "whole span s (first publish to last delivery or reply)"),
     ("redis_cpu_pct", "whole span: CPU % of each redis-server, each run"),
     ("server_cpu_pct", "whole span: CPU % of the ws server"),
     ("loader_cpu_pct", "whole span: CPU % of the client (wsload.py)"),
+    ("other_cpu_pct", "whole span: CPU % of everything else"),
     ("errors_in_log", "server log: error and critical lines"),
     ("warnings_in_log", "server log: warnings"),
 ]
@@ -310,7 +347,7 @@ def table(columns: dict[str, list[dict]], runs: int) -> str:
     names = list(columns)
     lines = [f"| median of {runs} runs (min–max) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for key, heading in ROWS:
-        if key in ("redis_cpu_pct", "redis_pub_cpu_pct"):
+        if key in ("redis_cpu_pct", "redis_pub_cpu_pct", "redis_pub_wait_pct"):
             # One cell per run: each node's CPU (a run's masters, ordered by CPU).
             cells = ["; ".join(" / ".join(number(value) for value in sorted(run[key], reverse=True))
                                for run in columns[name]) for name in names]
@@ -348,6 +385,9 @@ def main() -> None:
     parser.add_argument("--modes", default="single,cluster")
     parser.add_argument("--out", default=str(ROOT / "bench" / "cluster-results.md"))
     args = parser.parse_args()
+    # SIGTERM (and SIGINT, which a shell's background job ignores) stop every server and remove the temp dir.
+    for number_ in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number_, lambda *_: sys.exit("bench/cluster.py: stopped by a signal"))
     rates = [float(rate) for rate in args.rates.split(",")]
     modes = args.modes.split(",")
     rounds: list[dict] = []
