@@ -23,14 +23,12 @@ import argparse
 import contextlib
 import json
 import os
-import queue
 import random
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -38,6 +36,7 @@ import redis
 from redis.crc import key_slot
 
 from run import ROOT, free_port, number, prepare_project, serving
+import workers
 from workers import cell
 from wsload import cpu_seconds
 from twisted_ws4redis.server.embedded import EmbeddedRedis, redis_server_binary
@@ -174,44 +173,13 @@ def wait_subscribed(plan: dict[int, list[str]], sharded: bool, timeout: float = 
         db.close()
 
 
-class Loader:
+class Loader(workers.Loader):
     """wsload.py, scenario ``facilities``, driven over stdin."""
 
     def __init__(self, port: int, redis_url: str, args, stderr):
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "wsload.py"), f"--url=ws://127.0.0.1:{port}/ws/",
-             f"--redis={redis_url}", "--prefix=demo", "--scenarios=facilities", f"-n={args.sockets}",
-             f"--facilities={args.facilities}", f"--quiet={args.quiet}"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
-        self.lines: queue.Queue = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def expect(self, phase: str, timeout: float) -> dict:
-        while True:
-            line = self.lines.get(timeout=timeout)
-            if line is None:
-                raise RuntimeError(f"wsload exited ({self.process.wait()}) before its {phase!r} line")
-            found = json.loads(line)
-            if found.get("phase") == phase:
-                return found
-
-    def tell(self, line: str) -> None:
-        self.process.stdin.write(line + "\n")
-        self.process.stdin.flush()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        self.spawn([f"--url=ws://127.0.0.1:{port}/ws/", f"--redis={redis_url}", "--prefix=demo",
+                    "--scenarios=facilities", f"-n={args.sockets}", f"--facilities={args.facilities}",
+                    f"--quiet={args.quiet}"], stderr)
 
 
 def measure(env: dict, mode: str, rate: float, args, work: Path) -> dict:
