@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 EXAMPLE := examples/chatserver
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install clean bench bench-workers system-packages
+.PHONY: test demo install clean bench bench-workers bench-cluster system-packages
 
 # The editable install uses "compat" mode: with the default mode, twistd cannot
 # see the plugin in twisted/plugins/ of a flat layout. The last line refreshes
@@ -51,6 +51,12 @@ BENCH_WORKERS_ARGS ?= --sizes 5000,full --runs 3
 bench-workers: $(STAMP)
 	$(BIN)/python -m pip install --quiet uvloop
 	$(BIN)/python bench/workers.py $(BENCH_WORKERS_ARGS)
+
+# One Redis against a 3-master Redis Cluster (bench/README.md), medians into bench/cluster-results.md.
+BENCH_CLUSTER_ARGS ?= --runs 3
+bench-cluster: $(STAMP)
+	$(BIN)/python -m pip install --quiet uvloop
+	$(BIN)/python bench/cluster.py $(BENCH_CLUSTER_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -138,20 +138,26 @@ def wait_for_workers(log: Path, count: int, process: subprocess.Popen, timeout: 
 
 
 @contextlib.contextmanager
-def serving(env: dict, results: list[dict], workers: int | None = None, cpus: str | None = "0"):
+def serving(env: dict, results: list[dict], workers: int | None = None, cpus: str | None = "0",
+            redis_url: str | None = None):
     """A fresh Redis and twistd ws4redis (on ``cpus`` with taskset; None:
     unpinned), with ``--workers`` if given: yields a Server once it (every
-    worker) is ready. Once it stopped, the count of error lines in its log
-    goes into ``results``, and the log is removed (its error lines are
-    printed on stderr first)."""
-    redis_server = EmbeddedRedis(port=free_port())
-    redis_server.start()
+    worker) is ready. ``redis_url`` (e.g. ``redis+cluster://…``): that Redis,
+    started by the caller, instead of a fresh one (Server.redis_port is then
+    None). Once it stopped, the count of error lines in its log goes into
+    ``results``, and the log is removed (its error lines are printed on
+    stderr first)."""
+    redis_server = None
+    if redis_url is None:
+        redis_server = EmbeddedRedis(port=free_port())
+        redis_server.start()
+        redis_url = f"redis://127.0.0.1:{redis_server.port}/0"
     port = free_port()
     log_path = Path(env.get("BENCH_WORK") or tempfile.gettempdir()) / f"twistd-{port}.log"
     log = open(log_path, "wb")
     command = [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis", "--settings=bench_settings",
                f"--endpoint=tcp:{port}:interface=127.0.0.1:backlog=4096",
-               f"--redis=redis://127.0.0.1:{redis_server.port}/0"]
+               f"--redis={redis_url}"]
     if workers:
         command.append(f"--workers={workers}")
     server = subprocess.Popen((["taskset", "-c", cpus] if cpus else []) + command, env=env, cwd=EXAMPLE,
@@ -159,7 +165,7 @@ def serving(env: dict, results: list[dict], workers: int | None = None, cpus: st
     try:
         wait_for_port(port, server)
         pids = wait_for_workers(log_path, workers, server) if workers else [server.pid]
-        yield Server(port, server.pid, redis_server.port, pids, log_path)
+        yield Server(port, server.pid, redis_server.port if redis_server else None, pids, log_path)
     finally:
         server.terminate()
         try:
@@ -168,7 +174,8 @@ def serving(env: dict, results: list[dict], workers: int | None = None, cpus: st
             server.kill()
             server.wait()
         log.close()
-        redis_server.stop()
+        if redis_server is not None:
+            redis_server.stop()
     with open(log_path, errors="replace") as lines:
         text = lines.read().splitlines()
     log_path.unlink()

@@ -78,11 +78,14 @@ class Loader:
     """One wsload.py process of scenario ``hold``: its stdout's lines, read by a thread."""
 
     def __init__(self, server, size: int, source: str, timeout: float, stderr):
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "wsload.py"), f"--url=ws://127.0.0.1:{server.port}/ws/",
-             f"--redis=redis://127.0.0.1:{server.redis_port}/0", "--prefix=demo", "--scenarios=hold", f"-n={size}",
-             f"--source={source}", f"--timeout={timeout}"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        self.spawn([f"--url=ws://127.0.0.1:{server.port}/ws/", f"--redis=redis://127.0.0.1:{server.redis_port}/0",
+                    "--prefix=demo", "--scenarios=hold", f"-n={size}", f"--source={source}", f"--timeout={timeout}"],
+                   stderr)
+
+    def spawn(self, arguments: list[str], stderr) -> None:
+        """Start wsload.py with ``arguments`` and the thread that reads its lines."""
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "wsload.py"), *arguments],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 

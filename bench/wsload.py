@@ -566,8 +566,56 @@ async def scenario_hold(target: Target, args) -> dict:
     return {"held": len(clients)}
 
 
+async def scenario_facilities(target: Target, args) -> dict:
+    """Driven over stdin by bench/cluster.py: ``args.n`` sockets spread over
+    ``args.facilities`` facilities (socket i on ``bench-f<i mod F>``, so that
+    the channels fall on every shard of a cluster), then a ``held`` line; on
+    ``start``, count from zero; on ``expect M SECONDS``, wait until M of our
+    messages arrived, none arrived for ``--quiet`` seconds, or SECONDS passed,
+    and print a ``window`` line; on ``close``, close them."""
+    deliveries = Deliveries()
+    cpu = time.process_time()
+    started_ns = time.monotonic_ns()
+    gate_clients = []
+    for index in range(args.facilities):
+        share = args.n // args.facilities + (index < args.n % args.facilities)
+        gate_clients.append(open_clients(target, share, target.path(f"bench-f{index}", "subscribe-broadcast"),
+                                         deliveries, concurrency=max(1, 100 // args.facilities)))
+    opened = await asyncio.gather(*gate_clients)
+    clients = [client for found, _, _ in opened for client in found]
+    failures = sum(failed for _, failed, _ in opened)
+    print(json.dumps({"scenario": "facilities", "phase": "held", "n": args.n, "held": len(clients),
+                      "failures": failures, "failure_reasons": dict(FAILURES),
+                      "handshakes_s": round((time.monotonic_ns() - started_ns) / 1e9, 2),
+                      "client_cpu_s": round(time.process_time() - cpu, 3)}), flush=True)
+    await command("start")
+    deliveries.reads.clear()
+    deliveries.count, deliveries.last_ns = 0, 0
+    deliveries.since_ns = time.monotonic_ns()
+    cpu = time.process_time()
+    words = await command("expect")
+    expected, timeout = int(words[0]), float(words[1])
+    deadline = time.monotonic() + timeout
+    while deliveries.count < expected and time.monotonic() < deadline:
+        last = deliveries.count
+        await asyncio.sleep(args.quiet)
+        if deliveries.count == last:
+            break
+    client_cpu = time.process_time() - cpu
+    latencies = deliveries.latencies_ns()
+    print(json.dumps({"scenario": "facilities", "phase": "window", "held": len(clients),
+                      "deliveries": deliveries.count, "stamped": len(latencies),
+                      "still_open": sum(not client.closed.done() for client in clients),
+                      "first_ns": deliveries.reads[0][0] if deliveries.reads else None, "last_ns": deliveries.last_ns,
+                      "client_cpu_s": round(client_cpu, 3), **deliveries.latency_ms(latencies)}), flush=True)
+    await command("close")
+    await close_all(clients)
+    return {"held": len(clients)}
+
+
 SCENARIOS = {"connect": scenario_connect, "persisted": scenario_persisted, "fanout": scenario_fanout, "chat": scenario_chat,
-             "churn": scenario_churn, "session": scenario_session, "hold": scenario_hold}
+             "churn": scenario_churn, "session": scenario_session, "hold": scenario_hold,
+             "facilities": scenario_facilities}
 
 
 async def run(args) -> list[dict]:
@@ -605,6 +653,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--churn-seconds", type=float, default=10)
     parser.add_argument("--churn-workers", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=60, help="longest wait for deliveries")
+    parser.add_argument("--facilities", type=int, default=300, help="facilities: how many the sockets are spread over")
+    parser.add_argument("--quiet", type=float, default=2.0,
+                        help="facilities: seconds without a delivery after which the count is taken as final")
     parser.add_argument("--login-url", help="session: Django login page, e.g. http://127.0.0.1:8000/accounts/login/")
     parser.add_argument("--username", default="john")
     parser.add_argument("--password", default="secret")
