@@ -23,9 +23,7 @@ import argparse
 import contextlib
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,24 +39,14 @@ from workers import cell
 from wsload import cpu_seconds
 from twisted_ws4redis.server.embedded import EmbeddedRedis, redis_server_binary
 
+sys.path.insert(0, str(ROOT / "tests"))
+from test_cluster import cluster_port  # noqa: E402  (the tests' way of choosing a node's ports)
+
 PREFIX = "demo:broadcast:"
 
 
 def channel(index: int) -> str:
     return f"{PREFIX}bench-f{index}"
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (10,000 higher) is free too."""
-    while True:
-        port = random.randrange(20000, 55535)
-        try:
-            for candidate in (port, port + 10000):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", candidate))
-            return port
-        except OSError:
-            continue
 
 
 def wait_answers(port: int, process: subprocess.Popen, timeout: float = 10) -> None:

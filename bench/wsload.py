@@ -553,17 +553,21 @@ async def scenario_hold(target: Target, args) -> dict:
         await asyncio.wait_for(deliveries.done.wait(), args.timeout)
     except asyncio.TimeoutError:
         pass
-    client_cpu = time.process_time() - cpu
-    latencies = deliveries.latencies_ns()
     print(json.dumps({"scenario": "hold", "phase": "burst", "held": len(clients), "messages": messages,
-                      "deliveries": deliveries.count - before, "stamped": len(latencies),
+                      "deliveries": deliveries.count - before,
                       "lost": len(clients) * messages - (deliveries.count - before),
-                      "still_open": sum(not client.closed.done() for client in clients),
-                      "first_ns": deliveries.reads[0][0] if deliveries.reads else None, "last_ns": deliveries.last_ns,
-                      "client_cpu_s": round(client_cpu, 3), **deliveries.latency_ms(latencies)}), flush=True)
+                      **received(clients, deliveries, time.process_time() - cpu)}), flush=True)
     await command("close")
     await close_all(clients)
     return {"held": len(clients)}
+
+
+def received(clients: list, deliveries: Deliveries, client_cpu: float) -> dict:
+    """What a driven scenario's line says of the deliveries it counted."""
+    latencies = deliveries.latencies_ns()
+    return {"stamped": len(latencies), "still_open": sum(not client.closed.done() for client in clients),
+            "first_ns": deliveries.reads[0][0] if deliveries.reads else None, "last_ns": deliveries.last_ns,
+            "client_cpu_s": round(client_cpu, 3), **deliveries.latency_ms(latencies)}
 
 
 async def scenario_facilities(target: Target, args) -> dict:
@@ -601,13 +605,9 @@ async def scenario_facilities(target: Target, args) -> dict:
         await asyncio.sleep(args.quiet)
         if deliveries.count == last:
             break
-    client_cpu = time.process_time() - cpu
-    latencies = deliveries.latencies_ns()
     print(json.dumps({"scenario": "facilities", "phase": "window", "held": len(clients),
-                      "deliveries": deliveries.count, "stamped": len(latencies),
-                      "still_open": sum(not client.closed.done() for client in clients),
-                      "first_ns": deliveries.reads[0][0] if deliveries.reads else None, "last_ns": deliveries.last_ns,
-                      "client_cpu_s": round(client_cpu, 3), **deliveries.latency_ms(latencies)}), flush=True)
+                      "deliveries": deliveries.count, **received(clients, deliveries, time.process_time() - cpu)}),
+          flush=True)
     await command("close")
     await close_all(clients)
     return {"held": len(clients)}
