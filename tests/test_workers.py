@@ -415,3 +415,29 @@ def test_runws4redis_takes_workers_too(redis_server, test_db):
             process.send_signal(signal.SIGTERM)
             assert process.wait(30) == 0, Path(log.name).read_text()
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def test_with_a_logfile_the_supervisor_relays_the_workers_events(redis_server, test_db, tmp_path):
+    """twistd --logfile: the workers send JSON events that the supervisor
+    writes into its file, with the worker's number, a failure with its message."""
+    log_file = tmp_path / "twistd.log"
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "twistd"), "--nodaemon", "--pidfile=", f"--logfile={log_file}",
+               "ws4redis", "--settings=testproject.settings", f"--endpoint=tcp:{port}:interface=127.0.0.1",
+               f"--redis={redis_server.url}", "--workers=2"]
+    process = subprocess.Popen(command, env=project_env(test_db), cwd=PROJECT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not log_file.exists() or log_file.read_text().count(") is ready") < 2:
+            assert process.poll() is None and time.monotonic() < deadline, log_file.read_text()
+            time.sleep(0.05)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=TIMEOUT) as response:
+            assert response.read() == b"testproject"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, log_file.read_text()
+    log = log_file.read_text()
+    assert re.search(r"\[worker [01] twisted_ws4redis\.server\.worker#info\] Worker [01] \(pid \d+\) is serving", log)
+    assert re.search(r'\[worker [01] twisted\.python\.log#info\] "127\.0\.0\.1" .* "GET / HTTP/1\.1" 200', log), log
+    assert "unpersistable" not in log
