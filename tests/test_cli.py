@@ -218,13 +218,14 @@ def test_without_settings_twistd_says_what_to_give(test_db):
     assert "--settings" in result.stdout + result.stderr
 
 
-def test_a_port_in_use_stops_the_start(test_db, redis_server):
+@pytest.mark.parametrize("workers", [(), ("--workers=2",)], ids=["one process", "workers"])
+def test_a_port_in_use_stops_the_start(test_db, redis_server, workers):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         result = run_twistd(["--settings=testproject.settings", f"--endpoint=tcp:{port}:interface=127.0.0.1",
-                             f"--redis={redis_server.url}"], project_env(test_db))
+                             f"--redis={redis_server.url}", *workers], project_env(test_db))
     assert result.returncode != 0
     assert "Address already in use" in result.stdout + result.stderr
 

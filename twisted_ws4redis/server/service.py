@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
@@ -54,6 +55,20 @@ class ServerConfig:
     inherited: list[int] = field(default_factory=list)  # a worker's: the listening descriptor of each endpoint
 
 
+@contextmanager
+def listening(where: object, exit_on_error: bool) -> Iterator[None]:
+    """Around the binding of ``where``: with ``exit_on_error`` (the
+    foreground: twistd -n, runws4redis) a port that cannot be bound ends the
+    process with one line; otherwise the exception goes on (a daemonizing
+    twistd reports it to the process that launched it)."""
+    try:
+        yield
+    except (CannotListenError, OSError, OverflowError) as exc:
+        if not exit_on_error:
+            raise
+        raise SystemExit(f"ws4redis: cannot listen on {where}: {exc}") from None
+
+
 class ThreadPoolService(Service):
     """Owns the pool that runs all Django work (WSGI requests and handshakes)."""
 
@@ -97,13 +112,8 @@ class Ws4RedisService(MultiService):
         # The endpoints are bound here, before the reactor runs, before
         # privileges are dropped and before any thread or redis-server starts.
         for child in self:
-            try:
+            with listening(getattr(child, "description", child), self.exit_on_listen_error):
                 child.privilegedStartService()
-            except (CannotListenError, OSError, OverflowError) as exc:
-                if not self.exit_on_listen_error:
-                    raise
-                where = getattr(child, "description", child)
-                raise SystemExit(f"ws4redis: cannot listen on {where}: {exc}") from None
 
     @defer.inlineCallbacks
     def stopService(self):

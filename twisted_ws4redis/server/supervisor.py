@@ -9,9 +9,10 @@ in it only to check the settings, once, before any worker starts). It
 restarts a worker that dies, with a back-off; SIGTERM (or SIGINT) stops
 every worker gracefully, and SIGHUP replaces them one at a time, each new
 worker ready before the old one stops, so that new code or settings are
-taken up without refusing a connection. A worker logs to a pipe, as JSON
-events (worker.py), which the supervisor passes to its own log observers
-with the worker's number in the system field.
+taken up without refusing a connection. A worker's log lines carry its
+number in the system field; it writes them to the supervisor's standard
+output itself when the supervisor logs there, or else sends them as JSON
+events that the supervisor passes to its own log observers.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from typing import Callable
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError, ProcessExitedAlready
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
@@ -34,7 +35,7 @@ from .embedded import EmbeddedRedis, EmbeddedRedisService
 from .loadshare import SharedLoad
 from .logbridge import FORWARDED
 from .protocol import wait_until
-from .service import ServerConfig
+from .service import ServerConfig, listening
 from .sharedports import bind
 
 log = Logger()
@@ -216,12 +217,12 @@ def worker_system(slot: int, event: dict, level: str | None = None) -> str:
 
 
 class Supervisor(MultiService):
-    """Binds the endpoints, runs ``count`` workers on them and keeps them running."""
+    """Binds the endpoints, runs ``config.workers`` workers on them and keeps them running."""
 
     #: As Ws4RedisService's: in the foreground a port that cannot be bound ends the process with one line.
     exit_on_listen_error = False
 
-    def __init__(self, config: ServerConfig, count: int, reactor, embedded: EmbeddedRedis | None = None,
+    def __init__(self, config: ServerConfig, reactor, embedded: EmbeddedRedis | None = None,
                  executable: str = sys.executable, share_output: bool = False):
         """``share_output``: this process logs to its standard output, which
         the workers then write their lines to themselves (text, as this
@@ -230,7 +231,7 @@ class Supervisor(MultiService):
         of this process per line (measured: 13 % of a core at 1,670 requests/s)."""
         super().__init__()
         self.config = config
-        self.count = count
+        self.count = count = config.workers
         self.reactor = reactor
         self.executable = executable
         self.embedded = embedded
@@ -260,12 +261,8 @@ class Supervisor(MultiService):
         # Bound here, before privileges are dropped (--uid): the workers start
         # afterwards, as the user the supervisor runs as then.
         for description in self.config.endpoints:
-            try:
+            with listening(description, self.exit_on_listen_error):
                 self.ports.append(bind(serverFromString(self.reactor, description)))
-            except (CannotListenError, OSError, OverflowError) as exc:
-                if not self.exit_on_listen_error:
-                    raise
-                raise SystemExit(f"ws4redis: cannot listen on {description}: {exc}") from None
             log.info("Listening on {endpoint} for {count} worker(s)", endpoint=description, count=self.count)
         super().privilegedStartService()
 

@@ -148,7 +148,7 @@ def build(config: ServerConfig, reactor=None, logs_to_stdout: bool = True):
     # The supervisor's own events (a worker died, was killed, cannot start) to LOGGING too;
     # the relayed ones are marked as forwarded by their worker.
     forward_to_stdlib()
-    return Supervisor(config, config.workers, reactor, embedded, share_output=logs_to_stdout)
+    return Supervisor(config, reactor, embedded, share_output=logs_to_stdout)
 
 
 def makeService(options: Options):
