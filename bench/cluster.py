@@ -346,22 +346,11 @@ def main() -> None:
         signal.signal(number_, lambda *_: sys.exit("bench/cluster.py: stopped by a signal"))
     rates = [float(rate) for rate in args.rates.split(",")]
     modes = args.modes.split(",")
-    rounds: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as work:
         env = prepare_project(Path(work), {"WS4REDIS_MAX_CONNECTIONS": args.sockets + 200})
-        for number_ in range(args.runs):
-            one = {}
-            for rate in rates:
-                for mode in modes:
-                    print(f"round {number_ + 1} of {args.runs}: {mode}, {rate:,.0f} msgs/s", file=sys.stderr,
-                          flush=True)
-                    found = measure(env, mode, rate, args, Path(work))
-                    print(json.dumps(found), file=sys.stderr, flush=True)
-                    one[(mode, rate)] = found
-            rounds.append(one)
-        errors = (Path(work) / "wsload.err").read_text() if (Path(work) / "wsload.err").exists() else ""
-    if errors.strip():
-        print(f"wsload.py's stderr:\n{errors[-3000:]}", file=sys.stderr)
+        points = [((mode, rate), f"{mode}, {rate:,.0f} msgs/s") for rate in rates for mode in modes]
+        rounds = workers.measured_rounds(args.runs, points, lambda key: measure(env, *key, args, Path(work)),
+                                         Path(work))
     columns = {}
     for rate in rates:
         for mode in modes:

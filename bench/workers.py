@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import redis
 
@@ -237,6 +238,25 @@ def ratios(rounds: list[dict[str, dict]], sizes: list[str], count: int) -> str:
     return "\n".join(lines)
 
 
+def measured_rounds(runs: int, points: list[tuple[object, str]], measure_one: Callable[[object], dict],
+                    work: Path) -> list[dict]:
+    """``runs`` rounds of ``measure_one(key)`` for every (key, label) of
+    ``points``, in order, each round a dict by key; what the loaders wrote to
+    their stderr (``work``/wsload.err), if anything, printed at the end."""
+    rounds: list[dict] = []
+    for number_ in range(runs):
+        one = {}
+        for key, label in points:
+            print(f"round {number_ + 1} of {runs}: {label}", file=sys.stderr, flush=True)
+            one[key] = measure_one(key)
+            print(json.dumps(one[key]), file=sys.stderr, flush=True)
+        rounds.append(one)
+    errors = (work / "wsload.err").read_text() if (work / "wsload.err").exists() else ""
+    if errors.strip():
+        print(f"wsload.py's stderr:\n{errors[-3000:]}", file=sys.stderr)
+    return rounds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="5000,full", help="sockets; 'full': --per-process for each process")
@@ -260,24 +280,13 @@ def main() -> None:
     # The default cap, 7/8 of the open files limit, is 17,388 here; each
     # process may hold its share and a margin.
     overrides = {"WS4REDIS_MAX_CONNECTIONS": args.per_process + 200}
-    rounds: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as work:
         env = prepare_project(Path(work), overrides)
-        for number_ in range(args.runs):
-            one = {}
-            for size in sizes:
-                for workers in (None, args.workers):
-                    processes = workers or 1
-                    n = sockets(size, processes)
-                    print(f"round {number_ + 1} of {args.runs}: {'--workers %d' % workers if workers else '1 process'},"
-                          f" N = {n}", file=sys.stderr, flush=True)
-                    found = measure(env, workers, n, args, Path(work))
-                    print(json.dumps(found), file=sys.stderr, flush=True)
-                    one[(processes, size)] = found
-            rounds.append(one)
-        errors = (Path(work) / "wsload.err").read_text() if (Path(work) / "wsload.err").exists() else ""
-    if errors.strip():
-        print(f"wsload.py's stderr:\n{errors[-3000:]}", file=sys.stderr)
+        points = [((processes, size), f"{'--workers %d' % processes if processes > 1 else '1 process'}, "
+                                      f"N = {sockets(size, processes)}")
+                  for size in sizes for processes in (1, args.workers)]
+        rounds = measured_rounds(args.runs, points, lambda key: measure(
+            env, key[0] if key[0] > 1 else None, sockets(key[1], key[0]), args, Path(work)), Path(work))
     columns = {}
     for size in sizes:
         for processes in (1, args.workers):
