@@ -3,6 +3,7 @@
 The twistd plugin lives in ``twisted/plugins/`` (a namespace directory, no
 ``__init__.py``), so it is shipped as the extra package ``twisted.plugins``.
 """
+
 from setuptools import find_packages, setup
 
 with open("README.rst", encoding="utf-8") as readme:

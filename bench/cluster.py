@@ -17,6 +17,7 @@ The two set-ups alternate within each round. Every process' CPU is read from
 reply), the publisher's from itself. Nothing is pinned: 2 cores are shared by
 everything, which bounds what a cluster can add here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,16 +87,47 @@ def three_masters(work: Path):
             here.mkdir()
             with open(here / "redis.log", "ab") as log:
                 nodes[port] = subprocess.Popen(
-                    [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(here),
-                     "--cluster-enabled", "yes", "--cluster-config-file", str(here / "nodes.conf"),
-                     "--cluster-node-timeout", "1500", "--save", "", "--appendonly", "no"],
-                    stdout=log, stderr=subprocess.STDOUT)
+                    [
+                        redis_server_binary(),
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--dir",
+                        str(here),
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        str(here / "nodes.conf"),
+                        "--cluster-node-timeout",
+                        "1500",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
             wait_answers(port, nodes[port])
-        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{port}" for port in nodes),
-                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         deadline = time.monotonic() + 30
-        while not all(b"cluster_state:ok" in redis.Redis(port=port).execute_command("CLUSTER", "INFO")
-                      for port in nodes):
+        while not all(
+            b"cluster_state:ok" in redis.Redis(port=port).execute_command("CLUSTER", "INFO") for port in nodes
+        ):
             if time.monotonic() > deadline:
                 raise TimeoutError("the cluster is not ok")
             time.sleep(0.1)
@@ -165,18 +197,29 @@ class Loader(workers.Loader):
     """wsload.py, scenario ``facilities``, driven over stdin."""
 
     def __init__(self, port: int, redis_url: str, args, stderr):
-        self.spawn([f"--url=ws://127.0.0.1:{port}/ws/", f"--redis={redis_url}", "--prefix=demo",
-                    "--scenarios=facilities", f"-n={args.sockets}", f"--facilities={args.facilities}",
-                    f"--quiet={args.quiet}"], stderr)
+        self.spawn(
+            [
+                f"--url=ws://127.0.0.1:{port}/ws/",
+                f"--redis={redis_url}",
+                "--prefix=demo",
+                "--scenarios=facilities",
+                f"-n={args.sockets}",
+                f"--facilities={args.facilities}",
+                f"--quiet={args.quiet}",
+            ],
+            stderr,
+        )
 
 
 def measure(env: dict, mode: str, rate: float, args, work: Path) -> dict:
     """One fresh Redis (``single`` or ``cluster``), server and loader; ``rate`` for ``args.seconds``."""
     results: list[dict] = []
     starting = one_redis() if mode == "single" else three_masters(work)
-    with starting as (url, redis_pids, command), \
-            serving(env, results, workers=args.workers, cpus=None, redis_url=url) as server, \
-            open(work / "wsload.err", "a") as stderr:
+    with (
+        starting as (url, redis_pids, command),
+        serving(env, results, workers=args.workers, cpus=None, redis_url=url) as server,
+        open(work / "wsload.err", "a") as stderr,
+    ):
         ports = list(redis_pids)
         names = [channel(index) for index in range(args.facilities)]
         plan = owners(ports, names)
@@ -185,26 +228,39 @@ def measure(env: dict, mode: str, rate: float, args, work: Path) -> dict:
             held = loader.expect("held", 300)
             wait_subscribed(plan, sharded=mode == "cluster")
             time.sleep(1)
-            pids = {**{f"redis {port}": pid for port, pid in redis_pids.items()},
-                    **{f"server {index}": pid for index, pid in enumerate(server.pids)},
-                    "loader": loader.process.pid}
+            pids = {
+                **{f"redis {port}": pid for port, pid in redis_pids.items()},
+                **{f"server {index}": pid for index, pid in enumerate(server.pids)},
+                "loader": loader.process.pid,
+            }
             before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             busy_before = machine_busy_seconds()
             waited_before = {name: run_queue_seconds(pid) for name, pid in pids.items()}
             info_before = {port: redis.Redis(port=port).info("stats") for port in ports}
             loader.tell("start")
             published = subprocess.run(
-                [sys.executable, str(ROOT / "bench" / "publisher.py"), f"--command={command}", f"--rate={rate}",
-                 f"--seconds={args.seconds}", "--plan=" + json.dumps([[port, plan[port]] for port in ports])],
-                capture_output=True, text=True, timeout=args.seconds + 120)
+                [
+                    sys.executable,
+                    str(ROOT / "bench" / "publisher.py"),
+                    f"--command={command}",
+                    f"--rate={rate}",
+                    f"--seconds={args.seconds}",
+                    "--plan=" + json.dumps([[port, plan[port]] for port in ports]),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=args.seconds + 120,
+            )
             if published.returncode:
                 raise RuntimeError(f"publisher.py failed: {published.stderr[-2000:]}")
             pub = json.loads(published.stdout.splitlines()[-1])
             # The publishing window (first publish to last reply): what Redis did while offered the rate.
             published_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
             busy_published = machine_busy_seconds()
-            waited = {name: round(100 * (run_queue_seconds(pid) - waited_before[name]) / pub["span_s"], 1)
-                      for name, pid in pids.items()}
+            waited = {
+                name: round(100 * (run_queue_seconds(pid) - waited_before[name]) / pub["span_s"], 1)
+                for name, pid in pids.items()
+            }
             heard = pub["replies"] - pub["unheard"] - pub["errors"]
             loader.tell(f"expect {heard * args.sockets // args.facilities} {args.drain}")
             window = loader.expect("window", args.drain + 60)
@@ -231,20 +287,29 @@ def measure(env: dict, mode: str, rate: float, args, work: Path) -> dict:
     ours = sum(after[name] - before[name] for name in pids) + pub["cpu_s"]
     other = round(100 * ((busy_after - busy_before) - ours) / span, 1)
     return {
-        "mode": mode, "rate": rate, "held": held["held"], "failures": held["failures"],
+        "mode": mode,
+        "rate": rate,
+        "held": held["held"],
+        "failures": held["failures"],
         "offered_per_s": round(pub["generated"] / args.seconds),
         "sent_per_s": round(pub["sent"] / args.seconds),
         "accepted_per_s": round(pub["replies"] / pub["span_s"]),
         "accept_late_s": pub["late_s"],
-        "not_sent": pub["not_sent"], "unheard": pub["unheard"], "errors": pub["errors"],
-        "deliveries": window["deliveries"], "expected": round(expected),
+        "not_sent": pub["not_sent"],
+        "unheard": pub["unheard"],
+        "errors": pub["errors"],
+        "deliveries": window["deliveries"],
+        "expected": round(expected),
         "deliveries_per_s": round(window["deliveries"] / span),
         "lost": round(expected - window["deliveries"]),
         "lost_pct": round(100 * (expected - window["deliveries"]) / max(1, expected), 2),
-        "p50_ms": window["p50_ms"], "p99_ms": window["p99_ms"], "max_ms": window["max_ms"],
+        "p50_ms": window["p50_ms"],
+        "p99_ms": window["p99_ms"],
+        "max_ms": window["max_ms"],
         "span_s": round(span, 2),
         "publish_span_s": pub["span_s"],
-        "redis_pub_cpu_pct": redis_during, "redis_pub_cpu_max_pct": max(redis_during),
+        "redis_pub_cpu_pct": redis_during,
+        "redis_pub_cpu_max_pct": max(redis_during),
         "redis_pub_cpu_sum_pct": round(sum(redis_during), 1),
         "server_pub_cpu_pct": round(sum(value for name, value in during.items() if name.startswith("server")), 1),
         "loader_pub_cpu_pct": during["loader"],
@@ -252,18 +317,25 @@ def measure(env: dict, mode: str, rate: float, args, work: Path) -> dict:
         "redis_pub_wait_pct": [waited[f"redis {port}"] for port in ports],
         "server_pub_wait_pct": waited["server 0"],
         "machine_pub_busy_pct": round(100 * (busy_published - busy_before) / pub["span_s"], 1),
-        "other_pub_cpu_pct": other_during, "other_cpu_pct": other,
-        "redis_cpu_pct": redis_cpu, "redis_cpu_max_pct": max(redis_cpu), "redis_cpu_sum_pct": round(sum(redis_cpu), 1),
+        "other_pub_cpu_pct": other_during,
+        "other_cpu_pct": other,
+        "redis_cpu_pct": redis_cpu,
+        "redis_cpu_max_pct": max(redis_cpu),
+        "redis_cpu_sum_pct": round(sum(redis_cpu), 1),
         "server_cpu_pct": round(sum(value for name, value in cpu.items() if name.startswith("server")), 1),
         "loader_cpu_pct": cpu["loader"],
         "publisher_cpu_pct": round(100 * pub["cpu_s"] / span, 1),
         "per_node": pub["per_node"],
         # The publisher's, the bench's own and any reconnection of the server's subscriber.
-        "redis_new_connections": [info_after[port]["total_connections_received"]
-                                  - info_before[port]["total_connections_received"] for port in ports],
+        "redis_new_connections": [
+            info_after[port]["total_connections_received"] - info_before[port]["total_connections_received"]
+            for port in ports
+        ],
         "redis_used_memory_peak_mib": [round(info_after[port]["used_memory_peak"] / 2**20, 1) for port in ports],
         "still_open": window["still_open"],
-        "errors_in_log": log["errors"], "warnings_in_log": log["warnings"], "excerpt": log["excerpt"][:5],
+        "errors_in_log": log["errors"],
+        "warnings_in_log": log["warnings"],
+        "excerpt": log["excerpt"][:5],
     }
 
 
@@ -305,8 +377,12 @@ def table(columns: dict[str, list[dict]], runs: int) -> str:
     for key, heading in ROWS:
         if key in ("redis_cpu_pct", "redis_pub_cpu_pct", "redis_pub_wait_pct"):
             # One cell per run: each node's CPU (a run's masters, ordered by CPU).
-            cells = ["; ".join(" / ".join(number(value) for value in sorted(run[key], reverse=True))
-                               for run in columns[name]) for name in names]
+            cells = [
+                "; ".join(
+                    " / ".join(number(value) for value in sorted(run[key], reverse=True)) for run in columns[name]
+                )
+                for name in names
+            ]
         else:
             cells = [cell(columns[name], key) for name in names]
         lines.append(f"| {heading} | " + " | ".join(cells) + " |")
@@ -314,15 +390,25 @@ def table(columns: dict[str, list[dict]], runs: int) -> str:
 
 
 def ratios(rounds: list[dict], rates: list[float]) -> str:
-    lines = ["| cluster ÷ one Redis, same round (median, min–max) | " + " | ".join(f"{rate:,.0f}/s" for rate in rates)
-             + " |", "|---|" + "---:|" * len(rates)]
-    for key, heading in (("accepted_per_s", "accepted msgs/s"), ("deliveries_per_s", "deliveries/s"),
-                         ("redis_pub_cpu_max_pct", "busiest redis-server's CPU, publishing window"),
-                         ("server_cpu_pct", "ws server's CPU")):
+    lines = [
+        "| cluster ÷ one Redis, same round (median, min–max) | "
+        + " | ".join(f"{rate:,.0f}/s" for rate in rates)
+        + " |",
+        "|---|" + "---:|" * len(rates),
+    ]
+    for key, heading in (
+        ("accepted_per_s", "accepted msgs/s"),
+        ("deliveries_per_s", "deliveries/s"),
+        ("redis_pub_cpu_max_pct", "busiest redis-server's CPU, publishing window"),
+        ("server_cpu_pct", "ws server's CPU"),
+    ):
         cells = []
         for rate in rates:
-            found = [round(one[("cluster", rate)][key] / one[("single", rate)][key], 2) for one in rounds
-                     if one[("single", rate)][key]]
+            found = [
+                round(one[("cluster", rate)][key] / one[("single", rate)][key], 2)
+                for one in rounds
+                if one[("single", rate)][key]
+            ]
             cells.append(cell([{"x": value} for value in found], "x"))
         lines.append(f"| {heading} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -330,7 +416,9 @@ def ratios(rounds: list[dict], rates: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rates", default="5000,20000,50000,200000,500000,1000000", help="offered msgs/s, comma-separated")
+    parser.add_argument(
+        "--rates", default="5000,20000,50000,200000,500000,1000000", help="offered msgs/s, comma-separated"
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3, help="how long each rate is offered")
     parser.add_argument("--facilities", type=int, default=300)
@@ -349,8 +437,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as work:
         env = prepare_project(Path(work), {"WS4REDIS_MAX_CONNECTIONS": args.sockets + 200})
         points = [((mode, rate), f"{mode}, {rate:,.0f} msgs/s") for rate in rates for mode in modes]
-        rounds = workers.measured_rounds(args.runs, points, lambda key: measure(env, *key, args, Path(work)),
-                                         Path(work))
+        rounds = workers.measured_rounds(
+            args.runs, points, lambda key: measure(env, *key, args, Path(work)), Path(work)
+        )
     columns = {}
     for rate in rates:
         for mode in modes:
@@ -365,12 +454,18 @@ def main() -> None:
         f"# twisted_ws4redis: one Redis against a 3-master Redis Cluster\n\n"
         f"`python bench/cluster.py --rates {args.rates} --runs {args.runs} --seconds {args.seconds:g} "
         f"--facilities {args.facilities} --sockets {args.sockets} --drain {args.drain:g}"
-        + (f" --workers {args.workers}" if args.workers else "") + f"`, {time.strftime('%Y-%m-%d %H:%M')}, "
+        + (f" --workers {args.workers}" if args.workers else "")
+        + f"`, {time.strftime('%Y-%m-%d %H:%M')}, "
         f"Python {sys.version.split()[0]}, redis-server {_redis_version()} (default client-output-buffer-limit), 2 CPUs "
         "shared by Redis, the server, the publisher and the client (nothing pinned); the cluster has 3 masters "
-        "and no replicas; " + (f"--workers {args.workers}" if args.workers else "one server process") + ".\n\n"
-        + text + "\n\n<details><summary>Every run (JSON)</summary>\n\n```json\n" + json.dumps(raw, indent=1)
-        + "\n```\n</details>\n")
+        "and no replicas; "
+        + (f"--workers {args.workers}" if args.workers else "one server process")
+        + ".\n\n"
+        + text
+        + "\n\n<details><summary>Every run (JSON)</summary>\n\n```json\n"
+        + json.dumps(raw, indent=1)
+        + "\n```\n</details>\n"
+    )
 
 
 def _redis_version() -> str:

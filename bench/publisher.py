@@ -16,6 +16,7 @@ for that node are not sent (``not_sent``). Replies are counted, not parsed:
 each is one line; ``:0`` (no subscriber heard it) and errors are counted apart.
 At the end it prints one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ PAYLOAD_SIZE = 100
 def encode(command: bytes, channel: str) -> bytes:
     """A command's RESP bytes up to its payload (whose length is fixed)."""
     name = channel.encode()
-    return (b"*3\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n" % (len(command), command, len(name), name, PAYLOAD_SIZE))
+    return b"*3\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n" % (len(command), command, len(name), name, PAYLOAD_SIZE)
 
 
 def stamp(tick: int) -> bytes:
@@ -61,7 +62,7 @@ class Node:
         start = self.position
         self.position = (start + count) % self.width
         payload = stamp(tick)
-        return payload.join(self.cycle[start:start + count]) + payload
+        return payload.join(self.cycle[start : start + count]) + payload
 
     def read(self) -> None:
         try:
@@ -96,8 +97,11 @@ def main() -> None:
     args = parser.parse_args()
     plan = json.loads(args.plan)
     total = sum(len(channels) for _, channels in plan)
-    nodes = [Node(port, channels, args.command.encode(), args.rate * len(channels) / total)
-             for port, channels in plan if channels]
+    nodes = [
+        Node(port, channels, args.command.encode(), args.rate * len(channels) / total)
+        for port, channels in plan
+        if channels
+    ]
     selector = selectors.DefaultSelector()
     for node in nodes:
         selector.register(node.sock, selectors.EVENT_READ, node)
@@ -143,14 +147,28 @@ def main() -> None:
     last_ns = max(node.last_reply_ns for node in nodes)
     sent = [node.generated - node.not_sent - len(node.out) // (size or 1) for node in nodes]
     result = {
-        "command": args.command, "rate": args.rate, "seconds": args.seconds, "started_ns": started_ns,
-        "last_reply_ns": last_ns, "generated": sum(node.generated for node in nodes),
-        "not_sent": sum(node.not_sent for node in nodes), "sent": sum(sent),
-        "replies": sum(node.replies for node in nodes), "unheard": sum(node.unheard for node in nodes),
+        "command": args.command,
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "started_ns": started_ns,
+        "last_reply_ns": last_ns,
+        "generated": sum(node.generated for node in nodes),
+        "not_sent": sum(node.not_sent for node in nodes),
+        "sent": sum(sent),
+        "replies": sum(node.replies for node in nodes),
+        "unheard": sum(node.unheard for node in nodes),
         "errors": sum(node.errors for node in nodes),
-        "per_node": [{"port": node.port, "channels": node.width, "generated": node.generated,
-                      "not_sent": node.not_sent, "replies": node.replies, "unheard": node.unheard}
-                     for node in nodes],
+        "per_node": [
+            {
+                "port": node.port,
+                "channels": node.width,
+                "generated": node.generated,
+                "not_sent": node.not_sent,
+                "replies": node.replies,
+                "unheard": node.unheard,
+            }
+            for node in nodes
+        ],
         "span_s": round(max(last_ns - started_ns, 1) / 1e9, 3),
         "late_s": round(max(0, last_ns - window_end_ns) / 1e9, 3),
         "cpu_s": round(time.process_time() - cpu, 3),

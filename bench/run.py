@@ -4,6 +4,7 @@ runs, written as a Markdown table.
 
     python bench/run.py --sizes 1000,5000,19500 --runs 3 --out bench/results.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,9 +86,15 @@ def prepare_project(work: Path, overrides: dict) -> dict:
     (``--set``) go into a settings module that extends the example's."""
     (work / "bench_settings.py").write_text(
         "from chatserver.settings import *  # noqa\n"
-        + "".join(f"{name} = {value!r}\n" for name, value in {**BENCH_SETTINGS, **overrides}.items()))
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="bench_settings", CHATSERVER_DB=str(work / "db.sqlite3"),
-               CHATSERVER_STATIC_ROOT=str(work / "static"), PYTHONPATH=os.pathsep.join(map(str, (work, EXAMPLE, ROOT))))
+        + "".join(f"{name} = {value!r}\n" for name, value in {**BENCH_SETTINGS, **overrides}.items())
+    )
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="bench_settings",
+        CHATSERVER_DB=str(work / "db.sqlite3"),
+        CHATSERVER_STATIC_ROOT=str(work / "static"),
+        PYTHONPATH=os.pathsep.join(map(str, (work, EXAMPLE, ROOT))),
+    )
     for command in (["migrate", "--noinput", "-v0"], ["loaddata", "-v0", "demo_users"]):
         subprocess.run([sys.executable, "manage.py", *command], env=env, cwd=EXAMPLE, check=True)
     env["BENCH_WORK"] = str(work)  # where serving() keeps the servers' logs
@@ -138,8 +145,9 @@ def wait_for_workers(log: Path, count: int, process: subprocess.Popen, timeout: 
 
 
 @contextlib.contextmanager
-def serving(env: dict, results: list[dict], workers: int | None = None, cpus: str | None = "0",
-            redis_url: str | None = None):
+def serving(
+    env: dict, results: list[dict], workers: int | None = None, cpus: str | None = "0", redis_url: str | None = None
+):
     """A fresh Redis and twistd ws4redis (on ``cpus`` with taskset; None:
     unpinned), with ``--workers`` if given: yields a Server once it (every
     worker) is ready. ``redis_url`` (e.g. ``redis+cluster://…``): that Redis,
@@ -155,13 +163,20 @@ def serving(env: dict, results: list[dict], workers: int | None = None, cpus: st
     port = free_port()
     log_path = Path(env.get("BENCH_WORK") or tempfile.gettempdir()) / f"twistd-{port}.log"
     log = open(log_path, "wb")
-    command = [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis", "--settings=bench_settings",
-               f"--endpoint=tcp:{port}:interface=127.0.0.1:backlog=4096",
-               f"--redis={redis_url}"]
+    command = [
+        str(BIN / "twistd"),
+        "--nodaemon",
+        "--pidfile=",
+        "ws4redis",
+        "--settings=bench_settings",
+        f"--endpoint=tcp:{port}:interface=127.0.0.1:backlog=4096",
+        f"--redis={redis_url}",
+    ]
     if workers:
         command.append(f"--workers={workers}")
-    server = subprocess.Popen((["taskset", "-c", cpus] if cpus else []) + command, env=env, cwd=EXAMPLE,
-                              stdout=log, stderr=log)
+    server = subprocess.Popen(
+        (["taskset", "-c", cpus] if cpus else []) + command, env=env, cwd=EXAMPLE, stdout=log, stderr=log
+    )
     try:
         wait_for_port(port, server)
         pids = wait_for_workers(log_path, workers, server) if workers else [server.pid]
@@ -204,11 +219,21 @@ def one_run(env: dict, size: int, args) -> list[dict]:
             continue
         with serving(env, results) as server:
             port, pid, redis_port = server.port, server.pid, server.redis_port
-            common = ["taskset", "-c", "1", sys.executable, str(ROOT / "bench" / "wsload.py"),
-                      f"--url=ws://127.0.0.1:{port}/ws/", f"--redis=redis://127.0.0.1:{redis_port}/0",
-                      "--prefix=demo", f"--server-pid={pid}", f"-n={size}",
-                      f"--login-url=http://127.0.0.1:{port}/accounts/login/", f"--churn-seconds={args.churn_seconds}",
-                      f"--protocol={args.protocol}"]
+            common = [
+                "taskset",
+                "-c",
+                "1",
+                sys.executable,
+                str(ROOT / "bench" / "wsload.py"),
+                f"--url=ws://127.0.0.1:{port}/ws/",
+                f"--redis=redis://127.0.0.1:{redis_port}/0",
+                "--prefix=demo",
+                f"--server-pid={pid}",
+                f"-n={size}",
+                f"--login-url=http://127.0.0.1:{port}/accounts/login/",
+                f"--churn-seconds={args.churn_seconds}",
+                f"--protocol={args.protocol}",
+            ]
             passes = [(",".join(group), [])]
             if paced:
                 passes.append(("fanout", ["--messages=50", "--interval=0.02"]))
@@ -241,8 +266,10 @@ def number(value: float) -> str:
 
 def table(by_size: dict[int, dict], runs: int) -> str:
     sizes = sorted(by_size)
-    lines = [f"| metric (median of {runs} runs, min–max) | " + " | ".join(f"N = {size:,}" for size in sizes) + " |",
-             "|---|" + "---:|" * len(sizes)]
+    lines = [
+        f"| metric (median of {runs} runs, min–max) | " + " | ".join(f"N = {size:,}" for size in sizes) + " |",
+        "|---|" + "---:|" * len(sizes),
+    ]
     for scenario, metric, heading in COLUMNS:
         cells = []
         for size in sizes:
@@ -266,10 +293,16 @@ def main() -> None:
     parser.add_argument("--scenarios", default="connect,persisted,fanout,chat,churn,session")
     parser.add_argument("--churn-seconds", type=float, default=10)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
-    parser.add_argument("--protocol", choices=("ws4redis", "v2"), default="ws4redis",
-                        help="the wire the load generator's sockets speak")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=JSON",
-                        help="a Django setting for the server, e.g. WS4REDIS_AUTO_PING_INTERVAL=null (repeatable)")
+    parser.add_argument(
+        "--protocol", choices=("ws4redis", "v2"), default="ws4redis", help="the wire the load generator's sockets speak"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="a Django setting for the server, e.g. WS4REDIS_AUTO_PING_INTERVAL=null (repeatable)",
+    )
     args = parser.parse_args()
     sizes = [int(n) for n in args.sizes.split(",")]
     # The default websocket cap is 7/8 of the open files limit (17,388 of
@@ -296,7 +329,8 @@ def main() -> None:
         f"# twisted_ws4redis benchmark\n\n`python bench/run.py --sizes {args.sizes} --runs {args.runs}{settings}`, "
         f"{time.strftime('%Y-%m-%d')}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs "
         "(server on CPU 0, load generator on CPU 1).\n\n" + text + "\n\n<details><summary>Every run (JSON)"
-        "</summary>\n\n```json\n" + json.dumps(raw, indent=1) + "\n```\n</details>\n")
+        "</summary>\n\n```json\n" + json.dumps(raw, indent=1) + "\n```\n</details>\n"
+    )
 
 
 if __name__ == "__main__":

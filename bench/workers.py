@@ -16,6 +16,7 @@ port); this script publishes the burst once every one of them holds its
 sockets, and sums what they count. The server's CPU and memory are read
 from ``/proc`` for each worker (the supervisor's apart).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,14 +80,28 @@ class Loader:
     """One wsload.py process of scenario ``hold``: its stdout's lines, read by a thread."""
 
     def __init__(self, server, size: int, source: str, timeout: float, stderr):
-        self.spawn([f"--url=ws://127.0.0.1:{server.port}/ws/", f"--redis=redis://127.0.0.1:{server.redis_port}/0",
-                    "--prefix=demo", "--scenarios=hold", f"-n={size}", f"--source={source}", f"--timeout={timeout}"],
-                   stderr)
+        self.spawn(
+            [
+                f"--url=ws://127.0.0.1:{server.port}/ws/",
+                f"--redis=redis://127.0.0.1:{server.redis_port}/0",
+                "--prefix=demo",
+                "--scenarios=hold",
+                f"-n={size}",
+                f"--source={source}",
+                f"--timeout={timeout}",
+            ],
+            stderr,
+        )
 
     def spawn(self, arguments: list[str], stderr) -> None:
         """Start wsload.py with ``arguments`` and the thread that reads its lines."""
-        self.process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "wsload.py"), *arguments],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "wsload.py"), *arguments],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -127,16 +142,16 @@ def measure(env: dict, workers: int | None, size: int, args, work: Path) -> dict
     the loaders: the figures of one run."""
     results: list[dict] = []
     shares = [size // args.loaders + (index < size % args.loaders) for index in range(args.loaders)]
-    with serving(env, results, workers=workers, cpus=None) as server, \
-            open(work / "wsload.err", "a") as stderr:
+    with serving(env, results, workers=workers, cpus=None) as server, open(work / "wsload.err", "a") as stderr:
         pids = server.pids
         db = redis.Redis(port=server.redis_port)
         time.sleep(1)
         rss_before = [rss_kib(pid) for pid in pids]
         sockets_before = [socket_fds(pid) for pid in pids]
         cpu_before, supervisor_before = [cpu_seconds(pid) for pid in pids], cpu_seconds(server.pid)
-        loaders = [Loader(server, share, f"127.0.0.{2 + index}", args.timeout, stderr)
-                   for index, share in enumerate(shares)]
+        loaders = [
+            Loader(server, share, f"127.0.0.{2 + index}", args.timeout, stderr) for index, share in enumerate(shares)
+        ]
         try:
             held = [loader.expect("held", args.connect_timeout) for loader in loaders]
             cpu_held, supervisor_held = [cpu_seconds(pid) for pid in pids], cpu_seconds(server.pid)
@@ -171,27 +186,37 @@ def measure(env: dict, workers: int | None, size: int, args, work: Path) -> dict
     handshake_cpu = [after - before for before, after in zip(cpu_before, cpu_held)]
     burst_cpu = [after - before for before, after in zip(cpu_burst, cpu_after)]
     return {
-        "workers": workers or 1, "size": size, "held": count, "failures": sum(found["failures"] for found in held),
+        "workers": workers or 1,
+        "size": size,
+        "held": count,
+        "failures": sum(found["failures"] for found in held),
         "failure_reasons": [found["failure_reasons"] for found in held],
-        "per_worker": per_worker, "redis_subscribers": subscribed,
+        "per_worker": per_worker,
+        "redis_subscribers": subscribed,
         "handshakes_per_s": round(count / span, 1),
         "server_us_per_handshake": round(1e6 * sum(handshake_cpu) / max(1, count), 1),
         "supervisor_us_per_handshake": round(1e6 * (supervisor_held - supervisor_before) / max(1, count), 1)
-        if workers else None,
+        if workers
+        else None,
         "handshake_client_pct": round(100 * sum(found["client_cpu_s"] for found in held) / span, 1),
         "handshake_server_pct": round(100 * sum(handshake_cpu) / span, 1),
         "handshake_cpu_s_per_worker": [round(seconds, 2) for seconds in handshake_cpu],
         "rss_mib_per_worker": [round(kib / 1024, 1) for kib in rss_held],
         "kib_per_socket": round((sum(rss_held) - sum(rss_before)) / max(1, count), 2),
-        "deliveries_per_s": round(deliveries / burst_span), "deliveries": deliveries,
+        "deliveries_per_s": round(deliveries / burst_span),
+        "deliveries": deliveries,
         "lost": sum(found["lost"] for found in bursts),
-        "p50_ms": max(found["p50_ms"] or 0 for found in bursts), "p99_ms": max(found["p99_ms"] or 0 for found in bursts),
+        "p50_ms": max(found["p50_ms"] or 0 for found in bursts),
+        "p99_ms": max(found["p99_ms"] or 0 for found in bursts),
         "server_us_per_delivery": round(1e6 * sum(burst_cpu) / max(1, deliveries), 3),
         "burst_cpu_s_per_worker": [round(seconds, 2) for seconds in burst_cpu],
         "burst_client_pct": round(100 * sum(found["client_cpu_s"] for found in bursts) / burst_span, 1),
         "burst_server_pct": round(100 * sum(burst_cpu) / burst_span, 1),
-        "errors": log["errors"], "warnings": log["warnings"], "excerpt": log["excerpt"],
-        "handshake_seconds": round(span, 2), "burst_seconds": round(burst_span, 3),
+        "errors": log["errors"],
+        "warnings": log["warnings"],
+        "excerpt": log["excerpt"],
+        "handshake_seconds": round(span, 2),
+        "burst_seconds": round(burst_span, 3),
     }
 
 
@@ -215,7 +240,10 @@ def table(columns: dict[str, list[dict]], runs: int) -> str:
         for name in names:
             text = cell(columns[name], key)
             client = "burst_client_pct" if key == "deliveries_per_s" else "handshake_client_pct"
-            if key.endswith("_per_s") and statistics.median(run[client] for run in columns[name]) >= CLIENT_BOUND_PCT * 2:
+            if (
+                key.endswith("_per_s")
+                and statistics.median(run[client] for run in columns[name]) >= CLIENT_BOUND_PCT * 2
+            ):
                 text = "≥ " + text  # both loaders' cores busy
             cells.append(text)
         lines.append(f"| {heading} | " + " | ".join(cells) + " |")
@@ -224,22 +252,27 @@ def table(columns: dict[str, list[dict]], runs: int) -> str:
 
 def ratios(rounds: list[dict[str, dict]], sizes: list[str], count: int) -> str:
     """Per round, --workers N's figure over one process' at the same size (their median, min–max)."""
-    lines = [f"| {count} workers ÷ 1 process, same round (median, min–max) | " + " | ".join(sizes) + " |",
-             "|---|" + "---:|" * len(sizes)]
-    for key, heading in (("held", "sockets held"), ("handshakes_per_s", "handshakes/s"),
-                         ("deliveries_per_s", "burst deliveries/s"),
-                         ("server_us_per_delivery", "server µs/delivery")):
+    lines = [
+        f"| {count} workers ÷ 1 process, same round (median, min–max) | " + " | ".join(sizes) + " |",
+        "|---|" + "---:|" * len(sizes),
+    ]
+    for key, heading in (
+        ("held", "sockets held"),
+        ("handshakes_per_s", "handshakes/s"),
+        ("deliveries_per_s", "burst deliveries/s"),
+        ("server_us_per_delivery", "server µs/delivery"),
+    ):
         cells = []
         for size in sizes:
-            found = [round(one[(count, size)][key] / one[(1, size)][key], 2) for one in rounds
-                     if one[(1, size)][key]]
+            found = [round(one[(count, size)][key] / one[(1, size)][key], 2) for one in rounds if one[(1, size)][key]]
             cells.append(cell([{"x": value} for value in found], "x"))
         lines.append(f"| {heading} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def measured_rounds(runs: int, points: list[tuple[object, str]], measure_one: Callable[[object], dict],
-                    work: Path) -> list[dict]:
+def measured_rounds(
+    runs: int, points: list[tuple[object, str]], measure_one: Callable[[object], dict], work: Path
+) -> list[dict]:
     """``runs`` rounds of ``measure_one(key)`` for every (key, label) of
     ``points``, in order, each round a dict by key; what the loaders wrote to
     their stderr (``work``/wsload.err), if anything, printed at the end."""
@@ -282,11 +315,20 @@ def main() -> None:
     overrides = {"WS4REDIS_MAX_CONNECTIONS": args.per_process + 200}
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as work:
         env = prepare_project(Path(work), overrides)
-        points = [((processes, size), f"{'--workers %d' % processes if processes > 1 else '1 process'}, "
-                                      f"N = {sockets(size, processes)}")
-                  for size in sizes for processes in (1, args.workers)]
-        rounds = measured_rounds(args.runs, points, lambda key: measure(
-            env, key[0] if key[0] > 1 else None, sockets(key[1], key[0]), args, Path(work)), Path(work))
+        points = [
+            (
+                (processes, size),
+                f"{'--workers %d' % processes if processes > 1 else '1 process'}, N = {sockets(size, processes)}",
+            )
+            for size in sizes
+            for processes in (1, args.workers)
+        ]
+        rounds = measured_rounds(
+            args.runs,
+            points,
+            lambda key: measure(env, key[0] if key[0] > 1 else None, sockets(key[1], key[0]), args, Path(work)),
+            Path(work),
+        )
     columns = {}
     for size in sizes:
         for processes in (1, args.workers):
@@ -300,9 +342,12 @@ def main() -> None:
         f"`python bench/workers.py --sizes {args.sizes} --workers {args.workers} --runs {args.runs} "
         f"--loaders {args.loaders}`, {time.strftime('%Y-%m-%d %H:%M')}, Python {sys.version.split()[0]}, "
         f"2 CPUs shared by the server, Redis and {args.loaders} load processes (nothing pinned), "
-        f"WS4REDIS_MAX_CONNECTIONS = {args.per_process + 200} per process.\n\n" + text
-        + "\n\n<details><summary>Every run (JSON)</summary>\n\n```json\n" + json.dumps(raw, indent=1)
-        + "\n```\n</details>\n")
+        f"WS4REDIS_MAX_CONNECTIONS = {args.per_process + 200} per process.\n\n"
+        + text
+        + "\n\n<details><summary>Every run (JSON)</summary>\n\n```json\n"
+        + json.dumps(raw, indent=1)
+        + "\n```\n</details>\n"
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ reported with every scenario.
 
 Each scenario prints one JSON line on stdout; ``--summary`` adds a readable table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,14 @@ class Client(asyncio.Protocol):
     def connection_made(self, transport):
         self.transport = transport
         key = base64.b64encode(os.urandom(16)).decode()
-        lines = [f"GET {self.path} HTTP/1.1", f"Host: {self.host}", "Upgrade: websocket", "Connection: Upgrade",
-                 f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+        lines = [
+            f"GET {self.path} HTTP/1.1",
+            f"Host: {self.host}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+        ]
         if self.cookie:
             lines.append(f"Cookie: {self.cookie}")
         if SUBPROTOCOL:
@@ -78,7 +85,7 @@ class Client(asyncio.Protocol):
                 self._rest = data
                 return
             status = data[:12]
-            data = data[end + 4:]
+            data = data[end + 4 :]
             if not status.startswith(b"HTTP/1.1 101"):
                 self.opened.set_exception(ConnectionError(f"handshake refused: {status!r}"))
                 self.transport.close()
@@ -106,11 +113,11 @@ class Client(asyncio.Protocol):
             if end > size:
                 break
             if opcode == 1 or opcode == 2:
-                messages.append(data[offset + header:end])
+                messages.append(data[offset + header : end])
             elif opcode == 9:
-                self._send(0xA, data[offset + header:end])
+                self._send(0xA, data[offset + header : end])
             elif opcode == 8:
-                self._send(0x8, data[offset + header:offset + header + 2])
+                self._send(0x8, data[offset + header : offset + header + 2])
                 self.transport.close()
             offset = end
         if offset < size:
@@ -214,10 +221,12 @@ class Target:
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
         page = opener.open(self.login_url, timeout=10).read().decode()
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
-        data = urllib.parse.urlencode({"username": self.username, "password": self.password,
-                                       "csrfmiddlewaretoken": token}).encode()
-        opener.open(urllib.request.Request(self.login_url, data=data, headers={"Referer": self.login_url}),
-                    timeout=10).read()
+        data = urllib.parse.urlencode(
+            {"username": self.username, "password": self.password, "csrfmiddlewaretoken": token}
+        ).encode()
+        opener.open(
+            urllib.request.Request(self.login_url, data=data, headers={"Referer": self.login_url}), timeout=10
+        ).read()
         cookies = {cookie.name: cookie.value for cookie in jar}
         if "sessionid" not in cookies:
             raise RuntimeError(f"login as {self.username!r} at {self.login_url} failed")
@@ -253,7 +262,7 @@ def unstamp(payload: bytes) -> tuple[int, int] | None:
         start = payload.find(b'"data":"')
         if not payload.startswith(b'{"op":"message"') or start < 0:
             return None
-        payload = payload[start + 8:payload.index(b'"', start + 8)]
+        payload = payload[start + 8 : payload.index(b'"', start + 8)]
     parts = payload.split(b":", 2)
     if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit():
         return int(parts[0]), int(parts[1])
@@ -304,9 +313,11 @@ class Deliveries:
         if not latencies_ns:
             return {"p50_ms": None, "p99_ms": None, "max_ms": None}
         ordered = sorted(latencies_ns)
-        return {"p50_ms": round(ordered[len(ordered) // 2] / 1e6, 2),
-                "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / 1e6, 2),
-                "max_ms": round(ordered[-1] / 1e6, 2)}
+        return {
+            "p50_ms": round(ordered[len(ordered) // 2] / 1e6, 2),
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / 1e6, 2),
+            "max_ms": round(ordered[-1] / 1e6, 2),
+        }
 
 
 class Phase:
@@ -330,8 +341,9 @@ class Phase:
         return found
 
 
-async def open_clients(target: Target, count: int, path: str, on_messages=None, cookie: str | None = None,
-                       concurrency: int = 100) -> tuple[list[Client], int, float]:
+async def open_clients(
+    target: Target, count: int, path: str, on_messages=None, cookie: str | None = None, concurrency: int = 100
+) -> tuple[list[Client], int, float]:
     """Open ``count`` websockets, ``concurrency`` handshakes at a time;
     (clients, failures, seconds)."""
     gate = asyncio.Semaphore(concurrency)
@@ -357,8 +369,10 @@ async def open_clients(target: Target, count: int, path: str, on_messages=None, 
 async def close_all(clients: list[Client]) -> None:
     for client in clients:
         client.close()
-    await asyncio.wait([asyncio.ensure_future(asyncio.wait_for(c.closed, 10)) for c in clients] or
-                       [asyncio.ensure_future(asyncio.sleep(0))])
+    await asyncio.wait(
+        [asyncio.ensure_future(asyncio.wait_for(c.closed, 10)) for c in clients]
+        or [asyncio.ensure_future(asyncio.sleep(0))]
+    )
 
 
 async def idle_sockets(target: Target, args, facility: str) -> dict:
@@ -371,9 +385,16 @@ async def idle_sockets(target: Target, args, facility: str) -> dict:
     target.wait_subscribers(facility)
     await asyncio.sleep(1)
     after = target.rss_kib()
-    result = {"handshakes_per_s": round(len(clients) / elapsed, 1), "failures": failures, "seconds": round(elapsed, 2),
-              "rss_before_kib": before, "rss_after_kib": after, "redis_clients": target.redis_clients(),
-              "kib_per_connection": round((after - before) / max(1, len(clients)), 2) if before else None, **busy}
+    result = {
+        "handshakes_per_s": round(len(clients) / elapsed, 1),
+        "failures": failures,
+        "seconds": round(elapsed, 2),
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "redis_clients": target.redis_clients(),
+        "kib_per_connection": round((after - before) / max(1, len(clients)), 2) if before else None,
+        **busy,
+    }
     await close_all(clients)
     return result
 
@@ -391,8 +412,9 @@ async def scenario_persisted(target: Target, args) -> dict:
 
 async def scenario_fanout(target: Target, args) -> dict:
     deliveries = Deliveries()
-    clients, failures, _ = await open_clients(target, args.n, target.path("bench-fanout", "subscribe-broadcast"),
-                                              deliveries)
+    clients, failures, _ = await open_clients(
+        target, args.n, target.path("bench-fanout", "subscribe-broadcast"), deliveries
+    )
     target.wait_subscribers("bench-fanout")
     await asyncio.sleep(0.5)
     expected = len(clients) * args.messages
@@ -418,9 +440,16 @@ async def scenario_fanout(target: Target, args) -> dict:
     span = max(1, deliveries.last_ns - first_ns) / 1e9
     busy = phase.busy(span, deliveries.count - before, "delivery")
     latencies = deliveries.latencies_ns()
-    result = {"subscribers": len(clients), "failures": failures, "messages": args.messages,
-              "deliveries": len(latencies), "lost": expected - len(latencies),
-              "deliveries_per_s": round(len(latencies) / span), **deliveries.latency_ms(latencies), **busy}
+    result = {
+        "subscribers": len(clients),
+        "failures": failures,
+        "messages": args.messages,
+        "deliveries": len(latencies),
+        "lost": expected - len(latencies),
+        "deliveries_per_s": round(len(latencies) / span),
+        **deliveries.latency_ms(latencies),
+        **busy,
+    }
     await close_all(clients)
     return result
 
@@ -428,7 +457,8 @@ async def scenario_fanout(target: Target, args) -> dict:
 async def scenario_chat(target: Target, args) -> dict:
     deliveries = Deliveries()
     clients, failures, _ = await open_clients(
-        target, args.chat_clients, target.path("bench-chat", "subscribe-broadcast&publish-broadcast&echo"), deliveries)
+        target, args.chat_clients, target.path("bench-chat", "subscribe-broadcast&publish-broadcast&echo"), deliveries
+    )
     target.wait_subscribers("bench-chat")
     await asyncio.sleep(0.5)
     expected = len(clients) * len(clients) * args.chat_messages
@@ -449,9 +479,16 @@ async def scenario_chat(target: Target, args) -> dict:
     span = max(1, deliveries.last_ns - first_ns) / 1e9
     busy = phase.busy(span, deliveries.count - before, "delivery")
     latencies = deliveries.latencies_ns()
-    result = {"clients": len(clients), "failures": failures, "sent": sequence, "deliveries": len(latencies),
-              "lost": expected - len(latencies), "deliveries_per_s": round(len(latencies) / span),
-              **deliveries.latency_ms(latencies), **busy}
+    result = {
+        "clients": len(clients),
+        "failures": failures,
+        "sent": sequence,
+        "deliveries": len(latencies),
+        "lost": expected - len(latencies),
+        "deliveries_per_s": round(len(latencies) / span),
+        **deliveries.latency_ms(latencies),
+        **busy,
+    }
     await close_all(clients)
     return result
 
@@ -481,8 +518,13 @@ async def scenario_churn(target: Target, args) -> dict:
 
             try:
                 _, client = await target.connect(
-                    lambda: Client(f"{target.host}:{target.port}", target.path("bench-churn", "subscribe-broadcast"),
-                                   None, on_messages))
+                    lambda: Client(
+                        f"{target.host}:{target.port}",
+                        target.path("bench-churn", "subscribe-broadcast"),
+                        None,
+                        on_messages,
+                    )
+                )
                 await asyncio.wait_for(client.opened, 10)
                 await asyncio.wait_for(got, 10)
                 client.close()
@@ -498,19 +540,30 @@ async def scenario_churn(target: Target, args) -> dict:
     await publishing
     await asyncio.sleep(2)
     rss_after, clients_after = target.rss_kib(), target.redis_clients()
-    return {"connections_per_s": round(done / elapsed, 1), "connections": done, "failures": failed,
-            "rss_before_kib": rss_before, "rss_after_kib": rss_after,
-            "rss_growth_pct": round(100 * (rss_after - rss_before) / rss_before, 2) if rss_before else None,
-            "redis_clients_before": clients_before, "redis_clients_after": clients_after}
+    return {
+        "connections_per_s": round(done / elapsed, 1),
+        "connections": done,
+        "failures": failed,
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "rss_growth_pct": round(100 * (rss_after - rss_before) / rss_before, 2) if rss_before else None,
+        "redis_clients_before": clients_before,
+        "redis_clients_after": clients_after,
+    }
 
 
 async def scenario_session(target: Target, args) -> dict:
     cookie = target.session_cookie()
     phase = Phase(target)
-    clients, failures, elapsed = await open_clients(target, args.n, target.path("bench-session", "subscribe-user"),
-                                                    cookie=cookie)
-    result = {"handshakes_per_s": round(len(clients) / elapsed, 1), "failures": failures,
-              "seconds": round(elapsed, 2), **phase.busy(elapsed, len(clients), "handshake")}
+    clients, failures, elapsed = await open_clients(
+        target, args.n, target.path("bench-session", "subscribe-user"), cookie=cookie
+    )
+    result = {
+        "handshakes_per_s": round(len(clients) / elapsed, 1),
+        "failures": failures,
+        "seconds": round(elapsed, 2),
+        **phase.busy(elapsed, len(clients), "handshake"),
+    }
     await close_all(clients)
     return result
 
@@ -533,14 +586,27 @@ async def scenario_hold(target: Target, args) -> dict:
     deliveries = Deliveries()
     cpu = time.process_time()
     started_ns = time.monotonic_ns()
-    clients, failures, elapsed = await open_clients(target, args.n, target.path("bench-fanout", "subscribe-broadcast"),
-                                                    deliveries)
+    clients, failures, elapsed = await open_clients(
+        target, args.n, target.path("bench-fanout", "subscribe-broadcast"), deliveries
+    )
     ended_ns = time.monotonic_ns()
-    print(json.dumps({"scenario": "hold", "phase": "held", "n": args.n, "held": len(clients), "failures": failures,
-                      "failure_reasons": dict(FAILURES),
-                      "started_ns": started_ns, "ended_ns": ended_ns,
-                      "handshakes_per_s": round(len(clients) / elapsed, 1),
-                      "client_cpu_s": round(time.process_time() - cpu, 3)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "scenario": "hold",
+                "phase": "held",
+                "n": args.n,
+                "held": len(clients),
+                "failures": failures,
+                "failure_reasons": dict(FAILURES),
+                "started_ns": started_ns,
+                "ended_ns": ended_ns,
+                "handshakes_per_s": round(len(clients) / elapsed, 1),
+                "client_cpu_s": round(time.process_time() - cpu, 3),
+            }
+        ),
+        flush=True,
+    )
     # The burst may begin to arrive before its command is read.
     before = deliveries.count
     words = await command("burst")
@@ -553,10 +619,20 @@ async def scenario_hold(target: Target, args) -> dict:
         await asyncio.wait_for(deliveries.done.wait(), args.timeout)
     except asyncio.TimeoutError:
         pass
-    print(json.dumps({"scenario": "hold", "phase": "burst", "held": len(clients), "messages": messages,
-                      "deliveries": deliveries.count - before,
-                      "lost": len(clients) * messages - (deliveries.count - before),
-                      **received(clients, deliveries, time.process_time() - cpu)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "scenario": "hold",
+                "phase": "burst",
+                "held": len(clients),
+                "messages": messages,
+                "deliveries": deliveries.count - before,
+                "lost": len(clients) * messages - (deliveries.count - before),
+                **received(clients, deliveries, time.process_time() - cpu),
+            }
+        ),
+        flush=True,
+    )
     await command("close")
     await close_all(clients)
     return {"held": len(clients)}
@@ -565,9 +641,14 @@ async def scenario_hold(target: Target, args) -> dict:
 def received(clients: list, deliveries: Deliveries, client_cpu: float) -> dict:
     """What a driven scenario's line says of the deliveries it counted."""
     latencies = deliveries.latencies_ns()
-    return {"stamped": len(latencies), "still_open": sum(not client.closed.done() for client in clients),
-            "first_ns": deliveries.reads[0][0] if deliveries.reads else None, "last_ns": deliveries.last_ns,
-            "client_cpu_s": round(client_cpu, 3), **deliveries.latency_ms(latencies)}
+    return {
+        "stamped": len(latencies),
+        "still_open": sum(not client.closed.done() for client in clients),
+        "first_ns": deliveries.reads[0][0] if deliveries.reads else None,
+        "last_ns": deliveries.last_ns,
+        "client_cpu_s": round(client_cpu, 3),
+        **deliveries.latency_ms(latencies),
+    }
 
 
 async def scenario_facilities(target: Target, args) -> dict:
@@ -583,15 +664,33 @@ async def scenario_facilities(target: Target, args) -> dict:
     gate_clients = []
     for index in range(args.facilities):
         share = args.n // args.facilities + (index < args.n % args.facilities)
-        gate_clients.append(open_clients(target, share, target.path(f"bench-f{index}", "subscribe-broadcast"),
-                                         deliveries, concurrency=max(1, 100 // args.facilities)))
+        gate_clients.append(
+            open_clients(
+                target,
+                share,
+                target.path(f"bench-f{index}", "subscribe-broadcast"),
+                deliveries,
+                concurrency=max(1, 100 // args.facilities),
+            )
+        )
     opened = await asyncio.gather(*gate_clients)
     clients = [client for found, _, _ in opened for client in found]
     failures = sum(failed for _, failed, _ in opened)
-    print(json.dumps({"scenario": "facilities", "phase": "held", "n": args.n, "held": len(clients),
-                      "failures": failures, "failure_reasons": dict(FAILURES),
-                      "handshakes_s": round((time.monotonic_ns() - started_ns) / 1e9, 2),
-                      "client_cpu_s": round(time.process_time() - cpu, 3)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "scenario": "facilities",
+                "phase": "held",
+                "n": args.n,
+                "held": len(clients),
+                "failures": failures,
+                "failure_reasons": dict(FAILURES),
+                "handshakes_s": round((time.monotonic_ns() - started_ns) / 1e9, 2),
+                "client_cpu_s": round(time.process_time() - cpu, 3),
+            }
+        ),
+        flush=True,
+    )
     await command("start")
     deliveries.reads.clear()
     deliveries.count, deliveries.last_ns = 0, 0
@@ -605,17 +704,33 @@ async def scenario_facilities(target: Target, args) -> dict:
         await asyncio.sleep(args.quiet)
         if deliveries.count == last:
             break
-    print(json.dumps({"scenario": "facilities", "phase": "window", "held": len(clients),
-                      "deliveries": deliveries.count, **received(clients, deliveries, time.process_time() - cpu)}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                "scenario": "facilities",
+                "phase": "window",
+                "held": len(clients),
+                "deliveries": deliveries.count,
+                **received(clients, deliveries, time.process_time() - cpu),
+            }
+        ),
+        flush=True,
+    )
     await command("close")
     await close_all(clients)
     return {"held": len(clients)}
 
 
-SCENARIOS = {"connect": scenario_connect, "persisted": scenario_persisted, "fanout": scenario_fanout, "chat": scenario_chat,
-             "churn": scenario_churn, "session": scenario_session, "hold": scenario_hold,
-             "facilities": scenario_facilities}
+SCENARIOS = {
+    "connect": scenario_connect,
+    "persisted": scenario_persisted,
+    "fanout": scenario_fanout,
+    "chat": scenario_chat,
+    "churn": scenario_churn,
+    "session": scenario_session,
+    "hold": scenario_hold,
+    "facilities": scenario_facilities,
+}
 
 
 async def run(args) -> list[dict]:
@@ -637,25 +752,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url", required=True, help="websocket base URL, e.g. ws://127.0.0.1:8000/ws/")
     parser.add_argument("--redis", required=True, help="the server's Redis, e.g. redis://127.0.0.1:6379/0")
     parser.add_argument("--prefix", default="", help="the server's WS4REDIS_PREFIX")
-    parser.add_argument("--server-pid", help="server process, for its RSS and CPU; several, comma-separated "
-                        "(the workers of --workers), are summed")
-    parser.add_argument("--source", help="local address every socket binds, e.g. 127.0.0.2: each source address "
-                        "has its own ephemeral ports (ip_local_port_range) towards one server port")
+    parser.add_argument(
+        "--server-pid",
+        help="server process, for its RSS and CPU; several, comma-separated (the workers of --workers), are summed",
+    )
+    parser.add_argument(
+        "--source",
+        help="local address every socket binds, e.g. 127.0.0.2: each source address "
+        "has its own ephemeral ports (ip_local_port_range) towards one server port",
+    )
     parser.add_argument("--scenarios", default="connect,persisted,fanout,chat,churn,session")
-    parser.add_argument("--protocol", choices=("ws4redis", "v2"), default="ws4redis",
-                        help="the wire every socket speaks: ws4redis, or ws4redis.v2 (JSON ops)")
+    parser.add_argument(
+        "--protocol",
+        choices=("ws4redis", "v2"),
+        default="ws4redis",
+        help="the wire every socket speaks: ws4redis, or ws4redis.v2 (JSON ops)",
+    )
     parser.add_argument("-n", type=int, default=1000, help="connections (connect, fanout, session)")
     parser.add_argument("--messages", type=int, default=100, help="fanout: messages published")
-    parser.add_argument("--interval", type=float, default=0,
-                        help="fanout: seconds between messages (0: one burst)")
+    parser.add_argument("--interval", type=float, default=0, help="fanout: seconds between messages (0: one burst)")
     parser.add_argument("--chat-clients", type=int, default=100)
     parser.add_argument("--chat-messages", type=int, default=10, help="chat: messages sent by each client")
     parser.add_argument("--churn-seconds", type=float, default=10)
     parser.add_argument("--churn-workers", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=60, help="longest wait for deliveries")
     parser.add_argument("--facilities", type=int, default=300, help="facilities: how many the sockets are spread over")
-    parser.add_argument("--quiet", type=float, default=2.0,
-                        help="facilities: seconds without a delivery after which the count is taken as final")
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=2.0,
+        help="facilities: seconds without a delivery after which the count is taken as final",
+    )
     parser.add_argument("--login-url", help="session: Django login page, e.g. http://127.0.0.1:8000/accounts/login/")
     parser.add_argument("--username", default="john")
     parser.add_argument("--password", default="secret")

@@ -1,5 +1,6 @@
 """Fixtures for tests that drive the real thing: a real redis-server, a real
 ``twistd -n ws4redis`` process serving tests/project, real sockets."""
+
 from __future__ import annotations
 
 import contextlib
@@ -53,7 +54,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     if skipped:
         terminalreporter.write_line(
             f"{len(skipped)} test(s) skipped: the suite must run whole (missing programs are "
-            f"installed by tests/system_packages.sh)", red=True)
+            f"installed by tests/system_packages.sh)",
+            red=True,
+        )
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
@@ -71,9 +74,28 @@ def free_port() -> int:
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     """A key and a certificate for localhost and 127.0.0.1, made by openssl in ``directory``."""
     key, cert = directory / "key.pem", directory / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return key, cert
 
 
@@ -181,21 +203,45 @@ def django_request(username: str | None = None, path: str = "/"):
 class TwistdServer:
     """``twistd -n ws4redis`` in a subprocess, its output kept in a file."""
 
-    def __init__(self, redis_url: str, db_path: str, overrides: dict | None = None,
-                 args: tuple[str, ...] = (), endpoint: str | None = None, *, port: int | None = None,
-                 project: Path = PROJECT, settings: str = "testproject.settings", env: dict | None = None,
-                 preexec_fn=None):
+    def __init__(
+        self,
+        redis_url: str,
+        db_path: str,
+        overrides: dict | None = None,
+        args: tuple[str, ...] = (),
+        endpoint: str | None = None,
+        *,
+        port: int | None = None,
+        project: Path = PROJECT,
+        settings: str = "testproject.settings",
+        env: dict | None = None,
+        preexec_fn=None,
+    ):
         """``project``, ``settings`` and ``env`` serve another Django project
         (the example); ``port`` reuses a port, e.g. to restart a server;
         ``preexec_fn`` runs in the child before twistd (e.g. to set rlimits)."""
         self.port = port or free_port()
         self.log_path = new_log_path("twistd-")
         endpoint = endpoint or f"tcp:{self.port}:interface=127.0.0.1"
-        command = [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis",
-                   f"--settings={settings}", f"--endpoint={endpoint}", f"--redis={redis_url}", *args]
+        command = [
+            str(BIN / "twistd"),
+            "--nodaemon",
+            "--pidfile=",
+            "ws4redis",
+            f"--settings={settings}",
+            f"--endpoint={endpoint}",
+            f"--redis={redis_url}",
+            *args,
+        ]
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(command, env=env or project_env(db_path, overrides), cwd=project,
-                                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
+            self.process = subprocess.Popen(
+                command,
+                env=env or project_env(db_path, overrides),
+                cwd=project,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=preexec_fn,
+            )
         try:
             if endpoint.startswith("tcp:"):
                 wait_for_port(self.port, process=self.process)
@@ -268,8 +314,11 @@ def login(server: TwistdServer, username: str, password: str = "secret") -> str:
 
 def http_post_json(server: TwistdServer, path: str, payload: dict, headers: dict | None = None) -> dict:
     """POST ``payload`` as JSON; ``headers`` are added (e.g. {"Cookie": login(server, "john")})."""
-    request = urllib.request.Request(server.http_url(path), data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+    request = urllib.request.Request(
+        server.http_url(path),
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 

@@ -1,6 +1,7 @@
 """The async publisher: ``apublish_message`` and ``afetch_message`` from async
 views served by the real twistd (a websocket receives), and in this process
 under ``asyncio.run`` against the real test Redis, compared with the blocking API."""
+
 from __future__ import annotations
 
 import asyncio
@@ -16,8 +17,17 @@ from contextlib import contextmanager
 import pytest
 import redis
 
-from conftest import (TwistdServer, django_request, free_port, http_post_json, login, open_ws, unique,
-                      wait_for_port, wait_subscribed)
+from conftest import (
+    TwistdServer,
+    django_request,
+    free_port,
+    http_post_json,
+    login,
+    open_ws,
+    unique,
+    wait_for_port,
+    wait_subscribed,
+)
 from test_sentinel import SERVICE, sentinel_cluster  # noqa: F401  (a fixture)
 from test_tls import certificate  # noqa: F401  (a fixture)
 from twisted_ws4redis.server.embedded import redis_server_binary
@@ -38,12 +48,14 @@ def redis_clients(client: redis.Redis) -> tuple[int, int]:
 
 # Through the real server: async views run by Django under WSGI ----------------
 
+
 def test_an_async_view_publishes_to_a_websocket(server, redis_client):
     facility = unique("async-view")
     with open_ws(server, f"{facility}?subscribe-broadcast") as ws:
         wait_subscribed(redis_client, f"broadcast:{facility}")
-        answer = http_post_json(server, "/apublish/", {"facility": facility, "broadcast": True,
-                                                       "message": "from an async view"})
+        answer = http_post_json(
+            server, "/apublish/", {"facility": facility, "broadcast": True, "message": "from an async view"}
+        )
         assert ws.recv(timeout=TIMEOUT) == "from an async view"
     assert answer == {"channels": [f"broadcast:{facility}"], "received": 1}
 
@@ -54,15 +66,21 @@ def test_an_async_view_publishes_to_self_of_a_logged_in_user(server, redis_clien
     cookie = login(server, "mary")
     key = dict(part.strip().split("=", 1) for part in cookie.split(";"))["sessionid"]
     facility = unique("async-self")
-    expected = {"users": [f"user:mary:{facility}"],
-                "groups": [f"group:chatusers:{facility}", f"group:staff:{facility}"],
-                "sessions": [f"session:{key}:{facility}"]}
+    expected = {
+        "users": [f"user:mary:{facility}"],
+        "groups": [f"group:chatusers:{facility}", f"group:staff:{facility}"],
+        "sessions": [f"session:{key}:{facility}"],
+    }
     with open_ws(server, f"{facility}?subscribe-user&subscribe-group&subscribe-session", cookie) as ws:
         for channel in sum(expected.values(), []):
             wait_subscribed(redis_client, channel)
         for audience, channels in expected.items():
-            answer = http_post_json(server, "/apublish/", {"facility": facility, audience: ["SELF"],
-                                                           "message": f"to {audience}"}, {"Cookie": cookie})
+            answer = http_post_json(
+                server,
+                "/apublish/",
+                {"facility": facility, audience: ["SELF"], "message": f"to {audience}"},
+                {"Cookie": cookie},
+            )
             assert answer == {"channels": channels, "received": len(channels)}
             for _ in channels:
                 assert ws.recv(timeout=TIMEOUT) == f"to {audience}"
@@ -72,17 +90,25 @@ def test_afetch_message_finds_what_fetch_message_finds(server, redis_client):
     cookie = login(server, "john")
     facility = unique("async-fetch")
     for audience, message in (("users", "for john"), ("groups", "for chatusers")):
-        http_post_json(server, "/publish/", {"facility": facility, audience: ["SELF"], "message": message,
-                                             "expire": 60}, {"Cookie": cookie})
-    http_post_json(server, "/publish/", {"facility": facility, "broadcast": True, "message": "for all",
-                                         "expire": 60})
+        http_post_json(
+            server,
+            "/publish/",
+            {"facility": facility, audience: ["SELF"], "message": message, "expire": 60},
+            {"Cookie": cookie},
+        )
+    http_post_json(server, "/publish/", {"facility": facility, "broadcast": True, "message": "for all", "expire": 60})
     found = {}
     for audience in ("any", "session", "user", "group", "broadcast"):
         query = urllib.parse.urlencode({"facility": facility, "audience": audience})
         found[audience] = http_get_json(server, f"/fetch/?{query}", cookie)["message"]
         assert http_get_json(server, f"/afetch/?{query}", cookie)["message"] == found[audience]
-    assert found == {"any": "for john", "session": None, "user": "for john", "group": "for chatusers",
-                     "broadcast": "for all"}
+    assert found == {
+        "any": "for john",
+        "session": None,
+        "user": "for john",
+        "group": "for chatusers",
+        "broadcast": "for all",
+    }
 
 
 def test_many_async_requests_leave_no_redis_connection_behind(server, redis_client):
@@ -122,6 +148,7 @@ def test_an_async_view_gets_redis_unavailable_promptly(test_db):
 
 
 # In this process: asyncio.run, as asgiref does --------------------------------
+
 
 @contextmanager
 def redis_at(address):
@@ -168,8 +195,12 @@ def test_self_is_read_with_async_apis_on_the_loop(redis_client):
 
     received, channels = asyncio.run(publish())
     assert received == 0
-    assert channels == [f"group:chatusers:{facility}", f"group:staff:{facility}", f"user:mary:{facility}",
-                        f"session:{key}:{facility}"]
+    assert channels == [
+        f"group:chatusers:{facility}",
+        f"group:staff:{facility}",
+        f"user:mary:{facility}",
+        f"session:{key}:{facility}",
+    ]
     assert [redis_client.get(channel) for channel in channels] == [b"hi"] * 4
 
 
@@ -184,16 +215,29 @@ def test_async_and_blocking_calls_return_the_same(redis_client):
     for _ in range(2):
         assert listener.get_message(timeout=TIMEOUT)["type"] == "subscribe"
     request, anonymous = django_request("john"), django_request()
-    audiences = [dict(broadcast=True), dict(users=[SELF], broadcast=True), dict(users=["nobody"]),
-                 dict(users=[SELF], request=anonymous), dict(sessions=[SELF], groups=[SELF])]
+    audiences = [
+        dict(broadcast=True),
+        dict(users=[SELF], broadcast=True),
+        dict(users=["nobody"]),
+        dict(users=[SELF], request=anonymous),
+        dict(sessions=[SELF], groups=[SELF]),
+    ]
 
     def blocking(message, expire):
-        return [RedisPublisher(facility=facility, **{"request": request, **audience}).publish_message(
-            RedisMessage(message), expire) for audience in audiences]
+        return [
+            RedisPublisher(facility=facility, **{"request": request, **audience}).publish_message(
+                RedisMessage(message), expire
+            )
+            for audience in audiences
+        ]
 
     async def asynchronous(message, expire):
-        return [await RedisPublisher(facility=facility, **{"request": request, **audience}).apublish_message(
-            RedisMessage(message), expire) for audience in audiences]
+        return [
+            await RedisPublisher(facility=facility, **{"request": request, **audience}).apublish_message(
+                RedisMessage(message), expire
+            )
+            for audience in audiences
+        ]
 
     assert blocking("sync", 60) == asyncio.run(asynchronous("async", 60)) == [1, 2, 0, 0, 0]
     assert blocking("sync", 0) == asyncio.run(asynchronous("async", 0)) == [1, 2, 0, 0, 0]
@@ -205,8 +249,9 @@ def test_async_and_blocking_calls_return_the_same(redis_client):
     fetcher = RedisPublisher()
     for who in (request, anonymous):
         for audience in ("any", "session", "user", "group", "broadcast"):
-            assert fetcher.fetch_message(who, facility, audience) == \
-                asyncio.run(fetcher.afetch_message(who, facility, audience))
+            assert fetcher.fetch_message(who, facility, audience) == asyncio.run(
+                fetcher.afetch_message(who, facility, audience)
+            )
     assert fetcher.fetch_message(request, facility) == b"u"
     assert fetcher.fetch_message(anonymous, facility) == b"b"
 
@@ -228,9 +273,10 @@ def test_async_calls_raise_redis_unavailable_promptly():
     mute.bind(("127.0.0.1", 0))
     mute.listen(16)
     try:
-        for address, error in ((RedisAddress(host="127.0.0.1", port=closed), "Connect"),
-                               (RedisAddress(host="127.0.0.1", port=mute.getsockname()[1], socket_timeout=0.5),
-                                "Timeout")):
+        for address, error in (
+            (RedisAddress(host="127.0.0.1", port=closed), "Connect"),
+            (RedisAddress(host="127.0.0.1", port=mute.getsockname()[1], socket_timeout=0.5), "Timeout"),
+        ):
             with redis_at(address):
                 publisher = RedisPublisher(facility="down", broadcast=True)
                 started = time.monotonic()
@@ -248,11 +294,33 @@ def tls_redis(tmp_path, certificate, monkeypatch):  # noqa: F811
     """A redis-server speaking TLS only, its certificate trusted by this process."""
     key, cert = certificate
     port = free_port()
-    process = subprocess.Popen([redis_server_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-                                "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-                                "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
-                                "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            redis_server_binary(),
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-ca-cert-file",
+            str(cert),
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     try:
         wait_for_port(port, process=process)

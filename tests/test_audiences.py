@@ -8,6 +8,7 @@ a later socket's SUBSCRIBE being live (``barrier``) means every earlier SUBSCRIB
 was processed too; and messages on one path arrive in order, so a marker that
 arrives first proves that nothing was queued before it.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -56,9 +57,11 @@ def test_subscribe_broadcast(server, redis_client):
 
 def test_broadcast_reaches_every_subscriber_of_the_facility_only(server, redis_client):
     facility, other = unique("sub-bc-many"), unique("sub-bc-other")
-    with open_ws(server, f"{facility}?subscribe-broadcast") as first, \
-            open_ws(server, f"{facility}?subscribe-broadcast") as second, \
-            open_ws(server, f"{other}?subscribe-broadcast") as elsewhere:
+    with (
+        open_ws(server, f"{facility}?subscribe-broadcast") as first,
+        open_ws(server, f"{facility}?subscribe-broadcast") as second,
+        open_ws(server, f"{other}?subscribe-broadcast") as elsewhere,
+    ):
         publish_until_received(redis_client, f"broadcast:{facility}", "hello")
         assert first.recv(timeout=TIMEOUT) == "hello"
         assert second.recv(timeout=TIMEOUT) == "hello"
@@ -89,8 +92,11 @@ def test_anonymous_gets_no_user_or_group_channel(server, redis_client, cookie):
         assert ws.recv(timeout=TIMEOUT) == "still works"
         barrier(server, redis_client)
         assert channels_of(redis_client, facility) == [f"broadcast:{facility}"]
-        bogus = [name for name in redis_client.pubsub_channels("*")
-                 if b"SELF" in name or b"object at" in name or b"None" in name or b"AnonymousUser" in name]
+        bogus = [
+            name
+            for name in redis_client.pubsub_channels("*")
+            if b"SELF" in name or b"object at" in name or b"None" in name or b"AnonymousUser" in name
+        ]
         assert bogus == []
 
 
@@ -211,17 +217,22 @@ def test_publish_every_audience_in_ws4redis_order(server, redis_server):
     with recording(redis_server, facility) as published, open_ws(server, f"{facility}?{flags}", cookie) as ws:
         ws.send("to all of john")
         got = [published.next() for _ in range(4)]
-    assert got == [(channel, b"to all of john") for channel in (
-        f"broadcast:{facility}", f"group:chatusers:{facility}", f"user:john:{facility}",
-        f"session:{session_key(cookie)}:{facility}")]
+    assert got == [
+        (channel, b"to all of john")
+        for channel in (
+            f"broadcast:{facility}",
+            f"group:chatusers:{facility}",
+            f"user:john:{facility}",
+            f"session:{session_key(cookie)}:{facility}",
+        )
+    ]
 
 
 def test_anonymous_publish_user_group_session_publishes_nowhere(server, redis_server, redis_client):
     """§R4/§R5: ws4redis published anonymous messages to a bogus user name (or crashed)."""
     facility = unique("pub-anon")
     flags = "publish-user&publish-group&publish-session&publish-broadcast"
-    with recording(redis_server, "*", pattern=None) as everything, \
-            open_ws(server, f"{facility}?{flags}") as ws:
+    with recording(redis_server, "*", pattern=None) as everything, open_ws(server, f"{facility}?{flags}") as ws:
         ws.send("anonymous")
         round_trip(ws)  # the server has handled the message (and published it, if at all)
         ws.send("end")
@@ -232,9 +243,11 @@ def test_anonymous_publish_user_group_session_publishes_nowhere(server, redis_se
 
 def test_anonymous_publish_user_alone_publishes_nothing(server, redis_server):
     facility = unique("pub-anon-user")
-    with recording(redis_server, "*") as everything, \
-            open_ws(server, f"{facility}?publish-user") as anonymous, \
-            open_ws(server, f"{facility}?publish-broadcast") as witness:
+    with (
+        recording(redis_server, "*") as everything,
+        open_ws(server, f"{facility}?publish-user") as anonymous,
+        open_ws(server, f"{facility}?publish-broadcast") as witness,
+    ):
         anonymous.send("anonymous")
         round_trip(anonymous)  # the server has handled the message (and published it, if at all)
         witness.send("end")
@@ -245,12 +258,16 @@ def test_anonymous_publish_user_alone_publishes_nothing(server, redis_server):
 # -- flag parsing (spec §4) ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("query", [
-    "SUBSCRIBE-BROADCAST=1&Publish-Broadcast=yes",
-    "subscribe-broadcast=&publish-broadcast=0",
-    "%20Subscribe-Broadcast%20&+PUBLISH-broadcast+",
-    "%09subscribe-broadcast&publish-broadcast%20=x",
-], ids=["values", "empty-and-zero-values", "case-and-spaces", "tab-and-space-before-value"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SUBSCRIBE-BROADCAST=1&Publish-Broadcast=yes",
+        "subscribe-broadcast=&publish-broadcast=0",
+        "%20Subscribe-Broadcast%20&+PUBLISH-broadcast+",
+        "%09subscribe-broadcast&publish-broadcast%20=x",
+    ],
+    ids=["values", "empty-and-zero-values", "case-and-spaces", "tab-and-space-before-value"],
+)
 def test_flags_are_keys_stripped_lowercased_values_ignored(server, redis_server, redis_client, query):
     facility = unique("flags")
     with recording(redis_server, facility) as published, open_ws(server, f"{facility}?{query}") as ws:
@@ -272,12 +289,18 @@ def test_unknown_flags_are_ignored(server, redis_client):
         assert channels_of(redis_client, facility) == [f"broadcast:{facility}"]
 
 
-@pytest.mark.parametrize("query", ["", "?", "?echo", "?foo=bar&subscribe_broadcast"],
-                         ids=["no-query", "empty-query", "only-echo", "only-unknown"])
+@pytest.mark.parametrize(
+    "query",
+    ["", "?", "?echo", "?foo=bar&subscribe_broadcast"],
+    ids=["no-query", "empty-query", "only-echo", "only-unknown"],
+)
 def test_no_flag_socket_open_nothing_subscribed_nothing_published(server, redis_server, redis_client, query):
     facility = unique("flags-none")
-    with recording(redis_server, "*") as everything, open_ws(server, f"{facility}{query}") as ws, \
-            open_ws(server, f"{facility}?publish-broadcast") as witness:
+    with (
+        recording(redis_server, "*") as everything,
+        open_ws(server, f"{facility}{query}") as ws,
+        open_ws(server, f"{facility}?publish-broadcast") as witness,
+    ):
         barrier(server, redis_client)
         assert channels_of(redis_client, facility) == []
         ws.send("goes nowhere")
@@ -292,18 +315,24 @@ def test_no_flag_socket_open_nothing_subscribed_nothing_published(server, redis_
 # -- facility ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path, facility", [
-    ("{u}%20b/c", "{u} b/c"),
-    ("{u}/a%2Fb", "{u}/a/b"),
-    ("caf%C3%A9-{u}", "café-{u}"),
-    ("{u}/deep/er/path", "{u}/deep/er/path"),
-], ids=["space-and-slash", "encoded-slash", "utf8", "many-slashes"])
+@pytest.mark.parametrize(
+    "path, facility",
+    [
+        ("{u}%20b/c", "{u} b/c"),
+        ("{u}/a%2Fb", "{u}/a/b"),
+        ("caf%C3%A9-{u}", "café-{u}"),
+        ("{u}/deep/er/path", "{u}/deep/er/path"),
+    ],
+    ids=["space-and-slash", "encoded-slash", "utf8", "many-slashes"],
+)
 def test_facility_is_the_decoded_path_after_websocket_url(server, redis_server, redis_client, path, facility):
     token = uuid.uuid4().hex[:10]
     path, facility = path.format(u=token), facility.format(u=token)
     channel = f"broadcast:{facility}"
-    with recording(redis_server, channel, pattern=channel) as published, \
-            open_ws(server, f"{path}?subscribe-broadcast&publish-broadcast") as ws:
+    with (
+        recording(redis_server, channel, pattern=channel) as published,
+        open_ws(server, f"{path}?subscribe-broadcast&publish-broadcast") as ws,
+    ):
         publish_until_received(redis_client, channel, "in", subscribers=2)
         assert published.next() == (channel, b"in")
         assert ws.recv(timeout=TIMEOUT) == "in"
@@ -314,8 +343,10 @@ def test_facility_is_the_decoded_path_after_websocket_url(server, redis_server, 
 
 def test_empty_facility(server, redis_server, redis_client):
     channel = "broadcast:"
-    with recording(redis_server, channel, pattern=channel) as published, \
-            open_ws(server, "?subscribe-broadcast&publish-broadcast") as ws:
+    with (
+        recording(redis_server, channel, pattern=channel) as published,
+        open_ws(server, "?subscribe-broadcast&publish-broadcast") as ws,
+    ):
         publish_until_received(redis_client, channel, "empty facility in", subscribers=2)
         assert published.next() == (channel, b"empty facility in")
         assert ws.recv(timeout=TIMEOUT) == "empty facility in"
@@ -336,8 +367,14 @@ def test_prefix_on_every_subscribed_channel(prefixed, redis_client):
     cookie = login(prefixed, "john")
     key = session_key(cookie)
     flags = "subscribe-broadcast&subscribe-user&subscribe-group&subscribe-session"
-    expected = sorted([f"demo:broadcast:{facility}", f"demo:user:john:{facility}",
-                       f"demo:group:chatusers:{facility}", f"demo:session:{key}:{facility}"])
+    expected = sorted(
+        [
+            f"demo:broadcast:{facility}",
+            f"demo:user:john:{facility}",
+            f"demo:group:chatusers:{facility}",
+            f"demo:session:{key}:{facility}",
+        ]
+    )
     with open_ws(prefixed, f"{facility}?{flags}", cookie) as ws:
         for channel in expected:
             publish_until_received(redis_client, channel, f"via {channel}")
@@ -354,17 +391,24 @@ def test_prefix_on_every_published_channel(prefixed, redis_server):
     with recording(redis_server, facility) as published, open_ws(prefixed, f"{facility}?{flags}", cookie) as ws:
         ws.send("prefixed")
         got = {published.next() for _ in range(4)}
-    assert got == {(channel, b"prefixed") for channel in (
-        f"demo:broadcast:{facility}", f"demo:group:chatusers:{facility}", f"demo:user:john:{facility}",
-        f"demo:session:{session_key(cookie)}:{facility}")}
+    assert got == {
+        (channel, b"prefixed")
+        for channel in (
+            f"demo:broadcast:{facility}",
+            f"demo:group:chatusers:{facility}",
+            f"demo:user:john:{facility}",
+            f"demo:session:{session_key(cookie)}:{facility}",
+        )
+    }
 
 
 def test_prefix_in_the_django_publisher(prefixed, redis_client):
     facility = unique("prefix-view")
     with open_ws(prefixed, f"{facility}?subscribe-broadcast") as ws:
         wait_subscribed(redis_client, f"demo:broadcast:{facility}")
-        reply = http_post_json(prefixed, "/publish/", {"facility": facility, "message": "from django",
-                                                       "broadcast": True})
+        reply = http_post_json(
+            prefixed, "/publish/", {"facility": facility, "message": "from django", "broadcast": True}
+        )
         assert reply["channels"] == [f"demo:broadcast:{facility}"]
         assert reply["received"] == 1
         assert ws.recv(timeout=TIMEOUT) == "from django"
@@ -378,8 +422,12 @@ def test_self_user_with_cookie_reaches_own_user_socket(server, redis_client):
     cookie = login(server, "john")
     with open_ws(server, f"{facility}?subscribe-user", cookie) as ws:
         wait_subscribed(redis_client, f"user:john:{facility}")
-        reply = http_post_json(server, "/publish/", {"facility": facility, "message": "to myself",
-                                                     "users": ["SELF"]}, headers={"Cookie": cookie})
+        reply = http_post_json(
+            server,
+            "/publish/",
+            {"facility": facility, "message": "to myself", "users": ["SELF"]},
+            headers={"Cookie": cookie},
+        )
         assert reply["channels"] == [f"user:john:{facility}"]
         assert reply["received"] == 1
         assert ws.recv(timeout=TIMEOUT) == "to myself"
@@ -392,19 +440,30 @@ def test_self_group_and_session_with_cookie(server, redis_client):
     with open_ws(server, f"{facility}?subscribe-group&subscribe-session", cookie) as ws:
         for channel in (f"group:chatusers:{facility}", f"group:staff:{facility}", session_channel):
             wait_subscribed(redis_client, channel)
-        reply = http_post_json(server, "/publish/", {"facility": facility, "message": "to my groups",
-                                                     "groups": ["SELF"]}, headers={"Cookie": cookie})
+        reply = http_post_json(
+            server,
+            "/publish/",
+            {"facility": facility, "message": "to my groups", "groups": ["SELF"]},
+            headers={"Cookie": cookie},
+        )
         assert sorted(reply["channels"]) == [f"group:chatusers:{facility}", f"group:staff:{facility}"]
         # one socket on both group channels: it gets the message once per channel
         assert [ws.recv(timeout=TIMEOUT), ws.recv(timeout=TIMEOUT)] == ["to my groups"] * 2
-        reply = http_post_json(server, "/publish/", {"facility": facility, "message": "to my session",
-                                                     "sessions": ["SELF"]}, headers={"Cookie": cookie})
+        reply = http_post_json(
+            server,
+            "/publish/",
+            {"facility": facility, "message": "to my session", "sessions": ["SELF"]},
+            headers={"Cookie": cookie},
+        )
         assert reply["channels"] == [session_channel]
         assert ws.recv(timeout=TIMEOUT) == "to my session"
 
 
 def test_self_without_cookie_resolves_to_nothing(server, redis_client):
     facility = unique("self-anon")
-    reply = http_post_json(server, "/publish/", {"facility": facility, "message": "to nobody",
-                                                 "users": ["SELF"], "groups": ["SELF"], "sessions": ["SELF"]})
+    reply = http_post_json(
+        server,
+        "/publish/",
+        {"facility": facility, "message": "to nobody", "users": ["SELF"], "groups": ["SELF"], "sessions": ["SELF"]},
+    )
     assert reply == {"channels": [], "received": 0}

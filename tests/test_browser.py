@@ -2,6 +2,7 @@
 against a real ``twistd ws4redis`` serving examples/chatserver on a real Redis.
 
 Screenshots of the pages land in test-artifacts/ (not committed)."""
+
 from __future__ import annotations
 
 import http.cookiejar
@@ -32,9 +33,18 @@ ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 # Without the networking flags Chromium keeps calling home, which this network refuses.
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1100,760")
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1100,760",
+)
 WELCOME = "Hello everybody"
 HEARTBEAT = "--heartbeat--"
 #: What the broadcast chat shows when its client says recovered(false).
@@ -48,18 +58,26 @@ def example_env(tmp_path_factory, redis_server) -> dict:
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         pytest.fail("The browser tests need Chromium and its driver: apt-get install chromium chromium-driver")
     work = tmp_path_factory.mktemp("chatserver")
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="chatserver.settings",
-               CHATSERVER_DB=str(work / "db.sqlite3"), CHATSERVER_STATIC_ROOT=str(work / "static"),
-               PYTHONPATH=os.pathsep.join([str(EXAMPLE), str(ROOT)]))
-    for command in (["migrate", "--noinput", "-v0"], ["loaddata", "-v0", "demo_users"],
-                    ["collectstatic", "--noinput", "-v0"]):
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="chatserver.settings",
+        CHATSERVER_DB=str(work / "db.sqlite3"),
+        CHATSERVER_STATIC_ROOT=str(work / "static"),
+        PYTHONPATH=os.pathsep.join([str(EXAMPLE), str(ROOT)]),
+    )
+    for command in (
+        ["migrate", "--noinput", "-v0"],
+        ["loaddata", "-v0", "demo_users"],
+        ["collectstatic", "--noinput", "-v0"],
+    ):
         subprocess.run([sys.executable, "manage.py", *command], env=env, cwd=EXAMPLE, check=True)
     return env
 
 
 def start_example(redis_server, env: dict, port: int | None = None) -> TwistdServer:
-    server = TwistdServer(redis_server.url, "", args=("--static",), port=port,
-                          project=EXAMPLE, settings="chatserver.settings", env=env)
+    server = TwistdServer(
+        redis_server.url, "", args=("--static",), port=port, project=EXAMPLE, settings="chatserver.settings", env=env
+    )
     return server
 
 
@@ -113,8 +131,11 @@ def messages(driver) -> list[str]:
 
 
 def wait_connected(driver, timeout: float = 10.0) -> None:
-    wait_until(lambda: driver.execute_script("return window.chatClient && window.chatClient.is_connected()"),
-               timeout, "the page's websocket to open")
+    wait_until(
+        lambda: driver.execute_script("return window.chatClient && window.chatClient.is_connected()"),
+        timeout,
+        "the page's websocket to open",
+    )
 
 
 def sign_in(driver, server: TwistdServer, username: str, page: str) -> None:
@@ -166,8 +187,13 @@ for facility, audience, message in items:
 
 
 def publish_as_the_example(redis_server, env: dict, items: list[tuple[str, dict, str]]) -> None:
-    subprocess.run([sys.executable, "-c", PUBLISH_AS_THE_EXAMPLE, json.dumps([redis_server.port, items])],
-                   env=env, cwd=EXAMPLE, check=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-c", PUBLISH_AS_THE_EXAMPLE, json.dumps([redis_server.port, items])],
+        env=env,
+        cwd=EXAMPLE,
+        check=True,
+        timeout=60,
+    )
 
 
 def test_landing_page_links_the_three_chats(chat_server, open_browser):
@@ -294,19 +320,26 @@ def test_page_reconnects_after_a_server_restart_but_not_after_close(redis_server
         wait_connected(driver)
         wait_until(lambda: messages(driver) == [WELCOME], message="the welcome message")
         assert server.stop() == 0, server.log()
-        wait_until(lambda: not driver.execute_script("return chatClient.is_connected()"),
-                   message="the page to notice the server is gone")
+        wait_until(
+            lambda: not driver.execute_script("return chatClient.is_connected()"),
+            message="the page to notice the server is gone",
+        )
         # More than the history keeps (WS4REDIS_HISTORY_SIZE = 100): the page says
         # so and shows the channel's persisted message, the last one.
-        publish_as_the_example(redis_server, example_env,
-                               [("chat", {"broadcast": True}, f"missed {n}") for n in range(1, 102)])
+        publish_as_the_example(
+            redis_server, example_env, [("chat", {"broadcast": True}, f"missed {n}") for n in range(1, 102)]
+        )
         server = start_example(redis_server, example_env, port=server.port)
         wait_connected(driver, timeout=30)
-        wait_until(lambda: messages(driver)[1:] == [NOT_RECOVERED, "missed 101"],
-                   message="the notice and the persisted message")
+        wait_until(
+            lambda: messages(driver)[1:] == [NOT_RECOVERED, "missed 101"],
+            message="the notice and the persisted message",
+        )
         redis = redis_server.client()
-        wait_until(lambda: redis.publish("demo:broadcast:chat", "after the restart") > 0,
-                   message="the page's channel to be subscribed again")
+        wait_until(
+            lambda: redis.publish("demo:broadcast:chat", "after the restart") > 0,
+            message="the page's channel to be subscribed again",
+        )
         wait_until(lambda: "after the restart" in messages(driver), message="the message after the restart")
 
         driver.execute_script("chatClient.close()")
@@ -354,8 +387,10 @@ def test_missed_heartbeats_close_and_reconnect(chat_server, open_browser):
             receive_message: (data) => { probe.received.push(data); },
         });
     """)
-    probe = wait_until(lambda: (lambda p: p if p["opened"] >= 2 else None)(driver.execute_script("return probe")),
-                       message="a second connection after the missed heartbeats")
+    probe = wait_until(
+        lambda: (lambda p: p if p["opened"] >= 2 else None)(driver.execute_script("return probe")),
+        message="a second connection after the missed heartbeats",
+    )
     assert probe["closes"][0] == 4000
     driver.execute_script("probeClient.close()")
 
@@ -384,18 +419,24 @@ def test_client_api(chat_server, open_browser):
             }, 50);
         });
     """)
-    assert result == {"error": "No Websocket URI in options", "withoutNew": True, "connecting": True,
-                      "module": True, "state": 1, "closing": True}
+    assert result == {
+        "error": "No Websocket URI in options",
+        "withoutNew": True,
+        "connecting": True,
+        "module": True,
+        "state": 1,
+        "closing": True,
+    }
 
 
 # -- the ws4redis.v2 client ------------------------------------------------------------
+
 
 def page_state(driver) -> dict:
     return driver.execute_script("return window.probe")
 
 
-def test_v2_page_gets_what_it_missed_on_each_facility_across_a_server_restart(redis_server, example_env,
-                                                                             open_browser):
+def test_v2_page_gets_what_it_missed_on_each_facility_across_a_server_restart(redis_server, example_env, open_browser):
     """The broadcast chat (its own subscription, its own list) and two more
     subscriptions on its ws4redis.v2 client: messages published while the
     server is down are shown once each, in order, per facility, after it is
@@ -420,37 +461,54 @@ def test_v2_page_gets_what_it_missed_on_each_facility_across_a_server_restart(re
                 });
             });
         """)
-        wait_until(lambda: sorted(page_state(driver)["subscribed"]) == ["groupchat", "userchat"],
-                   message="both subscriptions")
+        wait_until(
+            lambda: sorted(page_state(driver)["subscribed"]) == ["groupchat", "userchat"], message="both subscriptions"
+        )
         john = {"users": ["john"]}
-        publish_as_the_example(redis_server, example_env, [("chat", {"broadcast": True}, "before"),
-                                                           ("userchat", john, "u before")])
-        wait_until(lambda: messages(driver) == [WELCOME, "before"] and page_state(driver)["userchat"] == ["u before"],
-                   message="the messages before the stop")
+        publish_as_the_example(
+            redis_server, example_env, [("chat", {"broadcast": True}, "before"), ("userchat", john, "u before")]
+        )
+        wait_until(
+            lambda: messages(driver) == [WELCOME, "before"] and page_state(driver)["userchat"] == ["u before"],
+            message="the messages before the stop",
+        )
 
         assert server.stop() == 0, server.log()
-        wait_until(lambda: not driver.execute_script("return chatClient.is_connected()"),
-                   message="the page to notice the server is gone")
+        wait_until(
+            lambda: not driver.execute_script("return chatClient.is_connected()"),
+            message="the page to notice the server is gone",
+        )
         missed = []
         for n in range(1, 4):
             missed += [("chat", {"broadcast": True}, f"down {n}"), ("userchat", john, f"u down {n}")]
-        missed += [("groupchat", {"groups": ["chatusers"]}, "g down 1"),
-                   ("groupchat", {"groups": ["chatusers"]}, "g down 2")]
+        missed += [
+            ("groupchat", {"groups": ["chatusers"]}, "g down 1"),
+            ("groupchat", {"groups": ["chatusers"]}, "g down 2"),
+        ]
         publish_as_the_example(redis_server, example_env, missed)
         server = start_example(redis_server, example_env, port=server.port)
         wait_connected(driver, timeout=45)
 
         chat = [WELCOME, "before", "down 1", "down 2", "down 3"]
         userchat = ["u before", "u down 1", "u down 2", "u down 3"]
-        wait_until(lambda: messages(driver)[-1:] == ["down 3"] and page_state(driver)["userchat"][-1:] == ["u down 3"]
-                   and page_state(driver)["groupchat"], message="the last messages published while down")
+        wait_until(
+            lambda: (
+                messages(driver)[-1:] == ["down 3"]
+                and page_state(driver)["userchat"][-1:] == ["u down 3"]
+                and page_state(driver)["groupchat"]
+            ),
+            message="the last messages published while down",
+        )
         assert messages(driver) == chat
         assert page_state(driver)["userchat"] == userchat
         # Live again, after what was recovered, and nothing came twice.
-        publish_as_the_example(redis_server, example_env, [("chat", {"broadcast": True}, "after"),
-                                                           ("userchat", john, "u after")])
-        wait_until(lambda: messages(driver)[-1:] == ["after"] and page_state(driver)["userchat"][-1:] == ["u after"],
-                   message="the messages after the restart")
+        publish_as_the_example(
+            redis_server, example_env, [("chat", {"broadcast": True}, "after"), ("userchat", john, "u after")]
+        )
+        wait_until(
+            lambda: messages(driver)[-1:] == ["after"] and page_state(driver)["userchat"][-1:] == ["u after"],
+            message="the messages after the restart",
+        )
         state = page_state(driver)
         assert messages(driver) == chat + ["after"]
         assert state["userchat"] == userchat + ["u after"]
@@ -466,7 +524,8 @@ def test_v2_client_callbacks(chat_server, open_browser):
     driver.get(chat_server.http_url("/chat/"))
     wait_connected(driver)
     tag = unique("v2")
-    out = driver.execute_async_script("""
+    out = driver.execute_async_script(
+        """
         const [tag, done] = arguments;
         const out = {received: [], unmatched: []};
         const client = WS4Redis.connect({
@@ -508,7 +567,9 @@ def test_v2_client_callbacks(chat_server, open_browser):
             out.afterClose = await publish('chat', 'broadcast', tag + ' never');
             done(out);
         })();
-    """, tag)
+    """,
+        tag,
+    )
     ids = [out[name]["id"] for name in ("early", "binary", "one", "two")]
     assert all(out[name]["error"] is None for name in ("early", "binary", "one", "two")), out
     assert all(re.fullmatch(r"\d+-\d+", message_id) for message_id in ids), ids
@@ -553,9 +614,15 @@ def test_the_example_lets_browsers_publish_only_where_a_page_needs_it(chat_serve
 
     # The broadcast chat publishes to its broadcast channel and nowhere else.
     payload = unique("anonymous")
-    with recording(redis_server, "chat") as recorder, connect(chat_server.ws_url(
-            "chat?subscribe-broadcast&publish-broadcast&publish-session&publish-user&subscribe-session"),
-            open_timeout=5) as ws:
+    with (
+        recording(redis_server, "chat") as recorder,
+        connect(
+            chat_server.ws_url(
+                "chat?subscribe-broadcast&publish-broadcast&publish-session&publish-user&subscribe-session"
+            ),
+            open_timeout=5,
+        ) as ws,
+    ):
         ws.send(payload)
         # The example keeps a history: the channel carries the payload in an envelope.
         channels = set()
@@ -572,17 +639,27 @@ def test_the_example_lets_browsers_publish_only_where_a_page_needs_it(chat_serve
                 ws.recv(timeout=5)
         assert ws.close_code == 1009
     assert "publish-session&publish-user&subscribe-session tcp" in chat_server.log()
-    assert re.search(r"WSCONNECT /ws/chat\?subscribe-broadcast&publish-broadcast&publish-session\S* \S+ "
-                     r"subscribe=\['demo:broadcast:chat'\] publish=\['demo:broadcast:chat'\]", chat_server.log())
+    assert re.search(
+        r"WSCONNECT /ws/chat\?subscribe-broadcast&publish-broadcast&publish-session\S* \S+ "
+        r"subscribe=\['demo:broadcast:chat'\] publish=\['demo:broadcast:chat'\]",
+        chat_server.log(),
+    )
 
     # A member cannot publish to the group chat (or anywhere) from a socket:
     # only the view does, and it stamps the sender.
     channel = "demo:group:chatusers:groupchat"
     cookie = example_login(chat_server, "john")
     redis_server.client().delete(channel)  # a message kept from another test would come first
-    with recording(redis_server, "groupchat", pattern=channel) as recorder, connect(chat_server.ws_url(
-            "groupchat?subscribe-group&publish-group&publish-broadcast&publish-user&publish-session"),
-            additional_headers={"Cookie": cookie}, open_timeout=5) as ws:
+    with (
+        recording(redis_server, "groupchat", pattern=channel) as recorder,
+        connect(
+            chat_server.ws_url(
+                "groupchat?subscribe-group&publish-group&publish-broadcast&publish-user&publish-session"
+            ),
+            additional_headers={"Cookie": cookie},
+            open_timeout=5,
+        ) as ws,
+    ):
         ws.send(json.dumps({"from": "mary", "to": "chatusers", "text": "forged"}))
         round_trip(ws)
         wait_subscribed(redis_server.client(), channel, count=2)  # the recorder and the server

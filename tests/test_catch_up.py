@@ -1,6 +1,7 @@
 """With the history on, the server's own Redis subscriber catches up after it
 lost its connection: what was published while it was away reaches the open
 websockets (plain and ws4redis.v2) once, in order, before the live ones."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,9 @@ HISTORY = {"WS4REDIS_HISTORY_SIZE": 50}
 
 def publish_recorded(client, channel: str, payload: bytes) -> None:
     """What RedisPublisher does with the history on: the history's script."""
-    client.eval(history.PUBLISH_SCRIPT, 3, *history.publish_keys(channel, ""),
-                *history.publish_args(payload, 0, 50, 3600))
+    client.eval(
+        history.PUBLISH_SCRIPT, 3, *history.publish_keys(channel, ""), *history.publish_args(payload, 0, 50, 3600)
+    )
 
 
 @pytest.fixture
@@ -29,9 +31,12 @@ def catching_up(twistd_servers, redis_client):
 def test_messages_published_while_the_subscriber_reconnects_are_delivered_once_in_order(catching_up, redis_client):
     facility = unique("catchup")
     channel = f"broadcast:{facility}"
-    with open_ws(catching_up, f"{facility}?subscribe-broadcast") as plain, \
-            connect(catching_up.ws_url(f"{facility}?subscribe-broadcast"), subprotocols=["ws4redis.v2"],
-                    open_timeout=5) as v2:
+    with (
+        open_ws(catching_up, f"{facility}?subscribe-broadcast") as plain,
+        connect(
+            catching_up.ws_url(f"{facility}?subscribe-broadcast"), subprotocols=["ws4redis.v2"], open_timeout=5
+        ) as v2,
+    ):
         assert json.loads(v2.recv(timeout=5))["op"] == "subscribed"
         wait_subscribed(redis_client, channel)
         publish_recorded(redis_client, channel, b"before")

@@ -3,6 +3,7 @@ django check`` on tests/project) fails on every bad value with its stable id,
 the setting's name and the value, warns on an unknown ``WS4REDIS_*`` name with
 the closest known one, reports every problem at once; ``twistd ws4redis``
 refuses to start with the same messages and logs the warnings."""
+
 from __future__ import annotations
 
 import re
@@ -25,21 +26,37 @@ CASES = [
     ("WS4REDIS_CONNECTION", {"hostname": "localhost"}, "twisted_ws4redis.E002", "'hostname'"),
     ("WS4REDIS_CONNECTION", {"hots": "localhost"}, "twisted_ws4redis.E002", "'hots': did you mean 'host'?"),
     # Its value may hold a password: the message names the type, not the value.
-    ("WS4REDIS_CONNECTION", "redis://:hunter2@localhost", "twisted_ws4redis.E002",
-     "got str (a Redis URL is what the server's --redis option takes)"),
+    (
+        "WS4REDIS_CONNECTION",
+        "redis://:hunter2@localhost",
+        "twisted_ws4redis.E002",
+        "got str (a Redis URL is what the server's --redis option takes)",
+    ),
     ("WS4REDIS_PREFIX", 3, "twisted_ws4redis.E003", "3"),
     ("WS4REDIS_EXPIRE", "soon", "twisted_ws4redis.E004", "'soon'"),
     ("WS4REDIS_EXPIRE", True, "twisted_ws4redis.E004", "True"),
     ("WS4REDIS_SUBSCRIBER", "testproject.hooks.nothing", "twisted_ws4redis.E005", "'testproject.hooks.nothing'"),
-    ("WS4REDIS_SUBSCRIBER", "testproject.hooks.allowed_channels", "twisted_ws4redis.E005",
-     "'testproject.hooks.allowed_channels'"),
+    (
+        "WS4REDIS_SUBSCRIBER",
+        "testproject.hooks.allowed_channels",
+        "twisted_ws4redis.E005",
+        "'testproject.hooks.allowed_channels'",
+    ),
     ("WS4REDIS_HEARTBEAT", "", "twisted_ws4redis.E006", "''"),
     ("WS4REDIS_HEARTBEAT", 5, "twisted_ws4redis.E006", "5"),
-    ("WS4REDIS_ALLOWED_CHANNELS", "testproject.hooks.allowed_channelz", "twisted_ws4redis.E007",
-     "'testproject.hooks.allowed_channelz'"),
+    (
+        "WS4REDIS_ALLOWED_CHANNELS",
+        "testproject.hooks.allowed_channelz",
+        "twisted_ws4redis.E007",
+        "'testproject.hooks.allowed_channelz'",
+    ),
     ("WS4REDIS_ALLOWED_CHANNELS", 42, "twisted_ws4redis.E007", "42"),
-    ("WS4REDIS_ALLOWED_CHANNELS", "testproject.settings.DEBUG", "twisted_ws4redis.E007",
-     "'testproject.settings.DEBUG' is not a callable"),
+    (
+        "WS4REDIS_ALLOWED_CHANNELS",
+        "testproject.settings.DEBUG",
+        "twisted_ws4redis.E007",
+        "'testproject.settings.DEBUG' is not a callable",
+    ),
     ("WS4REDIS_PROCESS_REQUEST", "nowhere.at.all", "twisted_ws4redis.E008", "'nowhere.at.all'"),
     ("WS4REDIS_PROCESS_REQUEST", "testproject.hooks.\x1b[2J", "twisted_ws4redis.E008", r"'testproject.hooks.\x1b[2J'"),
     ("WS4REDIS_MAX_MESSAGE_SIZE", 0, "twisted_ws4redis.E009", "got 0"),
@@ -95,8 +112,14 @@ class Check:
 
 
 def django_check(overrides: dict) -> Check:
-    result = subprocess.run([sys.executable, "-m", "django", "check"], env=project_env(NO_DATABASE, overrides),
-                            cwd=PROJECT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "django", "check"],
+        env=project_env(NO_DATABASE, overrides),
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return Check(result.returncode, result.stdout + result.stderr)
 
 
@@ -116,15 +139,21 @@ def checked() -> dict[str, Check]:
     """``manage.py check`` on each round of CASES and on the other configurations
     these tests need, run side by side."""
     runs = {f"round{index}": overrides for index, overrides in enumerate(rounds())}
-    runs.update(clean={}, typos={"WS4REDIS_EXPIR": 60, "WS4REDIS_ZZQQ": 1},
-                two={"WS4REDIS_EXPIRE": "soon", "WEBSOCKET_URL": "ws"})
+    runs.update(
+        clean={},
+        typos={"WS4REDIS_EXPIR": 60, "WS4REDIS_ZZQQ": 1},
+        two={"WS4REDIS_EXPIRE": "soon", "WEBSOCKET_URL": "ws"},
+    )
     with ThreadPoolExecutor(len(runs)) as pool:
         return dict(zip(runs, pool.map(django_check, runs.values())))
 
 
 def round_of(name: str, value) -> str:
-    return next(f"round{index}" for index, overrides in enumerate(rounds())
-                if name in overrides and overrides[name] == value and type(overrides[name]) is type(value))
+    return next(
+        f"round{index}"
+        for index, overrides in enumerate(rounds())
+        if name in overrides and overrides[name] == value and type(overrides[name]) is type(value)
+    )
 
 
 @pytest.mark.parametrize("name, value, check_id, shown", CASES, ids=[f"{n}={v!r}" for n, v, _, _ in CASES])
@@ -140,8 +169,9 @@ def test_a_bad_value_fails_the_check_with_its_id_name_and_value(checked, name, v
 
 def test_every_setting_is_among_the_cases():
     assert {name for name, _, _, _ in CASES} == set(RULES)
-    assert {(name, check_id) for name, _, check_id, _ in CASES} == {(name, rule.check_id) for name, rule in
-                                                                     RULES.items()}
+    assert {(name, check_id) for name, _, check_id, _ in CASES} == {
+        (name, rule.check_id) for name, rule in RULES.items()
+    }
 
 
 def test_a_typo_warns_with_the_closest_name_and_passes(checked):
@@ -173,14 +203,16 @@ def test_a_clean_project_has_no_issue(checked):
 def test_twistd_refuses_to_start_with_the_same_messages(checked):
     overrides = {"WS4REDIS_EXPIRE": "soon", "WEBSOCKET_URL": "ws", "WS4REDIS_EXPIR": 60}
     command = [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis", "--settings=testproject.settings"]
-    result = subprocess.run(command, env=project_env(NO_DATABASE, overrides), cwd=PROJECT,
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        command, env=project_env(NO_DATABASE, overrides), cwd=PROJECT, capture_output=True, text=True, timeout=30
+    )
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "Traceback" not in output
     said = {(check_id, message, hint) for check_id, message, hint in PROBLEM.findall(output)}
     expected = set(checked["two"].problems("ERRORS")) | set(
-        problem for problem in checked["typos"].problems("WARNINGS") if problem[1].startswith("WS4REDIS_EXPIR "))
+        problem for problem in checked["typos"].problems("WARNINGS") if problem[1].startswith("WS4REDIS_EXPIR ")
+    )
     assert said == expected and len(said) == 3, output
 
 
@@ -205,8 +237,9 @@ def test_twistd_logs_a_typo_and_serves(redis_server):
 
 
 def test_twistd_honours_silenced_checks(redis_server):
-    server = TwistdServer(redis_server.url, NO_DATABASE, {"WS4REDIS_EXPIR": 60,
-                                                      "SILENCED_SYSTEM_CHECKS": ["twisted_ws4redis.W001"]})
+    server = TwistdServer(
+        redis_server.url, NO_DATABASE, {"WS4REDIS_EXPIR": 60, "SILENCED_SYSTEM_CHECKS": ["twisted_ws4redis.W001"]}
+    )
     try:
         assert "W001" not in log_once_serving(server)
     finally:

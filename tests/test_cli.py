@@ -1,6 +1,7 @@
 """``twistd ws4redis`` and ``manage.py runws4redis`` as a user runs them:
 endpoints (tcp, unix, ssl, several), --redis embedded, --no-wsgi, --static,
 shutdown, and clear failures on bad options."""
+
 from __future__ import annotations
 
 import http.client
@@ -16,8 +17,18 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect, unix_connect
 
-from conftest import BIN, PROJECT, self_signed_certificate, TwistdServer, free_port, http_post_json, project_env, unique, \
-    wait_for_port, wait_subscribed
+from conftest import (
+    BIN,
+    PROJECT,
+    self_signed_certificate,
+    TwistdServer,
+    free_port,
+    http_post_json,
+    project_env,
+    unique,
+    wait_for_port,
+    wait_subscribed,
+)
 
 TIMEOUT = 5
 
@@ -81,8 +92,9 @@ def test_unix_endpoint_serves_django_and_websockets(tmp_path, redis_server, redi
 def test_ssl_endpoint_serves_https_and_wss(tmp_path, redis_server, redis_client, test_db):
     key, cert = self_signed_certificate(tmp_path)
     port = free_port()
-    server = TwistdServer(redis_server.url, test_db,
-                          endpoint=f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}")
+    server = TwistdServer(
+        redis_server.url, test_db, endpoint=f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+    )
     try:
         wait_for_port(port, process=server.process)
         context = ssl.create_default_context(cafile=str(cert))
@@ -106,8 +118,10 @@ def test_several_endpoints_serve_the_same_site(redis_server, redis_client, test_
     try:
         wait_for_port(second, process=server.process)
         facility = unique("two")
-        with connect(server.ws_url(f"{facility}?subscribe-broadcast")) as first, \
-                connect(f"ws://127.0.0.1:{second}/ws/{facility}?subscribe-broadcast") as other:
+        with (
+            connect(server.ws_url(f"{facility}?subscribe-broadcast")) as first,
+            connect(f"ws://127.0.0.1:{second}/ws/{facility}?subscribe-broadcast") as other,
+        ):
             wait_subscribed(redis_client, f"broadcast:{facility}")
             redis_client.publish(f"broadcast:{facility}", "to both ports")
             assert first.recv(timeout=TIMEOUT) == other.recv(timeout=TIMEOUT) == "to both ports"
@@ -130,9 +144,19 @@ def test_no_wsgi_serves_websockets_only(twistd_servers, redis_client):
 
 
 def test_static_serves_the_static_files_with_their_types(twistd_servers):
-    server = twistd_servers({"INSTALLED_APPS": ["django.contrib.auth", "django.contrib.contenttypes",
-                                                "django.contrib.sessions", "django.contrib.staticfiles",
-                                                "twisted_ws4redis", "testproject"]}, args=("--static",))
+    server = twistd_servers(
+        {
+            "INSTALLED_APPS": [
+                "django.contrib.auth",
+                "django.contrib.contenttypes",
+                "django.contrib.sessions",
+                "django.contrib.staticfiles",
+                "twisted_ws4redis",
+                "testproject",
+            ]
+        },
+        args=("--static",),
+    )
     status, headers, body = http_get(server.port, "/static/twisted_ws4redis/js/ws4redis.js")
     assert status == 200
     assert headers["Content-Type"].startswith("text/javascript")
@@ -166,8 +190,12 @@ def test_embedded_redis_serves_the_server_and_its_publisher_and_goes_with_it(tes
         facility = unique("embedded")
         with connect(server.ws_url(f"{facility}?subscribe-broadcast")) as ws:
             deadline = time.monotonic() + TIMEOUT
-            while http_post_json(server, "/publish/", {"facility": facility, "message": "from the view",
-                                                       "broadcast": True})["received"] < 1:
+            while (
+                http_post_json(
+                    server, "/publish/", {"facility": facility, "message": "from the view", "broadcast": True}
+                )["received"]
+                < 1
+            ):
                 assert time.monotonic() < deadline, "the socket's channel was never subscribed"
                 time.sleep(0.05)
             assert ws.recv(timeout=TIMEOUT) == "from the view"
@@ -191,18 +219,24 @@ def test_sigterm_closes_websockets_with_1001_and_exits_0(redis_server, test_db):
 # -- failures at start-up --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, overrides, says", [
-    (["--threads=many"], {}, "--threads must be a whole number"),
-    (["--threads=0"], {}, "--threads must be at least 1"),
-    (["--redis=ftp://x"], {}, "ftp"),
-    (["--endpoint=nonsense:1"], {}, "--endpoint 'nonsense:1' is not a valid endpoint"),
-    (["--wsgi=testproject.nowhere.application"], {}, "--wsgi"),
-    ([], {"WS4REDIS_EXPIRE": "soon"}, "WS4REDIS_EXPIRE"),
-    ([], {"WEBSOCKET_URL": "ws"}, "WEBSOCKET_URL"),
-    ([], {"WS4REDIS_ALLOWED_CHANNELS": "testproject.hooks.no_such_hook"}, "WS4REDIS_ALLOWED_CHANNELS"),
-    (["--settings=mysite.settings"], {},
-     "No module named 'mysite' (run twistd from the directory that holds manage.py and the 'mysite' package"),
-])
+@pytest.mark.parametrize(
+    "args, overrides, says",
+    [
+        (["--threads=many"], {}, "--threads must be a whole number"),
+        (["--threads=0"], {}, "--threads must be at least 1"),
+        (["--redis=ftp://x"], {}, "ftp"),
+        (["--endpoint=nonsense:1"], {}, "--endpoint 'nonsense:1' is not a valid endpoint"),
+        (["--wsgi=testproject.nowhere.application"], {}, "--wsgi"),
+        ([], {"WS4REDIS_EXPIRE": "soon"}, "WS4REDIS_EXPIRE"),
+        ([], {"WEBSOCKET_URL": "ws"}, "WEBSOCKET_URL"),
+        ([], {"WS4REDIS_ALLOWED_CHANNELS": "testproject.hooks.no_such_hook"}, "WS4REDIS_ALLOWED_CHANNELS"),
+        (
+            ["--settings=mysite.settings"],
+            {},
+            "No module named 'mysite' (run twistd from the directory that holds manage.py and the 'mysite' package",
+        ),
+    ],
+)
 def test_a_bad_option_or_setting_stops_the_start_with_a_message(test_db, args, overrides, says):
     result = run_twistd(["--settings=testproject.settings", *args], project_env(test_db, overrides))
     assert result.returncode != 0
@@ -224,8 +258,15 @@ def test_a_port_in_use_stops_the_start(test_db, redis_server, workers):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_twistd(["--settings=testproject.settings", f"--endpoint=tcp:{port}:interface=127.0.0.1",
-                             f"--redis={redis_server.url}", *workers], project_env(test_db))
+        result = run_twistd(
+            [
+                "--settings=testproject.settings",
+                f"--endpoint=tcp:{port}:interface=127.0.0.1",
+                f"--redis={redis_server.url}",
+                *workers,
+            ],
+            project_env(test_db),
+        )
     assert result.returncode != 0
     assert "Address already in use" in result.stdout + result.stderr
 
@@ -235,10 +276,17 @@ def test_a_port_in_use_stops_the_start(test_db, redis_server, workers):
 
 def test_runws4redis_serves_the_same_site(redis_server, redis_client, test_db):
     port = free_port()
-    command = [sys.executable, "-m", "django", "runws4redis", f"--endpoint=tcp:{port}:interface=127.0.0.1",
-               f"--redis={redis_server.url}"]
-    process = subprocess.Popen(command, env=project_env(test_db), cwd=PROJECT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    command = [
+        sys.executable,
+        "-m",
+        "django",
+        "runws4redis",
+        f"--endpoint=tcp:{port}:interface=127.0.0.1",
+        f"--redis={redis_server.url}",
+    ]
+    process = subprocess.Popen(
+        command, env=project_env(test_db), cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         wait_for_port(port, process=process)
         assert http_get(port)[::2] == (200, b"testproject")

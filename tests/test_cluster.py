@@ -3,6 +3,7 @@ channels of every shard published by RedisPublisher (blocking and asyncio) and
 by sockets, persisted messages and history per shard, presence, logout through
 the control channel, and a master SIGKILLed mid-stream with its replica
 promoted while a socket goes on receiving."""
+
 from __future__ import annotations
 
 import asyncio
@@ -54,11 +55,30 @@ class Node:
     def start(self) -> None:
         with open(self.directory / "redis.log", "ab") as log:
             self.process = subprocess.Popen(
-                [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-                 "--cluster-enabled", "yes", "--cluster-config-file", str(self.directory / "nodes.conf"),
-                 "--cluster-node-timeout", "1500", "--save", "", "--appendonly", "no",
-                 "--repl-diskless-sync-delay", "0"],
-                stdout=log, stderr=subprocess.STDOUT)
+                [
+                    redis_server_binary(),
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(self.directory),
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(self.directory / "nodes.conf"),
+                    "--cluster-node-timeout",
+                    "1500",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         wait_for_port(self.port, process=self.process)
 
     def client(self) -> redis.Redis:
@@ -79,8 +99,11 @@ class Cluster:
         return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", self.nodes[0].port)], socket_timeout=TIMEOUT)
 
     def masters(self) -> list[Node]:
-        return [node for node in self.nodes if node.process.poll() is None
-                and node.client().info("replication")["role"] == "master"]
+        return [
+            node
+            for node in self.nodes
+            if node.process.poll() is None and node.client().info("replication")["role"] == "master"
+        ]
 
     def master_of(self, channel: str) -> Node | None:
         """The live master that holds ``channel``'s slot (None while it fails over)."""
@@ -111,8 +134,9 @@ class Cluster:
                 states = [node.client().execute_command("CLUSTER", "INFO") for node in live]
                 replication = [node.client().info("replication") for node in live]
                 # A replica that has not synced yet cannot take over from its master.
-                if all(b"cluster_state:ok" in state for state in states) and \
-                        all(info.get("master_link_status", "up") == "up" for info in replication):
+                if all(b"cluster_state:ok" in state for state in states) and all(
+                    info.get("master_link_status", "up") == "up" for info in replication
+                ):
                     return
             except redis.RedisError:
                 pass
@@ -127,8 +151,20 @@ def redis_cluster(tmp_path_factory):
     try:
         for number in range(6):
             nodes.append(Node(directory / f"node{number}"))
-        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in nodes),
-                        "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{node.port}" for node in nodes),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         cluster = Cluster(nodes)
         cluster.wait_ok()
         yield cluster
@@ -210,8 +246,10 @@ def test_the_asyncio_publisher_publishes_and_fetches_on_every_shard(on_cluster, 
     facilities = per_master(on_cluster, lambda f: f"broadcast:{f}")
 
     async def publish_all() -> list[int]:
-        return [await RedisPublisher(facility=f, broadcast=True).apublish_message(RedisMessage(f"async {f}"), 60)
-                for f in facilities]
+        return [
+            await RedisPublisher(facility=f, broadcast=True).apublish_message(RedisMessage(f"async {f}"), 60)
+            for f in facilities
+        ]
 
     async def fetch_all() -> list:
         return [await RedisPublisher().afetch_message(None, f, "broadcast") for f in facilities]
@@ -223,16 +261,19 @@ def test_the_asyncio_publisher_publishes_and_fetches_on_every_shard(on_cluster, 
         assert asyncio.run(publish_all()) == [1, 1, 1]
         assert [ws.recv(timeout=TIMEOUT) for ws in sockets] == [f"async {f}" for f in facilities]
     assert asyncio.run(fetch_all()) == [f"async {f}".encode() for f in facilities]
-    assert [RedisPublisher().fetch_message(None, f, "broadcast") for f in facilities] == \
-        [f"async {f}".encode() for f in facilities]
+    assert [RedisPublisher().fetch_message(None, f, "broadcast") for f in facilities] == [
+        f"async {f}".encode() for f in facilities
+    ]
 
 
 @pytest.mark.parametrize("server", ["plain", "recorded"])
 def test_a_socket_s_publish_reaches_another_socket_on_every_shard(on_cluster, server, request):
     server = request.getfixturevalue(server)
     for facility in per_master(on_cluster, lambda f: f"broadcast:{f}"):
-        with open_ws(server, f"{facility}?subscribe-broadcast") as reader, \
-                open_ws(server, f"{facility}?publish-broadcast") as writer:
+        with (
+            open_ws(server, f"{facility}?subscribe-broadcast") as reader,
+            open_ws(server, f"{facility}?publish-broadcast") as writer,
+        ):
             on_cluster.wait_subscribed(f"broadcast:{facility}")
             writer.send(f"from a socket on {facility}")
             assert reader.recv(timeout=TIMEOUT) == f"from a socket on {facility}"
@@ -295,8 +336,10 @@ def test_logout_closes_sockets_through_the_control_channel(on_cluster, plain, re
 
     facility = unique("cl-logout")
     cookie = login(plain, "ann")
-    with open_ws(plain, f"{facility}?subscribe-user", cookie) as one, \
-            open_ws(recorded, f"{facility}?subscribe-user", cookie) as two:
+    with (
+        open_ws(plain, f"{facility}?subscribe-user", cookie) as one,
+        open_ws(recorded, f"{facility}?subscribe-user", cookie) as two,
+    ):
         on_cluster.wait_subscribed(f"user:ann:{facility}", 2)
         assert close_session_websockets(session_key(cookie)) >= 2  # both servers watch the control channel
         for ws in (one, two):
@@ -321,8 +364,11 @@ def test_a_node_that_lost_its_scripts_gets_the_script_and_the_others_publish_onc
     channels = [f"user:{user}:{facility}" for user in users]
     with override_settings(**HISTORY):
         publisher = RedisPublisher(facility=facility, users=users)
-        publish_once = (lambda: publisher.publish_message(RedisMessage("first"))) if flavour == "blocking" else \
-            (lambda: asyncio.run(publisher.apublish_message(RedisMessage("first"))))
+        publish_once = (
+            (lambda: publisher.publish_message(RedisMessage("first")))
+            if flavour == "blocking"
+            else (lambda: asyncio.run(publisher.apublish_message(RedisMessage("first"))))
+        )
         publish_once()  # every master knows the script now
         on_cluster.master_of(channels[0]).client().script_flush()
         assert publish_once() == 0
@@ -338,16 +384,28 @@ def test_a_plain_publish_reaches_only_a_server_that_opted_in(on_cluster, plain, 
     others'; RedisPublisher's SPUBLISH reaches both, once."""
     for facility in per_master(on_cluster, lambda f: f"broadcast:{f}"):
         channel = f"broadcast:{facility}"
-        with open_ws(hearing_plain, f"{facility}?subscribe-broadcast") as hearing, \
-                open_ws(plain, f"{facility}?subscribe-broadcast") as deaf:
+        with (
+            open_ws(hearing_plain, f"{facility}?subscribe-broadcast") as hearing,
+            open_ws(plain, f"{facility}?subscribe-broadcast") as deaf,
+        ):
             on_cluster.wait_subscribed(channel, 2)
             deadline = time.monotonic() + TIMEOUT
-            while sum(dict(node.client().pubsub_numsub(channel)).get(channel.encode(), 0)
-                      for node in on_cluster.nodes if node.process.poll() is None) < 1:
+            while (
+                sum(
+                    dict(node.client().pubsub_numsub(channel)).get(channel.encode(), 0)
+                    for node in on_cluster.nodes
+                    if node.process.poll() is None
+                )
+                < 1
+            ):
                 assert time.monotonic() < deadline, "no plain subscription"
                 time.sleep(0.01)
-            subprocess.run(["redis-cli", "-p", str(on_cluster.nodes[-1].port), "PUBLISH", channel, "foreign"],
-                           check=True, capture_output=True, timeout=10)
+            subprocess.run(
+                ["redis-cli", "-p", str(on_cluster.nodes[-1].port), "PUBLISH", channel, "foreign"],
+                check=True,
+                capture_output=True,
+                timeout=10,
+            )
             assert publish(facility, "sharded", broadcast=True) == 2
             assert {hearing.recv(timeout=TIMEOUT), hearing.recv(timeout=TIMEOUT)} == {"foreign", "sharded"}
             assert deaf.recv(timeout=TIMEOUT) == "sharded"
@@ -362,17 +420,30 @@ def test_bad_cluster_settings_are_named(test_db):
     address = RedisAddress.from_dict({"startup_nodes": ["10.0.0.1:7000", ("10.0.0.2", 7001)], "password": "pw"})
     assert address.cluster and address.startup_nodes == (("10.0.0.1", 7000), ("10.0.0.2", 7001))
     assert str(RedisAddress.from_url("rediss+cluster://u:pw@h:1,h:2/0")) == "rediss+cluster://h:1,h:2"
-    for bad in ({"startup_nodes": []}, {"startup_nodes": ["h:1"], "db": 3}, {"startup_nodes": ["h:x"]},
-                {"startup_nodes": ["h:1"], "host": "h"}, {"startup_nodes": ["h:1"], "unix_socket_path": "/s"}):
+    for bad in (
+        {"startup_nodes": []},
+        {"startup_nodes": ["h:1"], "db": 3},
+        {"startup_nodes": ["h:x"]},
+        {"startup_nodes": ["h:1"], "host": "h"},
+        {"startup_nodes": ["h:1"], "unix_socket_path": "/s"},
+    ):
         with pytest.raises(ValueError, match="WS4REDIS_CONNECTION"):
             RedisAddress.from_dict(bad)
-    result = subprocess.run([str(Path(__file__).parent.parent / ".venv/bin/python"), "-m", "django", "check"],
-                            env=project_env(test_db, {"WS4REDIS_CONNECTION": {"startup_nodes": ["h:1"], "db": 2}}),
-                            cwd=Path(__file__).parent / "project", capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(Path(__file__).parent.parent / ".venv/bin/python"), "-m", "django", "check"],
+        env=project_env(test_db, {"WS4REDIS_CONNECTION": {"startup_nodes": ["h:1"], "db": 2}}),
+        cwd=Path(__file__).parent / "project",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "twisted_ws4redis.E002" in result.stderr and "only database 0" in result.stderr, result.stderr
-    for url, says in (("redis+cluster://", "startup_nodes must be a non-empty list"),
-                      ("redis+cluster://h:1/5", "only database 0"), ("redis+cluster://h:port", "a cluster node")):
+    for url, says in (
+        ("redis+cluster://", "startup_nodes must be a non-empty list"),
+        ("redis+cluster://h:1/5", "only database 0"),
+        ("redis+cluster://h:port", "a cluster node"),
+    ):
         result = run_twistd(["--settings=testproject.settings", f"--redis={url}"], project_env(test_db))
         assert result.returncode != 0 and says in result.stdout + result.stderr, result.stdout + result.stderr
         assert "Traceback" not in result.stdout + result.stderr
@@ -451,9 +522,11 @@ def test_a_master_killed_mid_stream_fails_over_and_nothing_is_lost(on_cluster, r
             try:
                 received.append(ws.message(timeout=1)["data"])
             except TimeoutError:
-                assert time.monotonic() < deadline, (f"delivery did not resume: got up to {received[-1]}, "
-                                                     f"{len(published)} of {len(attempted)} published, "
-                                                     f"the last {published[-1:]}; errors {sorted(set(errors))}")
+                assert time.monotonic() < deadline, (
+                    f"delivery did not resume: got up to {received[-1]}, "
+                    f"{len(published)} of {len(attempted)} published, "
+                    f"the last {published[-1:]}; errors {sorted(set(errors))}"
+                )
         stop.set()
         thread.join(10)
         while len(received) < len(published):

@@ -4,6 +4,7 @@ it cannot raise it), raises the soft limit when it can, answers handshakes past
 WS4REDIS_MAX_CONNECTIONS with a complete HTTP 503, closes connections past the
 descriptors it keeps for itself, and goes on serving pages, Redis and the
 websockets it has."""
+
 from __future__ import annotations
 
 import http.client
@@ -80,8 +81,9 @@ def connect_paced(port: int, count: int) -> list[socket.socket]:
     a full queue drops SYNs, and the client would wait a second to retry."""
     sockets = []
     while len(sockets) < count:
-        sockets += [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-                    for _ in range(min(25, count - len(sockets)))]
+        sockets += [
+            socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in range(min(25, count - len(sockets)))
+        ]
         time.sleep(0.02)
     return sockets
 
@@ -124,8 +126,10 @@ def test_a_flood_of_websockets_past_the_cap_gets_503_and_costs_no_one_else(redis
     try:
         log = server.log()
         assert f"Open files limit (RLIMIT_NOFILE): soft {LIMIT} -> {LIMIT}, hard {LIMIT}" in log, log
-        assert f"At most {CLIENT_CAP} client connections ({LIMIT} descriptors, {RESERVE} reserved), " \
-               f"{WEBSOCKET_CAP} of them websockets" in log, log
+        assert (
+            f"At most {CLIENT_CAP} client connections ({LIMIT} descriptors, {RESERVE} reserved), "
+            f"{WEBSOCKET_CAP} of them websockets" in log
+        ), log
 
         facility = unique("flood")
         request = handshake(f"/ws/{facility}?subscribe-broadcast")
@@ -183,7 +187,8 @@ def test_a_flood_of_websockets_past_the_cap_gets_503_and_costs_no_one_else(redis
 
 
 def test_connections_past_the_reserve_are_closed_at_once_and_redis_and_pages_come_back(
-        redis_server, redis_client, test_db):
+    redis_server, redis_client, test_db
+):
     """Idle connections (no request at all) hold descriptors too: past
     limit - WS4REDIS_RESERVED_DESCRIPTORS they are closed at once, so accept()
     never meets EMFILE, and Redis and Django keep the reserve."""
@@ -232,28 +237,47 @@ def test_connections_past_the_reserve_are_closed_at_once_and_redis_and_pages_com
 
 
 def test_the_soft_limit_is_raised_to_the_hard_one(redis_server, test_db):
-    server = TwistdServer(redis_server.url, test_db, preexec_fn=open_files_limit(LIMIT, 4096),
-                          overrides={"WS4REDIS_MAX_CONNECTIONS": 100})
+    server = TwistdServer(
+        redis_server.url, test_db, preexec_fn=open_files_limit(LIMIT, 4096), overrides={"WS4REDIS_MAX_CONNECTIONS": 100}
+    )
     try:
         limits = Path(f"/proc/{server.process.pid}/limits").read_text()
         assert re.search(r"Max open files\s+4096\s+4096", limits), limits
         assert f"soft {LIMIT} -> 4096, hard 4096" in server.log()
-        assert "At most 3968 client connections (4096 descriptors, 128 reserved), 100 of them websockets" \
-            in server.log()
+        assert (
+            "At most 3968 client connections (4096 descriptors, 128 reserved), 100 of them websockets" in server.log()
+        )
     finally:
         server.stop()
 
 
-@pytest.mark.parametrize("overrides, says", [
-    ({"WS4REDIS_RESERVED_DESCRIPTORS": LIMIT}, "WS4REDIS_RESERVED_DESCRIPTORS (1024) leaves no descriptor"),
-    ({"WS4REDIS_RESERVED_DESCRIPTORS": 0}, "WS4REDIS_RESERVED_DESCRIPTORS must be a positive integer"),
-    ({"WS4REDIS_MAX_CONNECTIONS": "many"}, "WS4REDIS_MAX_CONNECTIONS must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        ({"WS4REDIS_RESERVED_DESCRIPTORS": LIMIT}, "WS4REDIS_RESERVED_DESCRIPTORS (1024) leaves no descriptor"),
+        ({"WS4REDIS_RESERVED_DESCRIPTORS": 0}, "WS4REDIS_RESERVED_DESCRIPTORS must be a positive integer"),
+        ({"WS4REDIS_MAX_CONNECTIONS": "many"}, "WS4REDIS_MAX_CONNECTIONS must be a positive integer"),
+    ],
+)
 def test_a_reserve_or_cap_that_cannot_work_stops_the_start(test_db, redis_server, overrides, says):
-    command = [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis", "--settings=testproject.settings",
-               f"--endpoint=tcp:{free_port()}:interface=127.0.0.1", f"--redis={redis_server.url}"]
-    result = subprocess.run(command, env=project_env(test_db, overrides), cwd=PROJECT, capture_output=True,
-                            text=True, timeout=30, preexec_fn=open_files_limit(LIMIT, LIMIT))
+    command = [
+        str(BIN / "twistd"),
+        "--nodaemon",
+        "--pidfile=",
+        "ws4redis",
+        "--settings=testproject.settings",
+        f"--endpoint=tcp:{free_port()}:interface=127.0.0.1",
+        f"--redis={redis_server.url}",
+    ]
+    result = subprocess.run(
+        command,
+        env=project_env(test_db, overrides),
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        preexec_fn=open_files_limit(LIMIT, LIMIT),
+    )
     assert result.returncode != 0
     assert says in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr

@@ -1,6 +1,7 @@
 """The websocket door: what a handshake gets, good or bad, and the hooks that
 decide it (WS4REDIS_ALLOWED_CHANNELS, WS4REDIS_PROCESS_REQUEST,
 WS4REDIS_SUBSCRIBER). A refused handshake costs the server nothing else."""
+
 from __future__ import annotations
 
 import base64
@@ -36,9 +37,16 @@ def raw_request(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(status), headers, body
 
 
-def handshake(path: str = "/ws/door?subscribe-broadcast", *, method: str = "GET", version: str = "HTTP/1.1",
-              drop: tuple[str, ...] = (), extra: str = "", key: str | None = None,
-              ws_version: str = "13") -> bytes:
+def handshake(
+    path: str = "/ws/door?subscribe-broadcast",
+    *,
+    method: str = "GET",
+    version: str = "HTTP/1.1",
+    drop: tuple[str, ...] = (),
+    extra: str = "",
+    key: str | None = None,
+    ws_version: str = "13",
+) -> bytes:
     headers = {
         "Host": "127.0.0.1",
         "Upgrade": "websocket",
@@ -153,8 +161,10 @@ def test_allowed_channels_may_narrow_the_channels(twistd_servers, redis_client):
     listener.subscribe(channel)
     assert listener.get_message(timeout=TIMEOUT)["type"] == "subscribe"
     path = f"{facility}?subscribe-broadcast&publish-broadcast&echo"
-    with connect(server.ws_url(path), additional_headers={"Read-Only": "YES"}) as read_only, \
-            connect(server.ws_url(path)) as writer:
+    with (
+        connect(server.ws_url(path), additional_headers={"Read-Only": "YES"}) as read_only,
+        connect(server.ws_url(path)) as writer,
+    ):
         wait_subscribed(redis_client, channel, 2)
         read_only.send("from the read-only socket")
         writer.send("from the writer")
@@ -192,8 +202,9 @@ def test_a_session_engine_that_fails_gives_500_and_costs_nothing_else(twistd_ser
     handshake gets 500 with the traceback logged; a handshake without a cookie
     (nothing to load) and the other websockets are served."""
     server = twistd_servers({"SESSION_ENGINE": "testproject.broken_sessions"})
-    status = refused_status(server, "door?subscribe-user",
-                            additional_headers={"Cookie": "sessionid=abcdefghijklmnopqrstuvwxyz012345"})
+    status = refused_status(
+        server, "door?subscribe-user", additional_headers={"Cookie": "sessionid=abcdefghijklmnopqrstuvwxyz012345"}
+    )
     assert status == 500
     log = server.log()
     assert "Traceback" in log and "the session store is unreachable (test)" in log
@@ -207,8 +218,9 @@ def test_a_custom_subscriber_decides_which_flags_count(twistd_servers, redis_cli
     server = twistd_servers({"WS4REDIS_SUBSCRIBER": "testproject.hooks.BroadcastOnlySubscriber"})
     facility = unique("custom")
     cookie = login(server, "john")
-    with connect(server.ws_url(f"{facility}?subscribe-user&subscribe-broadcast"),
-                 additional_headers={"Cookie": cookie}) as ws:
+    with connect(
+        server.ws_url(f"{facility}?subscribe-user&subscribe-broadcast"), additional_headers={"Cookie": cookie}
+    ) as ws:
         wait_subscribed(redis_client, f"broadcast:{facility}")
         assert redis_client.pubsub_numsub(f"user:john:{facility}") == [(f"user:john:{facility}".encode(), 0)]
         redis_client.publish(f"broadcast:{facility}", "broadcast only")

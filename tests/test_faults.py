@@ -1,5 +1,6 @@
 """Faults the server survives: clients that stop reading or vanish, a stop
 while requests are being answered, Redis going away under the publisher."""
+
 from __future__ import annotations
 
 import signal
@@ -34,8 +35,7 @@ def test_a_client_that_stops_reading_is_closed_and_memory_stays_bounded(twistd_s
     stalled = RawSocket(server.port, f"/ws/{facility}?subscribe-broadcast")
     stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     try:
-        with connect(server.ws_url(f"{facility}?subscribe-broadcast"), open_timeout=TIMEOUT,
-                     max_size=None) as reader:
+        with connect(server.ws_url(f"{facility}?subscribe-broadcast"), open_timeout=TIMEOUT, max_size=None) as reader:
             wait_subscribed(redis_client, channel)
             rss_before = process.memory_info().rss
             rss_peak = rss_before
@@ -270,8 +270,9 @@ def test_the_publisher_times_out_on_a_redis_that_does_not_answer():
         mute.close()
 
 
-@pytest.mark.parametrize("credentials, error", [("", "NOAUTH"), (":wrong@", "WRONGPASS")],
-                         ids=["no-password", "wrong-password"])
+@pytest.mark.parametrize(
+    "credentials, error", [("", "NOAUTH"), (":wrong@", "WRONGPASS")], ids=["no-password", "wrong-password"]
+)
 def test_a_redis_that_refuses_the_server_is_an_outage(private_redis, test_db, credentials, error):
     """Redis answers but refuses us (a password missing or wrong): one warning
     with Redis' own reason, websockets refused with 503, pages served; with the
@@ -311,8 +312,10 @@ def test_a_channel_that_redis_acl_denies_costs_only_its_websocket(private_redis,
     server = TwistdServer(f"redis://127.0.0.1:{private_redis.port}/0", test_db)
     try:
         allowed = unique("allowed")
-        with connect(server.ws_url("denied?subscribe-broadcast"), open_timeout=TIMEOUT), \
-                connect(server.ws_url(f"{allowed}?subscribe-broadcast"), open_timeout=TIMEOUT) as ws:
+        with (
+            connect(server.ws_url("denied?subscribe-broadcast"), open_timeout=TIMEOUT),
+            connect(server.ws_url(f"{allowed}?subscribe-broadcast"), open_timeout=TIMEOUT) as ws,
+        ):
             wait_subscribed(client, f"broadcast:{allowed}")
             client.publish(f"broadcast:{allowed}", "still served")
             assert ws.recv(timeout=TIMEOUT) == "still served"

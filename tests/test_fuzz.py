@@ -1,6 +1,7 @@
 """Property-based tests (hypothesis) of what a client controls: the query
 string, the facility in the path, the Origin header, and the raw bytes of a
 handshake. Bounded: a fixed number of examples each, no database of failures."""
+
 from __future__ import annotations
 
 import re
@@ -16,8 +17,12 @@ from twisted_ws4redis.conf import DEFAULTS
 from twisted_ws4redis.origin import OriginPolicy
 
 FAST = settings(max_examples=300, deadline=None, database=None)
-LIVE = settings(max_examples=60, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+LIVE = settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 RECOGNISED = audience.SUBSCRIBE_FLAGS + audience.PUBLISH_FLAGS
 FACILITY = re.compile(DEFAULTS["WS4REDIS_FACILITY_PATTERN"])
 
@@ -68,7 +73,7 @@ def test_an_allowed_facility_is_recovered_from_every_channel_name(facility, pref
     assert audience.channel_name(prefix, "broadcast", facility) == f"{prefix}broadcast:{facility}"
     for kind in ("user", "group", "session"):
         name = audience.channel_name(prefix, kind, facility, member)
-        assert name[len(prefix):].split(":") == [kind, member, facility]
+        assert name[len(prefix) :].split(":") == [kind, member, facility]
     assert not set("*?[]") & set(facility)
 
 
@@ -85,11 +90,25 @@ def test_the_origin_check_never_fails_and_refuses_strangers(origin, host):
 
 # -- against a live server --------------------------------------------------------------
 
-HEADER_NAMES = st.sampled_from(["Host", "Upgrade", "Connection", "Sec-WebSocket-Key", "Sec-WebSocket-Version",
-                                "Origin", "Cookie", "Sec-WebSocket-Protocol", "Content-Length",
-                                "Transfer-Encoding", "X-Any"])
-HEADER_VALUES = st.one_of(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=80),
-                          st.sampled_from(["websocket", "Upgrade", "13", "8", "chunked", "-1", "dGhlIHNhbXBsZSBub25jZQ=="]))
+HEADER_NAMES = st.sampled_from(
+    [
+        "Host",
+        "Upgrade",
+        "Connection",
+        "Sec-WebSocket-Key",
+        "Sec-WebSocket-Version",
+        "Origin",
+        "Cookie",
+        "Sec-WebSocket-Protocol",
+        "Content-Length",
+        "Transfer-Encoding",
+        "X-Any",
+    ]
+)
+HEADER_VALUES = st.one_of(
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=80),
+    st.sampled_from(["websocket", "Upgrade", "13", "8", "chunked", "-1", "dGhlIHNhbXBsZSBub25jZQ=="]),
+)
 
 
 def exchange(port: int, data: bytes) -> bytes:
@@ -109,9 +128,11 @@ def exchange(port: int, data: bytes) -> bytes:
 
 
 @LIVE
-@given(method=st.sampled_from(["GET", "POST", "HEAD", "PUT", "G\x00T", ""]),
-       path=st.text(max_size=60).map(lambda text: "/ws/" + quote(text, safe="/?&=%")),
-       headers=st.lists(st.tuples(HEADER_NAMES, HEADER_VALUES), max_size=8))
+@given(
+    method=st.sampled_from(["GET", "POST", "HEAD", "PUT", "G\x00T", ""]),
+    path=st.text(max_size=60).map(lambda text: "/ws/" + quote(text, safe="/?&=%")),
+    headers=st.lists(st.tuples(HEADER_NAMES, HEADER_VALUES), max_size=8),
+)
 def test_any_handshake_gets_an_http_answer_or_a_close(server, redis_client, method, path, headers):
     request = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
     answer = exchange(server.port, request.encode("latin-1"))

@@ -1,6 +1,7 @@
 """History in Redis (WS4REDIS_HISTORY_SIZE): what RedisPublisher, blocking and
 async, records and publishes, against the real test Redis; the recovery and
 current-message scripts run directly; and the id and envelope helpers."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +15,7 @@ from conftest import unique
 from twisted_ws4redis import history
 
 TIMEOUT = 5
-MAX = 2 ** 64 - 1
+MAX = 2**64 - 1
 
 
 @pytest.fixture
@@ -58,6 +59,7 @@ def ordered(ids: list[str]) -> bool:
 
 
 # RedisPublisher with the history on ---------------------------------------------
+
 
 @pytest.mark.parametrize("way", ["sync", "async"])
 def test_each_publication_is_recorded_and_published_with_its_id(api, redis_client, way):
@@ -125,7 +127,9 @@ def test_a_script_redis_does_not_know_is_sent_once_and_runs_once(api, redis_clie
         assert redis_client.info("commandstats")["cmdstat_eval"]["calls"] == 2, "the digest again"
     for channel in channels:
         assert [fields[b"m"] for _, fields in redis_client.xrange(history.history_key(channel, ""))] == [
-            b"after flush", b"by digest"]
+            b"after flush",
+            b"by digest",
+        ]
     data = [history.unwrap(raw)[1] for _, raw in received(listener, 4)]
     assert sorted(data) == [b"after flush", b"after flush", b"by digest", b"by digest"]
     listener.close()
@@ -164,12 +168,14 @@ def test_with_the_history_off_the_commands_are_publish_and_setex(api, redis_clie
 
 # The scripts, directly ------------------------------------------------------------
 
+
 def record(client: redis.Redis, channel: str, payloads, size: int, expire: int = 0) -> list[str]:
     """Publish through PUBLISH_SCRIPT as every publisher does; the ids."""
     ids = []
     for payload in payloads:
-        _, entry_id = client.evalsha(history.PUBLISH_SHA, 3, *history.publish_keys(channel, ""),
-                                     *history.publish_args(payload, expire, size, 60))
+        _, entry_id = client.evalsha(
+            history.PUBLISH_SHA, 3, *history.publish_keys(channel, ""), *history.publish_args(payload, expire, size, 60)
+        )
         ids.append(entry_id.decode())
     return ids
 
@@ -181,8 +187,10 @@ def recover(client: redis.Redis, channel: str, since: str, size: int):
     if reply is None:
         return None
     trimmed, entries = reply
-    return (history.parse_id(trimmed.decode()) <= history.parse_id(since),
-            [entry_id.decode() for entry_id, _ in entries])
+    return (
+        history.parse_id(trimmed.decode()) <= history.parse_id(since),
+        [entry_id.decode() for entry_id, _ in entries],
+    )
 
 
 @pytest.fixture
@@ -272,40 +280,70 @@ def test_current_gives_the_persisted_message_and_the_last_entry(scripts):
 
 # Ids and envelopes ------------------------------------------------------------------
 
-@pytest.mark.parametrize("value, expected", [
-    ("1733059200000-0", (1733059200000, 0)),
-    ("0-0", (0, 0)),
-    ("007-010", (7, 10)),
-    (f"{MAX}-{MAX}", (MAX, MAX)),
-    ("0" * 20 + "-1", (0, 1)),
-])
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("1733059200000-0", (1733059200000, 0)),
+        ("0-0", (0, 0)),
+        ("007-010", (7, 10)),
+        (f"{MAX}-{MAX}", (MAX, MAX)),
+        ("0" * 20 + "-1", (0, 1)),
+    ],
+)
 def test_parse_id_accepts_ids(value, expected):
     assert history.parse_id(value) == expected
     assert history.format_id(expected) == f"{expected[0]}-{expected[1]}"
 
 
-@pytest.mark.parametrize("value", [
-    f"{MAX + 1}-0", f"0-{MAX + 1}", "0" * 21 + "-1", "", "1", "1-", "-1", "1-0-0", " 1-0", "1-0\n", "+1-0",
-    "1_0-0", "1.5-0", "0x1-0", "\u0661-\u0662", "\uff11-0",
-    1, 1.0, True, None, b"1-0", ["1-0"], {"id": "1-0"},
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"{MAX + 1}-0",
+        f"0-{MAX + 1}",
+        "0" * 21 + "-1",
+        "",
+        "1",
+        "1-",
+        "-1",
+        "1-0-0",
+        " 1-0",
+        "1-0\n",
+        "+1-0",
+        "1_0-0",
+        "1.5-0",
+        "0x1-0",
+        "\u0661-\u0662",
+        "\uff11-0",
+        1,
+        1.0,
+        True,
+        None,
+        b"1-0",
+        ["1-0"],
+        {"id": "1-0"},
+    ],
+)
 def test_parse_id_refuses_everything_else(value):
     assert history.parse_id(value) is None
 
 
-@pytest.mark.parametrize("payload, expected", [
-    (history.ENVELOPE_MAGIC + b"5-1\0hello", ("5-1", b"hello")),
-    (history.ENVELOPE_MAGIC + b"5-1\0a\0b", ("5-1", b"a\0b")),
-    (history.ENVELOPE_MAGIC + b"5-1\0", ("5-1", b"")),
-    (b"hello", (None, b"hello")),
-    (b"", (None, b"")),
-    (history.ENVELOPE_MAGIC + b"5-1", (None, history.ENVELOPE_MAGIC + b"5-1")),
-    # An envelope with no id: what history.plain() wraps a payload that starts like one in.
-    (history.ENVELOPE_MAGIC + b"\0x", (None, b"x")),
-    (history.plain(history.ENVELOPE_MAGIC + b"5-1\0forged"), (None, history.ENVELOPE_MAGIC + b"5-1\0forged")),
-    (history.ENVELOPE_MAGIC + b"no id\0x", (None, history.ENVELOPE_MAGIC + b"no id\0x")),
-    (history.ENVELOPE_MAGIC + b"\xff-1\0x", (None, history.ENVELOPE_MAGIC + b"\xff-1\0x")),
-    (b"\0ws4redis", (None, b"\0ws4redis")),
-])
+@pytest.mark.parametrize(
+    "payload, expected",
+    [
+        (history.ENVELOPE_MAGIC + b"5-1\0hello", ("5-1", b"hello")),
+        (history.ENVELOPE_MAGIC + b"5-1\0a\0b", ("5-1", b"a\0b")),
+        (history.ENVELOPE_MAGIC + b"5-1\0", ("5-1", b"")),
+        (b"hello", (None, b"hello")),
+        (b"", (None, b"")),
+        (history.ENVELOPE_MAGIC + b"5-1", (None, history.ENVELOPE_MAGIC + b"5-1")),
+        # An envelope with no id: what history.plain() wraps a payload that starts like one in.
+        (history.ENVELOPE_MAGIC + b"\0x", (None, b"x")),
+        (history.plain(history.ENVELOPE_MAGIC + b"5-1\0forged"), (None, history.ENVELOPE_MAGIC + b"5-1\0forged")),
+        (history.ENVELOPE_MAGIC + b"no id\0x", (None, history.ENVELOPE_MAGIC + b"no id\0x")),
+        (history.ENVELOPE_MAGIC + b"\xff-1\0x", (None, history.ENVELOPE_MAGIC + b"\xff-1\0x")),
+        (b"\0ws4redis", (None, b"\0ws4redis")),
+    ],
+)
 def test_unwrap(payload, expected):
     assert history.unwrap(payload) == expected

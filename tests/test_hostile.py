@@ -1,6 +1,7 @@
 """Hostile and broken clients: cross-site pages, odd facilities, oversized or
 slow request heads, frames that break RFC 6455, clients publishing too fast.
 Each gets the right status or close code, and everyone else is still served."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,7 @@ TIMEOUT = 5
 # -- a raw websocket client, to send what no library would -------------------------
 
 
-def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, masked: bool = True,
-                 rsv: int = 0) -> bytes:
+def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, masked: bool = True, rsv: int = 0) -> bytes:
     """A frame as a client sends it (masked), or as told."""
     first = (0x80 if fin else 0) | (rsv << 4) | opcode
     length = len(payload)
@@ -43,8 +43,7 @@ def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, masked:
 class RawSocket:
     """A websocket opened by hand over a plain socket."""
 
-    def __init__(self, port: int, path: str = "/ws/raw?subscribe-broadcast&publish-broadcast&echo",
-                 extra: str = ""):
+    def __init__(self, port: int, path: str = "/ws/raw?subscribe-broadcast&publish-broadcast&echo", extra: str = ""):
         """``extra``: more header lines for the handshake, each ending in CRLF."""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
         self.sock.sendall(handshake(path, extra=extra))
@@ -56,8 +55,9 @@ class RawSocket:
         assert head.startswith(b"HTTP/1.1 101"), head
         self.buffer = bytearray()  # read from the front in O(1), for floods of small frames
 
-    def send_frame(self, opcode: int, payload: bytes = b"", *, fin: bool = True, masked: bool = True,
-                   rsv: int = 0) -> None:
+    def send_frame(
+        self, opcode: int, payload: bytes = b"", *, fin: bool = True, masked: bool = True, rsv: int = 0
+    ) -> None:
         self.sock.sendall(client_frame(opcode, payload, fin=fin, masked=masked, rsv=rsv))
 
     def _read(self, count: int) -> bytes:
@@ -101,22 +101,25 @@ def listening(redis_client, channel: str):
 # -- Origin --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("origin, host, allowed", [
-    (None, "example.com", True),                          # not a browser
-    ("http://127.0.0.1:8000", "127.0.0.1:8000", True),   # same origin
-    ("HTTPS://Example.COM", "example.com", True),        # same origin, other case
-    ("http://evil.test", "example.com", False),
-    ("null", "example.com", False),                      # sandboxed frame, file: page
-    ("http://example.com.evil.test", "example.com", False),
-    ("http://", "example.com", False),
-    ("http://[::1", "example.com", False),               # not even a URL
-    ("https://app.trusted.test", "example.com", True),   # CSRF_TRUSTED_ORIGINS wildcard
-    ("http://app.trusted.test", "example.com", False),   # ... but for https only
-    ("https://partner.test", "example.com", True),       # WS4REDIS_ALLOWED_ORIGINS
-    ("https://partner.test:8443", "example.com", False),
-    ("https://www.site.test", "example.com", True),      # ALLOWED_HOSTS ".site.test"
-    ("https://site.test:444", "example.com", True),
-])
+@pytest.mark.parametrize(
+    "origin, host, allowed",
+    [
+        (None, "example.com", True),  # not a browser
+        ("http://127.0.0.1:8000", "127.0.0.1:8000", True),  # same origin
+        ("HTTPS://Example.COM", "example.com", True),  # same origin, other case
+        ("http://evil.test", "example.com", False),
+        ("null", "example.com", False),  # sandboxed frame, file: page
+        ("http://example.com.evil.test", "example.com", False),
+        ("http://", "example.com", False),
+        ("http://[::1", "example.com", False),  # not even a URL
+        ("https://app.trusted.test", "example.com", True),  # CSRF_TRUSTED_ORIGINS wildcard
+        ("http://app.trusted.test", "example.com", False),  # ... but for https only
+        ("https://partner.test", "example.com", True),  # WS4REDIS_ALLOWED_ORIGINS
+        ("https://partner.test:8443", "example.com", False),
+        ("https://www.site.test", "example.com", True),  # ALLOWED_HOSTS ".site.test"
+        ("https://site.test:444", "example.com", True),
+    ],
+)
 def test_origin_policy(origin, host, allowed):
     policy = OriginPolicy(["https://partner.test", "https://*.trusted.test"], [".site.test", "*"])
     assert policy.allows(origin, host) is allowed
@@ -136,15 +139,17 @@ def test_debug_accepts_localhost_pages_as_django_does():
 def test_a_cross_site_page_is_refused_and_the_site_itself_accepted(server, redis_client):
     assert refused_status(server, "door?subscribe-broadcast", origin="http://evil.test") == 403
     assert "WSREJECT" in server.log()
-    with connect(server.ws_url("door?subscribe-broadcast"), origin=f"http://127.0.0.1:{server.port}",
-                 open_timeout=TIMEOUT) as ws:
+    with connect(
+        server.ws_url("door?subscribe-broadcast"), origin=f"http://127.0.0.1:{server.port}", open_timeout=TIMEOUT
+    ) as ws:
         assert ws.response.status_code == 101
     assert_still_serving(server, redis_client)
 
 
 def test_allowed_origins_open_the_door_to_named_sites(twistd_servers, redis_client):
-    server = twistd_servers({"WS4REDIS_ALLOWED_ORIGINS": ["https://partner.test"],
-                             "CSRF_TRUSTED_ORIGINS": ["https://*.trusted.test"]})
+    server = twistd_servers(
+        {"WS4REDIS_ALLOWED_ORIGINS": ["https://partner.test"], "CSRF_TRUSTED_ORIGINS": ["https://*.trusted.test"]}
+    )
     for origin in ("https://partner.test", "https://app.trusted.test"):
         with connect(server.ws_url("door?subscribe-broadcast"), origin=origin, open_timeout=TIMEOUT):
             pass
@@ -203,7 +208,7 @@ def test_a_slow_request_head_is_cut_off(twistd_servers, redis_client):
         answer = b""
         for i in range(0, len(request), 4):
             try:
-                sock.sendall(request[i:i + 4])
+                sock.sendall(request[i : i + 4])
             except OSError:
                 break
             time.sleep(0.1)
@@ -256,7 +261,9 @@ BAD_FRAMES = {
     "fragmented ping": (lambda ws: ws.send_frame(0x9, b"ping", fin=False), 1002),
     "continuation without a start": (lambda ws: ws.send_frame(0x0, b"orphan"), 1002),
     "new message inside a fragmented one": (
-        lambda ws: (ws.send_frame(0x1, b"one", fin=False), ws.send_frame(0x1, b"two")), 1002),
+        lambda ws: (ws.send_frame(0x1, b"one", fin=False), ws.send_frame(0x1, b"two")),
+        1002,
+    ),
     "control frame over 125 bytes": (lambda ws: ws.send_frame(0x9, b"p" * 126), 1002),
     "message over WS4REDIS_MAX_MESSAGE_SIZE": (lambda ws: ws.send_frame(0x1, b"m" * (1024 * 1024 + 1)), 1009),
 }
@@ -325,8 +332,7 @@ def test_a_client_publishing_too_fast_is_closed_with_1008(twistd_servers, redis_
 def test_a_client_within_the_rate_is_never_closed(twistd_servers, redis_client):
     server = twistd_servers({"WS4REDIS_MAX_PUBLISH_RATE": 5})
     facility = unique("rate-ok")
-    with connect(server.ws_url(f"{facility}?publish-broadcast&subscribe-broadcast&echo"),
-                 open_timeout=TIMEOUT) as ws:
+    with connect(server.ws_url(f"{facility}?publish-broadcast&subscribe-broadcast&echo"), open_timeout=TIMEOUT) as ws:
         wait_subscribed(redis_client, f"broadcast:{facility}")
         for i in range(8):
             ws.send(f"paced {i}")

@@ -3,6 +3,7 @@ bodies (on the websocket door, too large, too slow), a Host that is not the
 site's, bytes in the request-target that the two parsers behind the channel
 (Twisted's, then Autobahn's) would read differently. Each gets its status at
 once, and the server's memory and temporary files stay as they were."""
+
 from __future__ import annotations
 
 import hashlib
@@ -91,8 +92,9 @@ class Attack:
 def post(path: str, length: int | None) -> bytes:
     """The head of a POST whose body has ``length`` bytes (None: chunked)."""
     framing = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
-    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
-            f"{framing}\r\n\r\n").encode()
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n{framing}\r\n\r\n"
+    ).encode()
 
 
 def read_response(sock: socket.socket) -> tuple[int, bytes]:
@@ -103,17 +105,18 @@ def read_response(sock: socket.socket) -> tuple[int, bytes]:
         assert chunk, f"closed after {data!r}"
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
-    headers = {line.split(b":", 1)[0].strip().lower(): line.split(b":", 1)[1].strip()
-               for line in head.split(b"\r\n")[1:]}
+    headers = {
+        line.split(b":", 1)[0].strip().lower(): line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")[1:]
+    }
     if headers.get(b"transfer-encoding") == b"chunked":
         while not rest.endswith(b"0\r\n\r\n"):
             chunk = sock.recv(65536)
             assert chunk, f"closed after {rest!r}"
             rest += chunk
         body = b""
-        while (size := int(rest.split(b"\r\n", 1)[0], 16)):
+        while size := int(rest.split(b"\r\n", 1)[0], 16):
             rest = rest.split(b"\r\n", 1)[1]
-            body, rest = body + rest[:size], rest[size + 2:]
+            body, rest = body + rest[:size], rest[size + 2 :]
     else:
         length = int(headers.get(b"content-length", b"0"))
         while len(rest) < length:
@@ -175,8 +178,10 @@ def test_a_body_announced_over_the_limit_gets_413_before_it_is_read(server):
 def test_a_content_length_of_5000_digits_is_refused_not_a_traceback(server, path, status):
     """Twisted's int() of it raises out of the HTTP parser: no answer, a
     traceback in the log for every such request."""
-    got, _, _ = raw_request(server.port, b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
-                            + b"9" * 5000 + b"\r\nX-After: 1\r\n\r\n")
+    got, _, _ = raw_request(
+        server.port,
+        b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: " + b"9" * 5000 + b"\r\nX-After: 1\r\n\r\n",
+    )
     assert got == status
     assert "Unhandled Error" not in server.log()
 
@@ -253,7 +258,7 @@ def test_a_steady_upload_outlives_the_body_timeout(twistd_servers):
         sock.sendall(post("/body-digest/", len(payload)))
         started = time.monotonic()
         for i in range(0, len(payload), 500):
-            sock.sendall(payload[i:i + 500])
+            sock.sendall(payload[i : i + 500])
             time.sleep(0.1)
         status, body = read_response(sock)
     assert time.monotonic() - started > 1.5
@@ -341,9 +346,16 @@ def channel(max_body_size: int = 1000):
     from twisted_ws4redis.server.resource import Root, Site
 
     clock, django = Clock(), Counting()
-    site = Site(Root("/ws/", Resource(), django), reactor=clock, head_timeout=30, max_head_size=16384,
-                max_body_size=max_body_size, body_timeout=1, body_min_rate=500,
-                budget=ConnectionBudget(reserve=128, max_websockets=None))
+    site = Site(
+        Root("/ws/", Resource(), django),
+        reactor=clock,
+        head_timeout=30,
+        max_head_size=16384,
+        max_body_size=max_body_size,
+        body_timeout=1,
+        body_min_rate=500,
+        budget=ConnectionBudget(reserve=128, max_websockets=None),
+    )
     protocol = site.buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
@@ -353,8 +365,13 @@ def channel(max_body_size: int = 1000):
 def test_nothing_reaches_django_after_a_body_passed_the_limit():
     """The rest of the read (the body's end, a pipelined request) is dropped."""
     protocol, transport, _, django = channel()
-    protocol.dataReceived(post("/", None) + b"3e8\r\n" + b"a" * 1000 + b"\r\n1\r\nb\r\n0\r\n\r\n"
-                          + b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    protocol.dataReceived(
+        post("/", None)
+        + b"3e8\r\n"
+        + b"a" * 1000
+        + b"\r\n1\r\nb\r\n0\r\n\r\n"
+        + b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
     assert transport.value().startswith(b"HTTP/1.1 413 ") and transport.value().count(b"HTTP/1.1") == 1
     assert django.bodies == [] and transport.disconnecting
 

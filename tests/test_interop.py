@@ -2,6 +2,7 @@
 installed by the test extra) on one Redis: the same channel and key names for
 the same request, its publisher reaching our websockets, and persisted
 messages read by either side."""
+
 from __future__ import annotations
 
 import json
@@ -68,14 +69,18 @@ def test_the_reference_publisher_reaches_our_websockets(reference, server, redis
     facility = unique("interop")
     cookie = login(server, "john")
     key = session_key(cookie)
-    with open_ws(server, f"{facility}?subscribe-broadcast&subscribe-user&subscribe-group&subscribe-session",
-                 cookie) as ws:
-        for channel in (f"broadcast:{facility}", f"user:john:{facility}", f"group:chatusers:{facility}",
-                        f"session:{key}:{facility}"):
+    with open_ws(
+        server, f"{facility}?subscribe-broadcast&subscribe-user&subscribe-group&subscribe-session", cookie
+    ) as ws:
+        for channel in (
+            f"broadcast:{facility}",
+            f"user:john:{facility}",
+            f"group:chatusers:{facility}",
+            f"session:{key}:{facility}",
+        ):
             wait_subscribed(redis_client, channel)
         sent = []
-        for audience in (dict(broadcast=True), dict(users=["john"]), dict(groups=["chatusers"]),
-                         dict(sessions=[key])):
+        for audience in (dict(broadcast=True), dict(users=["john"]), dict(groups=["chatusers"]), dict(sessions=[key])):
             text = f"via ws4redis to {audience}"
             publisher.RedisPublisher(facility=facility, **audience).publish_message(message(text), expire=0)
             sent.append(text)
@@ -85,7 +90,8 @@ def test_the_reference_publisher_reaches_our_websockets(reference, server, redis
 def test_a_message_kept_by_ws4redis_is_replayed_by_our_server(reference, server):
     facility = unique("kept")
     reference[0].RedisPublisher(facility=facility, broadcast=True).publish_message(
-        reference[1].RedisMessage("kept by ws4redis"), expire=60)
+        reference[1].RedisMessage("kept by ws4redis"), expire=60
+    )
     with open_ws(server, f"{facility}?subscribe-broadcast") as ws:
         assert ws.recv(timeout=TIMEOUT) == "kept by ws4redis"
 
@@ -94,12 +100,13 @@ def test_each_side_fetches_what_the_other_kept(reference, ours):
     facility = unique("fetch")
     request = django_request("john")
     ours[0].RedisPublisher(facility=facility, users=["john"]).publish_message(
-        ours[1].RedisMessage("kept by us"), expire=60)
+        ours[1].RedisMessage("kept by us"), expire=60
+    )
     assert reference[0].RedisPublisher(facility=facility).fetch_message(request, facility) == b"kept by us"
     reference[0].RedisPublisher(facility=facility, groups=["chatusers"]).publish_message(
-        reference[1].RedisMessage("kept by ws4redis"), expire=60)
-    assert ours[0].RedisPublisher(facility=facility).fetch_message(request, facility, "group") == \
-        b"kept by ws4redis"
+        reference[1].RedisMessage("kept by ws4redis"), expire=60
+    )
+    assert ours[0].RedisPublisher(facility=facility).fetch_message(request, facility, "group") == b"kept by ws4redis"
 
 
 def test_with_history_on_the_reference_publisher_still_reaches_both_wires(reference, twistd_servers, redis_client):
@@ -109,18 +116,31 @@ def test_with_history_on_the_reference_publisher_still_reaches_both_wires(refere
     server = twistd_servers({"WS4REDIS_HISTORY_SIZE": 10})
     facility = unique("interop-history")
     reference[0].RedisPublisher(facility=facility, broadcast=True).publish_message(
-        reference[1].RedisMessage("kept by ws4redis"), expire=60)
-    with open_ws(server, f"{facility}?subscribe-broadcast") as plain, \
-            connect(server.ws_url(""), subprotocols=["ws4redis.v2"], open_timeout=TIMEOUT) as v2:
+        reference[1].RedisMessage("kept by ws4redis"), expire=60
+    )
+    with (
+        open_ws(server, f"{facility}?subscribe-broadcast") as plain,
+        connect(server.ws_url(""), subprotocols=["ws4redis.v2"], open_timeout=TIMEOUT) as v2,
+    ):
         assert plain.recv(timeout=TIMEOUT) == "kept by ws4redis"
         v2.send(json.dumps({"op": "subscribe", "facility": facility, "audience": "broadcast", "ref": 1}))
         assert json.loads(v2.recv(timeout=TIMEOUT)) == {
-            "op": "subscribed", "facility": facility, "audience": "broadcast", "ref": 1}
+            "op": "subscribed",
+            "facility": facility,
+            "audience": "broadcast",
+            "ref": 1,
+        }
         assert json.loads(v2.recv(timeout=TIMEOUT)) == {
-            "op": "message", "facility": facility, "audience": "broadcast", "id": None, "data": "kept by ws4redis"}
+            "op": "message",
+            "facility": facility,
+            "audience": "broadcast",
+            "id": None,
+            "data": "kept by ws4redis",
+        }
         wait_subscribed(redis_client, f"broadcast:{facility}")
         reference[0].RedisPublisher(facility=facility, broadcast=True).publish_message(
-            reference[1].RedisMessage("live from ws4redis"), expire=0)
+            reference[1].RedisMessage("live from ws4redis"), expire=0
+        )
         assert plain.recv(timeout=TIMEOUT) == "live from ws4redis"
         assert json.loads(v2.recv(timeout=TIMEOUT))["id"] is None
 
@@ -132,6 +152,6 @@ def test_with_history_on_ws4redis_fetches_what_we_kept_unwrapped(reference, ours
     request = django_request("john")
     with override_settings(WS4REDIS_HISTORY_SIZE=10):
         ours[0].RedisPublisher(facility=facility, users=["john"]).publish_message(
-            ours[1].RedisMessage("kept by us, recorded"), expire=60)
-    assert reference[0].RedisPublisher(facility=facility).fetch_message(request, facility) == \
-        b"kept by us, recorded"
+            ours[1].RedisMessage("kept by us, recorded"), expire=60
+        )
+    assert reference[0].RedisPublisher(facility=facility).fetch_message(request, facility) == b"kept by us, recorded"

@@ -1,6 +1,7 @@
 """Heartbeats both ways, closing, and the cost of many sockets: one Redis
 subscriber connection per server process, channels released after their last
 socket."""
+
 from __future__ import annotations
 
 import base64
@@ -34,8 +35,10 @@ def test_heartbeat_at_open_and_after_four_idle_seconds(twistd_servers, server, r
     socket gets another ~4 s later; without it, an idle socket gets nothing."""
     beating = twistd_servers(HEARTBEATING)
     facility = unique("idle")
-    with open_ws(beating, f"{facility}?subscribe-broadcast") as ws, \
-            open_ws(server, f"{facility}?subscribe-broadcast") as quiet:
+    with (
+        open_ws(beating, f"{facility}?subscribe-broadcast") as ws,
+        open_ws(server, f"{facility}?subscribe-broadcast") as quiet,
+    ):
         assert ws.recv(timeout=TIMEOUT) == HEARTBEAT
         opened = time.monotonic()
         assert ws.recv(timeout=8) == HEARTBEAT
@@ -82,8 +85,12 @@ def test_a_peer_that_vanishes_is_cleaned_up(server, redis_client):
     facility = unique("vanish")
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /ws/{facility}?subscribe-broadcast HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    sock.sendall(
+        (
+            f"GET /ws/{facility}?subscribe-broadcast HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     assert sock.recv(4096).startswith(b"HTTP/1.1 101")
     wait_subscribed(redis_client, f"broadcast:{facility}")
     sock.close()
@@ -93,8 +100,10 @@ def test_a_peer_that_vanishes_is_cleaned_up(server, redis_client):
 def test_a_channel_lives_as_long_as_its_last_socket(server, redis_client):
     facility = unique("refcount")
     channel = f"broadcast:{facility}"
-    with open_ws(server, f"{facility}?subscribe-broadcast") as first, \
-            open_ws(server, f"{facility}?subscribe-broadcast") as second:
+    with (
+        open_ws(server, f"{facility}?subscribe-broadcast") as first,
+        open_ws(server, f"{facility}?subscribe-broadcast") as second,
+    ):
         wait_subscribed(redis_client, channel)
         first.close()
         # Still one subscriber (the server's shared connection), and it delivers.
@@ -133,8 +142,10 @@ def test_two_hundred_sockets_share_one_subscriber_connection(private_server):
     # The command connection is lazy: publish once so that it exists too.
     facilities = [unique("many") for _ in range(5)]
     with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(open_ws(server, f"{facilities[n % 5]}?subscribe-broadcast&publish-broadcast"))
-                   for n in range(200)]
+        sockets = [
+            stack.enter_context(open_ws(server, f"{facilities[n % 5]}?subscribe-broadcast&publish-broadcast"))
+            for n in range(200)
+        ]
         for facility in facilities:
             wait_subscribed(client, f"broadcast:{facility}")
         sockets[0].send("from socket 0")

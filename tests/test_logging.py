@@ -1,6 +1,7 @@
 """The server's log also goes to the standard library's logging (Django's
 LOGGING): logger names, levels, the event's fields as ``extra``, tracebacks;
 twistd's own log keeps its lines, and a refusal is one line in it, not three."""
+
 from __future__ import annotations
 
 import json
@@ -13,15 +14,28 @@ import time
 import pytest
 from websockets.sync.client import connect
 
-from conftest import PROJECT, RedisServer, TwistdServer, free_port, login, open_ws, project_env, session_key, \
-    unique, wait_for_port, wait_subscribed
+from conftest import (
+    PROJECT,
+    RedisServer,
+    TwistdServer,
+    free_port,
+    login,
+    open_ws,
+    project_env,
+    session_key,
+    unique,
+    wait_for_port,
+    wait_subscribed,
+)
 from test_door import handshake, raw_request, refused_status
 from twisted_ws4redis.audience import session_digest
 
 TIMEOUT = 5
 PUBLISH_RATE = 5
-HOOKS = {"WS4REDIS_ALLOWED_CHANNELS": "testproject.hooks.breakable_allowed_channels",
-         "WS4REDIS_MAX_PUBLISH_RATE": PUBLISH_RATE}
+HOOKS = {
+    "WS4REDIS_ALLOWED_CHANNELS": "testproject.hooks.breakable_allowed_channels",
+    "WS4REDIS_MAX_PUBLISH_RATE": PUBLISH_RATE,
+}
 
 
 def logging_to(path) -> dict:
@@ -30,10 +44,14 @@ def logging_to(path) -> dict:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "testproject.logjson.JsonLines"},
-                       "text": {"format": "%(levelname)s %(name)s %(message)s %(ws4redis)s"}},
-        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(path), "formatter": "json"},
-                     "text": {"class": "logging.FileHandler", "filename": f"{path}.txt", "formatter": "text"}},
+        "formatters": {
+            "json": {"()": "testproject.logjson.JsonLines"},
+            "text": {"format": "%(levelname)s %(name)s %(message)s %(ws4redis)s"},
+        },
+        "handlers": {
+            "file": {"class": "logging.FileHandler", "filename": str(path), "formatter": "json"},
+            "text": {"class": "logging.FileHandler", "filename": f"{path}.txt", "formatter": "text"},
+        },
         "loggers": {"twisted_ws4redis": {"handlers": ["file", "text"], "level": "INFO", "propagate": False}},
     }
 
@@ -49,7 +67,7 @@ class Logged:
     def records(self) -> list[dict]:
         """The records written so far (whole lines: one may be half written)."""
         text = self.path.read_text() if self.path.exists() else ""
-        return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
+        return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
 
     def wait_for(self, start: str, **fields) -> dict:
         """The first record whose message starts with ``start`` and whose fields include ``fields``."""
@@ -93,9 +111,11 @@ def test_a_websocket_s_life_reaches_logging_without_the_session_key(logged):
         assert connected["fields"]["subscribed"] == [f"session:{session_digest(key)}:{facility}"]
         assert connected["fields"]["publishers"] == [f"broadcast:{facility}"]
         assert connected["fields"]["peer"].startswith("tcp4:127.0.0.1:")
-        assert connected["message"] == (f"WSCONNECT {path} {connected['fields']['peer']} "
-                                        f"subscribe={connected['fields']['subscribed']} "
-                                        f"publish={connected['fields']['publishers']}")
+        assert connected["message"] == (
+            f"WSCONNECT {path} {connected['fields']['peer']} "
+            f"subscribe={connected['fields']['subscribed']} "
+            f"publish={connected['fields']['publishers']}"
+        )
         assert_fields_are_extra(connected)
     gone = logged.wait_for("WSDISCONNECT", path=path)
     assert (gone["name"], gone["level"], gone["fields"]["code"]) == ("twisted_ws4redis.server.protocol", "INFO", 1000)
@@ -176,8 +196,10 @@ def test_autobahn_s_other_lines_stay(logged):
     while f"tcp4:127.0.0.1:{port} code=1006" not in server.log():  # its WSDISCONNECT: all logged
         assert time.monotonic() < deadline, server.log()
         time.sleep(0.02)
-    assert '[autobahn.twisted.websocket.WebSocketServerProtocol#warn] failing WebSocket connection (code=1002): ' \
-           '"unmasked client-to-server frame"' in server.log()
+    assert (
+        "[autobahn.twisted.websocket.WebSocketServerProtocol#warn] failing WebSocket connection (code=1002): "
+        '"unmasked client-to-server frame"' in server.log()
+    )
 
 
 def test_an_http_refusal_before_django_is_one_line_and_a_record(logged):
@@ -253,10 +275,22 @@ def test_manage_py_runws4redis_logs_to_logging_too(redis_server, test_db, tmp_pa
     """Any caller of make_service gets the bridge: here the management command,
     whose own log (stdout) begins after the server is made."""
     path, port = tmp_path / "records.jsonl", free_port()
-    command = [sys.executable, "-m", "django", "runws4redis", f"--endpoint=tcp:{port}:interface=127.0.0.1",
-               f"--redis={redis_server.url}"]
-    process = subprocess.Popen(command, env=project_env(test_db, {"LOGGING": logging_to(path)}), cwd=PROJECT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "django",
+        "runws4redis",
+        f"--endpoint=tcp:{port}:interface=127.0.0.1",
+        f"--redis={redis_server.url}",
+    ]
+    process = subprocess.Popen(
+        command,
+        env=project_env(test_db, {"LOGGING": logging_to(path)}),
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_for_port(port, process=process)
         facility = unique("command")

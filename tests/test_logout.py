@@ -1,6 +1,7 @@
 """Logout closes the session's websockets on every node: two ``twistd
 ws4redis`` processes on one Redis, Django's logout() in one of them, real
 websocket clients on both (issue 10, item 11)."""
+
 from __future__ import annotations
 
 import json
@@ -70,8 +71,12 @@ def test_logout_closes_that_sessions_websockets_on_every_node(nodes, redis_clien
     facility = unique("logout")
     path = f"{facility}?subscribe-user&subscribe-session"
     leaving, staying, mary = login(one, "john"), login(two, "john"), login(one, "mary")
-    with open_ws(one, path, leaving) as on_one, open_ws(two, path, leaving) as on_two, \
-            open_ws(two, path, staying) as other_session, open_ws(one, path, mary) as other_user:
+    with (
+        open_ws(one, path, leaving) as on_one,
+        open_ws(two, path, leaving) as on_two,
+        open_ws(two, path, staying) as other_session,
+        open_ws(one, path, mary) as other_user,
+    ):
         john, marys = f"{PREFIX}:user:john:{facility}", f"{PREFIX}:user:mary:{facility}"
         wait_subscribed(redis_client, john, 2)
         wait_subscribed(redis_client, marys, 1)
@@ -88,8 +93,12 @@ def test_logout_closes_that_sessions_websockets_on_every_node(nodes, redis_clien
             assert (ws.close_code, ws.close_reason) == (4401, "Session ended")
 
         assert_receives(redis_client, john, [other_session], "john's other session still hears")
-        assert_receives(redis_client, f"{PREFIX}:session:{session_key(staying)}:{facility}", [other_session],
-                        "and its own session channel")
+        assert_receives(
+            redis_client,
+            f"{PREFIX}:session:{session_key(staying)}:{facility}",
+            [other_session],
+            "and its own session channel",
+        )
         assert_receives(redis_client, marys, [other_user], "mary still hears")
         # The old cookie names no session now: reopened, it is anonymous (no user channel).
         with open_ws(one, path, leaving), open_ws(two, path, leaving):
@@ -118,8 +127,10 @@ def test_garbage_on_the_control_channel_is_ignored_and_the_nodes_keep_serving(no
         json.dumps({"op": "close-session", "session": session_key(cookie)}).encode(),  # a key, not a digest
         json.dumps({"op": "close-session", "session": digest, "pad": "x" * 2_000_000}).encode(),  # too long
     ]
-    with open_ws(one, f"{facility}?subscribe-session", cookie) as first, \
-            open_ws(two, f"{facility}?subscribe-session", cookie) as second:
+    with (
+        open_ws(one, f"{facility}?subscribe-session", cookie) as first,
+        open_ws(two, f"{facility}?subscribe-session", cookie) as second,
+    ):
         channel = f"{PREFIX}:session:{session_key(cookie)}:{facility}"
         wait_subscribed(redis_client, channel, 2)
         for message in junk:

@@ -4,6 +4,7 @@
 Each test has its own facility (see test_audiences.py for the ordering tricks
 used to prove that something did NOT happen without sleeping).
 """
+
 from __future__ import annotations
 
 import time
@@ -30,8 +31,10 @@ def persisting(twistd_servers, redis_client):
 def test_without_echo_the_sender_does_not_get_its_own_message_but_others_do(server, redis_client):
     facility = unique("echo-off")
     channel = f"broadcast:{facility}"
-    with open_ws(server, f"{facility}?subscribe-broadcast&publish-broadcast") as sender, \
-            open_ws(server, f"{facility}?subscribe-broadcast") as listener:
+    with (
+        open_ws(server, f"{facility}?subscribe-broadcast&publish-broadcast") as sender,
+        open_ws(server, f"{facility}?subscribe-broadcast") as listener,
+    ):
         wait_subscribed(redis_client, channel)
         sender.send("my own words")
         assert listener.recv(timeout=TIMEOUT) == "my own words"
@@ -45,8 +48,10 @@ def test_without_echo_the_sender_does_not_get_its_own_message_but_others_do(serv
 def test_with_echo_the_sender_gets_its_own_message(server, redis_client):
     facility = unique("echo-on")
     channel = f"broadcast:{facility}"
-    with open_ws(server, f"{facility}?subscribe-broadcast&publish-broadcast&echo") as sender, \
-            open_ws(server, f"{facility}?subscribe-broadcast") as listener:
+    with (
+        open_ws(server, f"{facility}?subscribe-broadcast&publish-broadcast&echo") as sender,
+        open_ws(server, f"{facility}?subscribe-broadcast") as listener,
+    ):
         wait_subscribed(redis_client, channel)
         sender.send("my own words")
         assert sender.recv(timeout=TIMEOUT) == "my own words"
@@ -56,8 +61,10 @@ def test_with_echo_the_sender_gets_its_own_message(server, redis_client):
 def test_without_echo_a_redis_message_equal_to_the_last_sent_is_suppressed(server, redis_server, redis_client):
     facility = unique("echo-content")
     channel = f"broadcast:{facility}"
-    with recording(redis_server, facility) as published, \
-            open_ws(server, f"{facility}?subscribe-broadcast&publish-broadcast") as ws:
+    with (
+        recording(redis_server, facility) as published,
+        open_ws(server, f"{facility}?subscribe-broadcast&publish-broadcast") as ws,
+    ):
         wait_subscribed(redis_client, channel)
         ws.send("same")
         assert published.next() == (channel, b"same")
@@ -104,8 +111,12 @@ def test_expire_stores_websocket_message_with_setex_and_replays_it(persisting, r
 def test_expire_stores_on_every_publish_channel(persisting, redis_client):
     facility = unique("persist-all")
     cookie = login(persisting, "john")
-    channels = [f"broadcast:{facility}", f"group:chatusers:{facility}", f"user:john:{facility}",
-                f"session:{session_key(cookie)}:{facility}"]
+    channels = [
+        f"broadcast:{facility}",
+        f"group:chatusers:{facility}",
+        f"user:john:{facility}",
+        f"session:{session_key(cookie)}:{facility}",
+    ]
     flags = "publish-broadcast&publish-group&publish-user&publish-session"
     with open_ws(persisting, f"{facility}?{flags}", cookie) as ws:
         ws.send("everywhere")
@@ -121,8 +132,7 @@ def test_expire_keeps_the_last_of_several_messages(persisting, redis_server, red
     facility = unique("persist-last")
     channel = f"broadcast:{facility}"
     messages = [f"message {number}" for number in range(50)]
-    with recording(redis_server, facility) as published, \
-            open_ws(persisting, f"{facility}?publish-broadcast") as ws:
+    with recording(redis_server, facility) as published, open_ws(persisting, f"{facility}?publish-broadcast") as ws:
         for message in messages:
             ws.send(message)
         round_trip(ws)
@@ -199,13 +209,17 @@ def test_persisted_binary_message_is_replayed_as_binary(server, redis_client):
 # -- frames to the client: text or binary (§R6) -------------------------------------
 
 
-@pytest.mark.parametrize("payload, expected", [
-    (b"\xff\xfe\x00binary", b"\xff\xfe\x00binary"),
-    (b"\xc3\x28 invalid utf-8", b"\xc3\x28 invalid utf-8"),
-    (bytes(range(256)), bytes(range(256))),
-    ("h\u00e9llo \u2603 \U0001f600", "h\u00e9llo \u2603 \U0001f600"),
-    (b"plain ascii bytes", "plain ascii bytes"),
-], ids=["non-utf8", "invalid-utf8-sequence", "all-bytes", "utf8-text", "ascii-bytes"])
+@pytest.mark.parametrize(
+    "payload, expected",
+    [
+        (b"\xff\xfe\x00binary", b"\xff\xfe\x00binary"),
+        (b"\xc3\x28 invalid utf-8", b"\xc3\x28 invalid utf-8"),
+        (bytes(range(256)), bytes(range(256))),
+        ("h\u00e9llo \u2603 \U0001f600", "h\u00e9llo \u2603 \U0001f600"),
+        (b"plain ascii bytes", "plain ascii bytes"),
+    ],
+    ids=["non-utf8", "invalid-utf8-sequence", "all-bytes", "utf8-text", "ascii-bytes"],
+)
 def test_non_utf8_arrives_as_binary_frame_utf8_as_text(server, redis_client, payload, expected):
     facility = unique("frames")
     channel = f"broadcast:{facility}"
@@ -222,12 +236,16 @@ def test_non_utf8_arrives_as_binary_frame_utf8_as_text(server, redis_client, pay
 # -- frames from the client ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("frame, expected", [
-    (bytes(range(256)), bytes(range(256))),
-    (b"\xff\xfe\x00", b"\xff\xfe\x00"),
-    (b"ascii in a binary frame", b"ascii in a binary frame"),
-    ("h\u00e9llo \u2603", "h\u00e9llo \u2603".encode("utf-8")),
-], ids=["binary-all-bytes", "binary-non-utf8", "binary-ascii", "text-utf8"])
+@pytest.mark.parametrize(
+    "frame, expected",
+    [
+        (bytes(range(256)), bytes(range(256))),
+        (b"\xff\xfe\x00", b"\xff\xfe\x00"),
+        (b"ascii in a binary frame", b"ascii in a binary frame"),
+        ("h\u00e9llo \u2603", "h\u00e9llo \u2603".encode("utf-8")),
+    ],
+    ids=["binary-all-bytes", "binary-non-utf8", "binary-ascii", "text-utf8"],
+)
 def test_client_frames_are_published_byte_for_byte(server, redis_server, frame, expected):
     facility = unique("client-frames")
     with recording(redis_server, facility) as published, open_ws(server, f"{facility}?publish-broadcast") as ws:
@@ -237,18 +255,24 @@ def test_client_frames_are_published_byte_for_byte(server, redis_server, frame, 
 
 def test_binary_frame_round_trip_between_sockets(server, redis_client):
     facility = unique("binary-rt")
-    with open_ws(server, f"{facility}?publish-broadcast") as sender, \
-            open_ws(server, f"{facility}?subscribe-broadcast") as receiver:
+    with (
+        open_ws(server, f"{facility}?publish-broadcast") as sender,
+        open_ws(server, f"{facility}?subscribe-broadcast") as receiver,
+    ):
         wait_subscribed(redis_client, f"broadcast:{facility}")
         sender.send(b"\x00\x01\xfe\xff")
         assert receiver.recv(timeout=TIMEOUT) == b"\x00\x01\xfe\xff"
 
 
-@pytest.mark.parametrize("fragments, expected", [
-    (["part1", "part2", "part3"], b"part1part2part3"),
-    ([b"\x00\xff", b"\x80", b"tail"], b"\x00\xff\x80tail"),
-    (["h\u00e9", "llo"], "h\u00e9llo".encode("utf-8")),
-], ids=["text", "binary", "utf8-text"])
+@pytest.mark.parametrize(
+    "fragments, expected",
+    [
+        (["part1", "part2", "part3"], b"part1part2part3"),
+        ([b"\x00\xff", b"\x80", b"tail"], b"\x00\xff\x80tail"),
+        (["h\u00e9", "llo"], "h\u00e9llo".encode("utf-8")),
+    ],
+    ids=["text", "binary", "utf8-text"],
+)
 def test_fragmented_message_is_published_once_whole(server, redis_server, fragments, expected):
     """§R13: uWSGI published a spurious b'\\x00' per fragment before the message."""
     facility = unique("fragments")

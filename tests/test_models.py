@@ -5,6 +5,7 @@ they commit, only to the declared audience, with only the declared data.
 
 Absence is proved by order: a later message that arrives first proves that
 nothing was published before it (one path, in order)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -43,11 +44,16 @@ def test_created_updated_deleted_reach_the_audience_with_the_listed_fields_only(
 
     note = Note.objects.create(text="first", secret="not for the page")
     created = receive(notes)
-    assert created == {"model": "chatapp.note", "pk": note.pk, "event": "created",
-                       "data": {"text": "first", "created": created["data"]["created"]}}
+    assert created == {
+        "model": "chatapp.note",
+        "pk": note.pk,
+        "event": "created",
+        "data": {"text": "first", "created": created["data"]["created"]},
+    }
     # DjangoJSONEncoder writes milliseconds.
     assert datetime.datetime.fromisoformat(created["data"]["created"]) == note.created.replace(
-        microsecond=note.created.microsecond // 1000 * 1000)
+        microsecond=note.created.microsecond // 1000 * 1000
+    )
     note.text = "edited"
     note.save()
     assert receive(notes) == {**created, "event": "updated", "data": {**created["data"], "text": "edited"}}
@@ -91,13 +97,19 @@ def test_a_per_instance_audience_reaches_its_users_and_nobody_else(server, redis
 
     users = {name: User.objects.get(username=name) for name in ("john", "mary", "ann", "admin")}
     with contextlib.ExitStack() as stack:
-        sockets = {name: stack.enter_context(open_ws(server, "direct?subscribe-user", cookie=login(server, name)))
-                   for name in users}
+        sockets = {
+            name: stack.enter_context(open_ws(server, "direct?subscribe-user", cookie=login(server, name)))
+            for name in users
+        }
         for name in users:
             wait_subscribed(redis_client, f"user:{name}:direct")
         message = DirectMessage.objects.create(sender=users["john"], recipient=users["mary"], text="hi mary")
-        expected = {"model": "chatapp.directmessage", "pk": message.pk, "event": "created",
-                    "data": {"from": "john", "to": "mary", "text": "hi mary"}}
+        expected = {
+            "model": "chatapp.directmessage",
+            "pk": message.pk,
+            "event": "created",
+            "data": {"from": "john", "to": "mary", "text": "hi mary"},
+        }
         assert receive(sockets["john"]) == expected
         assert receive(sockets["mary"]) == expected
         later = DirectMessage.objects.create(sender=users["admin"], recipient=users["ann"], text="hi ann")
@@ -125,8 +137,12 @@ def test_a_decorated_model_publishes_all_its_fields_as_json_and_keeps_the_messag
     with open_ws(server, "tasks?subscribe-group", cookie=login(server, "mary")) as ws:  # mary is staff
         wait_subscribed(redis_client, "group:staff:tasks")
         task = Task.objects.create(title="pay", cost=Decimal("12.50"), due=datetime.date(2026, 12, 24))
-        assert receive(ws) == {"model": "chatapp.task", "pk": str(task.pk), "event": "created",
-                               "data": {"id": str(task.pk), "title": "pay", "cost": "12.50", "due": "2026-12-24"}}
+        assert receive(ws) == {
+            "model": "chatapp.task",
+            "pk": str(task.pk),
+            "event": "created",
+            "data": {"id": str(task.pk), "title": "pay", "cost": "12.50", "due": "2026-12-24"},
+        }
     assert isinstance(task.pk, uuid.UUID)
     assert 0 < redis_client.ttl("group:staff:tasks") <= 60  # its expire=60, not the project's 0
 
@@ -137,8 +153,12 @@ def test_a_model_registered_in_app_ready_publishes(server, redis_client):
     with open_ws(server, "tickets?subscribe-broadcast") as ws:
         wait_subscribed(redis_client, "broadcast:tickets")
         ticket = Ticket.objects.create(title=unique("ticket"), owner="unlisted")
-        assert receive(ws) == {"model": "chatapp.ticket", "pk": ticket.pk, "event": "created",
-                               "data": {"title": ticket.title}}
+        assert receive(ws) == {
+            "model": "chatapp.ticket",
+            "pk": ticket.pk,
+            "event": "created",
+            "data": {"title": ticket.title},
+        }
 
 
 def test_a_publish_that_fails_after_the_commit_is_logged_and_the_save_stands(caplog):
@@ -177,10 +197,17 @@ except ImproperlyConfigured as exc:
 def test_a_model_without_an_audience_fails_the_check_and_cannot_be_saved(tmp_path):
     from django.conf import settings
 
-    env = project_env(str(tmp_path / "db.sqlite3"),
-                      {"INSTALLED_APPS": [*settings.INSTALLED_APPS, "testproject.badpublish"]})
-    result = subprocess.run([sys.executable, "-c", CHECK_AND_SAVE_FORGOTTEN], env=env, cwd=PROJECT,
-                            capture_output=True, text=True, timeout=60)
+    env = project_env(
+        str(tmp_path / "db.sqlite3"), {"INSTALLED_APPS": [*settings.INSTALLED_APPS, "testproject.badpublish"]}
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK_AND_SAVE_FORGOTTEN],
+        env=env,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     check, _, refused = result.stdout.partition("refused: ")
     assert "badpublish.Forgotten: (twisted_ws4redis.E040) The model declares no audience" in check, result.stderr
     assert "badpublish.Forgotten: (twisted_ws4redis.E044) The model publishes the field 'nope'" in check

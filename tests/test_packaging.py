@@ -3,6 +3,7 @@ the editable install ``make install`` does; the wheel ships the plugin module
 without the ``__init__.py`` files that would shadow Twisted's own packages, and
 everything else the package needs (a server run from the wheel alone serves
 Django, its static files and websockets); uninstalling leaves twistd working."""
+
 from __future__ import annotations
 
 import http.client
@@ -27,8 +28,12 @@ TIMEOUT = 5
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "-w", str(out), str(ROOT)], check=True, cwd=out, env=clean_env())
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(ROOT)],
+        check=True,
+        cwd=out,
+        env=clean_env(),
+    )
     (path,) = out.glob("twisted_ws4redis-*.whl")
     return path
 
@@ -41,18 +46,29 @@ def fresh_venv(where: Path, wheel: Path) -> Path:
     venv = where / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     (Path(site) / "borrowed.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
-                    str(wheel)], check=True, cwd=where, env=clean_env())
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", str(wheel)],
+        check=True,
+        cwd=where,
+        env=clean_env(),
+    )
     return python
 
 
 def clean_env(**extra: str) -> dict:
     """The environment without anything that would put the checkout on sys.path."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "DJANGO_SETTINGS_MODULE", "TEST_DB", "WS4REDIS_TEST_OVERRIDES")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "DJANGO_SETTINGS_MODULE", "TEST_DB", "WS4REDIS_TEST_OVERRIDES")
+    }
     env.update(extra)
     return env
 
@@ -75,8 +91,9 @@ def test_the_wheel_holds_the_plugin_and_no_twisted_package_files(wheel):
 def test_the_wheel_holds_every_file_of_the_package(wheel):
     """Every file of twisted_ws4redis/ under version control is shipped (a
     forgotten package_data pattern or a package without __init__.py would not be)."""
-    tracked = subprocess.run(["git", "ls-files", "twisted_ws4redis"], cwd=ROOT, check=True,
-                             capture_output=True, text=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "twisted_ws4redis"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.split()
     assert "twisted_ws4redis/management/commands/runws4redis.py" in tracked
     missing = set(tracked) - set(zipfile.ZipFile(wheel).namelist())
     assert not missing
@@ -85,36 +102,69 @@ def test_the_wheel_holds_every_file_of_the_package(wheel):
 def test_twistd_lists_the_plugin_after_a_regular_install(venv_python, tmp_path):
     """The package and the plugin module are the wheel's, in the fresh venv."""
     venv = venv_python.parent.parent
-    where = subprocess.run([venv_python, "-c", "import twisted_ws4redis, twisted.plugins.ws4redis_plugin as p; "
-                            "print(twisted_ws4redis.__file__); print(p.__file__)"],
-                           check=True, capture_output=True, text=True, cwd=tmp_path, env=clean_env()).stdout
+    where = subprocess.run(
+        [
+            venv_python,
+            "-c",
+            "import twisted_ws4redis, twisted.plugins.ws4redis_plugin as p; "
+            "print(twisted_ws4redis.__file__); print(p.__file__)",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(),
+    ).stdout
     assert all(line.startswith(str(venv)) for line in where.split()), where
-    listing = subprocess.run([venv_python, "-c", TWISTD, "--help"],
-                             capture_output=True, text=True, cwd=tmp_path, env=clean_env())
+    listing = subprocess.run(
+        [venv_python, "-c", TWISTD, "--help"], capture_output=True, text=True, cwd=tmp_path, env=clean_env()
+    )
     assert "ws4redis" in listing.stdout, listing.stdout + listing.stderr
 
 
 def test_twistd_ws4redis_help_lists_its_options_after_a_regular_install(venv_python, tmp_path):
-    usage = subprocess.run([venv_python, "-c", TWISTD, "ws4redis", "--help"],
-                           capture_output=True, text=True, cwd=tmp_path, env=clean_env())
+    usage = subprocess.run(
+        [venv_python, "-c", TWISTD, "ws4redis", "--help"], capture_output=True, text=True, cwd=tmp_path, env=clean_env()
+    )
     assert usage.returncode == 0, usage.stdout + usage.stderr
     for option in OPTIONS:
         assert option in usage.stdout
 
 
-def test_a_regular_install_serves_django_static_files_and_websockets(venv_python, redis_server, redis_client,
-                                                                     test_db, tmp_path):
+def test_a_regular_install_serves_django_static_files_and_websockets(
+    venv_python, redis_server, redis_client, test_db, tmp_path
+):
     """twistd ws4redis from the wheel alone (the test project on PYTHONPATH, not
     the checkout): Django, ws4redis.js through --static, a websocket."""
     port = free_port()
     env = clean_env(PYTHONPATH=str(PROJECT), DJANGO_SETTINGS_MODULE="testproject.settings", TEST_DB=test_db)
-    where = subprocess.run([venv_python, "-c", "import twisted_ws4redis; print(twisted_ws4redis.__file__)"],
-                           check=True, capture_output=True, text=True, cwd=PROJECT, env=env).stdout
+    where = subprocess.run(
+        [venv_python, "-c", "import twisted_ws4redis; print(twisted_ws4redis.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=PROJECT,
+        env=env,
+    ).stdout
     assert where.startswith(str(venv_python.parent.parent)), where
     with open(tmp_path / "twistd.log", "wb") as log:
-        process = subprocess.Popen([venv_python, "-c", TWISTD, "--nodaemon", "--pidfile=", "ws4redis",
-                                    f"--endpoint=tcp:{port}:interface=127.0.0.1", f"--redis={redis_server.url}",
-                                    "--static"], env=env, cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [
+                venv_python,
+                "-c",
+                TWISTD,
+                "--nodaemon",
+                "--pidfile=",
+                "ws4redis",
+                f"--endpoint=tcp:{port}:interface=127.0.0.1",
+                f"--redis={redis_server.url}",
+                "--static",
+            ],
+            env=env,
+            cwd=PROJECT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_for_port(port, process=process)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
@@ -144,13 +194,19 @@ def test_twistd_works_without_the_plugin_after_an_uninstall(wheel, tmp_path):
     """pip uninstall leaves Twisted's plugin cache behind; twistd must neither
     list ws4redis nor fail."""
     python = fresh_venv(tmp_path, wheel)
-    before = subprocess.run([python, "-c", TWISTD, "--help"], capture_output=True, text=True, cwd=tmp_path,
-                            env=clean_env())
+    before = subprocess.run(
+        [python, "-c", TWISTD, "--help"], capture_output=True, text=True, cwd=tmp_path, env=clean_env()
+    )
     assert "ws4redis" in before.stdout  # the cache now knows the plugin
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "uninstall", "--quiet", "--yes",
-                    "twisted_ws4redis"], check=True, cwd=tmp_path, env=clean_env())
-    after = subprocess.run([python, "-c", TWISTD, "--help"], capture_output=True, text=True, cwd=tmp_path,
-                           env=clean_env())
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "uninstall", "--quiet", "--yes", "twisted_ws4redis"],
+        check=True,
+        cwd=tmp_path,
+        env=clean_env(),
+    )
+    after = subprocess.run(
+        [python, "-c", TWISTD, "--help"], capture_output=True, text=True, cwd=tmp_path, env=clean_env()
+    )
     assert after.returncode == 0, after.stderr
     assert "ws4redis" not in after.stdout + after.stderr
     assert "web" in after.stdout  # Twisted's own plugins are still listed
@@ -177,10 +233,16 @@ def test_missing_system_packages_are_named_in_one_line_before_any_test(tmp_path)
     tools = tmp_path / "bin"
     tools.mkdir()
     for tool in ("bash", "id"):
-        (tools / tool).symlink_to(subprocess.run(["which", tool], capture_output=True, text=True,
-                                                 check=True).stdout.strip())
-    result = subprocess.run([str(tools / "bash"), str(ROOT / "tests" / "system_packages.sh")],
-                            env={"PATH": str(tools)}, capture_output=True, text=True, timeout=30)
+        (tools / tool).symlink_to(
+            subprocess.run(["which", tool], capture_output=True, text=True, check=True).stdout.strip()
+        )
+    result = subprocess.run(
+        [str(tools / "bash"), str(ROOT / "tests" / "system_packages.sh")],
+        env={"PATH": str(tools)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 1 and result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
@@ -191,6 +253,5 @@ def test_missing_system_packages_are_named_in_one_line_before_any_test(tmp_path)
 
 def test_the_system_packages_of_this_machine_are_all_there():
     """`make test` ran the script before this suite; on this machine it finds everything."""
-    result = subprocess.run([str(ROOT / "tests" / "system_packages.sh")], capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run([str(ROOT / "tests" / "system_packages.sh")], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and result.stdout == result.stderr == "", result

@@ -7,6 +7,7 @@ start one of their own. Every test uses its own facility. Absence of an event
 is proved by ordering: events of a facility reach a subscriber in the order
 Redis got them, so a later event arriving first proves the other never came.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,8 +32,11 @@ TTL = 3
 PRESENCE = {"WS4REDIS_PRESENCE": True, "WS4REDIS_PRESENCE_TTL": TTL}
 #: The nodes': facility_allowed_channels drops "presence" on facilities named
 #: 'nopresence-…'; a short history, for a subscribe with both since and presence.
-NODE = {**PRESENCE, "WS4REDIS_ALLOWED_CHANNELS": "testproject.hooks.facility_allowed_channels",
-        "WS4REDIS_HISTORY_SIZE": 10}
+NODE = {
+    **PRESENCE,
+    "WS4REDIS_ALLOWED_CHANNELS": "testproject.hooks.facility_allowed_channels",
+    "WS4REDIS_HISTORY_SIZE": 10,
+}
 NOBODY = {"users": [], "anonymous": 0, "connections": 0}
 
 
@@ -79,8 +83,12 @@ class Watcher(Client):
 
 
 def open_v2(server: TwistdServer, path: str = "", cookie: str | None = None) -> Watcher:
-    ws = connect(server.ws_url(path), subprotocols=[V2], additional_headers={"Cookie": cookie} if cookie else None,
-                 open_timeout=TIMEOUT)
+    ws = connect(
+        server.ws_url(path),
+        subprotocols=[V2],
+        additional_headers={"Cookie": cookie} if cookie else None,
+        open_timeout=TIMEOUT,
+    )
     assert ws.subprotocol == V2
     return Watcher(ws)
 
@@ -398,10 +406,13 @@ def test_a_name_beyond_ascii_is_given_as_it_is(nodes, test_db):
     """Django allows letters of any script in a user name."""
     a, b = nodes
     name = "zoë_Łukasz@例"
-    code = ("from django.contrib.auth.models import User; "
-            f"User.objects.filter(username={name!r}).exists() or User.objects.create_user({name!r}, password='secret')")
-    subprocess.run([sys.executable, "-m", "django", "shell", "-c", code], env=project_env(test_db), check=True,
-                   cwd=PROJECT)
+    code = (
+        "from django.contrib.auth.models import User; "
+        f"User.objects.filter(username={name!r}).exists() or User.objects.create_user({name!r}, password='secret')"
+    )
+    subprocess.run(
+        [sys.executable, "-m", "django", "shell", "-c", code], env=project_env(test_db), check=True, cwd=PROJECT
+    )
     facility = unique("unicode")
     with open_v2(a) as watcher:
         watcher.watch(facility)

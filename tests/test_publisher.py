@@ -1,5 +1,6 @@
 """The blocking, Django-side API: RedisPublisher, fetch_message, RedisMessage
 and SELF, in this process against the real test Redis."""
+
 from __future__ import annotations
 
 import pytest
@@ -52,12 +53,21 @@ def test_the_expire_setting_is_the_default(api, redis_client):
 def test_every_audience_and_self(api):
     RedisPublisher, _, SELF = api
     request = django_request("mary")
-    publisher = RedisPublisher(facility="f", broadcast=True, users=["john", SELF], groups=[SELF],
-                               sessions=[SELF, "abc"], request=request)
+    publisher = RedisPublisher(
+        facility="f", broadcast=True, users=["john", SELF], groups=[SELF], sessions=[SELF, "abc"], request=request
+    )
     key = request.session.session_key
-    assert sorted(publisher._publishers) == sorted([
-        "broadcast:f", "user:john:f", "user:mary:f", "group:chatusers:f", "group:staff:f",
-        f"session:{key}:f", "session:abc:f"])
+    assert sorted(publisher._publishers) == sorted(
+        [
+            "broadcast:f",
+            "user:john:f",
+            "user:mary:f",
+            "group:chatusers:f",
+            "group:staff:f",
+            f"session:{key}:f",
+            "session:abc:f",
+        ]
+    )
 
 
 def test_self_of_an_anonymous_request_is_nobody(api):
@@ -87,8 +97,7 @@ def test_fetch_message_searches_session_user_groups_broadcast(api, redis_client)
     publisher = RedisPublisher(facility=facility)
 
     def keep(message, **audience):
-        RedisPublisher(facility=facility, request=request, **audience).publish_message(
-            RedisMessage(message), expire=60)
+        RedisPublisher(facility=facility, request=request, **audience).publish_message(RedisMessage(message), expire=60)
 
     assert publisher.fetch_message(request, facility) is None
     keep("to all", broadcast=True)

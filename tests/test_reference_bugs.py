@@ -1,4 +1,5 @@
 """Bugs of ws4redis (spec §R) that we fix rather than copy."""
+
 import base64
 import os
 import socket
@@ -48,8 +49,10 @@ def test_a_burst_skips_only_what_the_socket_itself_published(server, redis_clien
     (ws4redis' rule), also in the middle of a burst; the others get all."""
     facility = unique("burst-echo")
     channel = f"broadcast:{facility}"
-    with open_ws(server, f"{facility}?subscribe-broadcast&publish-broadcast") as publisher, \
-            open_ws(server, f"{facility}?subscribe-broadcast") as listener:
+    with (
+        open_ws(server, f"{facility}?subscribe-broadcast&publish-broadcast") as publisher,
+        open_ws(server, f"{facility}?subscribe-broadcast") as listener,
+    ):
         wait_subscribed(redis_client, channel, count=1)
         publisher.send("mine")
         assert listener.recv(timeout=5) == "mine"
@@ -65,8 +68,12 @@ def test_a_burst_skips_only_what_the_socket_itself_published(server, redis_clien
 def _handshake(port: int, path: str) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     response = b""
     while b"\r\n\r\n" not in response:
         response += sock.recv(4096)
@@ -94,7 +101,7 @@ def test_close_answers_with_one_close_frame_and_nothing_after(server):
     assert data[0] == 0x88  # FIN + close
     length = data[1] & 0x7F
     assert struct.unpack("!H", data[2:4])[0] == 1000
-    assert len(data) == 2 + length, f"bytes after the close frame: {data[2 + length:]!r}"
+    assert len(data) == 2 + length, f"bytes after the close frame: {data[2 + length :]!r}"
 
 
 def test_a_message_over_the_size_limit_closes_only_that_socket(twistd_servers, redis_client):

@@ -2,6 +2,7 @@
 Django's command (banner, checks, migrations warning, static files, the
 autoreloader), a Redis that is not there yet, and the system check on the
 order of INSTALLED_APPS."""
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,14 @@ from conftest import PROJECT, free_port, new_log_path, project_env, unique, wait
 from twisted_ws4redis.server.embedded import EmbeddedRedis
 
 TIMEOUT = 5.0
-APPS = ["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions",
-        "twisted_ws4redis", "django.contrib.staticfiles", "testproject"]
+APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "twisted_ws4redis",
+    "django.contrib.staticfiles",
+    "testproject",
+]
 
 
 def copy_project(directory: Path) -> Path:
@@ -37,9 +44,15 @@ def copy_project(directory: Path) -> Path:
 def runserver_env(project: Path, redis_port: int, db_path: str, overrides: dict | None = None) -> dict:
     """The test project's settings with DEBUG on and staticfiles installed,
     Redis on ``redis_port``, the project copy first on the path."""
-    env = project_env(db_path, {"DEBUG": True, "INSTALLED_APPS": APPS,
-                                "WS4REDIS_CONNECTION": {"host": "127.0.0.1", "port": redis_port, "db": 0},
-                                **(overrides or {})})
+    env = project_env(
+        db_path,
+        {
+            "DEBUG": True,
+            "INSTALLED_APPS": APPS,
+            "WS4REDIS_CONNECTION": {"host": "127.0.0.1", "port": redis_port, "db": 0},
+            **(overrides or {}),
+        },
+    )
     env["PYTHONPATH"] = os.pathsep.join([str(project), env["PYTHONPATH"]])
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -55,7 +68,12 @@ class Runserver:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "manage.py", "runserver", f"127.0.0.1:{self.port}", *args],
-                cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                cwd=project,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             wait_for_port(self.port, timeout=30, process=self.process)
         except Exception:
@@ -142,10 +160,13 @@ def test_a_view_added_to_urls_py_is_served_within_15_seconds(dev_server, redis_c
     assert dev_server.get("/") == (200, b"testproject")
     time.sleep(2.5)  # two ticks (one a second)
     urls = dev_server.project / "testproject" / "urls.py"
-    urls.write_text(urls.read_text().replace(
-        "urlpatterns = [",
-        "from django.http import HttpResponse\n\n"
-        "urlpatterns = [\n    path('added/', lambda request: HttpResponse('added after start')),"))
+    urls.write_text(
+        urls.read_text().replace(
+            "urlpatterns = [",
+            "from django.http import HttpResponse\n\n"
+            "urlpatterns = [\n    path('added/', lambda request: HttpResponse('added after start')),",
+        )
+    )
     deadline = time.monotonic() + 15
     while True:
         try:
@@ -161,8 +182,9 @@ def test_a_view_added_to_urls_py_is_served_within_15_seconds(dev_server, redis_c
 
 
 def test_noreload_nothreading_and_nostatic(redis_server, redis_client, test_db):
-    server = Runserver(PROJECT, runserver_env(PROJECT, redis_server.port, test_db),
-                       "--noreload", "--nothreading", "--nostatic")
+    server = Runserver(
+        PROJECT, runserver_env(PROJECT, redis_server.port, test_db), "--noreload", "--nothreading", "--nostatic"
+    )
     try:
         assert server.get("/") == (200, b"testproject")
         with pytest.raises(urllib.error.HTTPError) as missing:
@@ -190,8 +212,9 @@ def test_ipv6_address_insecure_and_a_port_in_use(tmp_path, redis_server, test_db
     port = free_port()
     command = [sys.executable, "manage.py", "runserver", f"[::1]:{port}", "--noreload", "--insecure"]
     with open(tmp_path / "v6.log", "wb") as log:
-        process = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -247,14 +270,18 @@ def test_redis_unreachable_at_start(test_db):
         server.stop()
 
 
-@pytest.mark.parametrize("apps, warned", [
-    (APPS, False),
-    (["django.contrib.staticfiles", *[app for app in APPS if app != "django.contrib.staticfiles"]], True),
-])
+@pytest.mark.parametrize(
+    "apps, warned",
+    [
+        (APPS, False),
+        (["django.contrib.staticfiles", *[app for app in APPS if app != "django.contrib.staticfiles"]], True),
+    ],
+)
 def test_the_check_names_staticfiles_listed_before_us(test_db, apps, warned):
     env = runserver_env(PROJECT, free_port(), test_db, {"INSTALLED_APPS": apps})
-    checked = subprocess.run([sys.executable, "manage.py", "check"], cwd=PROJECT, env=env,
-                             capture_output=True, text=True, timeout=60)
+    checked = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert checked.returncode == 0, checked.stderr  # a warning, not an error
     output = checked.stdout + checked.stderr
     assert ("twisted_ws4redis.W010" in output) is warned, output

@@ -1,5 +1,6 @@
 """Several nodes as one service: two ``twistd ws4redis`` processes on one
 Redis behind HAProxy, run with the configuration shipped in docs/deploy."""
+
 from __future__ import annotations
 
 import contextlib
@@ -80,8 +81,10 @@ def test_one_publish_reaches_clients_on_every_node(cluster, redis_client):
     proxy, nodes = cluster
     facility = unique("cluster")
     with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(connect(proxy.ws_url(f"{facility}?subscribe-broadcast"),
-                                               open_timeout=TIMEOUT)) for _ in range(6)]
+        sockets = [
+            stack.enter_context(connect(proxy.ws_url(f"{facility}?subscribe-broadcast"), open_timeout=TIMEOUT))
+            for _ in range(6)
+        ]
         # leastconn spread them: both nodes hold some.
         assert counts_once_logged(nodes, facility, [3, 3]) == [3, 3]
         wait_subscribed(redis_client, f"broadcast:{facility}", 2)  # one subscriber per node
@@ -94,8 +97,10 @@ def test_a_message_sent_on_one_node_reaches_the_other(cluster, redis_client):
     proxy, nodes = cluster
     facility = unique("across")
     path = f"{facility}?subscribe-broadcast&publish-broadcast"
-    with connect(proxy.ws_url(path), open_timeout=TIMEOUT) as first, \
-            connect(proxy.ws_url(path), open_timeout=TIMEOUT) as second:
+    with (
+        connect(proxy.ws_url(path), open_timeout=TIMEOUT) as first,
+        connect(proxy.ws_url(path), open_timeout=TIMEOUT) as second,
+    ):
         assert counts_once_logged(nodes, facility, [1, 1]) == [1, 1]
         wait_subscribed(redis_client, f"broadcast:{facility}", 2)
         first.send("from one node to the other")
@@ -108,10 +113,14 @@ def test_a_logged_in_client_is_known_on_any_node(cluster, redis_client):
     proxy, nodes = cluster
     facility = unique("anynode")
     cookie = login(proxy, "john")
-    with connect(proxy.ws_url(f"{facility}?subscribe-user"), additional_headers={"Cookie": cookie},
-                 open_timeout=TIMEOUT) as one, \
-            connect(proxy.ws_url(f"{facility}?subscribe-user"), additional_headers={"Cookie": cookie},
-                    open_timeout=TIMEOUT) as two:
+    with (
+        connect(
+            proxy.ws_url(f"{facility}?subscribe-user"), additional_headers={"Cookie": cookie}, open_timeout=TIMEOUT
+        ) as one,
+        connect(
+            proxy.ws_url(f"{facility}?subscribe-user"), additional_headers={"Cookie": cookie}, open_timeout=TIMEOUT
+        ) as two,
+    ):
         assert counts_once_logged(nodes, facility, [1, 1]) == [1, 1]
         wait_subscribed(redis_client, f"user:john:{facility}", 2)
         redis_client.publish(f"user:john:{facility}", "hello john, wherever you are")

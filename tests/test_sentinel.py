@@ -1,5 +1,6 @@
 """Redis through Sentinel: a real master, replica and sentinel; the master is
 killed mid-stream and both the server and the publisher follow the failover."""
+
 from __future__ import annotations
 
 import signal
@@ -25,9 +26,20 @@ class Node:
         directory.mkdir(parents=True, exist_ok=True)
         self.log_path = directory / f"{name}.log"
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([redis_server_binary(), *args, "--port", str(self.port),
-                                             "--bind", "127.0.0.1", "--dir", str(directory)],
-                                            stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [
+                    redis_server_binary(),
+                    *args,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(directory),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         wait_for_port(self.port, process=self.process)
 
     def client(self) -> redis.Redis:
@@ -45,19 +57,25 @@ def sentinel_cluster(tmp_path):
     try:
         master = Node(tmp_path / "master", "master", ["--save", "", "--appendonly", "no"])
         nodes.append(master)
-        replica = Node(tmp_path / "replica", "replica",
-                       ["--save", "", "--appendonly", "no", "--replicaof", "127.0.0.1", str(master.port)])
+        replica = Node(
+            tmp_path / "replica",
+            "replica",
+            ["--save", "", "--appendonly", "no", "--replicaof", "127.0.0.1", str(master.port)],
+        )
         nodes.append(replica)
         config = tmp_path / "sentinel" / "sentinel.conf"
         config.parent.mkdir()
-        config.write_text(f"sentinel monitor {SERVICE} 127.0.0.1 {master.port} 1\n"
-                          f"sentinel down-after-milliseconds {SERVICE} 1000\n"
-                          f"sentinel failover-timeout {SERVICE} 10000\n")
+        config.write_text(
+            f"sentinel monitor {SERVICE} 127.0.0.1 {master.port} 1\n"
+            f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+            f"sentinel failover-timeout {SERVICE} 10000\n"
+        )
         sentinel = Node(tmp_path / "sentinel", "sentinel", [str(config), "--sentinel"])
         nodes.append(sentinel)
         deadline = time.monotonic() + 20
-        while replica.client().info("replication").get("master_link_status") != "up" or \
-                not sentinel.client().execute_command("SENTINEL", "REPLICAS", SERVICE):
+        while replica.client().info("replication").get(
+            "master_link_status"
+        ) != "up" or not sentinel.client().execute_command("SENTINEL", "REPLICAS", SERVICE):
             assert time.monotonic() < deadline, "replica or sentinel not ready"
             time.sleep(0.1)
         yield master, replica, sentinel
@@ -95,8 +113,7 @@ def test_server_and_publisher_follow_a_failover(sentinel_cluster, test_db):
 
     master, replica, sentinel = sentinel_cluster
     server = TwistdServer(f"redis+sentinel://127.0.0.1:{sentinel.port}/{SERVICE}/0", test_db)
-    set_redis_override(RedisAddress.from_dict({"sentinels": [("127.0.0.1", sentinel.port)],
-                                               "service_name": SERVICE}))
+    set_redis_override(RedisAddress.from_dict({"sentinels": [("127.0.0.1", sentinel.port)], "service_name": SERVICE}))
     facility = unique("sentinel")
     channel = f"broadcast:{facility}"
     publisher = RedisPublisher(facility=facility, broadcast=True)
@@ -148,9 +165,13 @@ def test_sentinel_settings_are_validated():
     assert (address.service_name, address.db, address.password) == ("cache", 2, "pw")
     assert str(address) == "redis+sentinel://10.0.0.1:26379,10.0.0.2:26380/cache/2"
     assert RedisAddress.from_dict({"sentinels": ["h:1"], "service_name": "m"}).sentinels == (("h", 1),)
-    for bad in ({"sentinels": [("h", 1)]}, {"service_name": "m"}, {"sentinels": "h:1", "service_name": "m"},
-                {"sentinels": [("h", "x")], "service_name": "m"},
-                {"sentinels": [("h", 1)], "service_name": "m", "unix_socket_path": "/s"}):
+    for bad in (
+        {"sentinels": [("h", 1)]},
+        {"service_name": "m"},
+        {"sentinels": "h:1", "service_name": "m"},
+        {"sentinels": [("h", "x")], "service_name": "m"},
+        {"sentinels": [("h", 1)], "service_name": "m", "unix_socket_path": "/s"},
+    ):
         with pytest.raises(ValueError, match="WS4REDIS_CONNECTION"):
             RedisAddress.from_dict(bad)
     for bad in ("redis+sentinel://h:1", "redis+sentinel://h:x/m", "redis+sentinel://h:1/m/0/extra"):

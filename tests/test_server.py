@@ -7,6 +7,7 @@ with the project's own files (content types, STATICFILES_DIRS and their
 prefixes and precedence, STATIC_ROOT after collectstatic), start-up failures
 that must end with one line rather than a traceback, and every option through
 ``runws4redis``."""
+
 from __future__ import annotations
 
 import contextlib
@@ -135,8 +136,9 @@ def publish_until_received(port: int, facility: str, message: str) -> None:
     body = json.dumps({"facility": facility, "message": message, "broadcast": True}).encode()
 
     def publish() -> int:
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/publish/", data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/publish/", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
             return json.loads(response.read())["received"]
 
@@ -150,8 +152,9 @@ def run_to_failure(command: list[str], env: dict) -> tuple[int | None, str, floa
     """Run a server start that must fail: (exit code or None if it was still
     running after FAILS_WITHIN seconds, output, seconds taken)."""
     started = time.monotonic()
-    process = subprocess.Popen(command, env=env, cwd=PROJECT, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, env=env, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         output, _ = process.communicate(timeout=FAILS_WITHIN)
         return process.returncode, output, time.monotonic() - started
@@ -211,8 +214,15 @@ def test_daemonized_twistd_with_embedded_redis_stops_cleanly(test_db, tmp_path, 
     daemon and its Redis, removes the pidfile and the Redis directory."""
     env = private_env(test_db, own_tmpdir)
     pidfile, logfile, port = tmp_path / "twistd.pid", tmp_path / "twistd.log", free_port()
-    command = [str(BIN / "twistd"), f"--pidfile={pidfile}", f"--logfile={logfile}", "ws4redis",
-               "--settings=testproject.settings", f"--endpoint=tcp:{port}:interface=127.0.0.1", "--redis=embedded"]
+    command = [
+        str(BIN / "twistd"),
+        f"--pidfile={pidfile}",
+        f"--logfile={logfile}",
+        "ws4redis",
+        "--settings=testproject.settings",
+        f"--endpoint=tcp:{port}:interface=127.0.0.1",
+        "--redis=embedded",
+    ]
     started = subprocess.run(command, env=env, cwd=PROJECT, capture_output=True, text=True, timeout=30)
     assert started.returncode == 0, started.stdout + started.stderr
     daemon = psutil.Process(int(pidfile.read_text()))
@@ -241,8 +251,10 @@ def test_a_failed_start_with_embedded_redis_leaves_no_directory(test_db, own_tmp
     """A start that fails after the options were read leaves no
     ws4redis-redis-* directory in TMPDIR."""
     env = private_env(test_db, own_tmpdir)
-    args = {"port in use": [f"--endpoint=tcp:{taken_port}:interface=127.0.0.1"],
-            "bad --wsgi": [f"--endpoint=tcp:{free_port()}:interface=127.0.0.1", "--wsgi=testproject.nowhere.app"]}
+    args = {
+        "port in use": [f"--endpoint=tcp:{taken_port}:interface=127.0.0.1"],
+        "bad --wsgi": [f"--endpoint=tcp:{free_port()}:interface=127.0.0.1", "--wsgi=testproject.nowhere.app"],
+    }
     code, output, _ = run_to_failure(twistd_command("--redis=embedded", *args[failure]), env)
     assert code not in (0, None), output
     assert list(own_tmpdir.iterdir()) == []
@@ -253,7 +265,8 @@ def test_a_tmpdir_too_long_for_the_embedded_redis_socket_stops_the_start_with_on
     long_tmpdir.mkdir(parents=True)
     env = private_env(test_db, long_tmpdir)
     code, output, _ = run_to_failure(
-        twistd_command("--redis=embedded", f"--endpoint=tcp:{free_port()}:interface=127.0.0.1"), env)
+        twistd_command("--redis=embedded", f"--endpoint=tcp:{free_port()}:interface=127.0.0.1"), env
+    )
     assert code not in (0, None), output
     assert "set TMPDIR to a shorter directory" in output and "Traceback" not in output
     assert list(long_tmpdir.iterdir()) == []
@@ -266,8 +279,10 @@ def test_ctrl_c_closes_every_websocket_with_1001_and_exits_0(redis_server, test_
     server = TwistdServer(redis_server.url, test_db)
     try:
         with contextlib.ExitStack() as stack:
-            sockets = [stack.enter_context(connect(server.ws_url(f"{unique('ctrlc')}?{flags}"), open_timeout=TIMEOUT))
-                       for flags in ("subscribe-broadcast", "publish-broadcast", "subscribe-broadcast&echo")]
+            sockets = [
+                stack.enter_context(connect(server.ws_url(f"{unique('ctrlc')}?{flags}"), open_timeout=TIMEOUT))
+                for flags in ("subscribe-broadcast", "publish-broadcast", "subscribe-broadcast&echo")
+            ]
             server.process.send_signal(signal.SIGINT)
             for ws in sockets:
                 with pytest.raises(Exception):
@@ -290,8 +305,7 @@ def test_tcp_and_unix_endpoints_serve_one_site(tmp_path, redis_server, test_db):
         wait_for_unix(path, server.process)
         assert http_get(path)[::2] == (200, b"testproject")
         facility = unique("unix")
-        with unix_connect(str(path), f"ws://localhost/ws/{facility}?subscribe-broadcast",
-                          open_timeout=TIMEOUT) as ws:
+        with unix_connect(str(path), f"ws://localhost/ws/{facility}?subscribe-broadcast", open_timeout=TIMEOUT) as ws:
             publish_until_received(server.port, facility, "from the TCP side")
             assert ws.recv(timeout=TIMEOUT) == "from the TCP side"
     finally:
@@ -331,15 +345,18 @@ def static_server(twistd_servers, tmp_path_factory):
     (base / "dirs" / "testproject" / "override-me.txt").write_text("from STATICFILES_DIRS\n")
     (base / "extra").mkdir()
     (base / "extra" / "notes.txt").write_text("prefixed notes\n")
-    return twistd_servers({"STATICFILES_DIRS": [str(base / "dirs"), ["extra", str(base / "extra")]]},
-                          ("--static",))
+    return twistd_servers({"STATICFILES_DIRS": [str(base / "dirs"), ["extra", str(base / "extra")]]}, ("--static",))
 
 
 def test_static_serves_the_project_files_with_their_types(static_server):
     """Found by the app directories finder, without django.contrib.staticfiles
     in INSTALLED_APPS."""
     status, headers, body = http_get(static_server.port, "/static/testproject/hello.txt")
-    assert (status, headers["content-type"].split(";")[0], body) == (200, "text/plain", b"hello from the test project\n")
+    assert (status, headers["content-type"].split(";")[0], body) == (
+        200,
+        "text/plain",
+        b"hello from the test project\n",
+    )
     status, headers, body = http_get(static_server.port, "/static/testproject/style.css")
     assert (status, headers["content-type"].split(";")[0]) == (200, "text/css")
     assert body == (PROJECT / "testproject" / "static" / "testproject" / "style.css").read_bytes()
@@ -372,8 +389,12 @@ def test_static_without_wsgi_serves_static_files_and_websockets_only(twistd_serv
 
 
 def test_static_serves_nothing_outside_its_directories(static_server):
-    for path in ("/static/testproject/../../settings.py", "/static/../testproject/settings.py",
-                 "/static/testproject/%2e%2e/%2e%2e/settings.py", "/static/nothing.txt"):
+    for path in (
+        "/static/testproject/../../settings.py",
+        "/static/../testproject/settings.py",
+        "/static/testproject/%2e%2e/%2e%2e/settings.py",
+        "/static/nothing.txt",
+    ):
         status, _, body = http_get(static_server.port, path)
         assert status == 404 and b"SECRET_KEY" not in body, path
 
@@ -384,11 +405,24 @@ def test_static_serves_static_root_after_collectstatic(twistd_servers, test_db, 
     base = tmp_path_factory.mktemp("collected")
     root, source = base / "root", base / "source"
     source.mkdir()
-    overrides = {"STATIC_ROOT": str(root), "STATICFILES_DIRS": [str(source)],
-                 "INSTALLED_APPS": ["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions",
-                                    "django.contrib.staticfiles", "twisted_ws4redis", "testproject"]}
-    subprocess.run([sys.executable, "-m", "django", "collectstatic", "--noinput", "-v0"],
-                   env=project_env(test_db, overrides), cwd=PROJECT, check=True)
+    overrides = {
+        "STATIC_ROOT": str(root),
+        "STATICFILES_DIRS": [str(source)],
+        "INSTALLED_APPS": [
+            "django.contrib.auth",
+            "django.contrib.contenttypes",
+            "django.contrib.sessions",
+            "django.contrib.staticfiles",
+            "twisted_ws4redis",
+            "testproject",
+        ],
+    }
+    subprocess.run(
+        [sys.executable, "-m", "django", "collectstatic", "--noinput", "-v0"],
+        env=project_env(test_db, overrides),
+        cwd=PROJECT,
+        check=True,
+    )
     (root / "only-in-root.txt").write_text("collected by hand\n")
     (source / "late.txt").write_text("not collected\n")
     server = twistd_servers(overrides, ("--static",))
@@ -410,16 +444,22 @@ def assert_fails_with_one_line(code: int | None, output: str, elapsed: float, sa
     assert "Traceback" not in output, output
 
 
-@pytest.mark.parametrize("endpoint, says", [
-    ("tcp:{taken}:interface=127.0.0.1", "Address already in use"),
-    ("unix:/nonexistent-ws4redis-dir/ws.sock", "/nonexistent-ws4redis-dir/ws.sock"),
-    ("tcp:99999:interface=127.0.0.1", "99999"),
-], ids=["port in use", "unix socket in a missing directory", "port out of range"])
-def test_an_endpoint_that_cannot_listen_stops_the_start_with_one_line(redis_server, test_db, taken_port,
-                                                                      endpoint, says):
+@pytest.mark.parametrize(
+    "endpoint, says",
+    [
+        ("tcp:{taken}:interface=127.0.0.1", "Address already in use"),
+        ("unix:/nonexistent-ws4redis-dir/ws.sock", "/nonexistent-ws4redis-dir/ws.sock"),
+        ("tcp:99999:interface=127.0.0.1", "99999"),
+    ],
+    ids=["port in use", "unix socket in a missing directory", "port out of range"],
+)
+def test_an_endpoint_that_cannot_listen_stops_the_start_with_one_line(
+    redis_server, test_db, taken_port, endpoint, says
+):
     code, output, elapsed = run_to_failure(
         twistd_command(f"--endpoint={endpoint.format(taken=taken_port)}", f"--redis={redis_server.url}"),
-        project_env(test_db))
+        project_env(test_db),
+    )
     assert_fails_with_one_line(code, output, elapsed, says.format(taken=taken_port))
 
 
@@ -427,9 +467,15 @@ def test_a_daemonizing_twistd_reports_a_port_in_use_to_its_caller(redis_server, 
     """Without -n the failure happens in the daemon: the launching process must
     still exit non-zero, at once, saying why, and no pidfile stays."""
     pidfile = tmp_path / "twistd.pid"
-    command = [str(BIN / "twistd"), f"--pidfile={pidfile}", f"--logfile={tmp_path / 'twistd.log'}", "ws4redis",
-               "--settings=testproject.settings", f"--endpoint=tcp:{taken_port}:interface=127.0.0.1",
-               f"--redis={redis_server.url}"]
+    command = [
+        str(BIN / "twistd"),
+        f"--pidfile={pidfile}",
+        f"--logfile={tmp_path / 'twistd.log'}",
+        "ws4redis",
+        "--settings=testproject.settings",
+        f"--endpoint=tcp:{taken_port}:interface=127.0.0.1",
+        f"--redis={redis_server.url}",
+    ]
     code, output, elapsed = run_to_failure(command, project_env(test_db))
     assert code not in (0, None), output
     assert elapsed < FAILS_WITHIN
@@ -438,14 +484,17 @@ def test_a_daemonizing_twistd_reports_a_port_in_use_to_its_caller(redis_server, 
 
 
 @pytest.mark.parametrize("content", [None, "garbage\n"], ids=["missing files", "not PEM"])
-def test_an_ssl_endpoint_with_unusable_files_stops_the_start_with_one_line(redis_server, test_db, tmp_path,
-                                                                          content):
+def test_an_ssl_endpoint_with_unusable_files_stops_the_start_with_one_line(redis_server, test_db, tmp_path, content):
     key = tmp_path / "key.pem"
     if content is not None:
         key.write_text(content)
     code, output, elapsed = run_to_failure(
-        twistd_command(f"--endpoint=ssl:{free_port()}:interface=127.0.0.1:privateKey={key}:certKey={key}",
-                       f"--redis={redis_server.url}"), project_env(test_db))
+        twistd_command(
+            f"--endpoint=ssl:{free_port()}:interface=127.0.0.1:privateKey={key}:certKey={key}",
+            f"--redis={redis_server.url}",
+        ),
+        project_env(test_db),
+    )
     assert_fails_with_one_line(code, output, elapsed, "--endpoint")
 
 
@@ -458,8 +507,9 @@ class Runws4redis:
     def __init__(self, env: dict, *args: str, log: Path):
         self.log_path = log
         with open(log, "wb") as output:
-            self.process = subprocess.Popen(runws4redis_command(*args), env=env, cwd=PROJECT,
-                                            stdout=output, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                runws4redis_command(*args), env=env, cwd=PROJECT, stdout=output, stderr=subprocess.STDOUT
+            )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -480,9 +530,15 @@ def test_runws4redis_takes_the_server_options(test_db, tmp_path, own_tmpdir):
     server; SIGTERM stops it and its Redis, exit 0, nothing left in TMPDIR."""
     env = private_env(test_db, own_tmpdir)
     first, second = free_port(), free_port()
-    server = Runws4redis(env, f"--endpoint=tcp:{first}:interface=127.0.0.1",
-                         f"--endpoint=tcp:{second}:interface=127.0.0.1", "--static", "--threads=2",
-                         "--redis=embedded", log=tmp_path / "runws4redis.log")
+    server = Runws4redis(
+        env,
+        f"--endpoint=tcp:{first}:interface=127.0.0.1",
+        f"--endpoint=tcp:{second}:interface=127.0.0.1",
+        "--static",
+        "--threads=2",
+        "--redis=embedded",
+        log=tmp_path / "runws4redis.log",
+    )
     try:
         wait_for_port(first, process=server.process)
         wait_for_port(second, process=server.process)
@@ -504,8 +560,13 @@ def test_runws4redis_no_wsgi_and_ctrl_c(redis_server, test_db, tmp_path):
     """--no-wsgi: GET / is 404 and websockets work; Ctrl-C closes them with 1001
     and the command exits 0."""
     port = free_port()
-    server = Runws4redis(project_env(test_db), f"--endpoint=tcp:{port}:interface=127.0.0.1", "--no-wsgi",
-                         f"--redis={redis_server.url}", log=tmp_path / "runws4redis.log")
+    server = Runws4redis(
+        project_env(test_db),
+        f"--endpoint=tcp:{port}:interface=127.0.0.1",
+        "--no-wsgi",
+        f"--redis={redis_server.url}",
+        log=tmp_path / "runws4redis.log",
+    )
     try:
         wait_for_port(port, process=server.process)
         assert http_get(port)[0] == 404
@@ -527,12 +588,15 @@ def test_runws4redis_no_wsgi_and_ctrl_c(redis_server, test_db, tmp_path):
         server.stop()
 
 
-@pytest.mark.parametrize("option, says", [
-    ("--redis=ftp://x", "is not a Redis URL"),
-    ("--threads=0", "--threads must be at least 1"),
-    ("--threads=x", "--threads: invalid int value"),
-    ("--endpoint=nonsense:1", "is not a valid endpoint"),
-])
+@pytest.mark.parametrize(
+    "option, says",
+    [
+        ("--redis=ftp://x", "is not a Redis URL"),
+        ("--threads=0", "--threads must be at least 1"),
+        ("--threads=x", "--threads: invalid int value"),
+        ("--endpoint=nonsense:1", "is not a valid endpoint"),
+    ],
+)
 def test_runws4redis_refuses_a_bad_option_with_one_line(test_db, option, says):
     code, output, elapsed = run_to_failure(runws4redis_command(option), project_env(test_db))
     assert_fails_with_one_line(code, output, elapsed, says)
@@ -541,7 +605,8 @@ def test_runws4redis_refuses_a_bad_option_with_one_line(test_db, option, says):
 def test_runws4redis_exits_when_its_port_is_taken(redis_server, test_db, taken_port):
     code, output, elapsed = run_to_failure(
         runws4redis_command(f"--endpoint=tcp:{taken_port}:interface=127.0.0.1", f"--redis={redis_server.url}"),
-        project_env(test_db))
+        project_env(test_db),
+    )
     assert_fails_with_one_line(code, output, elapsed, "Address already in use")
 
 

@@ -2,6 +2,7 @@
 only for a session that really loaded (whatever SESSION_ENGINE), and group
 channels from the login-time snapshot unless the groups are read at handshake
 time."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -37,8 +38,9 @@ def channels_on(redis_client, facility: str) -> list[str]:
 
 def published_channels(server, facility: str, cookie: str) -> list[str]:
     """What RedisPublisher(sessions=[SELF], request=request) names in a view."""
-    reply = http_post_json(server, "/publish/", {"facility": facility, "message": "m", "sessions": ["SELF"]},
-                           headers={"Cookie": cookie})
+    reply = http_post_json(
+        server, "/publish/", {"facility": facility, "message": "m", "sessions": ["SELF"]}, headers={"Cookie": cookie}
+    )
     return reply["channels"]
 
 
@@ -58,8 +60,11 @@ def test_a_forged_session_cookie_gets_no_session_channel(twistd_servers, redis_c
     server = twistd_servers(ENGINES[engine])
     for what, cookie in forged_cookies(server).items():
         facility = unique("forged")
-        with connect(server.ws_url(f"{facility}?subscribe-session&publish-session&subscribe-broadcast"),
-                     additional_headers={"Cookie": cookie}, open_timeout=TIMEOUT) as ws:
+        with connect(
+            server.ws_url(f"{facility}?subscribe-session&publish-session&subscribe-broadcast"),
+            additional_headers={"Cookie": cookie},
+            open_timeout=TIMEOUT,
+        ) as ws:
             wait_subscribed(redis_client, f"broadcast:{facility}")
             round_trip(ws)
             assert channels_on(redis_client, facility) == [f"broadcast:{facility}"], what
@@ -75,8 +80,11 @@ def test_a_genuine_session_keeps_its_channel(twistd_servers, redis_client, engin
         key = session_key(cookie)
         facility = unique("genuine")
         channel = f"session:{key}:{facility}"
-        with connect(server.ws_url(f"{facility}?subscribe-session&publish-session"),
-                     additional_headers={"Cookie": cookie}, open_timeout=TIMEOUT):
+        with connect(
+            server.ws_url(f"{facility}?subscribe-session&publish-session"),
+            additional_headers={"Cookie": cookie},
+            open_timeout=TIMEOUT,
+        ):
             wait_subscribed(redis_client, channel)
             assert published_channels(server, facility, cookie) == [channel]
 
@@ -89,18 +97,24 @@ def member(test_db):
     """A new user (password 'secret') in a new group: (username, group, remove())."""
     username, group = unique("leaver"), unique("club")
     with sqlite3.connect(test_db) as db:
-        db.execute("INSERT INTO auth_user (password, is_superuser, username, first_name, last_name, email, "
-                   "is_staff, is_active, date_joined) SELECT password, 0, ?, '', '', '', 0, 1, date_joined "
-                   "FROM auth_user WHERE username = 'john'", (username,))
+        db.execute(
+            "INSERT INTO auth_user (password, is_superuser, username, first_name, last_name, email, "
+            "is_staff, is_active, date_joined) SELECT password, 0, ?, '', '', '', 0, 1, date_joined "
+            "FROM auth_user WHERE username = 'john'",
+            (username,),
+        )
         db.execute("INSERT INTO auth_group (name) VALUES (?)", (group,))
-        db.execute("INSERT INTO auth_user_groups (user_id, group_id) SELECT auth_user.id, auth_group.id "
-                   "FROM auth_user, auth_group WHERE auth_user.username = ? AND auth_group.name = ?",
-                   (username, group))
+        db.execute(
+            "INSERT INTO auth_user_groups (user_id, group_id) SELECT auth_user.id, auth_group.id "
+            "FROM auth_user, auth_group WHERE auth_user.username = ? AND auth_group.name = ?",
+            (username, group),
+        )
 
     def remove() -> None:
         with sqlite3.connect(test_db) as db:
-            db.execute("DELETE FROM auth_user_groups WHERE group_id = (SELECT id FROM auth_group WHERE name = ?)",
-                       (group,))
+            db.execute(
+                "DELETE FROM auth_user_groups WHERE group_id = (SELECT id FROM auth_group WHERE name = ?)", (group,)
+            )
 
     return username, group, remove
 
@@ -112,13 +126,17 @@ def group_channels_after_removal(server, redis_client, member) -> tuple[str, lis
     username, group, remove = member
     cookie = login(server, username)
     before = unique("before")
-    with connect(server.ws_url(f"{before}?subscribe-group"), additional_headers={"Cookie": cookie},
-                 open_timeout=TIMEOUT):
+    with connect(
+        server.ws_url(f"{before}?subscribe-group"), additional_headers={"Cookie": cookie}, open_timeout=TIMEOUT
+    ):
         wait_subscribed(redis_client, f"group:{group}:{before}")
     remove()
     after = unique("after")
-    with connect(server.ws_url(f"{after}?subscribe-group&subscribe-broadcast"),
-                 additional_headers={"Cookie": cookie}, open_timeout=TIMEOUT) as ws:
+    with connect(
+        server.ws_url(f"{after}?subscribe-group&subscribe-broadcast"),
+        additional_headers={"Cookie": cookie},
+        open_timeout=TIMEOUT,
+    ) as ws:
         wait_subscribed(redis_client, f"broadcast:{after}")
         round_trip(ws)
         return after, [name for name in channels_on(redis_client, after) if name.startswith("group:")]

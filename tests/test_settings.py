@@ -1,5 +1,6 @@
 """Settings: ws4redis' names and defaults, validated at start-up with a
 message naming the bad setting; Redis addresses from settings and URLs."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,8 +36,12 @@ def test_the_defaults_are_those_of_ws4redis():
         current = settings_now()
     get_settings.cache_clear()
     assert current.websocket_url == "/ws/"
-    assert (current.connection.host, current.connection.port, current.connection.db,
-            current.connection.password) == ("localhost", 6379, 0, None)
+    assert (current.connection.host, current.connection.port, current.connection.db, current.connection.password) == (
+        "localhost",
+        6379,
+        0,
+        None,
+    )
     assert current.prefix == ""
     assert current.expire == 3600
     assert current.subscriber is RedisSubscriber
@@ -125,9 +130,11 @@ def test_an_override_is_seen_at_once():
 def test_hooks_by_dotted_path_or_callable():
     from testproject import hooks
 
-    with override_settings(WS4REDIS_ALLOWED_CHANNELS="testproject.hooks.allowed_channels",
-                           WS4REDIS_PROCESS_REQUEST=hooks.token_process_request,
-                           WS4REDIS_SUBSCRIBER="testproject.hooks.BroadcastOnlySubscriber"):
+    with override_settings(
+        WS4REDIS_ALLOWED_CHANNELS="testproject.hooks.allowed_channels",
+        WS4REDIS_PROCESS_REQUEST=hooks.token_process_request,
+        WS4REDIS_SUBSCRIBER="testproject.hooks.BroadcastOnlySubscriber",
+    ):
         current = settings_now()
         assert current.allowed_channels is hooks.allowed_channels
         assert current.process_request is hooks.token_process_request
@@ -195,7 +202,8 @@ def test_a_bad_value_names_its_setting(name, value):
             settings_now()
         # The error the system checks report (checks.py) is the one the server start raises.
         assert [(error.check_id, error.message) for error in validate(deep=True)[1]] == [
-            (RULES[name].check_id, str(raised.value))]
+            (RULES[name].check_id, str(raised.value))
+        ]
 
 
 def test_each_setting_has_its_own_check_id():
@@ -227,10 +235,12 @@ def test_context_processor_gives_the_uri_and_a_safe_heartbeat_literal():
 
 def test_redis_urls():
     assert RedisAddress.from_url("redis://user:p%40ss@db.example:6380/3") == RedisAddress(
-        host="db.example", port=6380, db=3, username="user", password="p@ss")
+        host="db.example", port=6380, db=3, username="user", password="p@ss"
+    )
     assert RedisAddress.from_url("rediss://db.example").ssl is True
     assert RedisAddress.from_url("unix:///run/redis.sock?db=2&password=x") == RedisAddress(
-        unix_socket_path="/run/redis.sock", db=2, password="x")
+        unix_socket_path="/run/redis.sock", db=2, password="x"
+    )
 
 
 @pytest.mark.parametrize("url", ["ftp://x", "redis://x:notaport", "redis://x/notadb", "unix:///s?db=x"])
@@ -240,8 +250,7 @@ def test_a_bad_redis_url_is_refused_with_the_option_named(url):
 
 
 def test_a_ws4redis_connection_dict_keeps_its_meaning():
-    address = RedisAddress.from_dict({"host": "h", "port": 1234, "db": 5, "password": None,
-                                      "unix_socket_path": None})
+    address = RedisAddress.from_dict({"host": "h", "port": 1234, "db": 5, "password": None, "unix_socket_path": None})
     assert (address.host, address.port, address.db, address.password) == ("h", 1234, 5, None)
     kwargs = RedisAddress.from_dict({"unix_socket_path": "/tmp/r.sock"}).redis_py_kwargs()
     assert kwargs["path"] == "/tmp/r.sock"

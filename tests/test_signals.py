@@ -7,6 +7,7 @@ A socket's signals are sent in order, each after the one before returned, so
 a ``disconnected`` record proves that no message signal of that socket is
 still to come: absence is shown without waiting.
 """
+
 from __future__ import annotations
 
 import base64
@@ -48,8 +49,9 @@ def records(redis_client, tag: str, until: str = "disconnected", count: int = 1)
 def test_connected_then_messages_then_disconnected_on_pool_threads(twistd_servers, redis_client):
     server = twistd_servers(MESSAGES)
     facility = unique("order")
-    with open_ws(server, f"{facility}?subscribe-broadcast&subscribe-user&publish-broadcast",
-                 login(server, "john")) as ws:
+    with open_ws(
+        server, f"{facility}?subscribe-broadcast&subscribe-user&publish-broadcast", login(server, "john")
+    ) as ws:
         for message in ("one", b"\x00two", "three"):
             ws.send(message)
         ws.close(code=4001)
@@ -57,7 +59,10 @@ def test_connected_then_messages_then_disconnected_on_pool_threads(twistd_server
     assert [record["signal"] for record in seen] == ["connected", "message", "message", "message", "disconnected"]
     assert seen[0]["channels"] == [f"broadcast:{facility}", f"user:john:{facility}"]
     assert [(record["message"], record["binary"]) for record in seen[1:4]] == [
-        ("one", False), (base64.b64encode(b"\x00two").decode(), True), ("three", False)]
+        ("one", False),
+        (base64.b64encode(b"\x00two").decode(), True),
+        ("three", False),
+    ]
     assert seen[-1]["code"] == 4001
     assert {record["facility"] for record in seen} == {facility}
     assert {record["user"] for record in seen} == {"john"}  # the handshake's request, authenticated
@@ -93,7 +98,9 @@ def test_a_receiver_that_raises_is_logged_and_the_socket_goes_on(twistd_servers,
     seen = records(redis_client, facility)
     # The receiver after the one that raised was called for both messages.
     assert [record.get("message") for record in seen if record["signal"] == "message"] == [
-        "raise:now", "reply:still here"]
+        "raise:now",
+        "reply:still here",
+    ]
     deadline = time.monotonic() + TIMEOUT
     while "RuntimeError: receiver failed on purpose" not in server.log():
         assert time.monotonic() < deadline, server.log()[-3000:]
@@ -106,8 +113,10 @@ def test_a_receiver_that_raises_is_logged_and_the_socket_goes_on(twistd_servers,
 def test_replies_reach_that_socket_alone_as_text_or_binary(twistd_servers, redis_client):
     server = twistd_servers(MESSAGES)
     facility = unique("reply")
-    with open_ws(server, f"{facility}?subscribe-broadcast") as other, \
-            open_ws(server, f"{facility}?publish-broadcast") as ws:
+    with (
+        open_ws(server, f"{facility}?subscribe-broadcast") as other,
+        open_ws(server, f"{facility}?publish-broadcast") as ws,
+    ):
         wait_subscribed(redis_client, f"broadcast:{facility}")
         ws.send("reply:text")
         assert ws.recv(timeout=TIMEOUT) == "re:text"
@@ -123,16 +132,25 @@ def test_v2_send_op_goes_to_the_receivers_and_is_answered(twistd_servers, redis_
     tag, facility = unique("v2"), unique("v2-facility")
     with connect_v2(server, f"?tag={tag}") as ws:
         ws.send(json.dumps({"op": "send", "facility": facility, "data": "reply:hi", "ref": [1]}))
-        ws.send(json.dumps({"op": "send", "facility": facility, "data_b64": base64.b64encode(b"reply:\x01").decode(),
-                            "ref": 2}))
+        ws.send(
+            json.dumps(
+                {"op": "send", "facility": facility, "data_b64": base64.b64encode(b"reply:\x01").decode(), "ref": 2}
+            )
+        )
         answers = [json.loads(ws.recv(timeout=TIMEOUT)) for _ in range(4)]
     assert answers == [
-        {"op": "reply", "facility": facility, "ref": [1], "data": "re:hi"}, {"op": "sent", "ref": [1]},
+        {"op": "reply", "facility": facility, "ref": [1], "data": "re:hi"},
+        {"op": "sent", "ref": [1]},
         {"op": "reply", "facility": facility, "ref": 2, "data_b64": base64.b64encode(b"re:\x01").decode()},
-        {"op": "sent", "ref": 2}]
+        {"op": "sent", "ref": 2},
+    ]
     seen = records(redis_client, tag)
     assert [(record["signal"], record["facility"]) for record in seen] == [
-        ("connected", ""), ("message", facility), ("message", facility), ("disconnected", "")]
+        ("connected", ""),
+        ("message", facility),
+        ("message", facility),
+        ("disconnected", ""),
+    ]
     assert seen[0]["channels"] == []
     assert (seen[1]["message"], seen[1]["binary"]) == ("reply:hi", False)
     assert (seen[2]["message"], seen[2]["binary"]) == (base64.b64encode(b"reply:\x01").decode(), True)
@@ -148,8 +166,7 @@ def test_nothing_more_is_read_while_a_message_signal_runs(twistd_servers, redis_
     first returned: the server did not read it before."""
     server = twistd_servers(MESSAGES)
     facility = unique("held")
-    with recording(redis_server, facility) as published, \
-            open_ws(server, f"{facility}?publish-broadcast") as ws:
+    with recording(redis_server, facility) as published, open_ws(server, f"{facility}?publish-broadcast") as ws:
         ws.send(f"slow:{SLOW}")
         ws.send("second")
         assert published.next()[1] == f"slow:{SLOW}".encode()
@@ -166,13 +183,16 @@ def test_disconnected_for_a_socket_dropped_without_close(twistd_servers, redis_c
     facility = unique("dropped")
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /ws/{facility} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    sock.sendall(
+        (
+            f"GET /ws/{facility} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     assert sock.recv(4096).startswith(b"HTTP/1.1 101")
     sock.close()
     seen = records(redis_client, facility)
-    assert [(record["signal"], record.get("code")) for record in seen] == [("connected", None),
-                                                                           ("disconnected", None)]
+    assert [(record["signal"], record.get("code")) for record in seen] == [("connected", None), ("disconnected", None)]
     assert seen[0]["channels"] == []
 
 

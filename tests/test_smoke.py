@@ -1,4 +1,5 @@
 """The shortest path through the product: a twistd process, a websocket, Redis."""
+
 import urllib.request
 
 from websockets.sync.client import connect
@@ -14,7 +15,9 @@ def test_broadcast_from_redis_reaches_subscriber(server, redis_client):
             if redis_client.publish("broadcast:foobar", "hello") == 1:
                 deadline_ok = True
                 break
-            import time; time.sleep(0.05)
+            import time
+
+            time.sleep(0.05)
         assert deadline_ok
         assert ws.recv(timeout=5) == "hello"
 

@@ -1,6 +1,7 @@
 """twisted_ws4redis.testing, as a project's tests use it: the base class under
 Django's test runner (tests/project's live_tests.py, the example project's own
 tests in a ``manage.py test`` subprocess) and the pytest fixture."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,14 @@ def live(django_in_process, ws4redis_live_server) -> LiveServer:
 
 def run_django_tests(program: list[str], label: str, cwd, env: dict) -> str:
     """``program test label -v 2`` in a subprocess; its output once it passed."""
-    result = subprocess.run([sys.executable, *program, "test", label, "-v", "2"], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, *program, "test", label, "-v", "2"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert re.search(r"^Ran (\d+) tests? in .*\n\nOK$", result.stderr, re.MULTILINE), result.stderr
     return result.stderr
@@ -31,8 +38,11 @@ def run_django_tests(program: list[str], label: str, cwd, env: dict) -> str:
 
 def test_the_example_projects_tests_pass_under_manage_py_test():
     # As a shell runs it: not with the test project that django_in_process set up here.
-    env = {name: value for name, value in os.environ.items()
-           if name not in ("DJANGO_SETTINGS_MODULE", "TEST_DB", "WS4REDIS_TEST_OVERRIDES")}
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("DJANGO_SETTINGS_MODULE", "TEST_DB", "WS4REDIS_TEST_OVERRIDES")
+    }
     output = run_django_tests(["manage.py"], "chatserver", ROOT / "examples" / "chatserver", env)
     assert int(re.search(r"^Ran (\d+) tests", output, re.MULTILINE).group(1)) >= 1, output
     assert "test_user_chat_reaches_the_addressee_only (chatserver.tests.ChatTests" in output, output
@@ -41,8 +51,9 @@ def test_the_example_projects_tests_pass_under_manage_py_test():
 def test_the_base_class_under_djangos_runner_with_an_in_memory_database(tmp_path):
     # The test database: tests/project's file name, so an in-memory one (the
     # case where the server shares the test thread's connection).
-    output = run_django_tests(["-m", "django"], "testproject.live_tests", PROJECT,
-                              project_env(str(tmp_path / "unused.sqlite3")))
+    output = run_django_tests(
+        ["-m", "django"], "testproject.live_tests", PROJECT, project_env(str(tmp_path / "unused.sqlite3"))
+    )
     assert "('file:memorydb_default?mode=memory&cache=shared')" in output, output
     assert re.search(r"^Ran 5 tests", output, re.MULTILINE), output
 
@@ -51,8 +62,10 @@ def test_a_logged_in_users_websocket_receives_their_messages_only(live):
     from django.contrib.auth.models import User
 
     facility = unique("fixture")
-    with live.connect(facility, "subscribe-user", user=User.objects.get(username="john")) as johns, \
-            live.connect(facility, "subscribe-user", user=User.objects.get(username="mary")) as marys:
+    with (
+        live.connect(facility, "subscribe-user", user=User.objects.get(username="john")) as johns,
+        live.connect(facility, "subscribe-user", user=User.objects.get(username="mary")) as marys,
+    ):
         assert live.publish("for john", facility=facility, users=["john"]) == 1
         assert johns.receive() == "for john"
         with pytest.raises(AssertionError, match=f"no message on ws://127.0.0.1:{live.port}/ws/{facility}"):
@@ -90,7 +103,6 @@ def test_the_publisher_goes_back_to_its_redis_after_the_server_stops(django_in_p
         assert conf.redis_address().unix_socket_path == server.redis.socket_path
     assert conf.redis_address() == before
     assert before.port == redis_server.port
-
 
 
 def test_a_publishing_websocket_reaches_a_subscribed_one(live):

@@ -2,6 +2,7 @@
 the reactor thread, and a logged-in user's lookup works there; a handshake
 that needs no read at all (no session cookie, no hooks) is decided on the
 reactor, without a thread round trip."""
+
 import contextlib
 import time
 
@@ -61,8 +62,11 @@ def test_a_handshake_without_a_session_cookie_is_decided_without_a_read(django_i
         raise AssertionError("a session was loaded")
 
     monkeypatch.setattr(store, "load", refuse)
-    handshake = Handshake(path="/ws/quick", query="subscribe-broadcast&subscribe-user&subscribe-session",
-                          headers={"host": "127.0.0.1", "cookie": "csrftoken=abc"})
+    handshake = Handshake(
+        path="/ws/quick",
+        query="subscribe-broadcast&subscribe-user&subscribe-session",
+        headers={"host": "127.0.0.1", "cookie": "csrftoken=abc"},
+    )
     with override_settings(SESSION_ENGINE=f"django.contrib.sessions.backends.{engine}"):
         settings = get_settings()
         assert reads_nothing(handshake, settings)
@@ -102,8 +106,11 @@ def test_an_anonymous_handshake_does_not_wait_for_django_s_threads(server, redis
         with connect(server.ws_url(f"{unique('quick')}?subscribe-broadcast"), open_timeout=5):
             anonymous = time.monotonic() - started
         started = time.monotonic()
-        with connect(server.ws_url(f"{unique('slow')}?subscribe-broadcast"), open_timeout=5,
-                     additional_headers={"Cookie": "sessionid=nosuchsession"}):
+        with connect(
+            server.ws_url(f"{unique('slow')}?subscribe-broadcast"),
+            open_timeout=5,
+            additional_headers={"Cookie": "sessionid=nosuchsession"},
+        ):
             with_cookie = time.monotonic() - started
     finally:
         for sock in busy:

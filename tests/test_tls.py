@@ -1,6 +1,7 @@
 """TLS on ``ssl:`` endpoints: TLS 1.2 or later, and for TLS 1.2 only the
 forward-secret AEAD ciphers of WS4REDIS_TLS_CIPHERS, tried with real TLS
 clients against a real server."""
+
 from __future__ import annotations
 
 import inspect
@@ -20,7 +21,17 @@ from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 from websockets.sync.client import connect
 
-from conftest import BIN, PROJECT, self_signed_certificate, TwistdServer, free_port, project_env, unique, wait_for_port, wait_subscribed
+from conftest import (
+    BIN,
+    PROJECT,
+    self_signed_certificate,
+    TwistdServer,
+    free_port,
+    project_env,
+    unique,
+    wait_for_port,
+    wait_subscribed,
+)
 from test_door import handshake
 
 TIMEOUT = 5
@@ -112,25 +123,40 @@ def test_wss_and_https_still_work(tls_server, certificate, redis_client):
 def test_the_cipher_list_is_a_setting(redis_server, test_db, certificate):
     """WS4REDIS_TLS_CIPHERS changes the TLS 1.2 ciphers (here: to CHACHA20 only)."""
     port = free_port()
-    server = TwistdServer(redis_server.url, test_db, {"WS4REDIS_TLS_CIPHERS": "ECDHE+CHACHA20"},
-                          endpoint=ssl_endpoint(certificate, port))
+    server = TwistdServer(
+        redis_server.url, test_db, {"WS4REDIS_TLS_CIPHERS": "ECDHE+CHACHA20"}, endpoint=ssl_endpoint(certificate, port)
+    )
     try:
         wait_for_port(port, process=server.process)
         chacha = client_context(certificate, version=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-RSA-CHACHA20-POLY1305")
         assert negotiate(port, chacha) == ("TLSv1.2", "ECDHE-RSA-CHACHA20-POLY1305")
         with pytest.raises(ssl.SSLError):
-            negotiate(port, client_context(certificate, version=ssl.TLSVersion.TLSv1_2,
-                                           ciphers="ECDHE-RSA-AES128-GCM-SHA256"))
+            negotiate(
+                port, client_context(certificate, version=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-RSA-AES128-GCM-SHA256")
+            )
     finally:
         server.stop()
 
 
 @pytest.mark.parametrize("ciphers", ["NO-SUCH-CIPHER", "", "!ALL"])
 def test_a_bad_cipher_list_stops_the_start_naming_the_setting(test_db, redis_server, certificate, ciphers):
-    command = [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis", "--settings=testproject.settings",
-               f"--endpoint={ssl_endpoint(certificate, free_port())}", f"--redis={redis_server.url}"]
-    result = subprocess.run(command, env=project_env(test_db, {"WS4REDIS_TLS_CIPHERS": ciphers}), cwd=PROJECT,
-                            capture_output=True, text=True, timeout=30)
+    command = [
+        str(BIN / "twistd"),
+        "--nodaemon",
+        "--pidfile=",
+        "ws4redis",
+        "--settings=testproject.settings",
+        f"--endpoint={ssl_endpoint(certificate, free_port())}",
+        f"--redis={redis_server.url}",
+    ]
+    result = subprocess.run(
+        command,
+        env=project_env(test_db, {"WS4REDIS_TLS_CIPHERS": ciphers}),
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode != 0
     assert "WS4REDIS_TLS_CIPHERS" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
@@ -211,10 +237,13 @@ def test_idle_and_past_the_cap_tls_connections_are_closed(redis_server, test_db,
     until a handshake, made the server wait for one."""
     port = free_port()
     limit, reserve = 160, 100  # 60 client connections
-    server = TwistdServer(redis_server.url, test_db, {"WS4REDIS_HANDSHAKE_TIMEOUT": 2,
-                                                      "WS4REDIS_RESERVED_DESCRIPTORS": reserve},
-                          endpoint=ssl_endpoint(certificate, port),
-                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+    server = TwistdServer(
+        redis_server.url,
+        test_db,
+        {"WS4REDIS_HANDSHAKE_TIMEOUT": 2, "WS4REDIS_RESERVED_DESCRIPTORS": reserve},
+        endpoint=ssl_endpoint(certificate, port),
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
+    )
     sockets = []
     try:
         wait_for_port(port, process=server.process)
@@ -251,8 +280,16 @@ def test_idle_and_past_the_cap_tls_connections_are_closed(redis_server, test_db,
 def test_the_ssl_parser_options_are_those_harden_carries_over():
     """A new ``ssl:`` option in Twisted would be dropped by tls.harden: carry it over, then update this."""
     assert list(inspect.signature(endpoints._parseSSL).parameters) == [
-        "factory", "port", "privateKey", "certKey", "sslmethod", "interface", "backlog", "extraCertChain",
-        "dhParameters"]
+        "factory",
+        "port",
+        "privateKey",
+        "certKey",
+        "sslmethod",
+        "interface",
+        "backlog",
+        "extraCertChain",
+        "dhParameters",
+    ]
 
 
 def test_harden_rebuilds_the_parsed_options_and_keeps_an_explicit_method(certificate):

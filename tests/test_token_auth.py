@@ -3,6 +3,7 @@ processes serving the test project with each token hook, real websocket
 clients without cookies. A good token opens its user's channels, with the
 groups the database holds now; every bad one gets the same 403; a request
 without a token still authenticates by its cookie; no token reaches the log."""
+
 from __future__ import annotations
 
 import subprocess
@@ -13,8 +14,18 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import (PROJECT, TwistdServer, http_post_json, login, project_env, round_trip, session_key, unique,
-                      wait_subscribed, warm_up)
+from conftest import (
+    PROJECT,
+    TwistdServer,
+    http_post_json,
+    login,
+    project_env,
+    round_trip,
+    session_key,
+    unique,
+    wait_subscribed,
+    warm_up,
+)
 from test_door import raw_request
 from twisted_ws4redis import auth, logsafe
 from twisted_ws4redis.audience import session_digest
@@ -50,8 +61,9 @@ def servers(redis_server, token_db):
         if hook not in running:
             # A publish rate of 1/s lets the log test cause a WSPOLICY line.
             overrides = {"WS4REDIS_PROCESS_REQUEST": HOOKS[hook], "WS4REDIS_MAX_PUBLISH_RATE": 1}
-            running[hook] = TwistdServer(redis_server.url, token_db, settings=SETTINGS,
-                                         env=token_env(token_db, overrides))
+            running[hook] = TwistdServer(
+                redis_server.url, token_db, settings=SETTINGS, env=token_env(token_db, overrides)
+            )
             warm_up(running[hook])
         return running[hook]
 
@@ -74,14 +86,21 @@ def token(server: TwistdServer, username: str, kind: str = "signed", max_age: in
     return http_post_json(server, "/tokens/make/", {"username": username, "kind": kind, "max_age": max_age})["token"]
 
 
-def open_with(server: TwistdServer, path: str, query_token: str | None = None, header: str | None = None,
-              cookie: str | None = None, close_timeout: float = 10):
+def open_with(
+    server: TwistdServer,
+    path: str,
+    query_token: str | None = None,
+    header: str | None = None,
+    cookie: str | None = None,
+    close_timeout: float = 10,
+):
     """A websocket on ``path``, the token in the query string or as the Authorization header."""
     if query_token is not None:
         path += f"&token={query_token}" if "?" in path else f"?token={query_token}"
     headers = {name: value for name, value in (("Authorization", header), ("Cookie", cookie)) if value}
-    return connect(server.ws_url(path), additional_headers=headers or None, open_timeout=TIMEOUT,
-                   close_timeout=close_timeout)
+    return connect(
+        server.ws_url(path), additional_headers=headers or None, open_timeout=TIMEOUT, close_timeout=close_timeout
+    )
 
 
 def refusal(server: TwistdServer, path: str, **credentials) -> tuple[int, bytes]:
@@ -127,7 +146,8 @@ def test_a_signed_token_opens_the_users_channels_with_the_groups_of_now(servers,
     with open_with(server, f"{facility}?subscribe-user&subscribe-group&subscribe-session", **credentials) as ws:
         # No cookie, no session: no session channel; the user's and the group's of now.
         assert f"subscribe=['group:{group}:{facility}', 'user:{name}:{facility}'] publish=[]" in (
-            wsconnect_line(server, facility))
+            wsconnect_line(server, facility)
+        )
         wait_subscribed(redis_client, f"group:{group}:{facility}")
         redis_client.publish(f"user:{name}:{facility}", b"to the user")
         receive(ws, b"to the user")
@@ -216,7 +236,8 @@ def test_drf_and_simplejwt_tokens_open_the_users_channels(servers, redis_client,
         facility = unique(hook)
         with open_with(server, f"{facility}?subscribe-user&subscribe-group", **credentials) as ws:
             assert f"subscribe=['group:staff:{facility}', 'user:{name}:{facility}']" in (
-                wsconnect_line(server, facility))
+                wsconnect_line(server, facility)
+            )
             wait_subscribed(redis_client, f"user:{name}:{facility}")
             redis_client.publish(f"user:{name}:{facility}", b"hello")
             receive(ws, b"hello")
@@ -224,14 +245,17 @@ def test_drf_and_simplejwt_tokens_open_the_users_channels(servers, redis_client,
     assert refusal(server, f"{unique(hook)}?subscribe-user", query_token=secret) == (403, f"{auth.REFUSED}\n".encode())
 
 
-@pytest.mark.parametrize("hook, bad", [
-    ("drf", "a made-up key"),
-    ("drf", "signed"),
-    ("jwt", "jwt-refresh"),
-    ("jwt", "jwt-expired"),
-    ("jwt", "tampered"),
-    ("jwt", "signed"),
-])
+@pytest.mark.parametrize(
+    "hook, bad",
+    [
+        ("drf", "a made-up key"),
+        ("drf", "signed"),
+        ("jwt", "jwt-refresh"),
+        ("jwt", "jwt-expired"),
+        ("jwt", "tampered"),
+        ("jwt", "signed"),
+    ],
+)
 def test_drf_and_simplejwt_refuse_what_is_not_a_valid_token_of_theirs(servers, hook, bad):
     server = servers(hook)
     if bad == "a made-up key":
@@ -251,8 +275,9 @@ def test_the_drf_hook_without_its_app_says_so(twistd_servers, redis_client):
     still goes by its cookie."""
     server = twistd_servers({"WS4REDIS_PROCESS_REQUEST": HOOKS["drf"]})
     assert refusal(server, f"{unique('drf')}?subscribe-user", query_token="0" * 40)[0] == 500
-    log_line(server, "ImproperlyConfigured: process_request_drf_token needs 'rest_framework.authtoken' in "
-             "INSTALLED_APPS")
+    log_line(
+        server, "ImproperlyConfigured: process_request_drf_token needs 'rest_framework.authtoken' in INSTALLED_APPS"
+    )
     facility = unique("drf-cookie")
     with open_with(server, f"{facility}?subscribe-user", cookie=login(server, "ann")):
         assert f"subscribe=['user:ann:{facility}']" in wsconnect_line(server, facility)
@@ -261,19 +286,23 @@ def test_the_drf_hook_without_its_app_says_so(twistd_servers, redis_client):
 # -- no token in the log ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target, shown", [
-    ("/ws/a?subscribe-user&token=s3cret", "/ws/a?subscribe-user&token=[redacted]"),
-    # as a query parser reads the names: percent- and plus-decoded; and in any case
-    ("/ws/a?%74oken=s3cret&TOKEN=s3cret&access_token=s3cret&+token=s3cret",
-     "/ws/a?%74oken=[redacted]&TOKEN=[redacted]&access_token=[redacted]&+token=[redacted]"),
-    ("/ws/a?token=s3cret;more&x=1", "/ws/a?token=[redacted]&x=1"),
-    ("/ws/a?tokens=1&my_token=2&token", "/ws/a?tokens=1&my_token=2&token"),  # other names; no value
-    ("/ws/token=1", "/ws/token=1"),  # no query
-    (b"https://a.example/?token=s\xffcret", b"https://a.example/?token=[redacted]"),
-])
+@pytest.mark.parametrize(
+    "target, shown",
+    [
+        ("/ws/a?subscribe-user&token=s3cret", "/ws/a?subscribe-user&token=[redacted]"),
+        # as a query parser reads the names: percent- and plus-decoded; and in any case
+        (
+            "/ws/a?%74oken=s3cret&TOKEN=s3cret&access_token=s3cret&+token=s3cret",
+            "/ws/a?%74oken=[redacted]&TOKEN=[redacted]&access_token=[redacted]&+token=[redacted]",
+        ),
+        ("/ws/a?token=s3cret;more&x=1", "/ws/a?token=[redacted]&x=1"),
+        ("/ws/a?tokens=1&my_token=2&token", "/ws/a?tokens=1&my_token=2&token"),  # other names; no value
+        ("/ws/token=1", "/ws/token=1"),  # no query
+        (b"https://a.example/?token=s\xffcret", b"https://a.example/?token=[redacted]"),
+    ],
+)
 def test_redact_query(target, shown):
     assert logsafe.redact_query(target) == shown
-
 
 
 def test_no_token_reaches_the_log(servers, redis_client):
@@ -294,17 +323,28 @@ def test_no_token_reaches_the_log(servers, redis_client):
     # Refused by the hook (403), and before it for a bad origin and a bad facility.
     assert refusal(server, opened, query_token=invalid)[0] == 403
     with pytest.raises(InvalidStatus):
-        connect(server.ws_url(f"{facility}?token={valid}"), origin="https://elsewhere.example",
-                open_timeout=TIMEOUT).close()
+        connect(
+            server.ws_url(f"{facility}?token={valid}"), origin="https://elsewhere.example", open_timeout=TIMEOUT
+        ).close()
     assert refusal(server, "bad*facility?subscribe-user", query_token=valid)[0] == 400
     # Plain HTTP: the door without an upgrade (Autobahn's 426), and answered by
     # twisted.web (its access log): the door refusing HTTP/1.0, a Django page;
     # a token in the query and in the Referer.
-    for path, version, status in ((f"/ws/{facility}?token={valid}", "1.1", 426),
-                                  (f"/ws/{facility}?token={valid}", "1.0", 400),
-                                  (f"/?TOKEN={valid}&access_token={valid}", "1.1", 200)):
-        assert raw_request(server.port, (f"GET {path} HTTP/{version}\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                                         f"Referer: https://a.example/?token={valid}\r\n\r\n").encode())[0] == status
+    for path, version, status in (
+        (f"/ws/{facility}?token={valid}", "1.1", 426),
+        (f"/ws/{facility}?token={valid}", "1.0", 400),
+        (f"/?TOKEN={valid}&access_token={valid}", "1.1", 200),
+    ):
+        assert (
+            raw_request(
+                server.port,
+                (
+                    f"GET {path} HTTP/{version}\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                    f"Referer: https://a.example/?token={valid}\r\n\r\n"
+                ).encode(),
+            )[0]
+            == status
+        )
 
     # Every line is written (each found redacted), then no secret is anywhere in the log.
     for event, path in (("WSCONNECT", opened), ("WSDISCONNECT", opened), ("WSPOLICY", flooded)):
@@ -314,8 +354,9 @@ def test_no_token_reaches_the_log(servers, redis_client):
     log_line(server, "WSREJECT /ws/bad*facility?subscribe-user&token=[redacted] ", " 400 ")
     log_line(server, f"WSREJECT /ws/{facility}?token=[redacted] ", " 426 ")
     log_line(server, f'"GET /ws/{facility}?token=[redacted] HTTP/1.0" 400')
-    log_line(server, '"GET /?TOKEN=[redacted]&access_token=[redacted] HTTP/1.1" 200',
-             '"https://a.example/?token=[redacted]"')
+    log_line(
+        server, '"GET /?TOKEN=[redacted]&access_token=[redacted] HTTP/1.1" 200', '"https://a.example/?token=[redacted]"'
+    )
     log = server.log()
     for secret in (valid, invalid, valid.rsplit(":", 1)[1], invalid.rsplit(":", 1)[1]):
         assert secret not in log

@@ -4,6 +4,7 @@ read from Redis brought is parsed at once. Stock txredisapi parses the rest of
 a read one bulk string per reactor turn (``callLater(0)``), which made a
 recovered history of N messages cost 2N turns, and let messages on the
 subscriber connection overtake a recovery's reply."""
+
 from __future__ import annotations
 
 from twisted.internet.testing import StringTransport
@@ -11,8 +12,10 @@ from twisted.internet.testing import StringTransport
 from twisted_ws4redis.server.pubsub import RedisBus, _CommandProtocol, _SubscriberProtocol
 
 #: Two XRANGE entries, then a bulk string: the replies of two commands in one read.
-TWO_REPLIES = (b"*2\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\nm\r\n$5\r\nhello\r\n"
-               b"*2\r\n$3\r\n2-0\r\n*2\r\n$1\r\nm\r\n$5\r\nworld\r\n$4\r\nkept\r\n")
+TWO_REPLIES = (
+    b"*2\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\nm\r\n$5\r\nhello\r\n"
+    b"*2\r\n$3\r\n2-0\r\n*2\r\n$1\r\nm\r\n$5\r\nworld\r\n$4\r\nkept\r\n"
+)
 
 
 def connected(protocol):

@@ -8,6 +8,7 @@ of one server reach a socket in the order Redis delivered them, so a marker
 published after a message that must not arrive, arriving first, proves that
 it did not.
 """
+
 from __future__ import annotations
 
 import base64
@@ -25,16 +26,14 @@ from websockets.sync.client import connect
 
 from twisted_ws4redis import history
 
-from conftest import (TwistdServer, http_post_json, login, open_ws, recording, unique,
-                      wait_subscribed, warm_up)
+from conftest import TwistdServer, http_post_json, login, open_ws, recording, unique, wait_subscribed, warm_up
 
 TIMEOUT = 5
 V2 = "ws4redis.v2"
 ID = re.compile(r"\d+-\d+")
 
 #: Allowed channels by facility (hooks.facility_allowed_channels), a small cap.
-LIMITS = {"WS4REDIS_ALLOWED_CHANNELS": "testproject.hooks.facility_allowed_channels",
-          "WS4REDIS_MAX_SUBSCRIPTIONS": 3}
+LIMITS = {"WS4REDIS_ALLOWED_CHANNELS": "testproject.hooks.facility_allowed_channels", "WS4REDIS_MAX_SUBSCRIPTIONS": 3}
 #: History long enough for test_publications_during_the_replay; persisted messages.
 HISTORY = {"WS4REDIS_HISTORY_SIZE": 3000, "WS4REDIS_EXPIRE": 60}
 #: History that a few messages overflow.
@@ -99,8 +98,7 @@ class Client:
 
     def unsubscribe(self, facility: str, audience: str = "broadcast") -> None:
         reply = self.call("unsubscribe", facility=facility, audience=audience)
-        assert reply == {"op": "unsubscribed", "facility": facility, "audience": audience,
-                         "ref": reply["ref"]}, reply
+        assert reply == {"op": "unsubscribed", "facility": facility, "audience": audience, "ref": reply["ref"]}, reply
 
     def publish(self, facility: str, data: str, audience: str = "broadcast") -> str | None:
         """Publishes; the id the server answers with."""
@@ -109,12 +107,10 @@ class Client:
         return reply["id"]
 
 
-def open_v2(server: TwistdServer, path: str = "", cookie: str | None = None,
-            headers: dict | None = None) -> Client:
+def open_v2(server: TwistdServer, path: str = "", cookie: str | None = None, headers: dict | None = None) -> Client:
     """A client offering ws4redis.v2 on WEBSOCKET_URL + ``path``."""
     headers = {**({"Cookie": cookie} if cookie else {}), **(headers or {})}
-    ws = connect(server.ws_url(path), subprotocols=[V2], additional_headers=headers or None,
-                 open_timeout=TIMEOUT)
+    ws = connect(server.ws_url(path), subprotocols=[V2], additional_headers=headers or None, open_timeout=TIMEOUT)
     assert ws.subprotocol == V2
     return Client(ws)
 
@@ -148,8 +144,9 @@ def wait_unsubscribed(client: redis.Redis, channel: str) -> None:
 
 def publish_view(server: TwistdServer, facility: str, text: str, **audience) -> dict:
     """RedisPublisher in the server's process (the ``publish/`` view)."""
-    return http_post_json(server, "/publish/", {"facility": facility, "message": text,
-                                                **(audience or {"broadcast": True})})
+    return http_post_json(
+        server, "/publish/", {"facility": facility, "message": text, **(audience or {"broadcast": True})}
+    )
 
 
 def publish_in_process(facility: str, text: str, overrides: dict) -> None:
@@ -176,9 +173,10 @@ def test_v2_is_selected_when_offered(server, offer):
 @pytest.mark.parametrize("offer", [None, ["chat"]], ids=["nothing", "other"])
 def test_other_clients_keep_the_ws4redis_wire_beside_v2(server, redis_client, offer):
     facility = unique("v2-plain")
-    with open_v2(server) as v2, \
-            connect(server.ws_url(f"{facility}?subscribe-broadcast"), subprotocols=offer,
-                    open_timeout=TIMEOUT) as plain:
+    with (
+        open_v2(server) as v2,
+        connect(server.ws_url(f"{facility}?subscribe-broadcast"), subprotocols=offer, open_timeout=TIMEOUT) as plain,
+    ):
         assert plain.subprotocol == (offer[0] if offer else None)
         v2.subscribe(facility)
         wait_subscribed(redis_client, f"broadcast:{facility}")
@@ -195,8 +193,7 @@ def test_subscribe_and_unsubscribe_several_facilities_on_one_socket(server, redi
     with open_v2(server) as ws:
         for facility in (one, two):
             reply = ws.call("subscribe", facility=facility, audience="broadcast")
-            assert reply == {"op": "subscribed", "facility": facility, "audience": "broadcast",
-                             "ref": reply["ref"]}
+            assert reply == {"op": "subscribed", "facility": facility, "audience": "broadcast", "ref": reply["ref"]}
             wait_subscribed(redis_client, f"broadcast:{facility}")
         publish_view(server, one, "to one")
         assert redis_client.publish(f"broadcast:{two}", "to two") == 1
@@ -268,8 +265,10 @@ def test_each_of_the_urls_flags_is_announced(server, redis_client):
     facility = unique("v2-url-user")
     with open_v2(server, f"{facility}?subscribe-broadcast&subscribe-user", login(server, "john")) as ws:
         announced = sorted((ws.recv(), ws.recv()), key=lambda op: op["audience"])
-        assert announced == [{"op": "subscribed", "facility": facility, "audience": audience, "ref": None}
-                             for audience in ("broadcast", "user")]
+        assert announced == [
+            {"op": "subscribed", "facility": facility, "audience": audience, "ref": None}
+            for audience in ("broadcast", "user")
+        ]
         wait_subscribed(redis_client, f"user:john:{facility}")
         publish_view(server, facility, "for john", users=["john"])
         assert ws.message() == message(facility, "for john", None, audience="user")
@@ -290,16 +289,16 @@ BAD_REQUESTS = {
     "facility-missing": ({"op": "subscribe", "audience": "broadcast", "ref": 1}, 1),
     "unknown-audience": ({"op": "subscribe", "facility": "f", "audience": "everybody", "ref": 1}, 1),
     "audience-missing": ({"op": "unsubscribe", "facility": "f", "ref": 1}, 1),
-    "since-not-an-id": ({"op": "subscribe", "facility": "f", "audience": "broadcast", "since": "yesterday",
-                         "ref": 1}, 1),
+    "since-not-an-id": (
+        {"op": "subscribe", "facility": "f", "audience": "broadcast", "since": "yesterday", "ref": 1},
+        1,
+    ),
     "since-a-number": ({"op": "subscribe", "facility": "f", "audience": "broadcast", "since": 12, "ref": 1}, 1),
     "data-missing": ({"op": "publish", "facility": "f", "audience": "broadcast", "ref": 1}, 1),
     "data-empty": ({"op": "publish", "facility": "f", "audience": "broadcast", "data": "", "ref": 1}, 1),
     "data-not-text": ({"op": "publish", "facility": "f", "audience": "broadcast", "data": {"a": 1}, "ref": 1}, 1),
-    "data-b64-invalid": ({"op": "publish", "facility": "f", "audience": "broadcast", "data_b64": "!!",
-                          "ref": 1}, 1),
-    "publish-bad-facility": ({"op": "publish", "facility": "a*", "audience": "broadcast", "data": "x",
-                              "ref": 1}, 1),
+    "data-b64-invalid": ({"op": "publish", "facility": "f", "audience": "broadcast", "data_b64": "!!", "ref": 1}, 1),
+    "publish-bad-facility": ({"op": "publish", "facility": "a*", "audience": "broadcast", "data": "x", "ref": 1}, 1),
     "binary-frame": (b"\x00\x01 not text", None),
 }
 
@@ -398,8 +397,11 @@ def test_past_max_subscriptions_is_a_429_counting_the_urls(twistd_servers, redis
 def test_publish_reaches_v2_and_plain_sockets_and_the_publisher(twistd_servers, redis_client, overrides):
     server = twistd_servers(overrides)
     facility = unique("v2-publish")
-    with open_v2(server) as publisher, open_v2(server) as other, \
-            open_ws(server, f"{facility}?subscribe-broadcast") as plain:
+    with (
+        open_v2(server) as publisher,
+        open_v2(server) as other,
+        open_ws(server, f"{facility}?subscribe-broadcast") as plain,
+    ):
         wait_subscribed(redis_client, f"broadcast:{facility}")
         publisher.subscribe(facility)
         other.subscribe(facility)
@@ -432,17 +434,25 @@ def test_replies_come_in_the_order_of_the_ops(server, redis_client):
     facility = unique("v2-order")
     with open_v2(server) as ws:
         ws.subscribe(facility)
-        ops = [{"op": "publish", "facility": facility, "audience": "broadcast", "data": "first", "ref": "p1"},
-               {"op": "unsubscribe", "facility": unique("v2-none"), "audience": "broadcast", "ref": "u1"},
-               {"op": "publish", "facility": facility, "audience": "broadcast", "data": "again", "ref": "p2"},
-               {"op": "frobnicate", "ref": "e1"},
-               {"op": "publish", "facility": facility, "audience": "broadcast", "data": "last", "ref": "p3"},
-               {"op": "unsubscribe", "facility": unique("v2-none"), "audience": "broadcast", "ref": "u2"}]
+        ops = [
+            {"op": "publish", "facility": facility, "audience": "broadcast", "data": "first", "ref": "p1"},
+            {"op": "unsubscribe", "facility": unique("v2-none"), "audience": "broadcast", "ref": "u1"},
+            {"op": "publish", "facility": facility, "audience": "broadcast", "data": "again", "ref": "p2"},
+            {"op": "frobnicate", "ref": "e1"},
+            {"op": "publish", "facility": facility, "audience": "broadcast", "data": "last", "ref": "p3"},
+            {"op": "unsubscribe", "facility": unique("v2-none"), "audience": "broadcast", "ref": "u2"},
+        ]
         for op in ops:
             ws.send(**op)
         replies = [ws.reply(op["ref"]) for op in ops]
-        assert [reply["op"] for reply in replies] == ["published", "unsubscribed", "published", "error",
-                                                      "published", "unsubscribed"]
+        assert [reply["op"] for reply in replies] == [
+            "published",
+            "unsubscribed",
+            "published",
+            "error",
+            "published",
+            "unsubscribed",
+        ]
         # Messages travel apart from replies: the last may come after every reply.
         assert [ws.message()["data"] for _ in range(3)] == ["first", "again", "last"]
 
@@ -456,8 +466,13 @@ def test_binary_payloads_travel_as_data_b64(server, redis_client):
         ws.subscribe(facility)
         reply = ws.call("publish", facility=facility, audience="broadcast", data_b64=encoded)
         assert reply["op"] == "published", reply
-        assert ws.message() == {"op": "message", "facility": facility, "audience": "broadcast",
-                                "id": None, "data_b64": encoded}
+        assert ws.message() == {
+            "op": "message",
+            "facility": facility,
+            "audience": "broadcast",
+            "id": None,
+            "data_b64": encoded,
+        }
         assert plain.recv(timeout=TIMEOUT) == payload
 
 
@@ -529,8 +544,7 @@ def test_recovery_needs_the_history_to_reach_back(twistd_servers, redis_client, 
         reply = a.subscribe(facility, since=since)
         if away <= 3:
             assert reply["recovered"] is True, reply
-            assert [a.message() for _ in missed] == [message(facility, f"away{n}", i)
-                                                      for n, i in enumerate(missed)]
+            assert [a.message() for _ in missed] == [message(facility, f"away{n}", i) for n, i in enumerate(missed)]
         else:
             assert reply["recovered"] is False, reply
             # the persisted message, with its id: it is the stream's last entry
@@ -595,8 +609,7 @@ def test_recovery_on_another_node(twistd_servers, redis_server, test_db, redis_c
             missed = [b.publish(facility, f"away{n}") for n in range(3)]
         with open_v2(second) as a, open_v2(first) as b:
             assert a.subscribe(facility, since=since)["recovered"] is True
-            assert [a.message() for _ in missed] == [message(facility, f"away{n}", i)
-                                                      for n, i in enumerate(missed)]
+            assert [a.message() for _ in missed] == [message(facility, f"away{n}", i) for n, i in enumerate(missed)]
             live = b.publish(facility, "live")
             assert a.message() == message(facility, "live", live)
     finally:
@@ -624,9 +637,14 @@ def test_publications_during_the_replay_are_neither_lost_nor_doubled(twistd_serv
             for first in range(1, total + 1, batch):
                 pipe = publisher.pipeline(transaction=False)
                 for n in range(first, first + batch):
-                    pipe.evalsha(sha, 3, *history.publish_keys(channel, ""),
-                                 *history.publish_args(str(n).encode(), HISTORY["WS4REDIS_EXPIRE"],
-                                                       HISTORY["WS4REDIS_HISTORY_SIZE"], 3600))
+                    pipe.evalsha(
+                        sha,
+                        3,
+                        *history.publish_keys(channel, ""),
+                        *history.publish_args(
+                            str(n).encode(), HISTORY["WS4REDIS_EXPIRE"], HISTORY["WS4REDIS_HISTORY_SIZE"], 3600
+                        ),
+                    )
                 ids.extend(reply[1].decode() for reply in pipe.execute())
                 if len(ids) in milestones:
                     k = milestones.index(len(ids))
@@ -646,8 +664,9 @@ def test_publications_during_the_replay_are_neither_lost_nor_doubled(twistd_serv
         for k, milestone in enumerate(milestones):
             assert ready[k].wait(30) and not failures, failures
             sockets.append(open_v2(server).__enter__())
-            sockets[-1].send(op="subscribe", facility=facility, audience="broadcast", since=ids[milestone - back - 1],
-                             ref="race")
+            sockets[-1].send(
+                op="subscribe", facility=facility, audience="broadcast", since=ids[milestone - back - 1], ref="race"
+            )
             go[k].set()
         for ws, milestone in zip(sockets, milestones):
             reply = ws.reply("race")
@@ -656,7 +675,7 @@ def test_publications_during_the_replay_are_neither_lost_nor_doubled(twistd_serv
             received = [ws.message() for _ in expected]
             numbers = [int(m["data"]) for m in received]
             assert numbers == expected, [(i, n) for i, n in zip(expected, numbers) if i != n][:20]
-            assert [m["id"] for m in received] == ids[milestone - back:]
+            assert [m["id"] for m in received] == ids[milestone - back :]
     finally:
         for event in go:
             event.set()

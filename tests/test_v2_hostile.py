@@ -7,6 +7,7 @@ past the cap, not held whole), what a socket keeps (publish grants, replaced
 subscriptions, ops pending when it goes), payloads forged as the history's
 envelope. Each attack runs against a real server, with a raw socket, while its
 memory or another client's service is measured."""
+
 from __future__ import annotations
 
 import base64
@@ -108,8 +109,12 @@ def assert_log_clean(server) -> None:
 CAP = 20
 MAX_CONNECTIONS = 8
 #: A small cap, a hook that counts its calls and is slow when told (testproject.hooks), few websockets.
-SUBSCRIPTION_CAP = {**NO_FRAME_LIMITS, "WS4REDIS_MAX_SUBSCRIPTIONS": CAP, "WS4REDIS_MAX_CONNECTIONS": MAX_CONNECTIONS,
-                    "WS4REDIS_ALLOWED_CHANNELS": "testproject.hooks.probing_allowed_channels"}
+SUBSCRIPTION_CAP = {
+    **NO_FRAME_LIMITS,
+    "WS4REDIS_MAX_SUBSCRIPTIONS": CAP,
+    "WS4REDIS_MAX_CONNECTIONS": MAX_CONNECTIONS,
+    "WS4REDIS_ALLOWED_CHANNELS": "testproject.hooks.probing_allowed_channels",
+}
 
 
 def facility(tag: str, n: int) -> str:
@@ -131,16 +136,18 @@ def test_subscriptions_past_the_cap_get_429_and_no_redis_channel(twistd_servers,
     try:
         assert ws.read_op()["op"] == "subscribed"
         before = rss(server)
-        ops = b"".join(op_frame({"op": "subscribe", "facility": facility(tag, n), "audience": "broadcast",
-                                 "ref": [n, "r" * 1024]}) for n in range(count))
+        ops = b"".join(
+            op_frame({"op": "subscribe", "facility": facility(tag, n), "audience": "broadcast", "ref": [n, "r" * 1024]})
+            for n in range(count)
+        )
         sender = threading.Thread(target=ws.sock.sendall, args=(ops,))
         sender.start()
         replies = [ws.read_op() for _ in range(count)]
         sender.join(TIMEOUT)
         growth = (rss(server) - before) / MIB
         assert [reply["ref"][0] for reply in replies] == list(range(count))  # in order, each answered once
-        assert [reply["op"] for reply in replies[:CAP - 1]] == ["subscribed"] * (CAP - 1)
-        refused = replies[CAP - 1:]
+        assert [reply["op"] for reply in replies[: CAP - 1]] == ["subscribed"] * (CAP - 1)
+        refused = replies[CAP - 1 :]
         assert all(reply["op"] == "error" and reply["code"] == 429 for reply in refused), refused[:3]
         assert "WS4REDIS_MAX_SUBSCRIPTIONS" in refused[0]["reason"]
         held = channels_of(redis_client, tag)
@@ -178,7 +185,7 @@ HOSTILE_OPS = {
     "a lone surrogate in the facility": '{"op":"unsubscribe","facility":"a\\ud800","audience":"broadcast"}',
     "a lone surrogate in the facility of a subscribe": '{"op":"subscribe","facility":"\\ud800","audience":"broadcast"}',
     "a lone surrogate in the facility of a publish": '{"op":"publish","facility":"\\udbff","audience":"broadcast",'
-                                                     '"data":"x"}',
+    '"data":"x"}',
     "data_b64 not base64": '{"op":"publish",' + PAIR + ',"data_b64":"%%%"}',
     "data_b64 not ASCII": '{"op":"publish",' + PAIR + ',"data_b64":"\\u00e9\\u00e9=="}',
     "data_b64 a list": '{"op":"publish",' + PAIR + ',"data_b64":["QUJD"]}',
@@ -254,8 +261,10 @@ def test_replies_keep_the_order_of_the_ops(twistd_servers, redis_client):
     try:
         ops = []
         for n in range(50):
-            ops += [{"op": "publish", "facility": tag, "audience": "broadcast", "data": "x", "ref": f"p{n}"},
-                    {"op": "unsubscribe", "facility": tag, "audience": "broadcast", "ref": f"u{n}"}]
+            ops += [
+                {"op": "publish", "facility": tag, "audience": "broadcast", "data": "x", "ref": f"p{n}"},
+                {"op": "unsubscribe", "facility": tag, "audience": "broadcast", "ref": f"u{n}"},
+            ]
         ws.sock.sendall(b"".join(op_frame(op) for op in ops))
         replies = [ws.read_op() for _ in ops]
         assert [reply["ref"] for reply in replies] == [op["ref"] for op in ops]
@@ -271,8 +280,9 @@ HISTORY = {**SMALL_CAP, "WS4REDIS_HISTORY_SIZE": 40}
 
 def record(redis_client, channel: str, payload: bytes, size: int) -> str:
     """Publish ``payload`` on ``channel`` as the server does with the history on; its id."""
-    return redis_client.eval(history.PUBLISH_SCRIPT, 3, *history.publish_keys(channel, ""),
-                             *history.publish_args(payload, 0, size, 3600))[1].decode()
+    return redis_client.eval(
+        history.PUBLISH_SCRIPT, 3, *history.publish_keys(channel, ""), *history.publish_args(payload, 0, size, 3600)
+    )[1].decode()
 
 
 def test_a_replay_to_a_client_that_does_not_read_is_cut_at_the_cap(twistd_servers, redis_client):
@@ -339,12 +349,16 @@ def test_an_op_flood_from_a_client_that_never_reads_is_closed(twistd_servers, re
     tag = unique("flood")
     pair = {"facility": tag, "audience": "broadcast"}
     ref = "f" * 8192
-    blob = b"".join(op_frame(op) for op in [
-        {"op": "subscribe", **pair, "ref": ref},
-        {"op": "publish", **pair, "data": "flood", "ref": ref},
-        {"op": "unsubscribe", **pair, "ref": ref},
-        {"op": "unsubscribe", "facility": f"{tag}-never", "audience": "user", "ref": ref},
-    ] * 50)
+    blob = b"".join(
+        op_frame(op)
+        for op in [
+            {"op": "subscribe", **pair, "ref": ref},
+            {"op": "publish", **pair, "data": "flood", "ref": ref},
+            {"op": "unsubscribe", **pair, "ref": ref},
+            {"op": "unsubscribe", "facility": f"{tag}-never", "audience": "user", "ref": ref},
+        ]
+        * 50
+    )
     flooder = V2Socket(server.port, f"/ws/{tag}?publish-broadcast", receive_buffer=16 * 1024)
     other_tag = unique("served")
     process = psutil.Process(server.process.pid)
@@ -359,8 +373,17 @@ def test_an_op_flood_from_a_client_that_never_reads_is_closed(twistd_servers, re
             while not (policy_lines(server, tag) and flood.stalled(1.0)):
                 assert time.monotonic() < deadline, "the flood is still read"
                 started = time.monotonic()
-                other.send(json.dumps({"op": "publish", "facility": other_tag, "audience": "broadcast",
-                                       "data": "ping", "ref": len(round_trips)}))
+                other.send(
+                    json.dumps(
+                        {
+                            "op": "publish",
+                            "facility": other_tag,
+                            "audience": "broadcast",
+                            "data": "ping",
+                            "ref": len(round_trips),
+                        }
+                    )
+                )
                 ops = {json.loads(other.recv(timeout=TIMEOUT))["op"] for _ in range(2)}
                 assert ops == {"published", "message"}
                 round_trips.append(time.monotonic() - started)
@@ -423,9 +446,11 @@ def test_ops_that_keep_nothing_leave_nothing(twistd_servers, redis_client):
         ref = "r" * 2048
         ops = []
         for n in range(count):
-            ops += [{"op": "subscribe", "facility": tag, "audience": "broadcast", "ref": ref},
-                    {"op": "unsubscribe", "facility": facility(tag, n), "audience": "group", "ref": ref},
-                    {**publish(facility(tag, n)), "ref": ref}]
+            ops += [
+                {"op": "subscribe", "facility": tag, "audience": "broadcast", "ref": ref},
+                {"op": "unsubscribe", "facility": facility(tag, n), "audience": "group", "ref": ref},
+                {**publish(facility(tag, n)), "ref": ref},
+            ]
         replies, growth = replies_and_growth(server, ws, ops)
         assert [reply["op"] for reply in replies] == ["subscribed", "unsubscribed", "published"] * count
         assert channels_of(redis_client, tag) == [f"broadcast:{tag}".encode()]
@@ -479,8 +504,11 @@ def payload_of(message: dict) -> bytes:
     return base64.b64decode(message["data_b64"]) if "data_b64" in message else message["data"].encode()
 
 
-@pytest.mark.parametrize("overrides", [{}, {"WS4REDIS_HISTORY_SIZE": 5, "WS4REDIS_EXPIRE": 60}],
-                         ids=["live, history off", "persisted, history on"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"WS4REDIS_HISTORY_SIZE": 5, "WS4REDIS_EXPIRE": 60}],
+    ids=["live, history off", "persisted, history on"],
+)
 def test_a_payload_that_looks_like_an_envelope_is_delivered_as_sent(twistd_servers, redis_client, overrides):
     """A client publishes binary data that starts as the history's envelope
     does, with an id of its choosing: every websocket gets those bytes as
@@ -489,8 +517,10 @@ def test_a_payload_that_looks_like_an_envelope_is_delivered_as_sent(twistd_serve
     server = twistd_servers(overrides)
     tag = unique("forged")
     pair = {"facility": tag, "audience": "broadcast"}
-    with v2_client(server, f"{tag}?subscribe-broadcast&publish-broadcast") as publisher, \
-            connect(server.ws_url(f"{tag}?subscribe-broadcast"), open_timeout=TIMEOUT) as plain:
+    with (
+        v2_client(server, f"{tag}?subscribe-broadcast&publish-broadcast") as publisher,
+        connect(server.ws_url(f"{tag}?subscribe-broadcast"), open_timeout=TIMEOUT) as plain,
+    ):
         assert json.loads(publisher.recv(timeout=TIMEOUT))["op"] == "subscribed"
         wait_subscribed(redis_client, f"broadcast:{tag}")
         publisher.send(json.dumps({"op": "publish", **pair, "data_b64": base64.b64encode(FORGED).decode()}))
@@ -545,7 +575,8 @@ def test_presence_churn_costs_only_the_subscription_cap_and_leaves_nothing(twist
         subscribed = replies[0::2]
         assert all(reply["op"] == "subscribed" for reply in subscribed), subscribed[:3]
         assert {json.dumps(reply["presence"]) for reply in subscribed} == {
-            json.dumps({"users": [], "anonymous": 1, "connections": 1})}
+            json.dumps({"users": [], "anonymous": 1, "connections": 1})
+        }
         assert [reply["op"] for reply in replies[1::2]] == ["unsubscribed"] * count
         assert growth < 3, f"server grew by {growth:.1f} MiB"
         wait_for_no_presence(redis_client, tag)

@@ -1,6 +1,7 @@
 """``twistd ws4redis --workers N``: worker processes sharing one listening
 socket under a supervisor. Real twistd, real workers, real sockets; which
 worker holds a connection is read from /proc."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,7 +21,17 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import PROJECT, self_signed_certificate, TwistdServer, free_port, http_post_json, new_log_path, project_env, unique, warm_up
+from conftest import (
+    PROJECT,
+    self_signed_certificate,
+    TwistdServer,
+    free_port,
+    http_post_json,
+    new_log_path,
+    project_env,
+    unique,
+    warm_up,
+)
 
 TIMEOUT = 10.0
 
@@ -45,8 +56,9 @@ def workers_of(parent: int) -> set[int]:
     return found
 
 
-def wait_for_workers(server: TwistdServer, count: int, *, other_than: set[int] = frozenset(),
-                     timeout: float = 30.0) -> set[int]:
+def wait_for_workers(
+    server: TwistdServer, count: int, *, other_than: set[int] = frozenset(), timeout: float = 30.0
+) -> set[int]:
     """Until ``count`` workers, none of ``other_than``, have said they are ready."""
     deadline = time.monotonic() + timeout
     while True:
@@ -95,8 +107,9 @@ def start(redis_server, test_db, *args: str, **kwargs) -> tuple[TwistdServer, se
     return server, pids
 
 
-def sockets_on_both(server: TwistdServer, pids: set[int], path: str, stack: contextlib.ExitStack,
-                    at_least: int = 3, most: int = 400) -> dict[int, list]:
+def sockets_on_both(
+    server: TwistdServer, pids: set[int], path: str, stack: contextlib.ExitStack, at_least: int = 3, most: int = 400
+) -> dict[int, list]:
     """Websockets opened until each worker holds ``at_least`` of them."""
     held: dict[int, list] = {pid: [] for pid in pids}
     for _ in range(most):
@@ -207,9 +220,11 @@ def test_connections_whose_handshake_is_still_to_come_count_against_the_cap(redi
         held = [holder(sock, server.port, pids) for sock in raw]
         assert sorted(held.count(pid) for pid in pids) == [3, 3], held
         for sock in raw:
-            sock.sendall(f"GET /ws/{unique('later')}?subscribe-broadcast HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-                         "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                         "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+            sock.sendall(
+                f"GET /ws/{unique('later')}?subscribe-broadcast HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
         assert [sock.recv(12) for sock in raw] == [b"HTTP/1.1 101"] * 6
     finally:
         for sock in raw:
@@ -310,9 +325,11 @@ for kind in ("twisted", "file kept", "ours"):
     print(f"{{kind}}: file {{os.path.exists(path)}}, accepting {{accepting}}")
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
-    assert result.stdout.splitlines() == ["twisted: file False, accepting False",
-                                          "file kept: file True, accepting False",
-                                          "ours: file True, accepting True"], result.stderr
+    assert result.stdout.splitlines() == [
+        "twisted: file False, accepting False",
+        "file kept: file True, accepting False",
+        "ours: file True, accepting True",
+    ], result.stderr
 
 
 def test_a_worker_that_cannot_start_ends_the_supervisor_with_its_reason(redis_server, test_db):
@@ -335,8 +352,9 @@ def test_a_bad_workers_option_is_named(redis_server, test_db, value):
 
 
 def test_auto_starts_one_worker_per_cpu_this_process_may_use(redis_server, test_db):
-    server = TwistdServer(redis_server.url, test_db, args=("--workers=auto",),
-                          preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+    server = TwistdServer(
+        redis_server.url, test_db, args=("--workers=auto",), preexec_fn=lambda: os.sched_setaffinity(0, {0})
+    )
     try:
         wait_for_workers(server, 1)
         time.sleep(0.5)
@@ -349,8 +367,13 @@ def test_auto_starts_one_worker_per_cpu_this_process_may_use(redis_server, test_
 def test_workers_share_a_tls_endpoint_hardened_as_one_process_is(redis_server, redis_client, test_db, tmp_path):
     key, cert = self_signed_certificate(tmp_path)
     port = free_port()
-    server = TwistdServer(redis_server.url, test_db, args=("--workers=2",), port=port,
-                          endpoint=f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}")
+    server = TwistdServer(
+        redis_server.url,
+        test_db,
+        args=("--workers=2",),
+        port=port,
+        endpoint=f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+    )
     try:
         pids = wait_for_workers(server, 2)
         context = ssl.create_default_context(cafile=str(cert))
@@ -358,8 +381,11 @@ def test_workers_share_a_tls_endpoint_hardened_as_one_process_is(redis_server, r
         with contextlib.ExitStack() as stack:
             held: dict[int, list] = {pid: [] for pid in pids}
             for _ in range(200):
-                ws = stack.enter_context(connect(f"wss://localhost:{port}/ws/{facility}?subscribe-broadcast",
-                                                 ssl=context, open_timeout=TIMEOUT))
+                ws = stack.enter_context(
+                    connect(
+                        f"wss://localhost:{port}/ws/{facility}?subscribe-broadcast", ssl=context, open_timeout=TIMEOUT
+                    )
+                )
                 held[holder(ws, port, pids)].append(ws)
                 if all(held.values()):
                     break
@@ -387,8 +413,9 @@ def test_workers_share_an_embedded_redis_that_goes_with_them(test_db):
         with contextlib.ExitStack() as stack:
             held = sockets_on_both(server, pids, f"{facility}?subscribe-broadcast", stack, at_least=1)
             everyone = [ws for sockets in held.values() for ws in sockets]
-            answer = http_post_json(server, "/publish/", {"facility": facility, "broadcast": True,
-                                                         "message": "from one worker's view"})
+            answer = http_post_json(
+                server, "/publish/", {"facility": facility, "broadcast": True, "message": "from one worker's view"}
+            )
             assert answer["received"] == 2  # each worker's one subscriber connection
             assert [ws.recv(timeout=TIMEOUT) for ws in everyone] == ["from one worker's view"] * len(everyone)
     finally:
@@ -398,11 +425,17 @@ def test_workers_share_an_embedded_redis_that_goes_with_them(test_db):
 
 def test_runws4redis_takes_workers_too(redis_server, test_db):
     port = free_port()
-    command = [sys.executable, "-m", "django", "runws4redis", f"--endpoint=tcp:{port}:interface=127.0.0.1",
-               f"--redis={redis_server.url}", "--workers=2"]
+    command = [
+        sys.executable,
+        "-m",
+        "django",
+        "runws4redis",
+        f"--endpoint=tcp:{port}:interface=127.0.0.1",
+        f"--redis={redis_server.url}",
+        "--workers=2",
+    ]
     with open(new_log_path("runws4redis-"), "w+b") as log:
-        process = subprocess.Popen(command, env=project_env(test_db), cwd=PROJECT, stdout=log,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=project_env(test_db), cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 30
             while len(workers_of(process.pid)) < 2 or b"is ready" not in Path(log.name).read_bytes():
@@ -422,11 +455,20 @@ def test_with_a_logfile_the_supervisor_relays_the_workers_events(redis_server, t
     writes into its file, with the worker's number, a failure with its message."""
     log_file = tmp_path / "twistd.log"
     port = free_port()
-    command = [str(Path(sys.executable).parent / "twistd"), "--nodaemon", "--pidfile=", f"--logfile={log_file}",
-               "ws4redis", "--settings=testproject.settings", f"--endpoint=tcp:{port}:interface=127.0.0.1",
-               f"--redis={redis_server.url}", "--workers=2"]
-    process = subprocess.Popen(command, env=project_env(test_db), cwd=PROJECT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.STDOUT)
+    command = [
+        str(Path(sys.executable).parent / "twistd"),
+        "--nodaemon",
+        "--pidfile=",
+        f"--logfile={log_file}",
+        "ws4redis",
+        "--settings=testproject.settings",
+        f"--endpoint=tcp:{port}:interface=127.0.0.1",
+        f"--redis={redis_server.url}",
+        "--workers=2",
+    ]
+    process = subprocess.Popen(
+        command, env=project_env(test_db), cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 30
         while not log_file.exists() or log_file.read_text().count(") is ready") < 2:

@@ -4,6 +4,7 @@ reading stops while writes back up, only the answer to the server's own ping
 proves a peer alive, and frame floods are cut off (WS4REDIS_MAX_FRAME_RATE,
 WS4REDIS_MAX_FRAGMENTS). Each flood runs against a real server while its
 memory, or another client's latency, is measured."""
+
 from __future__ import annotations
 
 import socket
@@ -57,7 +58,7 @@ class Flood(threading.Thread):
             view = memoryview(self.blob)
             while self.running:
                 try:
-                    sent = self.sock.send(view[self.sent % len(self.blob):])
+                    sent = self.sock.send(view[self.sent % len(self.blob) :])
                 except socket.timeout:
                     continue
                 self.sent += sent
@@ -133,8 +134,7 @@ FLOODS = {
 
 
 @pytest.mark.parametrize("frame, overrides", FLOODS.values(), ids=FLOODS.keys())
-def test_a_flood_of_questions_from_a_client_that_never_reads_is_closed(twistd_servers, redis_client, frame,
-                                                                      overrides):
+def test_a_flood_of_questions_from_a_client_that_never_reads_is_closed(twistd_servers, redis_client, frame, overrides):
     """Two clients send what the server answers (pings, heartbeats) and read
     nothing: past WS4REDIS_MAX_BUFFERED_BYTES of answers each is closed
     (1008, WSPOLICY), the server stops reading them, and its memory stays flat."""
@@ -142,8 +142,11 @@ def test_a_flood_of_questions_from_a_client_that_never_reads_is_closed(twistd_se
     facilities = [unique("questions") for _ in range(2)]
     clients = [RawSocket(server.port, f"/ws/{facility}?subscribe-broadcast") for facility in facilities]
     try:
-        growth = flood_until([Flood(ws.sock, frame * 500) for ws in clients], psutil.Process(server.process.pid),
-                             lambda: all(policy_lines(server, facility) for facility in facilities))
+        growth = flood_until(
+            [Flood(ws.sock, frame * 500) for ws in clients],
+            psutil.Process(server.process.pid),
+            lambda: all(policy_lines(server, facility) for facility in facilities),
+        )
         assert growth < 8, f"server grew by {growth:.1f} MiB"
         for ws, facility in zip(clients, facilities):
             assert "WS4REDIS_MAX_BUFFERED_BYTES" in policy_lines(server, facility)[0]
@@ -161,12 +164,20 @@ def test_a_persisted_replay_counts_against_the_cap(twistd_servers, redis_client)
     server = twistd_servers(HEARTBEAT_SMALL_CAP)
     facility = unique("replay")
     cookie = login(server, "mary")
-    channels = [f"broadcast:{facility}", f"user:mary:{facility}", f"group:chatusers:{facility}",
-                f"group:staff:{facility}", f"session:{session_key(cookie)}:{facility}"]
+    channels = [
+        f"broadcast:{facility}",
+        f"user:mary:{facility}",
+        f"group:chatusers:{facility}",
+        f"group:staff:{facility}",
+        f"session:{session_key(cookie)}:{facility}",
+    ]
     for channel in channels:
         redis_client.set(channel, b"k" * 2_000_000)
-    ws = RawSocket(server.port, f"/ws/{facility}?subscribe-broadcast&subscribe-user&subscribe-group&subscribe-session",
-                   extra=f"Cookie: {cookie}\r\n")
+    ws = RawSocket(
+        server.port,
+        f"/ws/{facility}?subscribe-broadcast&subscribe-user&subscribe-group&subscribe-session",
+        extra=f"Cookie: {cookie}\r\n",
+    )
     try:
         assert "WS4REDIS_MAX_BUFFERED_BYTES" in wait_for_policy_line(server, facility)
         ws.sock.settimeout(TIMEOUT)
@@ -196,7 +207,7 @@ def test_reading_pauses_while_writes_back_up_and_resumes_once_the_client_reads(t
         assert growth < 8, f"server grew by {growth:.1f} MiB"
         assert not policy_lines(server, facility)
         pings = -(-flood.sent // len(PING))  # the last one perhaps in part
-        rest = PING[flood.sent % len(PING):] if flood.sent % len(PING) else b""
+        rest = PING[flood.sent % len(PING) :] if flood.sent % len(PING) else b""
         ws.sock.settimeout(TIMEOUT)
         finishing = threading.Thread(target=ws.sock.sendall, args=(rest + client_frame(0x9, b"marker"),))
         finishing.start()
@@ -310,8 +321,10 @@ def test_too_many_fragments_in_one_message_get_1008(twistd_servers, redis_client
         wait_subscribed(redis_client, f"broadcast:{facility}")
 
         def message(fragments: int) -> bytes:
-            return b"".join(client_frame(0x1 if i == 0 else 0x0, str(i % 10).encode(), fin=i == fragments - 1)
-                            for i in range(fragments))
+            return b"".join(
+                client_frame(0x1 if i == 0 else 0x0, str(i % 10).encode(), fin=i == fragments - 1)
+                for i in range(fragments)
+            )
 
         ws.sock.sendall(message(10))  # at the limit: one message
         assert ws.read_frame() == (0x1, b"0123456789")
@@ -358,8 +371,7 @@ def test_a_busy_normal_client_is_never_closed_under_the_defaults(server, redis_c
     """Hundreds of messages at once, a message in 200 fragments, pings: all
     answered, nothing closed."""
     facility = unique("busy")
-    with connect(server.ws_url(f"{facility}?subscribe-broadcast&publish-broadcast&echo"),
-                 open_timeout=TIMEOUT) as ws:
+    with connect(server.ws_url(f"{facility}?subscribe-broadcast&publish-broadcast&echo"), open_timeout=TIMEOUT) as ws:
         wait_subscribed(redis_client, f"broadcast:{facility}")
         for round_ in range(2):
             for i in range(400):
@@ -427,8 +439,13 @@ def test_autobahn_unregisters_the_producer_before_it_drops_the_connection():
 
 def test_autobahn_calls_on_frame_begin_for_every_frame_with_its_opcode():
     protocol, _ = _open_autobahn_protocol()
-    protocol.dataReceived(client_frame(0x1, b"a", fin=False) + client_frame(0x9, b"p") + client_frame(0xA)
-                          + client_frame(0x0, b"b", fin=False) + client_frame(0x0, b"c"))
+    protocol.dataReceived(
+        client_frame(0x1, b"a", fin=False)
+        + client_frame(0x9, b"p")
+        + client_frame(0xA)
+        + client_frame(0x0, b"b", fin=False)
+        + client_frame(0x0, b"c")
+    )
     assert protocol.factory.frames == [0x1, 0x9, 0xA, 0x0, 0x0]
 
 
@@ -513,8 +530,10 @@ def test_autobahn_looks_up_its_debug_formatters_when_it_logs_so_they_can_be_skip
     assert "pformat" in autobahn_protocol.WebSocketProtocol._connectionMade.__code__.co_names
     assert "hltype" in autobahn_websocket.WebSocketAdapterProtocol.connectionMade.__code__.co_names
     for module in (autobahn_protocol, autobahn_websocket):
-        assert module.hltype(test_autobahn_looks_up_its_debug_formatters_when_it_logs_so_they_can_be_skipped) \
+        assert (
+            module.hltype(test_autobahn_looks_up_its_debug_formatters_when_it_logs_so_they_can_be_skipped)
             == "(not formatted: debug logging is off)"
+        )
     level = txaio.get_global_log_level()
     txaio.set_global_log_level("debug")
     try:
@@ -550,8 +569,15 @@ def test_what_a_websocket_lets_go_of_once_open_autobahn_reads_only_during_the_ha
     the latter."""
     from twisted_ws4redis.server.protocol import HANDSHAKE_ONLY, WebSocketProtocol
 
-    handshake_methods = {"processHandshake", "succeedHandshake", "startHandshake", "_actuallyStartHandshake",
-                         "onConnect", "_onConnect", "failHandshake"}
+    handshake_methods = {
+        "processHandshake",
+        "succeedHandshake",
+        "startHandshake",
+        "_actuallyStartHandshake",
+        "onConnect",
+        "_onConnect",
+        "failHandshake",
+    }
     for name in HANDSHAKE_ONLY:
         assert _autobahn_methods_using(name) <= handshake_methods, name
     assert _autobahn_methods_using("send_queue") == {"_connectionMade", "_send", "sendData"}

@@ -17,6 +17,7 @@ as a generator of the reads it needs (``_self_steps``), which ``resolved``
 answers with Django's blocking APIs on a thread and ``aresolved`` with its
 async ones on an event loop. One resolution, two ways of reading it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -98,7 +99,9 @@ def _members(value: Any, argument: str) -> list:
         warnings.warn(f"{argument}=True is deprecated, use {argument}=[SELF]", DeprecationWarning, stacklevel=_CALLER)
         return [SELF]
     if isinstance(value, str):
-        warnings.warn(f"{argument}={value!r} is deprecated, use a list of names", DeprecationWarning, stacklevel=_CALLER)
+        warnings.warn(
+            f"{argument}={value!r} is deprecated, use a list of names", DeprecationWarning, stacklevel=_CALLER
+        )
         return [value]
     if value is SELF:
         return [SELF]
@@ -150,6 +153,7 @@ def _authenticated(user: Any) -> Any:
 
 def _user_steps(request: Any) -> Steps:
     """The authenticated user of ``request``, or None."""
+
     def sync():
         return _authenticated(getattr(request, "user", None))
 
@@ -173,8 +177,9 @@ def _self_steps(audience: str, request: Any) -> Steps:
     if audience == "group":
         if session is None or (yield from _user_steps(request)) is None:
             return []
-        names = yield _Read(lambda: session.get(MEMBEROF_SESSION_KEY, ()),
-                            lambda: session.aget(MEMBEROF_SESSION_KEY, ()))
+        names = yield _Read(
+            lambda: session.get(MEMBEROF_SESSION_KEY, ()), lambda: session.aget(MEMBEROF_SESSION_KEY, ())
+        )
         return [str(name) for name in names]
     key = yield from _genuine_key_steps(session)
     return [key] if key else []
@@ -237,8 +242,16 @@ def audience_members(groups: Iterable = (), users: Iterable = (), sessions: Iter
     return checked
 
 
-def channel_steps(prefix: str, facility: str, *, request: Any = None, broadcast: bool = False,
-                  groups: Iterable = (), users: Iterable = (), sessions: Iterable = ()) -> Steps:
+def channel_steps(
+    prefix: str,
+    facility: str,
+    *,
+    request: Any = None,
+    broadcast: bool = False,
+    groups: Iterable = (),
+    users: Iterable = (),
+    sessions: Iterable = (),
+) -> Steps:
     """Channel names for an audience, in ws4redis order: broadcast, groups, users,
     sessions (a resolution: see ``resolved``, ``aresolved``, ``message_channels``)."""
     channels = [channel_name(prefix, "broadcast", facility)] if broadcast else []
@@ -305,4 +318,4 @@ def facility_from_path(path: str, websocket_url: str) -> str:
     as UTF-8 (raises ``UnicodeDecodeError`` when it is not)."""
     if not path.startswith(websocket_url):
         raise ValueError(f"{path!r} is not under {websocket_url!r}")
-    return unquote_to_bytes(path[len(websocket_url):]).decode("utf-8")
+    return unquote_to_bytes(path[len(websocket_url) :]).decode("utf-8")

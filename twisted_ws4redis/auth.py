@@ -10,6 +10,7 @@ presents no token is authenticated by its session cookie, as without the hook.
 Any token that does not lead to an active user refuses the handshake (403),
 with one reason for all failures: a client learns nothing of why.
 """
+
 from __future__ import annotations
 
 import math
@@ -124,8 +125,9 @@ def _drf_token_user(key: str) -> Any:
         from rest_framework.authentication import TokenAuthentication
         from rest_framework.exceptions import AuthenticationFailed
     except ImportError:
-        raise ImproperlyConfigured("process_request_drf_token needs Django REST framework "
-                                   "(pip install djangorestframework)") from None
+        raise ImproperlyConfigured(
+            "process_request_drf_token needs Django REST framework (pip install djangorestframework)"
+        ) from None
     if not apps.is_installed("rest_framework.authtoken"):
         raise ImproperlyConfigured("process_request_drf_token needs 'rest_framework.authtoken' in INSTALLED_APPS")
     try:
@@ -146,8 +148,9 @@ def _simplejwt_user(raw: str) -> Any:
         from rest_framework.exceptions import AuthenticationFailed
         from rest_framework_simplejwt.authentication import JWTAuthentication
     except ImportError:
-        raise ImproperlyConfigured("process_request_simplejwt needs djangorestframework-simplejwt "
-                                   "(pip install djangorestframework-simplejwt)") from None
+        raise ImproperlyConfigured(
+            "process_request_simplejwt needs djangorestframework-simplejwt (pip install djangorestframework-simplejwt)"
+        ) from None
     authentication = JWTAuthentication()
     try:
         # simplejwt's own checks: signature, expiry, token type (AUTH_TOKEN_CLASSES:

@@ -7,6 +7,7 @@ first (the server calls it at start-up so that a mistake stops it there) and
 the system checks (checks.py: ``manage.py check``, ``twistd ws4redis``) report
 them all.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -132,7 +133,8 @@ def _subscriber(name: str, value: Any) -> type:
 
     if not (isinstance(subscriber, type) and issubclass(subscriber, RedisSubscriber)):
         raise ImproperlyConfigured(
-            f"{name} must name a subclass of twisted_ws4redis.subscriber.RedisSubscriber, got {path!r}")
+            f"{name} must name a subclass of twisted_ws4redis.subscriber.RedisSubscriber, got {path!r}"
+        )
     return subscriber
 
 
@@ -164,7 +166,8 @@ def _number(name: str, value: Any, *, integer: bool = False, optional: bool = Fa
     if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
         what = "a positive integer" if integer else "a positive number"
         raise ImproperlyConfigured(
-            f"{name} must be {what}{f' ({unit})' if unit else ''}{' or None' if optional else ''}, got {value!r}")
+            f"{name} must be {what}{f' ({unit})' if unit else ''}{' or None' if optional else ''}, got {value!r}"
+        )
     return value
 
 
@@ -172,10 +175,14 @@ def _origins(name: str, value: Any) -> OriginPolicy:
     trusted = [] if value is None else value
     if not isinstance(trusted, (list, tuple, set, frozenset)) or not all(isinstance(item, str) for item in trusted):
         raise ImproperlyConfigured(
-            f"{name} must be a list of origins such as 'https://example.com' (or ['*'] for any), got {value!r}")
-    return OriginPolicy(list(trusted) + list(getattr(django_settings, "CSRF_TRUSTED_ORIGINS", [])),
-                        getattr(django_settings, "ALLOWED_HOSTS", []), bool(getattr(django_settings, "DEBUG", False)),
-                        bool(getattr(django_settings, "USE_X_FORWARDED_HOST", False)))
+            f"{name} must be a list of origins such as 'https://example.com' (or ['*'] for any), got {value!r}"
+        )
+    return OriginPolicy(
+        list(trusted) + list(getattr(django_settings, "CSRF_TRUSTED_ORIGINS", [])),
+        getattr(django_settings, "ALLOWED_HOSTS", []),
+        bool(getattr(django_settings, "DEBUG", False)),
+        bool(getattr(django_settings, "USE_X_FORWARDED_HOST", False)),
+    )
 
 
 def _pattern(name: str, value: Any) -> re.Pattern:
@@ -206,6 +213,7 @@ class Rule:
     value, the ``Settings`` field it fills and the validator that fills it.
     ``deep`` validates further where that is too costly for every process (it
     gets the validated value); the system checks run it."""
+
     default: Any
     check_id: str
     field: str
@@ -214,79 +222,130 @@ class Rule:
     deep: Callable[[str, Any], None] | None = None
 
 
-def _positive(check_id: str, field: str, default: Any, unit: str, *, integer: bool = False,
-              optional: bool = False, hint: str | None = None) -> Rule:
-    return Rule(default, check_id, field, functools.partial(_number, integer=integer, optional=optional, unit=unit),
-                hint)
+def _positive(
+    check_id: str,
+    field: str,
+    default: Any,
+    unit: str,
+    *,
+    integer: bool = False,
+    optional: bool = False,
+    hint: str | None = None,
+) -> Rule:
+    return Rule(
+        default, check_id, field, functools.partial(_number, integer=integer, optional=optional, unit=unit), hint
+    )
 
 
 #: Every setting twisted_ws4redis reads. The check ids are stable: never renumber them.
 RULES: dict[str, Rule] = {
     "WEBSOCKET_URL": Rule("/ws/", "twisted_ws4redis.E001", "websocket_url", _url_path, "For example '/ws/'."),
     "WS4REDIS_CONNECTION": Rule(
-        {"host": "localhost", "port": 6379, "db": 0, "password": None}, "twisted_ws4redis.E002", "connection",
-        _connection, "A dict of redis-py's keys, such as {'host': 'localhost', 'port': 6379, 'db': 0}."),
+        {"host": "localhost", "port": 6379, "db": 0, "password": None},
+        "twisted_ws4redis.E002",
+        "connection",
+        _connection,
+        "A dict of redis-py's keys, such as {'host': 'localhost', 'port': 6379, 'db': 0}.",
+    ),
     "WS4REDIS_PREFIX": Rule(None, "twisted_ws4redis.E003", "prefix", _prefix),
     "WS4REDIS_EXPIRE": Rule(3600, "twisted_ws4redis.E004", "expire", _count, "0 keeps no message."),
-    "WS4REDIS_SUBSCRIBER": Rule("twisted_ws4redis.subscriber.RedisSubscriber", "twisted_ws4redis.E005", "subscriber",
-                                _subscriber),
+    "WS4REDIS_SUBSCRIBER": Rule(
+        "twisted_ws4redis.subscriber.RedisSubscriber", "twisted_ws4redis.E005", "subscriber", _subscriber
+    ),
     "WS4REDIS_HEARTBEAT": Rule(None, "twisted_ws4redis.E006", "heartbeat", _heartbeat),
-    "WS4REDIS_ALLOWED_CHANNELS": Rule(None, "twisted_ws4redis.E007", "allowed_channels", _callable,
-                                      _HOOK_HINT.format("allowed_channels")),
-    "WS4REDIS_PROCESS_REQUEST": Rule(None, "twisted_ws4redis.E008", "process_request", _callable,
-                                     _HOOK_HINT.format("process_request")),
+    "WS4REDIS_ALLOWED_CHANNELS": Rule(
+        None, "twisted_ws4redis.E007", "allowed_channels", _callable, _HOOK_HINT.format("allowed_channels")
+    ),
+    "WS4REDIS_PROCESS_REQUEST": Rule(
+        None, "twisted_ws4redis.E008", "process_request", _callable, _HOOK_HINT.format("process_request")
+    ),
     # Not in ws4redis: limits and checks against hostile or broken clients.
-    "WS4REDIS_MAX_MESSAGE_SIZE": _positive("twisted_ws4redis.E009", "max_message_size", 1024 * 1024, "bytes",
-                                           integer=True),
+    "WS4REDIS_MAX_MESSAGE_SIZE": _positive(
+        "twisted_ws4redis.E009", "max_message_size", 1024 * 1024, "bytes", integer=True
+    ),
     "WS4REDIS_ALLOWED_ORIGINS": Rule(None, "twisted_ws4redis.E010", "origins", _origins),
-    "WS4REDIS_FACILITY_PATTERN": Rule(r"[^:*?\[\]\\\x00-\x1f\x7f-\x9f]{0,128}", "twisted_ws4redis.E011",
-                                      "facility_pattern", _pattern),
+    "WS4REDIS_FACILITY_PATTERN": Rule(
+        r"[^:*?\[\]\\\x00-\x1f\x7f-\x9f]{0,128}", "twisted_ws4redis.E011", "facility_pattern", _pattern
+    ),
     "WS4REDIS_HANDSHAKE_TIMEOUT": _positive("twisted_ws4redis.E012", "handshake_timeout", 30, "seconds"),
-    "WS4REDIS_MAX_HEADER_SIZE": _positive("twisted_ws4redis.E013", "max_header_size", 16 * 1024, "bytes",
-                                          integer=True),
-    "WS4REDIS_MAX_PUBLISH_RATE": _positive("twisted_ws4redis.E014", "max_publish_rate", None, "messages per second",
-                                           optional=True),
-    "WS4REDIS_MAX_BUFFERED_BYTES": _positive("twisted_ws4redis.E015", "max_buffered_bytes", 4 * 1024 * 1024,
-                                             "bytes", integer=True),
-    "WS4REDIS_AUTO_PING_INTERVAL": _positive("twisted_ws4redis.E016", "auto_ping_interval", 30, "seconds",
-                                             optional=True),
+    "WS4REDIS_MAX_HEADER_SIZE": _positive("twisted_ws4redis.E013", "max_header_size", 16 * 1024, "bytes", integer=True),
+    "WS4REDIS_MAX_PUBLISH_RATE": _positive(
+        "twisted_ws4redis.E014", "max_publish_rate", None, "messages per second", optional=True
+    ),
+    "WS4REDIS_MAX_BUFFERED_BYTES": _positive(
+        "twisted_ws4redis.E015", "max_buffered_bytes", 4 * 1024 * 1024, "bytes", integer=True
+    ),
+    "WS4REDIS_AUTO_PING_INTERVAL": _positive(
+        "twisted_ws4redis.E016", "auto_ping_interval", 30, "seconds", optional=True
+    ),
     "WS4REDIS_AUTO_PING_TIMEOUT": _positive("twisted_ws4redis.E017", "auto_ping_timeout", 30, "seconds"),
-    "WS4REDIS_MAX_BODY_SIZE": _positive("twisted_ws4redis.E018", "max_body_size", 10 * 1024 * 1024, "bytes",
-                                        integer=True),
+    "WS4REDIS_MAX_BODY_SIZE": _positive(
+        "twisted_ws4redis.E018", "max_body_size", 10 * 1024 * 1024, "bytes", integer=True
+    ),
     "WS4REDIS_BODY_TIMEOUT": _positive("twisted_ws4redis.E019", "body_timeout", 30, "seconds"),
     "WS4REDIS_BODY_MIN_RATE": _positive("twisted_ws4redis.E020", "body_min_rate", 500, "bytes per second"),
     # Descriptors and TLS (see server/descriptors.py, server/tls.py).
-    "WS4REDIS_MAX_CONNECTIONS": _positive("twisted_ws4redis.E021", "max_connections", None, "websockets",
-                                          integer=True, optional=True),
-    "WS4REDIS_RESERVED_DESCRIPTORS": _positive("twisted_ws4redis.E022", "reserved_descriptors", 128, "descriptors",
-                                               integer=True),
-    "WS4REDIS_TLS_CIPHERS": Rule("ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL", "twisted_ws4redis.E023", "tls_ciphers",
-                                 _cipher_string, "See 'openssl ciphers -v STRING' for what a string names.",
-                                 deep=_ciphers_openssl_knows),
+    "WS4REDIS_MAX_CONNECTIONS": _positive(
+        "twisted_ws4redis.E021", "max_connections", None, "websockets", integer=True, optional=True
+    ),
+    "WS4REDIS_RESERVED_DESCRIPTORS": _positive(
+        "twisted_ws4redis.E022", "reserved_descriptors", 128, "descriptors", integer=True
+    ),
+    "WS4REDIS_TLS_CIPHERS": Rule(
+        "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL",
+        "twisted_ws4redis.E023",
+        "tls_ciphers",
+        _cipher_string,
+        "See 'openssl ciphers -v STRING' for what a string names.",
+        deep=_ciphers_openssl_knows,
+    ),
     # Frames a client may send: every kind counts (a ping flood is a frame flood).
-    "WS4REDIS_MAX_FRAME_RATE": _positive("twisted_ws4redis.E024", "max_frame_rate", 1000, "frames per second",
-                                         optional=True),
-    "WS4REDIS_MAX_FRAGMENTS": _positive("twisted_ws4redis.E025", "max_fragments", 1000, "frames per message",
-                                        integer=True, optional=True),
+    "WS4REDIS_MAX_FRAME_RATE": _positive(
+        "twisted_ws4redis.E024", "max_frame_rate", 1000, "frames per second", optional=True
+    ),
+    "WS4REDIS_MAX_FRAGMENTS": _positive(
+        "twisted_ws4redis.E025", "max_fragments", 1000, "frames per message", integer=True, optional=True
+    ),
     # History and the ws4redis.v2 protocol (see history.py, server/v2.py).
-    "WS4REDIS_HISTORY_SIZE": Rule(0, "twisted_ws4redis.E026", "history_size",
-                                  functools.partial(_count, unit="messages per channel"), "0 keeps no history."),
+    "WS4REDIS_HISTORY_SIZE": Rule(
+        0,
+        "twisted_ws4redis.E026",
+        "history_size",
+        functools.partial(_count, unit="messages per channel"),
+        "0 keeps no history.",
+    ),
     "WS4REDIS_HISTORY_TTL": _positive("twisted_ws4redis.E027", "history_ttl", 3600, "seconds", integer=True),
-    "WS4REDIS_MAX_SUBSCRIPTIONS": _positive("twisted_ws4redis.E028", "max_subscriptions", 100,
-                                            "subscriptions per websocket", integer=True),
+    "WS4REDIS_MAX_SUBSCRIPTIONS": _positive(
+        "twisted_ws4redis.E028", "max_subscriptions", 100, "subscriptions per websocket", integer=True
+    ),
     # Presence and server-side signals (see presence.py, server/presence.py, signals.py).
     "WS4REDIS_PRESENCE": Rule(False, "twisted_ws4redis.E029", "presence", _bool),
     "WS4REDIS_PRESENCE_TTL": _positive("twisted_ws4redis.E030", "presence_ttl", 30, "seconds", integer=True),
-    "WS4REDIS_MESSAGE_SIGNAL": Rule(False, "twisted_ws4redis.E031", "message_signal", _bool,
-                                    "True sends websocket_message for every message (a thread hop each)."),
+    "WS4REDIS_MESSAGE_SIGNAL": Rule(
+        False,
+        "twisted_ws4redis.E031",
+        "message_signal",
+        _bool,
+        "True sends websocket_message for every message (a thread hop each).",
+    ),
     # Token authentication (auth.py): make_token's default lifetime.
     "WS4REDIS_TOKEN_MAX_AGE": _positive(
-        "twisted_ws4redis.E032", "token_max_age", 300, "seconds", integer=True,
+        "twisted_ws4redis.E032",
+        "token_max_age",
+        300,
+        "seconds",
+        integer=True,
         hint="A token is checked only when a websocket opens, and one in a URL may reach an access log: a few "
-             "minutes (300) is enough to fetch one and connect, and leaves a logged one stale soon."),
+        "minutes (300) is enough to fetch one and connect, and leaves a logged one stale soon.",
+    ),
     # Redis Cluster (server/cluster.py): also hear foreign publishers' plain PUBLISH.
-    "WS4REDIS_CLUSTER_PLAIN_PUBLISH": Rule(False, "twisted_ws4redis.E033", "cluster_plain_publish", _bool,
-                                           "True also subscribes every channel with plain SUBSCRIBE on one node."),
+    "WS4REDIS_CLUSTER_PLAIN_PUBLISH": Rule(
+        False,
+        "twisted_ws4redis.E033",
+        "cluster_plain_publish",
+        _bool,
+        "True also subscribes every channel with plain SUBSCRIBE on one node.",
+    ),
 }
 
 DEFAULTS: dict[str, Any] = {name: rule.default for name, rule in RULES.items()}

@@ -1,4 +1,5 @@
 """``WEBSOCKET_URI`` and ``WS4REDIS_HEARTBEAT`` for templates, as in ws4redis."""
+
 import json
 
 from django.utils.safestring import mark_safe
@@ -13,6 +14,5 @@ def default(request) -> dict:
     return {
         "WEBSOCKET_URI": scheme + request.get_host() + settings.websocket_url,
         # A JavaScript literal; json.dumps escapes quotes, and "</" cannot end a script tag.
-        "WS4REDIS_HEARTBEAT": mark_safe(
-            json.dumps(heartbeat.decode()).replace("</", "<\\/") if heartbeat else "null"),
+        "WS4REDIS_HEARTBEAT": mark_safe(json.dumps(heartbeat.decode()).replace("</", "<\\/") if heartbeat else "null"),
     }

@@ -6,6 +6,7 @@ they see in a view. Nothing here runs on the reactor thread, except
 ``authorize`` for a handshake that ``reads_nothing`` says it decides without
 any read.
 """
+
 from __future__ import annotations
 
 import sys
@@ -160,15 +161,21 @@ def authorize(handshake: Handshake, facility: str, settings: Settings, bus: Any,
     subscriber.set_pubsub_channels(request, flags)
     key = audience.genuine_session_key(getattr(request, "session", None))
     user = getattr(request, "user", None)
-    accepted = Accepted(request, subscriber, echo, audience.session_digest(key) if key else None,
-                        username=user.get_username() if getattr(user, "is_authenticated", False) else None)
+    accepted = Accepted(
+        request,
+        subscriber,
+        echo,
+        audience.session_digest(key) if key else None,
+        username=user.get_username() if getattr(user, "is_authenticated", False) else None,
+    )
     if v2:
         accepted.flags = {flag: _flag_channels(request, flag, settings, bus) for flag in flags}
     return accepted
 
 
-def authorize_op(request: WSGIRequest, facility: str, flag: str, settings: Settings, bus: Any,
-                 presence: bool = False) -> list[str]:
+def authorize_op(
+    request: WSGIRequest, facility: str, flag: str, settings: Settings, bus: Any, presence: bool = False
+) -> list[str]:
     """A ws4redis.v2 subscribe or publish, decided as the URL's flags are:
     WS4REDIS_ALLOWED_CHANNELS asked with ``request.facility`` set to
     ``facility`` and the one flag; the channels it names. A flag the

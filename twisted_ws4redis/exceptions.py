@@ -1,4 +1,5 @@
 """ws4redis' exception names, for code that imports them, and ours."""
+
 import socket
 
 import redis

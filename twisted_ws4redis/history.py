@@ -35,6 +35,7 @@ unwrapped, never a persisted message or a stream entry; and a message that
 starts as an envelope does is published (history off) in an envelope with no
 id (``plain``): a client's binary data cannot pass for an id.
 """
+
 from __future__ import annotations
 
 import functools
@@ -122,7 +123,7 @@ return {redis.call('GET', KEYS[1]), redis.call('XREVRANGE', KEYS[2], '+', '-', '
 """
 
 _ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
-_MAX_PART = 2 ** 64 - 1
+_MAX_PART = 2**64 - 1
 
 #: A message id as compared: (milliseconds, sequence).
 MessageId = tuple[int, int]
@@ -142,7 +143,7 @@ def trimmed_key(channel: str, prefix: str, sharded: bool = False) -> str:
 def _key(kind: str, channel: str, prefix: str, sharded: bool) -> str:
     if sharded:
         return f"{prefix}ws4redis:{kind}:{{{slot_tag(channel)}}}"
-    return f"{prefix}ws4redis:{kind}:{channel[len(prefix):]}"
+    return f"{prefix}ws4redis:{kind}:{channel[len(prefix) :]}"
 
 
 def slot_tag(key: str) -> str:
@@ -209,7 +210,7 @@ def unwrap(payload: bytes) -> tuple[str | None, bytes]:
     foreign binary payload, delivered whole), or for what ``plain`` wrapped
     in an envelope with no id."""
     if payload.startswith(ENVELOPE_MAGIC):
-        raw_id, nul, message = payload[len(ENVELOPE_MAGIC):].partition(b"\x00")
+        raw_id, nul, message = payload[len(ENVELOPE_MAGIC) :].partition(b"\x00")
         if nul and not raw_id:
             return None, message
         message_id = raw_id.decode("ascii", "replace")

@@ -6,6 +6,7 @@ receives a control sequence and one event stays one line; a channel name
 never shows a session key, and a URI never shows a token (auth.py), since
 whoever holds either is that user.
 """
+
 from __future__ import annotations
 
 from typing import AnyStr, Iterable
@@ -36,8 +37,8 @@ def text(value: object, limit: int = MAX_LENGTH) -> str:
     if len(value) <= limit and value.isprintable():
         return value
     # One character gives at least one, so limit + 1 of them tell whether to cut.
-    escaped = "".join(char if char.isprintable() else _escape(char) for char in value[:limit + 1])
-    return escaped if len(escaped) <= limit else escaped[:limit - 1] + "…"
+    escaped = "".join(char if char.isprintable() else _escape(char) for char in value[: limit + 1])
+    return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
 
 
 #: Query parameters whose values are credentials: ours (auth.py) and OAuth's.
@@ -80,9 +81,9 @@ def channel(name: str | bytes, prefix: str) -> str:
     head = f"{prefix}session:"
     if not name.startswith(head):
         return name
-    key, colon, facility = name[len(head):].rpartition(":")
+    key, colon, facility = name[len(head) :].rpartition(":")
     if not colon:  # not a name this server makes: hide all of it
-        return head + session_digest(name[len(head):])
+        return head + session_digest(name[len(head) :])
     return f"{head}{session_digest(key)}:{facility}"
 
 

@@ -14,6 +14,7 @@ Only ``save()`` and ``delete()`` of an instance, and ``QuerySet.delete()``
 ``QuerySet.update()``, ``bulk_create()``, ``bulk_update()``, raw SQL and
 ``loaddata`` (raw saves) do not.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,27 +66,52 @@ class Publication:
         """(check id, message, hint) of each mistake in this declaration."""
         found = []
         if (self.audience is None) == (self.audience_for is None):
-            found.append(("twisted_ws4redis.E040", "declares no audience" if self.audience is None else
-                          "declares both a fixed audience and an audience method",
-                          "Give exactly one: an audience (RedisPublisher keyword arguments, e.g. "
-                          "{'users': ['john']}) or a method returning them; nobody is the default."))
+            found.append(
+                (
+                    "twisted_ws4redis.E040",
+                    "declares no audience"
+                    if self.audience is None
+                    else "declares both a fixed audience and an audience method",
+                    "Give exactly one: an audience (RedisPublisher keyword arguments, e.g. "
+                    "{'users': ['john']}) or a method returning them; nobody is the default.",
+                )
+            )
         elif self.audience is not None and not _fixed_audience_ok(self.audience):
-            found.append(("twisted_ws4redis.E041", f"has an audience that names nobody or names something "
-                          f"else: {text(repr(self.audience))}",
-                          f"A dict of {', '.join(sorted(AUDIENCE_KEYS))}, at least one of them set."))
+            found.append(
+                (
+                    "twisted_ws4redis.E041",
+                    f"has an audience that names nobody or names something else: {text(repr(self.audience))}",
+                    f"A dict of {', '.join(sorted(AUDIENCE_KEYS))}, at least one of them set.",
+                )
+            )
         if self.audience_for is None and not (isinstance(self.facility, str) and self.facility):
             found.append(("twisted_ws4redis.E042", "declares no facility", "For example 'chat'."))
         if (self.fields is None) == (self.data is None):
-            found.append(("twisted_ws4redis.E043", "declares no data" if self.fields is None else
-                          "declares both a field list and a data method",
-                          f"Give exactly one: a list of field names (or '{ALL_FIELDS}', to publish every "
-                          f"field) or a method returning the message's data."))
+            found.append(
+                (
+                    "twisted_ws4redis.E043",
+                    "declares no data" if self.fields is None else "declares both a field list and a data method",
+                    f"Give exactly one: a list of field names (or '{ALL_FIELDS}', to publish every "
+                    f"field) or a method returning the message's data.",
+                )
+            )
         elif self.fields is not None:
-            found.extend(("twisted_ws4redis.E044", message, "Name concrete fields of the model (no "
-                          "many-to-many: they are saved after post_save).") for message in self._field_problems())
+            found.extend(
+                (
+                    "twisted_ws4redis.E044",
+                    message,
+                    "Name concrete fields of the model (no many-to-many: they are saved after post_save).",
+                )
+                for message in self._field_problems()
+            )
         if self.expire is not None and (type(self.expire) is not int or self.expire < 0):
-            found.append(("twisted_ws4redis.E045", f"has an expire that is no count of seconds: "
-                          f"{text(repr(self.expire))}", "None (WS4REDIS_EXPIRE), 0 (keep nothing) or more."))
+            found.append(
+                (
+                    "twisted_ws4redis.E045",
+                    f"has an expire that is no count of seconds: {text(repr(self.expire))}",
+                    "None (WS4REDIS_EXPIRE), 0 (keep nothing) or more.",
+                )
+            )
         return found
 
     def _field_problems(self) -> Iterable[str]:
@@ -114,28 +140,38 @@ class Publication:
         audience = dict(self.audience) if self.audience_for is None else dict(self.audience_for(instance))
         facility = audience.pop("facility", self.facility)
         if not (isinstance(facility, str) and facility) or not AUDIENCE_KEYS.issuperset(audience):
-            raise ImproperlyConfigured(f"The audience of {self.model._meta.label} must be RedisPublisher keyword "
-                                       f"arguments ({', '.join(sorted(AUDIENCE_KEYS))}) and a facility, got "
-                                       f"{text(repr(sorted(audience)))} and facility {text(repr(facility))}")
+            raise ImproperlyConfigured(
+                f"The audience of {self.model._meta.label} must be RedisPublisher keyword "
+                f"arguments ({', '.join(sorted(AUDIENCE_KEYS))}) and a facility, got "
+                f"{text(repr(sorted(audience)))} and facility {text(repr(facility))}"
+            )
         data = self.field_data(instance) if self.data is None else self.data(instance)
         message = {"model": self.model._meta.label_lower, "pk": instance.pk, "event": event, "data": data}
-        return (RedisPublisher(facility=facility, **audience),
-                RedisMessage(json.dumps(message, cls=DjangoJSONEncoder)))
+        return (RedisPublisher(facility=facility, **audience), RedisMessage(json.dumps(message, cls=DjangoJSONEncoder)))
 
 
 def _fixed_audience_ok(audience: Any) -> bool:
-    return (isinstance(audience, dict) and AUDIENCE_KEYS.issuperset(audience)
-            and any(audience.get(key) for key in AUDIENCE_KEYS))
+    return (
+        isinstance(audience, dict)
+        and AUDIENCE_KEYS.issuperset(audience)
+        and any(audience.get(key) for key in AUDIENCE_KEYS)
+    )
 
 
 #: model -> its Publication
 _publications: dict[type[models.Model], Publication] = {}
 
 
-def publish_model(model: type[models.Model] | None = None, *, facility: str | None = None,
-                  audience: dict | None = None, audience_for: Audience | None = None,
-                  fields: Sequence[str] | str | None = None, data: Data | None = None,
-                  expire: int | None = None) -> Any:
+def publish_model(
+    model: type[models.Model] | None = None,
+    *,
+    facility: str | None = None,
+    audience: dict | None = None,
+    audience_for: Audience | None = None,
+    fields: Sequence[str] | str | None = None,
+    data: Data | None = None,
+    expire: int | None = None,
+) -> Any:
     """Make ``model`` publish its committed saves and deletes, e.g. in an
     ``AppConfig.ready()``: ``publish_model(Message, facility="chat",
     audience={"broadcast": True}, fields=["text"])``; without ``model``, a class
@@ -143,8 +179,15 @@ def publish_model(model: type[models.Model] | None = None, *, facility: str | No
     raise ``ImproperlyConfigured`` when an instance is saved or deleted.
     Returns the model."""
     if model is None:
-        return partial(publish_model, facility=facility, audience=audience, audience_for=audience_for,
-                       fields=fields, data=data, expire=expire)
+        return partial(
+            publish_model,
+            facility=facility,
+            audience=audience,
+            audience_for=audience_for,
+            fields=fields,
+            data=data,
+            expire=expire,
+        )
     _publications[model] = Publication(model, facility, audience, audience_for, fields, data, expire)
     uid = f"twisted_ws4redis.models:{model._meta.label_lower}"
     pre_save.connect(_refuse_if_misdeclared, sender=model, dispatch_uid=uid)
@@ -162,8 +205,9 @@ def _refuse_if_misdeclared(sender: type[models.Model], **kwargs: Any) -> None:
         raise ImproperlyConfigured(f"{sender._meta.label} {message} ({check_id}). {hint}")
 
 
-def _saved(sender: type[models.Model], instance: models.Model, created: bool, raw: bool, using: str,
-           **kwargs: Any) -> None:
+def _saved(
+    sender: type[models.Model], instance: models.Model, created: bool, raw: bool, using: str, **kwargs: Any
+) -> None:
     if not raw:  # loaddata: the row as a fixture has it, not a change of the site's
         _publish_on_commit(sender, instance, "created" if created else "updated", using)
 
@@ -175,18 +219,21 @@ def _deleted(sender: type[models.Model], instance: models.Model, using: str, **k
 def _publish_on_commit(model: type[models.Model], instance: models.Model, event: str, using: str) -> None:
     publication = _publications[model]
     publisher, message = publication.prepare(instance, event)
-    transaction.on_commit(partial(_publish, publisher, message, publication.expire, model, instance.pk, event),
-                          using=using)
+    transaction.on_commit(
+        partial(_publish, publisher, message, publication.expire, model, instance.pk, event), using=using
+    )
 
 
-def _publish(publisher: RedisPublisher, message: RedisMessage, expire: int | None,
-             model: type[models.Model], pk: Any, event: str) -> None:
+def _publish(
+    publisher: RedisPublisher, message: RedisMessage, expire: int | None, model: type[models.Model], pk: Any, event: str
+) -> None:
     """After the commit: a failure is logged, the committed request goes on."""
     try:
         publisher.publish_message(message, expire)
     except redis.RedisError as exc:
-        logger.error("%s %s (%s) was not published: %s: %s", model._meta.label, text(pk), event,
-                     type(exc).__name__, text(exc))
+        logger.error(
+            "%s %s (%s) was not published: %s: %s", model._meta.label, text(pk), event, type(exc).__name__, text(exc)
+        )
 
 
 class PublishableModel(models.Model):
@@ -212,10 +259,15 @@ class PublishableModel(models.Model):
 def _register_publishable(sender: type[models.Model], **kwargs: Any) -> None:
     """Every concrete (or proxy) subclass of PublishableModel, once Django built it."""
     if issubclass(sender, PublishableModel):
-        publish_model(sender, facility=sender.ws4redis_facility, audience=sender.ws4redis_audience,
-                      audience_for=getattr(sender, "get_ws4redis_audience", None),
-                      fields=sender.ws4redis_fields, data=getattr(sender, "get_ws4redis_data", None),
-                      expire=sender.ws4redis_expire)
+        publish_model(
+            sender,
+            facility=sender.ws4redis_facility,
+            audience=sender.ws4redis_audience,
+            audience_for=getattr(sender, "get_ws4redis_audience", None),
+            fields=sender.ws4redis_fields,
+            data=getattr(sender, "get_ws4redis_data", None),
+            expire=sender.ws4redis_expire,
+        )
 
 
 class_prepared.connect(_register_publishable, dispatch_uid="twisted_ws4redis.models.publishable")
@@ -223,7 +275,9 @@ class_prepared.connect(_register_publishable, dispatch_uid="twisted_ws4redis.mod
 
 def check_publishable_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """An Error per mistake of each publishing model's declaration."""
-    return [checks.Error(f"The model {message}", hint=hint, obj=model, id=check_id)
-            for model, publication in _publications.items()
-            if app_configs is None or model._meta.app_config in app_configs
-            for check_id, message, hint in publication.problems]
+    return [
+        checks.Error(f"The model {message}", hint=hint, obj=model, id=check_id)
+        for model, publication in _publications.items()
+        if app_configs is None or model._meta.app_config in app_configs
+        for check_id, message, hint in publication.problems
+    ]

@@ -13,6 +13,7 @@ The request's host must itself be one of ``ALLOWED_HOSTS``, checked as Django
 checks it for pages; otherwise a DNS-rebinding page (``Host`` and ``Origin``
 both its own name) would pass as "the site itself".
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Mapping
@@ -26,8 +27,13 @@ _DEBUG_HOSTS = [".localhost", "127.0.0.1", "[::1]"]
 
 
 class OriginPolicy:
-    def __init__(self, trusted_origins: Iterable[str], allowed_hosts: Iterable[str], debug: bool = False,
-                 forwarded_host: bool = False):
+    def __init__(
+        self,
+        trusted_origins: Iterable[str],
+        allowed_hosts: Iterable[str],
+        debug: bool = False,
+        forwarded_host: bool = False,
+    ):
         trusted = list(trusted_origins)
         self.any_origin = "*" in trusted
         self._exact = {origin.lower() for origin in trusted if "*" not in origin}

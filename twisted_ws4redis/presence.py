@@ -12,6 +12,7 @@ hash, which is kept twice as long as it counts so that it can be found.
 All the keys of a facility share one hash tag, so that they live on one
 shard of a Redis Cluster.
 """
+
 from __future__ import annotations
 
 from typing import Any, TypedDict
@@ -92,7 +93,9 @@ end
 #: prefix, events channel, facility, then (field, count, event) triples: a
 #: count of 0 deletes the field; an event ('join', 'leave' or '') is announced
 #: unless the user has sockets on another live node.
-UPDATE_SCRIPT = _COMMON + """
+UPDATE_SCRIPT = (
+    _COMMON
+    + """
 local nodes, own = KEYS[1], KEYS[2]
 local node, ttl, prefix, channel, facility = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local now = now_ms()
@@ -107,13 +110,16 @@ for i = 6, #ARGV, 3 do
 end
 keep(nodes, own, node, now, ttl)
 """
+)
 
 #: KEYS: the nodes' set, this node's hash. ARGV: node id, TTL (ms), node
 #: prefix, events channel, facility, then this node's whole hash as (field,
 #: count) pairs. Rewrites the hash; if this node's entries had stopped
 #: counting (it was too slow, or Redis lost them), announces the joins of its
 #: users on no other node; then reaps the nodes past their time.
-REFRESH_SCRIPT = _COMMON + """
+REFRESH_SCRIPT = (
+    _COMMON
+    + """
 local nodes, own = KEYS[1], KEYS[2]
 local node, ttl, prefix, channel, facility = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local now = now_ms()
@@ -140,10 +146,13 @@ for _, dead in ipairs(redis.call('ZRANGEBYSCORE', nodes, '-inf', '(' .. now)) do
   end
 end
 """
+)
 
 #: KEYS: the nodes' set. ARGV: node prefix. Returns {connections, anonymous,
 #: user...} summed over the live nodes, each user once.
-READ_SCRIPT = _COMMON + """
+READ_SCRIPT = (
+    _COMMON
+    + """
 local connections, anonymous, users, seen = 0, 0, {}, {}
 for _, node in ipairs(live(KEYS[1], now_ms(), nil)) do
   local entries = redis.call('HGETALL', ARGV[1] .. node)
@@ -161,6 +170,7 @@ table.insert(users, 1, anonymous)
 table.insert(users, 1, connections)
 return users
 """
+)
 
 
 def read_call(facility: str, prefix: str) -> tuple[list[str], list[str]]:

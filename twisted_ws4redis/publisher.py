@@ -1,6 +1,7 @@
 """``RedisPublisher``: send a message to websockets from any Django code
 (views, commands, task workers), in any process that can reach Redis, from a
 thread (``publish_message``) or from an event loop (``apublish_message``)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,8 +14,7 @@ import redis
 from . import audience as wire
 from .conf import get_settings, redis_address
 from .redis_address import RedisAddress, aclose_asyncio_client
-from .redis_store import (RedisMessage, RedisStore, is_cluster, publication_pipeline, publication_rounds,
-                          reaching_redis)
+from .redis_store import RedisMessage, RedisStore, is_cluster, publication_pipeline, publication_rounds, reaching_redis
 
 _clients: dict = {}
 _clients_lock = threading.Lock()
@@ -56,8 +56,9 @@ async def _aconnection() -> redis.asyncio.Redis:
     return client
 
 
-async def _closed_with_loop(loop: asyncio.AbstractEventLoop, address: RedisAddress,
-                           client: redis.asyncio.Redis) -> AsyncIterator[None]:
+async def _closed_with_loop(
+    loop: asyncio.AbstractEventLoop, address: RedisAddress, client: redis.asyncio.Redis
+) -> AsyncIterator[None]:
     """Waits at ``yield`` for as long as ``loop`` runs: a loop shutting down
     closes its async generators (``asyncio.run`` does, and so asgiref and the
     ASGI servers), which closes the client's connections on that loop."""
@@ -87,12 +88,25 @@ class RedisPublisher(RedisStore):
     here; SELF is resolved when first needed (then in the caller's way: an async
     view's constructor must not read the database)."""
 
-    def __init__(self, request: Any = None, facility: str = "{facility}", broadcast: bool = False,
-                 groups: Iterable = (), users: Iterable = (), sessions: Iterable = ()):
+    def __init__(
+        self,
+        request: Any = None,
+        facility: str = "{facility}",
+        broadcast: bool = False,
+        groups: Iterable = (),
+        users: Iterable = (),
+        sessions: Iterable = (),
+    ):
         super().__init__(_connection())
         members = wire.audience_members(groups, users, sessions)
-        self._audience = {"request": request, "facility": facility, "broadcast": broadcast,
-                          "groups": members["group"], "users": members["user"], "sessions": members["session"]}
+        self._audience = {
+            "request": request,
+            "facility": facility,
+            "broadcast": broadcast,
+            "groups": members["group"],
+            "users": members["user"],
+            "sessions": members["session"],
+        }
         self._channels: list[str] | None = None
 
     @property
@@ -160,5 +174,6 @@ def close_session_websockets(session_key: str) -> int:
     client = _connection()
     with reaching_redis():
         # On a cluster every server subscribes the control channel on its shard (SSUBSCRIBE).
-        return client.execute_command("SPUBLISH" if is_cluster(client) else "PUBLISH",
-                                      wire.control_channel(get_settings().prefix), command)
+        return client.execute_command(
+            "SPUBLISH" if is_cluster(client) else "PUBLISH", wire.control_channel(get_settings().prefix), command
+        )

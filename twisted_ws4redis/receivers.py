@@ -3,6 +3,7 @@
 Group names for the websocket door are stored in the session at login, so that
 opening a websocket never queries the user's groups (as in ws4redis). At
 logout the session's websockets are closed on every node."""
+
 import logging
 
 import redis
@@ -29,5 +30,9 @@ def close_websockets_at_logout(sender, request, user, **kwargs) -> None:
     except redis.exceptions.RedisError as exc:  # RedisUnavailable, or e.g. an ACL refusing PUBLISH
         # The logout itself must succeed; the websockets stay open until they close.
         digest = session_digest(key)
-        logger.warning("Logout: the websockets of session %s were not closed: %s", digest, exc,
-                       extra=extra({"session": digest, "error": str(exc)}))
+        logger.warning(
+            "Logout: the websockets of session %s were not closed: %s",
+            digest,
+            exc,
+            extra=extra({"session": digest, "error": str(exc)}),
+        )

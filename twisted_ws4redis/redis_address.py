@@ -9,6 +9,7 @@ and so follow a failover. Or it is a Redis Cluster, named by some of its nodes
 ``RedisCluster`` on the Django side, ``server.cluster.ClusterBus`` on the
 reactor), and messages go over sharded pub/sub.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -28,9 +29,21 @@ if TYPE_CHECKING:
 #: Sentinel those of ``redis.sentinel.Sentinel.master_for``, for a cluster
 #: ``redis.cluster.RedisCluster``'s ``startup_nodes``).
 CONNECTION_KEYS = frozenset(
-    {"host", "port", "db", "password", "username", "unix_socket_path", "ssl",
-     "socket_timeout", "socket_connect_timeout", "sentinels", "service_name", "sentinel_password",
-     "startup_nodes"}
+    {
+        "host",
+        "port",
+        "db",
+        "password",
+        "username",
+        "unix_socket_path",
+        "ssl",
+        "socket_timeout",
+        "socket_connect_timeout",
+        "sentinels",
+        "service_name",
+        "sentinel_password",
+        "startup_nodes",
+    }
 )
 
 #: What the cluster's nodes cannot be combined with.
@@ -66,22 +79,32 @@ class RedisAddress:
         """Validate a redis-py style dict; errors name the setting."""
         if not isinstance(values, dict):
             url = " (a Redis URL is what the server's --redis option takes)" if isinstance(values, str) else ""
-            raise ValueError(f"{name} must be a dict such as {{'host': 'localhost', 'port': 6379, 'db': 0}}, "
-                             f"got {type(values).__name__}{url}")
+            raise ValueError(
+                f"{name} must be a dict such as {{'host': 'localhost', 'port': 6379, 'db': 0}}, "
+                f"got {type(values).__name__}{url}"
+            )
         unknown = set(values) - CONNECTION_KEYS
         if unknown:
-            guesses = [f"{key!r}: did you mean {close[0]!r}?" for key in sorted(unknown, key=str)
-                       for close in [difflib.get_close_matches(str(key), CONNECTION_KEYS, n=1)] if close]
-            raise ValueError(f"{name} has unknown key(s) {sorted(unknown, key=str)}"
-                             f"{'; ' + ' '.join(guesses) if guesses else ''}; allowed: {sorted(CONNECTION_KEYS)}")
+            guesses = [
+                f"{key!r}: did you mean {close[0]!r}?"
+                for key in sorted(unknown, key=str)
+                for close in [difflib.get_close_matches(str(key), CONNECTION_KEYS, n=1)]
+                if close
+            ]
+            raise ValueError(
+                f"{name} has unknown key(s) {sorted(unknown, key=str)}"
+                f"{'; ' + ' '.join(guesses) if guesses else ''}; allowed: {sorted(CONNECTION_KEYS)}"
+            )
         values = {key: value for key, value in values.items() if value is not None}
         if "sentinels" in values:
             values["sentinels"] = _node_list(values["sentinels"], name, "sentinels", "a Sentinel")
         if "startup_nodes" in values:
             mixed = [key for key in _NOT_WITH_CLUSTER if key in values]
             if mixed:
-                raise ValueError(f"{name}: 'startup_nodes' (a Redis Cluster) cannot be combined with {mixed}: "
-                                 f"give the cluster's nodes in 'startup_nodes' only")
+                raise ValueError(
+                    f"{name}: 'startup_nodes' (a Redis Cluster) cannot be combined with {mixed}: "
+                    f"give the cluster's nodes in 'startup_nodes' only"
+                )
             values["startup_nodes"] = _node_list(values["startup_nodes"], name, "startup_nodes", "a cluster node")
         address = cls(**values)
         address._check(name)
@@ -104,12 +127,18 @@ class RedisAddress:
         try:
             if parts.scheme in ("redis", "rediss"):
                 db = int(parts.path.strip("/") or query.get("db", 0))
-                address = cls(host=parts.hostname or "localhost", port=parts.port or 6379,
-                              db=db, password=password, username=username,
-                              ssl=parts.scheme == "rediss")
+                address = cls(
+                    host=parts.hostname or "localhost",
+                    port=parts.port or 6379,
+                    db=db,
+                    password=password,
+                    username=username,
+                    ssl=parts.scheme == "rediss",
+                )
             elif parts.scheme == "unix":
-                address = cls(unix_socket_path=parts.path, db=int(query.get("db", 0)),
-                              password=password, username=username)
+                address = cls(
+                    unix_socket_path=parts.path, db=int(query.get("db", 0)), password=password, username=username
+                )
             else:
                 raise ValueError("the scheme must be redis://, rediss:// or unix://")
         except ValueError as exc:
@@ -119,7 +148,7 @@ class RedisAddress:
 
     @classmethod
     def _from_sentinel_url(cls, url: str, name: str) -> RedisAddress:
-        rest = url[len("redis+sentinel://"):]
+        rest = url[len("redis+sentinel://") :]
         netloc, _, path = rest.partition("/")
         credentials, _, hosts = netloc.rpartition("@")
         password = unquote(credentials.partition(":")[2]) or None if credentials else None
@@ -127,9 +156,12 @@ class RedisAddress:
         try:
             if not segments or len(segments) > 2:
                 raise ValueError("give the service name after the Sentinels: …/mymaster[/db]")
-            address = cls(sentinels=_node_list(hosts.split(","), name, "sentinels", "a Sentinel"),
-                          service_name=unquote(segments[0]),
-                          db=int(segments[1]) if len(segments) == 2 else 0, password=password)
+            address = cls(
+                sentinels=_node_list(hosts.split(","), name, "sentinels", "a Sentinel"),
+                service_name=unquote(segments[0]),
+                db=int(segments[1]) if len(segments) == 2 else 0,
+                password=password,
+            )
         except ValueError as exc:
             raise ValueError(f"{name}: {url!r} is not a Redis URL: {exc}") from None
         address._check(name)
@@ -145,10 +177,13 @@ class RedisAddress:
             if "?" in path or "?" in hosts:
                 raise ValueError("a cluster URL takes no query")
             db = int(path.strip("/") or 0)
-            address = cls(startup_nodes=_node_list(hosts.split(",") if hosts else [], name, "startup_nodes",
-                                                   "a cluster node"),
-                          db=db, password=unquote(password) or None, username=unquote(user) or None,
-                          ssl=scheme == "rediss+cluster")
+            address = cls(
+                startup_nodes=_node_list(hosts.split(",") if hosts else [], name, "startup_nodes", "a cluster node"),
+                db=db,
+                password=unquote(password) or None,
+                username=unquote(user) or None,
+                ssl=scheme == "rediss+cluster",
+            )
         except ValueError as exc:
             raise ValueError(f"{name}: {url!r} is not a Redis URL: {exc}") from None
         address._check(name)
@@ -178,10 +213,14 @@ class RedisAddress:
         from redis.backoff import NoBackoff
 
         flavour = _redis_py(asynchronous)
-        kwargs = {"db": self.db, "password": self.password, "username": self.username,
-                  "socket_timeout": self.socket_timeout,
-                  "socket_connect_timeout": self.socket_connect_timeout,
-                  "retry": flavour.Retry(NoBackoff(), 1)}
+        kwargs = {
+            "db": self.db,
+            "password": self.password,
+            "username": self.username,
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.socket_connect_timeout,
+            "retry": flavour.Retry(NoBackoff(), 1),
+        }
         if self.unix_socket_path:
             kwargs.update(path=self.unix_socket_path, connection_class=flavour.UnixDomainSocketConnection)
         else:
@@ -209,15 +248,22 @@ class RedisAddress:
             # (and follows MOVED and failovers); ``retry`` as for one Redis.
             for key in ("host", "port", "db", "connection_class"):
                 kwargs.pop(key, None)
-            return flavour.RedisCluster(startup_nodes=[flavour.ClusterNode(host, port)
-                                                       for host, port in self.startup_nodes],
-                                        ssl=self.ssl, **kwargs)
+            return flavour.RedisCluster(
+                startup_nodes=[flavour.ClusterNode(host, port) for host, port in self.startup_nodes],
+                ssl=self.ssl,
+                **kwargs,
+            )
         if self.sentinels:
             for key in ("host", "port"):
                 kwargs.pop(key)
-            sentinel = flavour.Sentinel(list(self.sentinels), sentinel_kwargs={
-                "password": self.sentinel_password, "socket_timeout": self.socket_timeout,
-                "socket_connect_timeout": self.socket_connect_timeout})
+            sentinel = flavour.Sentinel(
+                list(self.sentinels),
+                sentinel_kwargs={
+                    "password": self.sentinel_password,
+                    "socket_timeout": self.socket_timeout,
+                    "socket_connect_timeout": self.socket_connect_timeout,
+                },
+            )
             return sentinel.master_for(self.service_name, **kwargs)
         return flavour.Redis(connection_pool=flavour.ConnectionPool(**kwargs))
 
@@ -231,8 +277,7 @@ class RedisAddress:
         if self.sentinels:
             return SentinelEndpoint(reactor, self)
         if self.unix_socket_path:
-            return endpoints.UNIXClientEndpoint(reactor, self.unix_socket_path,
-                                                timeout=self.socket_connect_timeout)
+            return endpoints.UNIXClientEndpoint(reactor, self.unix_socket_path, timeout=self.socket_connect_timeout)
         return self.node_endpoint(reactor, self.host, self.port)
 
     def node_endpoint(self, reactor, host: str, port: int):
@@ -272,10 +317,16 @@ def _redis_py(asynchronous: bool) -> SimpleNamespace:
         from redis.cluster import ClusterNode, RedisCluster
         from redis.retry import Retry
         from redis.sentinel import Sentinel
-    return SimpleNamespace(Redis=flavour.Redis, ConnectionPool=flavour.ConnectionPool, Retry=Retry,
-                           RedisCluster=RedisCluster, ClusterNode=ClusterNode,
-                           Sentinel=Sentinel, UnixDomainSocketConnection=flavour.UnixDomainSocketConnection,
-                           SSLConnection=flavour.SSLConnection)
+    return SimpleNamespace(
+        Redis=flavour.Redis,
+        ConnectionPool=flavour.ConnectionPool,
+        Retry=Retry,
+        RedisCluster=RedisCluster,
+        ClusterNode=ClusterNode,
+        Sentinel=Sentinel,
+        UnixDomainSocketConnection=flavour.UnixDomainSocketConnection,
+        SSLConnection=flavour.SSLConnection,
+    )
 
 
 async def aclose_asyncio_client(client: redis.asyncio.Redis) -> None:
@@ -325,8 +376,11 @@ class SentinelEndpoint:
         self._reactor = reactor
         self._address = address
         self._sentinels = txredisapi.Sentinel(
-            list(address.sentinels), password=address.sentinel_password,
-            connectTimeout=address.socket_connect_timeout, replyTimeout=address.socket_timeout)
+            list(address.sentinels),
+            password=address.sentinel_password,
+            connectTimeout=address.socket_connect_timeout,
+            replyTimeout=address.socket_timeout,
+        )
         # A Sentinel that answers "no master" (in the middle of a failover)
         # leaves txredisapi waiting for this long before the attempt fails and
         # the next one is scheduled: keep it short.
@@ -337,8 +391,9 @@ class SentinelEndpoint:
 
         def reach(master: tuple[str, int]):
             host, port = master
-            return HostnameEndpoint(self._reactor, host, port,
-                                    timeout=self._address.socket_connect_timeout).connect(factory)
+            return HostnameEndpoint(self._reactor, host, port, timeout=self._address.socket_connect_timeout).connect(
+                factory
+            )
 
         return self._sentinels.discover_master(self._address.service_name).addCallback(reach)
 

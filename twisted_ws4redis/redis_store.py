@@ -4,6 +4,7 @@
 is in ``publisher``); the websockets use the non-blocking clients in
 ``server.pubsub``.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -22,9 +23,13 @@ def reaching_redis() -> Iterator[None]:
     """Turn redis-py's connection failures and timeouts into ``RedisUnavailable``."""
     try:
         yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-            # a cluster's, while a master fails over: CLUSTERDOWN, no node for a slot
-            redis.exceptions.ClusterError, redis.exceptions.SlotNotCoveredError) as exc:
+    except (
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        # a cluster's, while a master fails over: CLUSTERDOWN, no node for a slot
+        redis.exceptions.ClusterError,
+        redis.exceptions.SlotNotCoveredError,
+    ) as exc:
         raise RedisUnavailable(f"Redis is unavailable: {exc}") from exc
 
 
@@ -133,10 +138,18 @@ class RedisStore:
     def get_prefix() -> str:
         return get_settings().prefix
 
-    def _get_message_channels(self, request=None, facility: str = "{facility}", broadcast: bool = False,
-                              groups=(), users=(), sessions=()) -> list[str]:
-        return audience.message_channels(self.get_prefix(), facility, request=request, broadcast=broadcast,
-                                         groups=groups, users=users, sessions=sessions)
+    def _get_message_channels(
+        self, request=None, facility: str = "{facility}", broadcast: bool = False, groups=(), users=(), sessions=()
+    ) -> list[str]:
+        return audience.message_channels(
+            self.get_prefix(),
+            facility,
+            request=request,
+            broadcast=broadcast,
+            groups=groups,
+            users=users,
+            sessions=sessions,
+        )
 
     def publish_message(self, message: RedisMessage, expire: int | None = None) -> int:
         """PUBLISH ``message`` on every channel and, when ``expire`` (default
@@ -159,8 +172,15 @@ class RedisStore:
                 except StopIteration as done:
                     return done.value
 
-    def _queue_publication(self, pipe, channels: list[str], message: RedisMessage, expire: int | None,
-                           send_script: bool = False, sharded: bool = False) -> None:
+    def _queue_publication(
+        self,
+        pipe,
+        channels: list[str],
+        message: RedisMessage,
+        expire: int | None,
+        send_script: bool = False,
+        sharded: bool = False,
+    ) -> None:
         """Queue the commands of one publication on ``pipe`` (a blocking or an
         asyncio redis-py pipeline): per channel PUBLISH (and SETEX), or the
         history's script, by its digest unless ``send_script``
@@ -183,6 +203,7 @@ class RedisStore:
                     pipe.execute_command("SETEX", channel, expire, message)
 
     # ws4redis at HEAD had a separate one-round-trip variant; ours always is.
-    def pipeline_publish_message(self, message: RedisMessage, expire: int | None = None,
-                                 transaction: bool = True) -> int:
+    def pipeline_publish_message(
+        self, message: RedisMessage, expire: int | None = None, transaction: bool = True
+    ) -> int:
         return self.publish_message(message, expire)

@@ -14,6 +14,7 @@ Connect receivers at start-up (``AppConfig.ready()``): a plain websocket that
 opens while no receiver of ``websocket_message`` or ``websocket_disconnected``
 is connected keeps no request, and its later signals carry ``request=None``.
 """
+
 from django.dispatch import Signal
 
 #: A websocket opened. ``channels``: the Redis channels it subscribed to from

@@ -2,6 +2,7 @@
 WS4REDIS_SUBSCRIBER, as in ws4redis: a subclass may change the recognised
 flags (``subscription_channels``/``publish_channels``) or how they map to Redis
 channels (``set_pubsub_channels``)."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable
@@ -37,9 +38,11 @@ class RedisSubscriber:
         facility = request.facility
         prefix = get_settings().prefix
         self.subscribed = audience.message_channels(
-            prefix, facility, request=request, **audience.requested_audiences(channels, "subscribe"))
+            prefix, facility, request=request, **audience.requested_audiences(channels, "subscribe")
+        )
         self.publishers = audience.message_channels(
-            prefix, facility, request=request, **audience.requested_audiences(channels, "publish"))
+            prefix, facility, request=request, **audience.requested_audiences(channels, "publish")
+        )
 
     def subscribe(self, listener: Listener) -> defer.Deferred:
         """Start delivering; fires once Redis confirmed every subscription."""

@@ -28,6 +28,7 @@ override them for a whole test class (``@override_settings`` on the class) or
 start a ``LiveServer`` inside the override. While a server runs,
 ``RedisPublisher`` in the test process publishes to its private Redis.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,8 +51,14 @@ if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
     from django.http import HttpRequest
 
-__all__ = ["LiveServer", "WebSocketClient", "Ws4RedisLiveServerTestCase", "force_login", "session_cookie",
-           "ws4redis_live_server"]
+__all__ = [
+    "LiveServer",
+    "WebSocketClient",
+    "Ws4RedisLiveServerTestCase",
+    "force_login",
+    "session_cookie",
+    "ws4redis_live_server",
+]
 
 #: Seconds a client waits, unless told otherwise (for the handshake, a message).
 TIMEOUT = 5.0
@@ -118,8 +125,9 @@ class WebSocketClient:
             try:
                 seen.append(self.receive(max(0.0, deadline - time.monotonic())))
             except AssertionError:
-                raise AssertionError(f"{expected!r} did not arrive on {self.url} within {timeout} s; "
-                                     f"received {seen!r}") from None
+                raise AssertionError(
+                    f"{expected!r} did not arrive on {self.url} within {timeout} s; received {seen!r}"
+                ) from None
             if seen[-1] == expected:
                 return seen
 
@@ -144,8 +152,9 @@ class LiveServer:
     ``threads`` threads. ``start()`` and ``stop()`` block; use it as
     ``with LiveServer() as server: ...``."""
 
-    def __init__(self, *, host: str = "127.0.0.1", redis_url: str | None = None, static: bool = False,
-                 threads: int = 4):
+    def __init__(
+        self, *, host: str = "127.0.0.1", redis_url: str | None = None, static: bool = False, threads: int = 4
+    ):
         self.host = host
         self.port: int | None = None
         self.redis_url = redis_url
@@ -176,8 +185,13 @@ class LiveServer:
         # make_service points this process' RedisPublisher at the server's Redis; stop() undoes it.
         self._previous_override = conf._redis_override
         try:
-            config = ServerConfig(endpoints=[f"tcp:0:interface={self.host}"], redis=redis_url,
-                                  static=self.static, threads=self.threads, grace=1.0)
+            config = ServerConfig(
+                endpoints=[f"tcp:0:interface={self.host}"],
+                redis=redis_url,
+                static=self.static,
+                threads=self.threads,
+                grace=1.0,
+            )
             self._service = make_service(config, running_reactor())
             pool = next(child for child in self._service if isinstance(child, ThreadPoolService)).pool
             pool.threadFactory = self._thread_factory()
@@ -199,8 +213,11 @@ class LiveServer:
         SQLite databases (as Django's LiveServerThread does), as daemons."""
         from django.db import connections
 
-        self._shared_connections = [connection for connection in connections.all()
-                                    if connection.vendor == "sqlite" and connection.is_in_memory_db()]
+        self._shared_connections = [
+            connection
+            for connection in connections.all()
+            if connection.vendor == "sqlite" and connection.is_in_memory_db()
+        ]
         for connection in self._shared_connections:
             connection.inc_thread_sharing()
 
@@ -213,7 +230,9 @@ class LiveServer:
                 finally:
                     # A database may not be dropped while a connection to it is open.
                     connections.close_all()
+
             return daemon_thread(*args, target=run, **kwargs)
+
         return factory
 
     def stop(self) -> None:
@@ -251,8 +270,14 @@ class LiveServer:
         path = conf.get_settings().websocket_url + quote(facility)
         return f"ws://{self.host}:{self.port}{path}" + (f"?{'&'.join(flags)}" if flags else "")
 
-    def connect(self, facility: str, *flags: str, user: AbstractBaseUser | None = None,
-                headers: dict[str, str] | None = None, timeout: float = TIMEOUT) -> WebSocketClient:
+    def connect(
+        self,
+        facility: str,
+        *flags: str,
+        user: AbstractBaseUser | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = TIMEOUT,
+    ) -> WebSocketClient:
         """Open a websocket on ``facility`` with ``flags``, as ``user`` (a new
         session, see ``session_cookie``) or anonymously, and return once the
         server has subscribed it and sent its kept messages, so that anything
@@ -261,8 +286,10 @@ class LiveServer:
         try:
             from websockets.sync.client import connect
         except ImportError as exc:
-            raise ImportError("twisted_ws4redis.testing's websocket client needs the 'websockets' package: "
-                              "install the extra 'testing' (pip install 'twisted_ws4redis[testing]')") from exc
+            raise ImportError(
+                "twisted_ws4redis.testing's websocket client needs the 'websockets' package: "
+                "install the extra 'testing' (pip install 'twisted_ws4redis[testing]')"
+            ) from exc
 
         headers = dict(headers or {})
         if user is not None:
@@ -279,8 +306,11 @@ class LiveServer:
 
         def live() -> bool:
             # _ready: subscribed, kept messages sent (WebSocketProtocol._go_live).
-            return any(getattr(protocol, "_ready", False) for protocol in factory.connections
-                       if protocol.transport.getPeer().port == client_port)
+            return any(
+                getattr(protocol, "_ready", False)
+                for protocol in factory.connections
+                if protocol.transport.getPeer().port == client_port
+            )
 
         deadline = time.monotonic() + timeout
         while not call_in_reactor(live):
@@ -318,8 +348,14 @@ class Ws4RedisLiveServerTestCase(TransactionTestCase):
         cls.live_server = LiveServer(host=cls.host, static=cls.serve_static).start()
         cls.addClassCleanup(cls.live_server.stop)
 
-    def connect(self, facility: str, *flags: str, user: AbstractBaseUser | None = None,
-                headers: dict[str, str] | None = None, timeout: float = TIMEOUT) -> WebSocketClient:
+    def connect(
+        self,
+        facility: str,
+        *flags: str,
+        user: AbstractBaseUser | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = TIMEOUT,
+    ) -> WebSocketClient:
         """``LiveServer.connect``; the client is closed when the test ends."""
         client = self.live_server.connect(facility, *flags, user=user, headers=headers, timeout=timeout)
         self.addCleanup(client.close)
@@ -335,6 +371,7 @@ try:
 except ImportError:  # pytest is optional: the fixture exists only where it runs
     pass
 else:
+
     @pytest.fixture
     def ws4redis_live_server(request) -> Iterator[LiveServer]:
         """A ``LiveServer`` for the test. With pytest-django, the test database

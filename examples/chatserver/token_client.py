@@ -9,6 +9,7 @@ interrupted (``--count N``: after N). The token is read from standard input
 ``ps`` shows it to every user of the machine; it goes in the Authorization
 header, not in the URL, which proxies and access logs record.
 """
+
 import argparse
 import os
 import sys

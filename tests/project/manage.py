@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """The test project's manage.py (tests run ``manage.py runserver`` with it)."""
+
 import os
 import sys
 

@@ -1,4 +1,5 @@
 """Makes ``twistd ws4redis`` available; the code lives in twisted_ws4redis.server.tap."""
+
 from twisted.application.service import ServiceMaker
 
 ws4redis = ServiceMaker(

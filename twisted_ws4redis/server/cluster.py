@@ -21,6 +21,7 @@ plain SUBSCRIBE on one node (any: a cluster sends every PUBLISH to all its
 nodes), for foreign publishers (a ws4redis 0.6 process, ``redis-cli``); their
 messages carry no history id, so they are not caught up after an outage.
 """
+
 from __future__ import annotations
 
 import txredisapi
@@ -105,8 +106,11 @@ class ClusterBus(_Bus):
         self._retry = None
         self._topology_failed = False
         #: the plain SUBSCRIBE connection (WS4REDIS_CLUSTER_PLAIN_PUBLISH), or None
-        self._plain = ShardSubscriber(self, address, "a node of the Redis Cluster (plain PUBLISH)") \
-            if get_settings().cluster_plain_publish else None
+        self._plain = (
+            ShardSubscriber(self, address, "a node of the Redis Cluster (plain PUBLISH)")
+            if get_settings().cluster_plain_publish
+            else None
+        )
 
     # -- service ---------------------------------------------------------------
 
@@ -164,8 +168,11 @@ class ClusterBus(_Bus):
 
     def _asked(self, _) -> None:
         asking, self._asking = self._asking or [], None
-        if self.running and not (self._masters and all(m.subscriber.live for m in self._masters.values())) \
-                and (self._retry is None or not self._retry.active()):
+        if (
+            self.running
+            and not (self._masters and all(m.subscriber.live for m in self._masters.values()))
+            and (self._retry is None or not self._retry.active())
+        ):
             self._retry = self._reactor.callLater(TOPOLOGY_RETRY, self._refresh)
         for waiting in asking:
             waiting.callback(None)
@@ -176,8 +183,9 @@ class ClusterBus(_Bus):
         for master in list(self._masters.values()):
             if master.commands.size:  # connected: no waiting for a reconnection
                 try:
-                    reply = yield master.commands.handler.execute_command("CLUSTER", "SLOTS") \
-                        .addTimeout(self._timeout, self._reactor)
+                    reply = yield master.commands.handler.execute_command("CLUSTER", "SLOTS").addTimeout(
+                        self._timeout, self._reactor
+                    )
                     return reply, master.node
                 except Exception as exc:
                     errors.append(f"{master.subscriber.label}: {exc}")
@@ -200,8 +208,11 @@ class ClusterBus(_Bus):
 
     def _unanswered(self, failure: Failure) -> None:
         if not self._topology_failed and self.running:
-            log.warn("No node of the Redis Cluster at {address} gave its slots: {error}",
-                     address=str(self.address), error=logsafe.text(failure.getErrorMessage()))
+            log.warn(
+                "No node of the Redis Cluster at {address} gave its slots: {error}",
+                address=str(self.address),
+                error=logsafe.text(failure.getErrorMessage()),
+            )
         self._topology_failed = True
 
     def _apply(self, answer: tuple[list, Node]) -> None:
@@ -266,8 +277,9 @@ class ClusterBus(_Bus):
         shard.subscribe(keys)
         if not keys:
             shard.back()
-        log.info("Redis subscriber for plain PUBLISH connected; subscribing {count} channel(s)",
-                 count=len(self._listeners))
+        log.info(
+            "Redis subscriber for plain PUBLISH connected; subscribing {count} channel(s)", count=len(self._listeners)
+        )
 
     def _subscribed(self, shard: ShardSubscriber, key: bytes) -> None:
         if shard is self._plain:  # the sharded subscription is what a listener waits for

@@ -5,6 +5,7 @@ that each server process watches for as long as it runs.
 with that session (sent by the Django side at logout). Whoever can PUBLISH on
 Redis can write here, so only short messages are parsed, the rest is ignored
 and logged (escaped, cut short), and no command carries a secret."""
+
 from __future__ import annotations
 
 import json
@@ -53,10 +54,10 @@ class NodeControl:
     def __call__(self, payload: bytes) -> None:
         session = _session_to_close(payload)
         if session is None:
-            log.warn("Ignored a control message ({size} bytes): {start!r}",
-                     size=len(payload), start=payload[:LOGGED_PREFIX])
+            log.warn(
+                "Ignored a control message ({size} bytes): {start!r}", size=len(payload), start=payload[:LOGGED_PREFIX]
+            )
             return
         closed = self.factory.close_session(session)
         if closed:
-            log.info("WSSESSIONEND session={session}: closing {count} websocket(s)",
-                     session=session, count=closed)
+            log.info("WSSESSIONEND session={session}: closing {count} websocket(s)", session=session, count=closed)

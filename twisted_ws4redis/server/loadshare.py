@@ -15,6 +15,7 @@ the other worker had room).
 When every worker is at its cap, they all accept again and answer 503, as
 one process does.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -87,8 +88,9 @@ class AcceptBalancer:
     (``ConnectionBudget.on_change``); once all are, every worker accepts up
     to its cap."""
 
-    def __init__(self, budget: ConnectionBudget, shared: SharedLoad, slot: int, ports: Iterable[IListeningPort],
-                 reactor):
+    def __init__(
+        self, budget: ConnectionBudget, shared: SharedLoad, slot: int, ports: Iterable[IListeningPort], reactor
+    ):
         self.budget = budget
         self.shared = shared
         self.slot = slot
@@ -108,10 +110,14 @@ class AcceptBalancer:
             self.paused = pause
             for port in self.ports:
                 port.stopReading() if pause else port.startReading()
-            log.info("Worker {slot} {what} ({connections} connections, {websockets} websockets, cap {cap})",
-                     slot=self.slot, connections=budget.connections, websockets=budget.websockets,
-                     what="near its cap: another worker takes new connections" if pause else "accepts again",
-                     cap=budget.max_websockets)
+            log.info(
+                "Worker {slot} {what} ({connections} connections, {websockets} websockets, cap {cap})",
+                slot=self.slot,
+                connections=budget.connections,
+                websockets=budget.websockets,
+                what="near its cap: another worker takes new connections" if pause else "accepts again",
+                cap=budget.max_websockets,
+            )
         if full and not self._recheck.running:
             self._recheck.start(RECHECK, now=False)
         elif not full and self._recheck.running:

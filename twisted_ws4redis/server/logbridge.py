@@ -8,6 +8,7 @@ namespace (``twisted_ws4redis.server.protocol``…) and passes the fields as ``e
 Like twistd's own log, a handler that blocks (mail, a network socket) blocks
 the reactor: point those at a ``QueueHandler``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -100,8 +101,9 @@ class ToTwistedLog(logging.Handler):
         self.reactor = reactor
 
     def emit(self, record: logging.LogRecord) -> None:
-        level = next((twisted for twisted, stdlib in reversed(LEVELS.items()) if record.levelno >= stdlib),
-                     LogLevel.debug)
+        level = next(
+            (twisted for twisted, stdlib in reversed(LEVELS.items()) if record.levelno >= stdlib), LogLevel.debug
+        )
         # A receiver's message may quote what a client sent.
         line = logsafe.text(record.getMessage())
         logger = Logger(namespace=record.name)

@@ -20,6 +20,7 @@ writes of at most that many bytes (a frame larger than it alone), so that a
 burst (a ws4redis.v2 replay of the history) meets the cap once the client's
 buffers are full, and is not queued whole.
 """
+
 from __future__ import annotations
 
 from twisted.internet.abstract import FileDescriptor
@@ -29,9 +30,15 @@ def write_now(transport, data: bytes) -> None:
     """Write ``data`` to ``transport`` with a direct ``send()`` when that is
     safe (a plain TCP or UNIX socket with an empty buffer), else queue it."""
     sock = getattr(transport, "socket", None)
-    if (sock is None or not isinstance(transport, FileDescriptor) or getattr(transport, "TLS", False)
-            or not transport.connected or transport.disconnecting
-            or transport._tempDataLen or len(transport.dataBuffer) > transport.offset):
+    if (
+        sock is None
+        or not isinstance(transport, FileDescriptor)
+        or getattr(transport, "TLS", False)
+        or not transport.connected
+        or transport.disconnecting
+        or transport._tempDataLen
+        or len(transport.dataBuffer) > transport.offset
+    ):
         transport.write(data)
         return
     try:

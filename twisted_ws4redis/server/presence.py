@@ -6,6 +6,7 @@ closed in that turn: a socket that closes and reopens within it changes
 nothing), and again whole every third of WS4REDIS_PRESENCE_TTL, so that they
 stop counting soon after this node dies and come back after Redis lost them.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -16,8 +17,16 @@ from twisted.logger import Logger
 
 from .. import logsafe
 from ..conf import Settings
-from ..presence import ANONYMOUS, CONNECTIONS, REFRESH_SCRIPT, UPDATE_SCRIPT, USER, events_channel, node_prefix, \
-    nodes_key
+from ..presence import (
+    ANONYMOUS,
+    CONNECTIONS,
+    REFRESH_SCRIPT,
+    UPDATE_SCRIPT,
+    USER,
+    events_channel,
+    node_prefix,
+    nodes_key,
+)
 
 log = Logger()
 
@@ -124,16 +133,16 @@ class NodePresence(Service):
         self.flush()
         calls = []
         for facility, entry in self._facilities.items():
-            calls.append(self._write(REFRESH_SCRIPT, facility,
-                                     [item for pair in entry.written.items() for item in pair]))
+            calls.append(
+                self._write(REFRESH_SCRIPT, facility, [item for pair in entry.written.items() for item in pair])
+            )
         return defer.gatherResults(calls, consumeErrors=True).addCallback(lambda _: None)
 
     def _write(self, script: str, facility: str, extra: list) -> defer.Deferred:
         prefix = node_prefix(facility, self._prefix)
         keys = [nodes_key(facility, self._prefix), prefix + self.node]
         args = [self.node, self._ttl * 1000, prefix, events_channel(facility, self._prefix), facility, *extra]
-        return self._bus.script(script, keys, args).addCallbacks(self._written, self._failed,
-                                                                 errbackArgs=(facility,))
+        return self._bus.script(script, keys, args).addCallbacks(self._written, self._failed, errbackArgs=(facility,))
 
     def _written(self, _) -> None:
         if self._failing:
@@ -144,5 +153,8 @@ class NodePresence(Service):
         # Rewritten whole at the next refresh; the joins and leaves are lost.
         if not self._failing:
             self._failing = True
-            log.warn("Presence of {facility} not written to Redis: {error}", facility=logsafe.text(facility),
-                     error=failure.getErrorMessage())
+            log.warn(
+                "Presence of {facility} not written to Redis: {error}",
+                facility=logsafe.text(facility),
+                error=failure.getErrorMessage(),
+            )

@@ -1,5 +1,6 @@
 """The websocket door: an Autobahn server protocol that asks Django (on a
 thread) who the client is, then relays between the socket and Redis."""
+
 from __future__ import annotations
 
 import os
@@ -55,9 +56,19 @@ autobahn_protocol.hltype = autobahn_websocket.hltype = _only_when_debugging(auto
 #: Autobahn's state of the opening handshake (the request as read, its
 #: headers, the response), which nothing reads once the websocket is open
 #: (tests/test_write_path.py pins that): let go of then.
-HANDSHAKE_ONLY = ("http_request_data", "http_response_data", "http_status_line", "http_headers",
-                  "http_request_params", "http_request_host", "http_request_path", "_wskey",
-                  "websocket_extensions", "websocket_origin", "websocket_protocols")
+HANDSHAKE_ONLY = (
+    "http_request_data",
+    "http_response_data",
+    "http_status_line",
+    "http_headers",
+    "http_request_params",
+    "http_request_host",
+    "http_request_path",
+    "_wskey",
+    "websocket_extensions",
+    "websocket_origin",
+    "websocket_protocols",
+)
 
 #: Seconds without any frame to the client after which a heartbeat is sent.
 HEARTBEAT_IDLE = 4.0
@@ -102,10 +113,12 @@ class TokenBucket:
 #: The formats of what Autobahn logs about a handshake it fails, besides our
 #: WSREJECT: an info line, then the warning of the dropped connection
 #: (tests/test_logging.py pins them).
-AUTOBAHN_REFUSAL_FORMATS = frozenset({
-    "failing WebSocket opening handshake ('{reason}')",
-    "dropping connection to peer {peer} with abort={abort}: {reason}",
-})
+AUTOBAHN_REFUSAL_FORMATS = frozenset(
+    {
+        "failing WebSocket opening handshake ('{reason}')",
+        "dropping connection to peer {peer} with abort={abort}: {reason}",
+    }
+)
 
 
 class WithoutRefusalLines:
@@ -289,9 +302,14 @@ class WebSocketProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(403, "This origin may not open websockets here (see WS4REDIS_ALLOWED_ORIGINS)")
         host, port = _address(self.transport.getPeer())
         handshake = Handshake(
-            path=uri.path, query=uri.query, headers=dict(self.http_headers),
-            remote_addr=host, remote_port=port, server_port=_address(self.transport.getHost())[1],
-            secure=ISSLTransport.providedBy(self.transport))
+            path=uri.path,
+            query=uri.query,
+            headers=dict(self.http_headers),
+            remote_addr=host,
+            remote_port=port,
+            server_port=_address(self.transport.getHost())[1],
+            secure=ISSLTransport.providedBy(self.transport),
+        )
         self.facility = facility
         self._head_taken = True
         self._wants_v2 = SUBPROTOCOL in request.protocols
@@ -347,13 +365,22 @@ class WebSocketProtocol(WebSocketServerProtocol):
             phrase = HTTPStatus(code).phrase
         except ValueError:
             phrase = "Error"
-        lines = [f"HTTP/1.1 {code} {phrase}", "Content-Type: text/plain; charset=utf-8",
-                 f"Content-Length: {len(body)}", "Connection: close"]
+        lines = [
+            f"HTTP/1.1 {code} {phrase}",
+            "Content-Type: text/plain; charset=utf-8",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+        ]
         if code == 426:
             lines += ["Upgrade: websocket", "Sec-WebSocket-Version: 13"]
         lines += [f"{name}: {value}" for name, value in responseHeaders or ()]
-        log.info("WSREJECT {path} {peer} {code} {reason}", path=logsafe.uri(getattr(self, "http_request_uri", "?")),
-                 peer=logsafe.text(self.peer), code=code, reason=logsafe.text(reason))
+        log.info(
+            "WSREJECT {path} {peer} {code} {reason}",
+            path=logsafe.uri(getattr(self, "http_request_uri", "?")),
+            peer=logsafe.text(self.peer),
+            code=code,
+            reason=logsafe.text(reason),
+        )
         self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
     # -- open ------------------------------------------------------------------------
@@ -372,10 +399,13 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self.factory.connections.add(self)
         if self.session_digest is not None:
             self.factory.sessions.setdefault(self.session_digest, set()).add(self)
-        log.info("WSCONNECT {path} {peer} subscribe={subscribed} publish={publishers}",
-                 path=logsafe.uri(self.http_request_uri), peer=logsafe.text(self.peer),
-                 subscribed=logsafe.channels(self.subscriber.subscribed, self.factory.settings.prefix),
-                 publishers=logsafe.channels(self.subscriber.publishers, self.factory.settings.prefix))
+        log.info(
+            "WSCONNECT {path} {peer} subscribe={subscribed} publish={publishers}",
+            path=logsafe.uri(self.http_request_uri),
+            peer=logsafe.text(self.peer),
+            subscribed=logsafe.channels(self.subscriber.subscribed, self.factory.settings.prefix),
+            publishers=logsafe.channels(self.subscriber.publishers, self.factory.settings.prefix),
+        )
         heartbeat = self.factory.settings.heartbeat
         if heartbeat is not None:
             self.sendMessage(heartbeat)
@@ -410,8 +440,11 @@ class WebSocketProtocol(WebSocketServerProtocol):
             self._send(PubSubMessage(b"", payload, live=False))
 
     def _redis_unavailable(self, failure) -> None:
-        log.warn("Websocket {path}: no persisted messages, Redis did not answer: {error}",
-                 path=logsafe.uri(self.http_request_uri), error=failure.getErrorMessage())
+        log.warn(
+            "Websocket {path}: no persisted messages, Redis did not answer: {error}",
+            path=logsafe.uri(self.http_request_uri),
+            error=failure.getErrorMessage(),
+        )
 
     def _go_live(self, _) -> None:
         """Messages that arrived while the persisted ones were fetched go out now,
@@ -506,9 +539,13 @@ class WebSocketProtocol(WebSocketServerProtocol):
             return
         self._last_published = payload
         d = self.subscriber.publish_message(payload)
-        d.addErrback(lambda failure: log.warn("Websocket {path}: publishing failed: {error}",
-                                              path=logsafe.uri(self.http_request_uri),
-                                              error=failure.getErrorMessage()))
+        d.addErrback(
+            lambda failure: log.warn(
+                "Websocket {path}: publishing failed: {error}",
+                path=logsafe.uri(self.http_request_uri),
+                error=failure.getErrorMessage(),
+            )
+        )
 
     def may_publish(self) -> bool:
         """One more publication within WS4REDIS_MAX_PUBLISH_RATE; past it the
@@ -537,8 +574,12 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self.update_reading()
         if self.state != self.STATE_OPEN:
             return
-        log.warn("WSPOLICY {path} {peer}: {reason}", path=logsafe.uri(self.http_request_uri),
-                 peer=logsafe.text(self.peer), reason=reason)
+        log.warn(
+            "WSPOLICY {path} {peer}: {reason}",
+            path=logsafe.uri(self.http_request_uri),
+            peer=logsafe.text(self.peer),
+            reason=reason,
+        )
         self.sendCloseFrame(code=1008, reasonUtf8=reason.encode("utf-8"), isReply=False)
 
     def onClose(self, wasClean, code, reason):
@@ -558,8 +599,12 @@ class WebSocketProtocol(WebSocketServerProtocol):
                 same_session.discard(self)
                 if not same_session:
                     del self.factory.sessions[self.session_digest]
-            log.info("WSDISCONNECT {path} {peer} code={code}", path=logsafe.uri(self.http_request_uri),
-                     peer=logsafe.text(self.peer), code=code)
+            log.info(
+                "WSDISCONNECT {path} {peer} code={code}",
+                path=logsafe.uri(self.http_request_uri),
+                peer=logsafe.text(self.peer),
+                code=code,
+            )
             signalling.disconnected(self, code if wasClean else None)
 
 
@@ -621,8 +666,11 @@ class WebSocketFactory(WebSocketServerFactory):
         # attributes of a protocol class made for this factory, nothing is copied.
         # (Functions among them, like perMessageCompressionAccept, must not become methods.)
         options = {name: getattr(self, name) for name in self.protocol.CONFIG_ATTRS}
-        self.protocol = type(self.protocol.__name__, (self.protocol,), {
-            name: staticmethod(value) if callable(value) else value for name, value in options.items()})
+        self.protocol = type(
+            self.protocol.__name__,
+            (self.protocol,),
+            {name: staticmethod(value) if callable(value) else value for name, value in options.items()},
+        )
 
     def ping_all(self) -> None:
         """Find dead peers (gone without a close or a FIN): ping every open
@@ -640,9 +688,12 @@ class WebSocketFactory(WebSocketServerFactory):
                 connection._ping_payload = os.urandom(PING_PAYLOAD_SIZE)
                 connection.sendPing(connection._ping_payload)
             elif now - connection._ping_sent >= timeout:
-                log.warn("WSDEAD {path} {peer}: no pong in {timeout} s, dropped",
-                         path=logsafe.uri(connection.http_request_uri), peer=logsafe.text(connection.peer),
-                         timeout=timeout)
+                log.warn(
+                    "WSDEAD {path} {peer}: no pong in {timeout} s, dropped",
+                    path=logsafe.uri(connection.http_request_uri),
+                    peer=logsafe.text(connection.peer),
+                    timeout=timeout,
+                )
                 connection.dropConnection(abort=True)
 
     def close_session(self, digest: str) -> int:
@@ -653,19 +704,22 @@ class WebSocketFactory(WebSocketServerFactory):
         self._ended.move_to_end(digest)
         while now - next(iter(self._ended.values())) >= SESSION_ENDED_MEMORY:
             self._ended.popitem(last=False)
-        closing = [connection for connection in self.sessions.get(digest, ())
-                   if connection.state == connection.STATE_OPEN]
+        closing = [
+            connection for connection in self.sessions.get(digest, ()) if connection.state == connection.STATE_OPEN
+        ]
         for connection in closing:
-            connection.sendCloseFrame(code=SESSION_ENDED_CODE, reasonUtf8=SESSION_ENDED_REASON.encode("utf-8"),
-                                      isReply=False)
+            connection.sendCloseFrame(
+                code=SESSION_ENDED_CODE, reasonUtf8=SESSION_ENDED_REASON.encode("utf-8"), isReply=False
+            )
         return len(closing)
 
     def session_ended(self, digest: str | None) -> bool:
         ended = self._ended.get(digest)
         return ended is not None and self.reactor.seconds() - ended < SESSION_ENDED_MEMORY
 
-    def close_all(self, code: int = 1001, reason: str = "Server is shutting down",
-                  timeout: float = 3.0) -> defer.Deferred:
+    def close_all(
+        self, code: int = 1001, reason: str = "Server is shutting down", timeout: float = 3.0
+    ) -> defer.Deferred:
         """Close every websocket with ``code``; fires when they are gone (or after
         ``timeout`` seconds)."""
         # sendClose() refuses the protocol's own codes (1001…); the frame-level call does not.

@@ -20,6 +20,7 @@ the subscriber is back. From a failed attempt, a refusal or a lost connection
 until Redis confirms a subscription again, ``reachable`` is False (the
 websocket door then refuses handshakes with 503).
 """
+
 from __future__ import annotations
 
 import functools
@@ -249,9 +250,16 @@ def command_factory(address: RedisAddress, label: str) -> txredisapi.RedisFactor
     """A (lazy, reconnecting) pipelined command connection, one per Redis or
     per cluster master; start it with ``startConnecting(endpoint)``."""
     factory = txredisapi.RedisFactory(
-        label, address.db or None, 1, isLazy=True, charset=None,
-        password=address.password, username=address.username,
-        replyTimeout=address.socket_timeout, convertNumbers=False)
+        label,
+        address.db or None,
+        1,
+        isLazy=True,
+        charset=None,
+        password=address.password,
+        username=address.username,
+        replyTimeout=address.socket_timeout,
+        convertNumbers=False,
+    )
     factory.protocol = _CommandProtocol
     factory.initialDelay = RECONNECT_INITIAL_DELAY
     factory.maxDelay = RECONNECT_MAX_DELAY
@@ -297,7 +305,8 @@ class ShardSubscriber:
     def start(self, endpoint) -> None:
         # The subscriber's attempts tell whether Redis is reachable.
         self._factory.startConnecting(
-            _ReportingEndpoint(endpoint, lambda failure: self.outage(failure.getErrorMessage())))
+            _ReportingEndpoint(endpoint, lambda failure: self.outage(failure.getErrorMessage()))
+        )
 
     def stop(self) -> defer.Deferred:
         return self._factory.disconnect()
@@ -496,8 +505,11 @@ class _Bus(Service):
             self._resubscribe(shard, keys)
         else:
             shard.back()  # nothing to confirm
-        log.info("Redis subscriber connected to {address}; subscribing {count} channel(s)", address=shard.label,
-                 count=sum(1 for key in keys if key in self._listeners))
+        log.info(
+            "Redis subscriber connected to {address}; subscribing {count} channel(s)",
+            address=shard.label,
+            count=sum(1 for key in keys if key in self._listeners),
+        )
 
     def _shard_lost(self, shard: ShardSubscriber) -> None:
         for key in [key for key in self._confirmed if self._shard_of(key) is shard]:
@@ -526,22 +538,34 @@ class _Bus(Service):
 
         def replay(entries: list[tuple[str, bytes]] | None) -> None:
             if entries is None:
-                log.warn("Messages published on {channel} while the Redis subscriber was away are no longer "
-                         "in its history (WS4REDIS_HISTORY_SIZE, _TTL)",
-                         channel=logsafe.channel(key, get_settings().prefix))
+                log.warn(
+                    "Messages published on {channel} while the Redis subscriber was away are no longer "
+                    "in its history (WS4REDIS_HISTORY_SIZE, _TTL)",
+                    channel=logsafe.channel(key, get_settings().prefix),
+                )
                 return
-            self._dispatch(key, Burst(key, (PubSubMessage(key, payload, live=False, message_id=message_id)
-                                            for message_id, payload in entries)))
+            self._dispatch(
+                key,
+                Burst(
+                    key,
+                    (PubSubMessage(key, payload, live=False, message_id=message_id) for message_id, payload in entries),
+                ),
+            )
             if entries and key in self._listeners:
                 self._replayed.note(key, history.parse_id(entries[-1][0]))
 
         def failed(failure: Failure) -> None:
-            log.warn("Catching up on {channel} after the Redis subscriber reconnected failed: {error}",
-                     channel=logsafe.channel(key, get_settings().prefix), error=failure.getErrorMessage())
+            log.warn(
+                "Catching up on {channel} after the Redis subscriber reconnected failed: {error}",
+                channel=logsafe.channel(key, get_settings().prefix),
+                error=failure.getErrorMessage(),
+            )
 
         def release(_) -> None:
-            self._dispatch(key, Burst(key, [message for message in self._held.pop(key, ())
-                                            if not self._replayed.delivered(message)]))
+            self._dispatch(
+                key,
+                Burst(key, [message for message in self._held.pop(key, ()) if not self._replayed.delivered(message)]),
+            )
 
         self.recover(channel, since).addCallbacks(replay, failed).addCallback(release)
 
@@ -586,8 +610,7 @@ class _Bus(Service):
             try:
                 listener(messages)
             except Exception:
-                log.failure("A listener of {channel!r} failed",
-                            channel=logsafe.channel(channel, get_settings().prefix))
+                log.failure("A listener of {channel!r} failed", channel=logsafe.channel(channel, get_settings().prefix))
 
     # -- commands --------------------------------------------------------------
 
@@ -611,8 +634,9 @@ class _Bus(Service):
         for channel in channels:
             if settings.history_size:
                 keys = history.publish_keys(channel, settings.prefix, self.sharded)
-                calls.append(self.script(history.PUBLISH_SCRIPT, keys, args)
-                             .addCallback(lambda reply: reply[1].decode("ascii")))
+                calls.append(
+                    self.script(history.PUBLISH_SCRIPT, keys, args).addCallback(lambda reply: reply[1].decode("ascii"))
+                )
             else:
                 command = "SPUBLISH" if self.sharded else "PUBLISH"
                 steps = [self._on_key(channel, "execute_command", command, channel, history.plain(message))]
@@ -656,8 +680,11 @@ class _Bus(Service):
         payload)] in order, or None when the history no longer reaches back to
         ``since`` (history.py)."""
         settings = get_settings()
-        d = self.script(history.RECOVER_SCRIPT, history.recover_keys(channel, settings.prefix, self.sharded),
-                        [since, settings.history_size])
+        d = self.script(
+            history.RECOVER_SCRIPT,
+            history.recover_keys(channel, settings.prefix, self.sharded),
+            [since, settings.history_size],
+        )
 
         def read(reply) -> list[tuple[str, bytes]] | None:
             if reply is None:
@@ -675,8 +702,9 @@ class _Bus(Service):
         settings = get_settings()
         if not settings.history_size:
             return self.fetch([channel]).addCallback(lambda values: (None, values[0]) if values[0] else None)
-        d = self.script(history.CURRENT_SCRIPT,
-                        [channel, history.history_key(channel, settings.prefix, self.sharded)], [])
+        d = self.script(
+            history.CURRENT_SCRIPT, [channel, history.history_key(channel, settings.prefix, self.sharded)], []
+        )
 
         def read(reply) -> tuple[str | None, bytes] | None:
             persisted, last = reply
@@ -720,9 +748,12 @@ class RedisBus(_Bus):
         start rather than at every recovery."""
         found = re.search(rb"redis_version:(\d+)\.(\d+)([0-9.]*)", info)
         if found and (int(found[1]), int(found[2])) < (6, 2):
-            log.error("WS4REDIS_HISTORY_SIZE needs Redis 6.2 or later; {address} runs {version}: recovering "
-                      "from the history fails there", address=str(self.address),
-                      version=b".".join(found.groups()[:2]).decode("ascii") + found[3].decode("ascii"))
+            log.error(
+                "WS4REDIS_HISTORY_SIZE needs Redis 6.2 or later; {address} runs {version}: recovering "
+                "from the history fails there",
+                address=str(self.address),
+                version=b".".join(found.groups()[:2]).decode("ascii") + found[3].decode("ascii"),
+            )
 
     def stopService(self) -> defer.Deferred:
         super().stopService()

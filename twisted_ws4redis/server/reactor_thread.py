@@ -6,6 +6,7 @@ services on it (see ``twisted_ws4redis.testing``).
 Its thread and the workers of its thread pool are daemons, so the program
 exits without stopping it (stopping it would mean it can never run again).
 """
+
 from __future__ import annotations
 
 import threading
@@ -37,8 +38,9 @@ def running_reactor(timeout: float = 10.0):
             started = threading.Event()
             reactor.callWhenRunning(started.set)
             reactor.getThreadPool().threadFactory = daemon_thread
-            _thread = threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False},
-                                       name="twisted-reactor", daemon=True)
+            _thread = threading.Thread(
+                target=reactor.run, kwargs={"installSignalHandlers": False}, name="twisted-reactor", daemon=True
+            )
             _thread.start()
             if not started.wait(timeout):
                 raise RuntimeError(f"the reactor did not start within {timeout} s")

@@ -3,6 +3,7 @@ protocol, everything else to Django's WSGI application (or 404 without one).
 Before either, the HTTP channel bounds how long and how large a request's
 head and body may be, and refuses what the two parsers behind it (Twisted's,
 then Autobahn's) would read differently."""
+
 from __future__ import annotations
 
 import re
@@ -37,8 +38,9 @@ class WebSocketDoor(WebSocketResource):
     def render(self, request: server.Request):
         # First, before any parsing or Django work: the cheapest refusals.
         if not self._factory.budget.may_open_websocket():
-            return _unavailable(request, "Too many websockets on this server (WS4REDIS_MAX_CONNECTIONS); "
-                                         "try again later.")
+            return _unavailable(
+                request, "Too many websockets on this server (WS4REDIS_MAX_CONNECTIONS); try again later."
+            )
         if not self._factory.bus.reachable:
             # A websocket could not subscribe: the client retries later rather
             # than holding a socket that would receive nothing.
@@ -201,7 +203,8 @@ class Channel(http.HTTPChannel):
         # Twisted's length: None for a chunked body, else Content-Length (0 without one).
         has_body = self.length != 0 or headers.hasHeader(b"transfer-encoding")
         if (has_body and self.site.resource.is_websocket(self._target)) or (
-                self.length is not None and self.length > self.site.max_body_size):
+            self.length is not None and self.length > self.site.max_body_size
+        ):
             self._refuse_body()
         else:
             super().allHeadersReceived()
@@ -228,8 +231,11 @@ class Channel(http.HTTPChannel):
         return not self._refused
 
     def _body_too_large(self) -> None:
-        self._give_up(413, "Content Too Large",
-                      f"The request body is over {self.site.max_body_size} bytes (WS4REDIS_MAX_BODY_SIZE).")
+        self._give_up(
+            413,
+            "Content Too Large",
+            f"The request body is over {self.site.max_body_size} bytes (WS4REDIS_MAX_BODY_SIZE).",
+        )
 
     def _body_deadline(self) -> None:
         """Due once ``body_timeout`` seconds have passed, plus one per ``body_min_rate`` bytes received."""
@@ -274,7 +280,9 @@ class Channel(http.HTTPChannel):
         body = f"{detail}\n".encode()
         self.transport.write(
             f"HTTP/1.1 {code} {phrase}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
-            f"Connection: close\r\n\r\n".encode() + body)
+            f"Connection: close\r\n\r\n".encode()
+            + body
+        )
         # HTTPChannel's, which unregisters the channel as the transport's producer
         # first: a TLS transport does not close while one is registered.
         self.loseConnection()  # LineReceiver parses no further line
@@ -315,8 +323,18 @@ class Site(server.Site):
     protocol = Channel
     requestFactory = Request
 
-    def __init__(self, resource: Root, *, head_timeout: float, max_head_size: int, max_body_size: int,
-                 body_timeout: float, body_min_rate: float, budget: ConnectionBudget, **kwargs):
+    def __init__(
+        self,
+        resource: Root,
+        *,
+        head_timeout: float,
+        max_head_size: int,
+        max_body_size: int,
+        body_timeout: float,
+        body_min_rate: float,
+        budget: ConnectionBudget,
+        **kwargs,
+    ):
         super().__init__(resource, logFormatter=access_log_line, **kwargs)
         self.head_timeout = head_timeout
         self.max_head_size = max_head_size

@@ -1,6 +1,7 @@
 """The server: endpoints, thread pool, Redis clients, and the one site that
 serves websockets and Django side by side. ``make_service`` is what both the
 twistd plugin and the management commands (``runserver``, ``runws4redis``) run."""
+
 from __future__ import annotations
 
 import os
@@ -126,18 +127,27 @@ class Ws4RedisService(MultiService):
         # stops (it closes every socket then, dropping what is still buffered).
         answering = [request.channel.transport for request in self.root.in_flight]
         if answering:
-            log.info("Waiting up to {grace} s for {count} HTTP request(s)", grace=self.grace,
-                     count=len(answering))
+            log.info("Waiting up to {grace} s for {count} HTTP request(s)", grace=self.grace, count=len(answering))
             finished = yield wait_until(self.reactor, lambda: not self.root.in_flight, self.grace)
             if not finished:
-                log.warn("Stopping with {count} HTTP request(s) unfinished after {grace} s",
-                         count=len(self.root.in_flight), grace=self.grace)
+                log.warn(
+                    "Stopping with {count} HTTP request(s) unfinished after {grace} s",
+                    count=len(self.root.in_flight),
+                    grace=self.grace,
+                )
         for child in reversed([s for s in children if s not in listeners]):
             yield defer.maybeDeferred(child.stopService)
         # Once the threads are done, every response is complete: let it reach the kernel.
-        yield wait_until(self.reactor, lambda: not any(
-            transport is not None and transport.connected and buffered_bytes(transport)
-            for transport in answering), 2.0)
+        yield wait_until(
+            self.reactor,
+            lambda: (
+                not any(
+                    transport is not None and transport.connected and buffered_bytes(transport)
+                    for transport in answering
+                )
+            ),
+            2.0,
+        )
         # twistd re-raises the signal that stopped the reactor once it is down,
         # so the exit status says "killed by SIGTERM". A completed graceful stop
         # is a success: exit 0, as process supervisors expect.
@@ -175,15 +185,20 @@ def with_static_files(application):
     root = getattr(django_settings, "STATIC_ROOT", None)
     if root:
         if not (os.path.isdir(root) and any(os.scandir(root))):
-            log.warn("--static: STATIC_ROOT {root} is empty or missing, so every static file is 404: "
-                     "run 'manage.py collectstatic' (or unset STATIC_ROOT to serve from the finders)",
-                     root=str(root))
+            log.warn(
+                "--static: STATIC_ROOT {root} is empty or missing, so every static file is 404: "
+                "run 'manage.py collectstatic' (or unset STATIC_ROOT to serve from the finders)",
+                root=str(root),
+            )
         static.add_files(str(root), prefix=url)
     else:
         from django.contrib.staticfiles import finders
 
-        roots = [(storage.location, url + (getattr(storage, "prefix", None) or ""))
-                 for finder in finders.get_finders() for storage in getattr(finder, "storages", {}).values()]
+        roots = [
+            (storage.location, url + (getattr(storage, "prefix", None) or ""))
+            for finder in finders.get_finders()
+            for storage in getattr(finder, "storages", {}).values()
+        ]
         # Django's finders let the first match win (STATICFILES_DIRS, then the
         # apps in INSTALLED_APPS order); WhiteNoise lets the last add_files() win.
         for location, prefix in reversed(roots):
@@ -233,9 +248,16 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
             application = with_static_files(application)
         wsgi = WSGIResource(reactor, pool, application)
     root = Root(settings.websocket_url, WebSocketDoor(factory), wsgi)
-    site = Site(root, reactor=reactor, head_timeout=settings.handshake_timeout, max_head_size=settings.max_header_size,
-                max_body_size=settings.max_body_size, body_timeout=settings.body_timeout,
-                body_min_rate=settings.body_min_rate, budget=factory.budget)
+    site = Site(
+        root,
+        reactor=reactor,
+        head_timeout=settings.handshake_timeout,
+        max_head_size=settings.max_header_size,
+        max_body_size=settings.max_body_size,
+        body_timeout=settings.body_timeout,
+        body_min_rate=settings.body_min_rate,
+        budget=factory.budget,
+    )
 
     top = Ws4RedisService(factory, root, reactor, config.grace)
     if embedded is not None:
@@ -251,8 +273,9 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
         pinger.clock = reactor
         pinger.setServiceParent(top)
     if config.inherited and len(config.inherited) != len(config.endpoints):
-        raise ImproperlyConfigured(f"{len(config.inherited)} inherited descriptor(s) for "
-                                   f"{len(config.endpoints)} endpoint(s)")
+        raise ImproperlyConfigured(
+            f"{len(config.inherited)} inherited descriptor(s) for {len(config.endpoints)} endpoint(s)"
+        )
     for index, description in enumerate(config.endpoints):
         try:
             endpoint = serverFromString(reactor, description)

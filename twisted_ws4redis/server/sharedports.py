@@ -9,6 +9,7 @@ serving, and it works for every endpoint kind (SO_REUSEPORT has none for
 UNIX sockets). A worker's restart never closes the socket, so none of them
 refuses a connection (the supervisor holds it open throughout).
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ once the one before has returned, so receivers see connected, the messages,
 then disconnected. ``listening()`` is asked on the reactor first: while
 nobody listens a socket costs no thread hop and no state.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -52,8 +53,9 @@ class SocketSignals:
 
         def failed(failure: Failure) -> None:
             # send_robust catches what receivers raise: this is Django's own hygiene failing.
-            log.failure("A websocket signal of {path} was not sent", failure,
-                        path=logsafe.uri(protocol.http_request_uri))
+            log.failure(
+                "A websocket signal of {path} was not sent", failure, path=logsafe.uri(protocol.http_request_uri)
+            )
 
         def run(_) -> defer.Deferred:
             return defer_to_django(factory.reactor, factory.pool, job).addErrback(failed).addBoth(done.callback)
@@ -90,8 +92,9 @@ def connected(protocol: WebSocketProtocol) -> None:
     if not listening(websocket_connected):
         return
     if protocol._wants_v2:
-        channels = [channel for flag, names in protocol._flags.items() if flag.startswith("subscribe-")
-                    for channel in names]
+        channels = [
+            channel for flag, names in protocol._flags.items() if flag.startswith("subscribe-") for channel in names
+        ]
     else:
         channels = list(protocol.subscriber.subscribed)
     _signals(protocol).send(websocket_connected, facility=protocol.facility, channels=channels)

@@ -14,6 +14,7 @@ number in the system field; it writes them to the supervisor's standard
 output itself when the supervisor logs there, or else sends them as JSON
 events that the supervisor passes to its own log observers.
 """
+
 from __future__ import annotations
 
 import os
@@ -103,7 +104,7 @@ class _Lines:
             end = data.find(b"\n")
             if end < 0:
                 return []
-            data, self._dropping = data[end + 1:], False
+            data, self._dropping = data[end + 1 :], False
         self._buffer += data
         *lines, rest = self._buffer.split(b"\n")
         if len(rest) > MAX_LINE:
@@ -123,8 +124,9 @@ class WorkerProcess(ProcessProtocol):
     supervisor's observers (``relay``), or written by the worker itself to
     the supervisor's standard output."""
 
-    def __init__(self, slot: int, started: float, on_ready: Callable[[WorkerProcess], None],
-                 observer=globalLogPublisher):
+    def __init__(
+        self, slot: int, started: float, on_ready: Callable[[WorkerProcess], None], observer=globalLogPublisher
+    ):
         self.slot = slot
         self.started = started
         self.pid: int | None = None
@@ -154,8 +156,7 @@ class WorkerProcess(ProcessProtocol):
         for line in self._out.feed(data):
             self._relay(line)
         if self._out.dropped > dropped:
-            log.warn("worker {slot}: a log line of more than {most} bytes was dropped", slot=self.slot,
-                     most=MAX_LINE)
+            log.warn("worker {slot}: a log line of more than {most} bytes was dropped", slot=self.slot, most=MAX_LINE)
 
     def errReceived(self, data: bytes) -> None:
         for line in self._err.feed(data):
@@ -222,8 +223,14 @@ class Supervisor(MultiService):
     #: As Ws4RedisService's: in the foreground a port that cannot be bound ends the process with one line.
     exit_on_listen_error = False
 
-    def __init__(self, config: ServerConfig, reactor, embedded: EmbeddedRedis | None = None,
-                 executable: str = sys.executable, share_output: bool = False):
+    def __init__(
+        self,
+        config: ServerConfig,
+        reactor,
+        embedded: EmbeddedRedis | None = None,
+        executable: str = sys.executable,
+        share_output: bool = False,
+    ):
         """``share_output``: this process logs to its standard output, which
         the workers then write their lines to themselves (text, as this
         process does); otherwise they send JSON events that it relays (its
@@ -280,10 +287,18 @@ class Supervisor(MultiService):
         if self.embedded is not None:
             config = ServerConfig(**{**vars(config), "redis": f"unix://{self.embedded.socket_path}"})
         descriptors = ",".join(str(FIRST_LISTEN_FD + index) for index in range(len(self.ports)))
-        return [self.executable, "-m", "twisted_ws4redis.server.worker", f"--slot={slot}",
-                f"--slots={self.count}", f"--listen-fds={descriptors}", f"--load-fd={LOAD_FD}",
-                f"--ready-fd={READY_FD}", f"--log={'text' if self.share_output else 'json'}",
-                *worker_arguments(config)]
+        return [
+            self.executable,
+            "-m",
+            "twisted_ws4redis.server.worker",
+            f"--slot={slot}",
+            f"--slots={self.count}",
+            f"--listen-fds={descriptors}",
+            f"--load-fd={LOAD_FD}",
+            f"--ready-fd={READY_FD}",
+            f"--log={'text' if self.share_output else 'json'}",
+            *worker_arguments(config),
+        ]
 
     def _spawn(self, slot: int) -> WorkerProcess:
         worker = WorkerProcess(slot, self.reactor.seconds(), self._became_ready)
@@ -292,10 +307,12 @@ class Supervisor(MultiService):
         child_fds.update({FIRST_LISTEN_FD + index: port.fileno() for index, port in enumerate(self.ports)})
         env = dict(os.environ)
         # What this process imports from (manage.py's directory, --pythonpath), the workers too.
-        env["PYTHONPATH"] = os.pathsep.join([path for path in sys.path if path] + [env.get("PYTHONPATH", "")]
-                                            ).rstrip(os.pathsep)
-        self.reactor.spawnProcess(worker, self.executable, self._arguments(slot), env=env,
-                                  path=os.getcwd(), childFDs=child_fds)
+        env["PYTHONPATH"] = os.pathsep.join([path for path in sys.path if path] + [env.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        )
+        self.reactor.spawnProcess(
+            worker, self.executable, self._arguments(slot), env=env, path=os.getcwd(), childFDs=child_fds
+        )
         self.processes.add(worker)
         worker.ended.addCallback(self._ended)
         log.info("Worker {slot} started (pid {pid})", slot=slot, pid=worker.pid)
@@ -330,14 +347,19 @@ class Supervisor(MultiService):
 
         def settled(_) -> bool:
             if not worker.ready and worker.exit is None and not self._stopping:
-                log.error("Worker {slot} (pid {pid}) is not ready after {timeout} s", slot=worker.slot,
-                          pid=worker.pid, timeout=READY_TIMEOUT)
+                log.error(
+                    "Worker {slot} (pid {pid}) is not ready after {timeout} s",
+                    slot=worker.slot,
+                    pid=worker.pid,
+                    timeout=READY_TIMEOUT,
+                )
                 if self.workers.get(worker.slot) is worker:
                     self._stop_worker(worker)
             return worker.ready
 
-        return wait_until(self.reactor, lambda: worker.ready or worker.exit is not None,
-                          READY_TIMEOUT).addCallback(settled)
+        return wait_until(self.reactor, lambda: worker.ready or worker.exit is not None, READY_TIMEOUT).addCallback(
+            settled
+        )
 
     @defer.inlineCallbacks
     def _stop_worker(self, worker: WorkerProcess):
@@ -362,13 +384,19 @@ class Supervisor(MultiService):
         if self._stopping:
             return
         if not self._ever_ready:
-            log.critical("Worker {slot} {exit} before any worker was ready: stopping (see its lines above)",
-                         slot=worker.slot, exit=worker.exit)
+            log.critical(
+                "Worker {slot} {exit} before any worker was ready: stopping (see its lines above)",
+                slot=worker.slot,
+                exit=worker.exit,
+            )
             self._exit_failing()
             self.reactor.stop()
             return
-        self._restart_later(worker.slot, f"(pid {worker.pid}) {worker.exit}",
-                            quick=self.reactor.seconds() - worker.started < STEADY_AFTER)
+        self._restart_later(
+            worker.slot,
+            f"(pid {worker.pid}) {worker.exit}",
+            quick=self.reactor.seconds() - worker.started < STEADY_AFTER,
+        )
 
     def _exit_failing(self) -> None:
         """End the process with status 1 once the reactor has stopped."""
@@ -405,8 +433,11 @@ class Supervisor(MultiService):
                 if not ready or self._stopping:
                     new.signal("TERM")
                     if not self._stopping:
-                        log.error("The new worker {slot} {exit}: the restart stops here, the workers not "
-                                  "replaced yet go on", slot=slot, exit=new.exit or "was not ready in time")
+                        log.error(
+                            "The new worker {slot} {exit}: the restart stops here, the workers not replaced yet go on",
+                            slot=slot,
+                            exit=new.exit or "was not ready in time",
+                        )
                     return
                 pending = self._restarts.pop(slot, None)
                 if pending is not None:

@@ -1,6 +1,7 @@
 """``twistd ws4redis``: command-line options and ``makeService``.
 
 The same option table drives ``manage.py runws4redis``."""
+
 from __future__ import annotations
 
 import os
@@ -25,16 +26,24 @@ OPTIONS: list[tuple[str, Any, str]] = [
     ("wsgi", None, "Dotted path of the WSGI application; default: settings.WSGI_APPLICATION."),
     ("threads", ServerConfig.threads, "Most threads running Django code (WSGI requests and websocket handshakes)."),
     ("grace", ServerConfig.grace, "Seconds a stop (SIGTERM) waits for HTTP requests being answered."),
-    ("redis", None, "Redis to use instead of WS4REDIS_CONNECTION: redis://host:port/db, "
-                    "rediss://…, unix:///path?db=N, redis+sentinel://host:port[,…]/service[/db], "
-                    "redis+cluster://host:port[,host:port…] (a Redis Cluster's startup nodes; "
-                    "rediss+cluster:// for TLS), or 'embedded' for a private redis-server "
-                    "on a unix socket of this process only (a publisher in another process, "
-                    "e.g. manage.py shell or a task worker, cannot reach it)."),
-    ("workers", None, "Worker processes sharing the endpoints: a number, or 'auto' (one per CPU). Each has "
-                      "its own threads and Redis connections; this process supervises them (restarts one "
-                      "that dies, SIGTERM stops all gracefully, SIGHUP restarts them one at a time). "
-                      "Default: no workers, this process serves."),
+    (
+        "redis",
+        None,
+        "Redis to use instead of WS4REDIS_CONNECTION: redis://host:port/db, "
+        "rediss://…, unix:///path?db=N, redis+sentinel://host:port[,…]/service[/db], "
+        "redis+cluster://host:port[,host:port…] (a Redis Cluster's startup nodes; "
+        "rediss+cluster:// for TLS), or 'embedded' for a private redis-server "
+        "on a unix socket of this process only (a publisher in another process, "
+        "e.g. manage.py shell or a task worker, cannot reach it).",
+    ),
+    (
+        "workers",
+        None,
+        "Worker processes sharing the endpoints: a number, or 'auto' (one per CPU). Each has "
+        "its own threads and Redis connections; this process supervises them (restarts one "
+        "that dies, SIGTERM stops all gracefully, SIGHUP restarts them one at a time). "
+        "Default: no workers, this process serves.",
+    ),
 ]
 ENDPOINT_HELP = "Twisted endpoint to listen on (repeatable), e.g. tcp:8000, ssl:8443:privateKey=key.pem, unix:/run/ws.sock; default tcp:8000."
 FLAGS: list[tuple[str, str]] = [
@@ -93,8 +102,10 @@ def run_settings_checks() -> None:
     from ..checks import check_settings
 
     problems = [problem for problem in check_settings() if not problem.is_silenced()]
-    lines = [f"({problem.id}) {problem.msg}{f' HINT: {problem.hint}' if problem.hint else ''}"
-             for problem in sorted(problems, key=lambda problem: not problem.is_serious())]
+    lines = [
+        f"({problem.id}) {problem.msg}{f' HINT: {problem.hint}' if problem.hint else ''}"
+        for problem in sorted(problems, key=lambda problem: not problem.is_serious())
+    ]
     if any(problem.is_serious() for problem in problems):
         raise ImproperlyConfigured("\n".join(lines))
     for line in lines:
@@ -123,9 +134,11 @@ def reported(make: Callable[[], T]) -> T:
     except (ImproperlyConfigured, ValueError, ImportError, RuntimeError) as exc:
         settings_module = os.environ["DJANGO_SETTINGS_MODULE"]
         if isinstance(exc, ImportError) and exc.name and f"{settings_module}.".startswith(f"{exc.name}."):
-            raise SystemExit(f"twistd ws4redis: {exc} (run twistd from the directory that holds "
-                             f"manage.py and the {settings_module.split('.')[0]!r} package, "
-                             f"or add that directory to PYTHONPATH)") from None
+            raise SystemExit(
+                f"twistd ws4redis: {exc} (run twistd from the directory that holds "
+                f"manage.py and the {settings_module.split('.')[0]!r} package, "
+                f"or add that directory to PYTHONPATH)"
+            ) from None
         raise SystemExit(f"twistd ws4redis: {exc}") from None
 
 
@@ -158,8 +171,7 @@ def makeService(options: Options):
     setup_django(options["settings"])
 
     twistd = options.parent or {}
-    logs_to_stdout = bool(twistd.get("nodaemon") and twistd.get("logfile") in (None, "-")
-                          and not twistd.get("syslog"))
+    logs_to_stdout = bool(twistd.get("nodaemon") and twistd.get("logfile") in (None, "-") and not twistd.get("syslog"))
 
     def checked():
         run_settings_checks()

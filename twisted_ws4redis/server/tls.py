@@ -13,6 +13,7 @@ a handshake that flushes what was written: a peer that sends neither held
 the connection (its descriptor, its place under the connection caps) for
 ever, whatever the server's deadlines decided.
 """
+
 from __future__ import annotations
 
 from django.core.exceptions import ImproperlyConfigured
@@ -38,7 +39,8 @@ def acceptable_ciphers(cipher_string: str) -> AcceptableCiphers:
     if not any(not name.startswith("TLS_") for name in known):
         raise ImproperlyConfigured(
             f"WS4REDIS_TLS_CIPHERS {cipher_string!r} names no TLS 1.2 cipher this OpenSSL "
-            f"({SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()}) knows")
+            f"({SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()}) knows"
+        )
     return AcceptableCiphers.fromOpenSSLCipherString(cipher_string)
 
 
@@ -71,8 +73,13 @@ class ServerTLSEndpoint(SSL4ServerEndpoint):
         return factory
 
     def listen(self, protocolFactory) -> defer.Deferred:
-        return defer.execute(self._reactor.listenTCP, self._port, self.wrap(protocolFactory),
-                             backlog=self._backlog, interface=self._interface)
+        return defer.execute(
+            self._reactor.listenTCP,
+            self._port,
+            self.wrap(protocolFactory),
+            backlog=self._backlog,
+            interface=self._interface,
+        )
 
 
 def harden(endpoint: IStreamServerEndpoint, cipher_string: str) -> IStreamServerEndpoint:
@@ -89,7 +96,11 @@ def harden(endpoint: IStreamServerEndpoint, cipher_string: str) -> IStreamServer
     else:  # sslmethod= chose a fixed protocol version: the operator's choice
         version = {"method": parsed.method}
     options = CertificateOptions(
-        privateKey=parsed.privateKey, certificate=parsed.certificate,
-        extraCertChain=parsed.extraCertChain or None, dhParameters=parsed.dhParameters,
-        acceptableCiphers=acceptable_ciphers(cipher_string), **version)
+        privateKey=parsed.privateKey,
+        certificate=parsed.certificate,
+        extraCertChain=parsed.extraCertChain or None,
+        dhParameters=parsed.dhParameters,
+        acceptableCiphers=acceptable_ciphers(cipher_string),
+        **version,
+    )
     return ServerTLSEndpoint(endpoint._reactor, endpoint._port, options, endpoint._backlog, endpoint._interface)

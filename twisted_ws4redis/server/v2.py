@@ -10,6 +10,7 @@ then reads what came before from Redis (the history after ``since``, or the
 persisted message), sends that, and then the backlog minus what the history
 already held (by id): no gap, no duplicate.
 """
+
 from __future__ import annotations
 
 import base64
@@ -112,8 +113,7 @@ class Subscription:
 
     def go_live(self) -> None:
         backlog, self.backlog = self.backlog or [], None
-        self.session.deliver(self, Burst(b"", [message for message in backlog
-                                               if not self.replayed.delivered(message)]))
+        self.session.deliver(self, Burst(b"", [message for message in backlog if not self.replayed.delivered(message)]))
 
 
 class PresenceWatch:
@@ -275,8 +275,17 @@ class V2Session:
         """The channels of ``pair`` for ``kind`` ('subscribe', 'publish'), as
         Django decides on the thread pool (``presence``: its events too)."""
         protocol = self.protocol
-        d = defer_to_django(self.factory.reactor, self.factory.pool, authorize_op, protocol.django_request,
-                            pair[0], f"{kind}-{pair[1]}", self.settings, self.factory.bus, presence)
+        d = defer_to_django(
+            self.factory.reactor,
+            self.factory.pool,
+            authorize_op,
+            protocol.django_request,
+            pair[0],
+            f"{kind}-{pair[1]}",
+            self.settings,
+            self.factory.bus,
+            presence,
+        )
 
         def refused(failure: Failure):
             failure.trap(PermissionDenied)
@@ -296,8 +305,9 @@ class V2Session:
             elif failure.check(*REDIS_FAILURES):
                 self._error(ref, 503, "Redis did not answer")
             else:
-                log.failure("A ws4redis.v2 op of {path} failed", failure,
-                            path=logsafe.uri(self.protocol.http_request_uri))
+                log.failure(
+                    "A ws4redis.v2 op of {path} failed", failure, path=logsafe.uri(self.protocol.http_request_uri)
+                )
                 self._error(ref, 500, "Internal Server Error")
 
         def done(_) -> None:
@@ -326,7 +336,8 @@ class V2Session:
         if pair not in self.subscriptions and len(self.subscriptions) >= limit:
             raise Refused(429, f"At most {limit} subscriptions per websocket (WS4REDIS_MAX_SUBSCRIPTIONS)")
         return self._authorized(pair, "subscribe", wants_presence).addCallback(
-            self._start, pair, since, ref, wants_presence)
+            self._start, pair, since, ref, wants_presence
+        )
 
     @defer.inlineCallbacks
     def _start(self, channels: list[str], pair: Pair, since: str | None, ref: Any, wants_presence: bool):
@@ -355,16 +366,20 @@ class V2Session:
             recovered = None
             found = [None] * len(channels)
             if since is not None and self.settings.history_size:
-                found = yield defer.gatherResults([bus.recover(channel, since) for channel in channels],
-                                                  consumeErrors=True).addTimeout(REDIS_WAIT, reactor)
+                found = yield defer.gatherResults(
+                    [bus.recover(channel, since) for channel in channels], consumeErrors=True
+                ).addTimeout(REDIS_WAIT, reactor)
                 recovered = all(entries is not None for entries in found)
             elif since is not None:
                 recovered = False
             # A channel whose history does not reach back: its persisted message.
             current = yield defer.gatherResults(
-                [bus.current(channel) if entries is None else defer.succeed(None)
-                 for channel, entries in zip(channels, found)],
-                consumeErrors=True).addTimeout(REDIS_WAIT, reactor)
+                [
+                    bus.current(channel) if entries is None else defer.succeed(None)
+                    for channel, entries in zip(channels, found)
+                ],
+                consumeErrors=True,
+            ).addTimeout(REDIS_WAIT, reactor)
         except Exception:
             if self.subscriptions.get(pair) is subscription:
                 del self.subscriptions[pair]
@@ -395,8 +410,16 @@ class V2Session:
         for parsed, key, _ in replay:
             if parsed is not None:
                 subscription.replayed.note(key, parsed)
-        self.deliver(subscription, Burst(b"", [PubSubMessage(key, payload, live=False, message_id=message_id)
-                                               for _, key, (message_id, payload) in replay]))
+        self.deliver(
+            subscription,
+            Burst(
+                b"",
+                [
+                    PubSubMessage(key, payload, live=False, message_id=message_id)
+                    for _, key, (message_id, payload) in replay
+                ],
+            ),
+        )
         subscription.go_live()
 
     def _unsubscribe(self, op: dict, ref: Any) -> None:
@@ -442,7 +465,8 @@ class V2Session:
 
         message = payload if "data_b64" in op else op["data"]
         signalling.message(self.protocol, facility, message, deliver).addCallback(
-            lambda _: self._reply({"op": "sent", "ref": ref}))
+            lambda _: self._reply({"op": "sent", "ref": ref})
+        )
 
     def _data(self, op: dict) -> bytes:
         if "data_b64" in op:
@@ -476,12 +500,16 @@ class V2Session:
         d = self.factory.bus.publish(channels, payload, self.settings.expire)
 
         def failed(failure: Failure) -> None:
-            log.warn("Websocket {path}: publishing failed: {error}",
-                     path=logsafe.uri(self.protocol.http_request_uri), error=failure.getErrorMessage())
+            log.warn(
+                "Websocket {path}: publishing failed: {error}",
+                path=logsafe.uri(self.protocol.http_request_uri),
+                error=failure.getErrorMessage(),
+            )
             raise Refused(503, "Redis did not answer")
 
         return d.addCallbacks(
-            lambda ids: self._reply({"op": "published", "ref": ref, "id": ids[0] if ids else None}), failed)
+            lambda ids: self._reply({"op": "published", "ref": ref, "id": ids[0] if ids else None}), failed
+        )
 
     # -- end -------------------------------------------------------------------
 
@@ -528,7 +556,8 @@ class V2Session:
         watch = self._watches.get(facility)
         if watch is None:
             watch = self._watches[facility] = PresenceWatch(
-                self, presence.events_channel(facility, self.settings.prefix))
+                self, presence.events_channel(facility, self.settings.prefix)
+            )
             listening = self.factory.bus.listen(watch.channel, watch)
         else:
             listening = defer.succeed(None)

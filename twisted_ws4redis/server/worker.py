@@ -4,6 +4,7 @@ is ready on ``--ready-fd``, and logs either text lines straight to the
 supervisor's standard output or JSON events, which the supervisor relays.
 
 Run by the supervisor only: ``python -m twisted_ws4redis.server.worker``."""
+
 from __future__ import annotations
 
 import copy
@@ -100,8 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     def share_load() -> None:
         if options["load-fd"] is None:
             return
-        ports = [child.endpoint.port for child in service if isinstance(getattr(child, "endpoint", None),
-                                                                        AdoptedEndpoint)]
+        ports = [
+            child.endpoint.port for child in service if isinstance(getattr(child, "endpoint", None), AdoptedEndpoint)
+        ]
         shared = SharedLoad(int(options["load-fd"]), int(options["slots"]))
         balancer = AcceptBalancer(service.factory.budget, shared, slot, ports, reactor)
         reactor.addSystemEventTrigger("before", "shutdown", balancer.stop)
@@ -121,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     reactor.addSystemEventTrigger("before", "shutdown", stopping)
     reactor.callWhenRunning(share_load)
     reactor.callWhenRunning(
-        lambda: wait_until(reactor, lambda: service.factory.bus.settled, REDIS_WAIT).addCallback(ready))
+        lambda: wait_until(reactor, lambda: service.factory.bus.settled, REDIS_WAIT).addCallback(ready)
+    )
     observer = text_observer(sys.stdout, slot) if options["log"] == "text" else json_observer(sys.stdout)
     run_in_foreground(service, reactor, observer=observer)
 

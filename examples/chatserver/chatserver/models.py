@@ -1,5 +1,6 @@
 """The user chat's messages: stored, so a page shows the recent ones, and
 published to the addressee once the save commits (a PublishableModel)."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -27,12 +28,19 @@ class UserMessage(PublishableModel):
 
     def get_ws4redis_data(self) -> dict:
         """What a page shows, live or from the history."""
-        return {"from": self.sender.get_username(), "to": self.recipient.get_username(), "text": self.text,
-                "sent": self.sent}
+        return {
+            "from": self.sender.get_username(),
+            "to": self.recipient.get_username(),
+            "text": self.text,
+            "sent": self.sent,
+        }
 
     @classmethod
     def history(cls, user, limit: int = 50) -> list[dict]:
         """The last ``limit`` messages ``user`` sent or received, oldest first."""
-        recent = (cls.objects.filter(Q(sender=user) | Q(recipient=user)).select_related("sender", "recipient")
-                  .order_by("-sent", "-pk")[:limit])
+        recent = (
+            cls.objects.filter(Q(sender=user) | Q(recipient=user))
+            .select_related("sender", "recipient")
+            .order_by("-sent", "-pk")[:limit]
+        )
         return [message.get_ws4redis_data() for message in reversed(recent)]

@@ -1,4 +1,5 @@
 """Settings of the example project (a development set-up: DEBUG on, SQLite)."""
+
 import os
 from pathlib import Path
 

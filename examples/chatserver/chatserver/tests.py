@@ -1,5 +1,6 @@
 """The example's own tests, with twisted_ws4redis.testing: the real server on a
 free port with a private Redis. Run them with ``python manage.py test``."""
+
 import io
 import json
 import subprocess
@@ -35,9 +36,15 @@ class ChatTests(Ws4RedisLiveServerTestCase):
         self.assertEqual(response.json(), {"ok": True, "id": stored.pk})
         self.assertEqual((stored.sender, stored.recipient, stored.text), (john, mary, "Hello Mary"))
         received = json.loads(marys_socket.receive())
-        self.assertEqual(received, {"model": "chatserver.usermessage", "pk": stored.pk, "event": "created",
-                                    "data": {"from": "john", "to": "mary", "text": "Hello Mary",
-                                             "sent": received["data"]["sent"]}})
+        self.assertEqual(
+            received,
+            {
+                "model": "chatserver.usermessage",
+                "pk": stored.pk,
+                "event": "created",
+                "data": {"from": "john", "to": "mary", "text": "Hello Mary", "sent": received["data"]["sent"]},
+            },
+        )
         with self.assertRaisesMessage(AssertionError, "no message"):
             johns_socket.receive(timeout=0.3)
 
@@ -52,8 +59,9 @@ class ChatTests(Ws4RedisLiveServerTestCase):
         self.client.force_login(mary)
         history = self.client.get("/userchat/").context["history"]
 
-        self.assertEqual([(m["from"], m["to"], m["text"]) for m in history],
-                         [("john", "mary", "first"), ("mary", "john", "second")])
+        self.assertEqual(
+            [(m["from"], m["to"], m["text"]) for m in history], [("john", "mary", "first"), ("mary", "john", "second")]
+        )
 
     def test_the_token_client_gets_the_users_messages_without_a_cookie(self):
         """token_client.py as its docstring runs it: a token from ``manage.py ws_token``, piped in.
@@ -62,9 +70,20 @@ class ChatTests(Ws4RedisLiveServerTestCase):
         sender = User.objects.create_user("operator")
         token = io.StringIO()
         call_command("ws_token", "robot", stdout=token)
-        client = subprocess.Popen([sys.executable, str(TOKEN_CLIENT), "--count", "1",
-                                   "--url", self.live_server.ws_url("userchat", "subscribe-user")],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        client = subprocess.Popen(
+            [
+                sys.executable,
+                str(TOKEN_CLIENT),
+                "--count",
+                "1",
+                "--url",
+                self.live_server.ws_url("userchat", "subscribe-user"),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             client.stdin.write(token.getvalue())
             client.stdin.close()
@@ -78,8 +97,9 @@ class ChatTests(Ws4RedisLiveServerTestCase):
                 time.sleep(0.2)
             self.assertEqual(client.returncode, 0, client.stderr.read())
             received = json.loads(client.stdout.read())
-            self.assertEqual((received["event"], received["data"]["from"], received["data"]["text"]),
-                             ("created", "operator", "Hi"))
+            self.assertEqual(
+                (received["event"], received["data"]["from"], received["data"]["text"]), ("created", "operator", "Hi")
+            )
         finally:
             client.kill()
             client.wait()
@@ -101,6 +121,7 @@ class ChatTests(Ws4RedisLiveServerTestCase):
         """The chat page's ws4redis.v2 socket (no facility in its URL): each op
         is authorized by websocket_access as the URL's flags would be."""
         with connect(self.live_server.ws_url(""), subprotocols=["ws4redis.v2"], open_timeout=5) as socket:
+
             def reply():
                 frame = socket.recv(timeout=5)
                 while frame == "--heartbeat--":
@@ -109,15 +130,18 @@ class ChatTests(Ws4RedisLiveServerTestCase):
 
             socket.send(json.dumps({"op": "subscribe", "facility": "chat", "audience": "broadcast", "ref": 1}))
             self.assertEqual(reply(), {"op": "subscribed", "facility": "chat", "audience": "broadcast", "ref": 1})
-            socket.send(json.dumps({"op": "publish", "facility": "chat", "audience": "broadcast", "data": "Hi",
-                                    "ref": 2}))
+            socket.send(
+                json.dumps({"op": "publish", "facility": "chat", "audience": "broadcast", "data": "Hi", "ref": 2})
+            )
             # The answer and the socket's own copy of the message, in either order.
             answers = {answer["op"]: answer for answer in (reply(), reply())}
             self.assertEqual(answers["message"]["data"], "Hi")
             self.assertEqual(answers["published"], {"op": "published", "ref": 2, "id": answers["message"]["id"]})
-            for op, facility, audience in (("subscribe", "elsewhere", "broadcast"), ("publish", "userchat", "user"),
-                                           ("subscribe", "chat", "session")):
-                socket.send(json.dumps({"op": op, "facility": facility, "audience": audience, "data": "x",
-                                        "ref": 3}))
+            for op, facility, audience in (
+                ("subscribe", "elsewhere", "broadcast"),
+                ("publish", "userchat", "user"),
+                ("subscribe", "chat", "session"),
+            ):
+                socket.send(json.dumps({"op": op, "facility": facility, "audience": audience, "data": "x", "ref": 3}))
                 refused = reply()
                 self.assertEqual((refused["op"], refused["code"], refused["ref"]), ("error", 403, 3), refused)

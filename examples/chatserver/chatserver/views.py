@@ -10,6 +10,7 @@ publishes it once saved), so its page shows the recent ones from the database. T
 holds because their websockets may not publish at all (websocket_access.py,
 the site's WS4REDIS_ALLOWED_CHANNELS): a client is not bound to our pages' URLs.
 """
+
 import json
 
 from django.contrib.auth.decorators import login_required
@@ -37,10 +38,10 @@ def chat(request):
 
 
 def _publish(request, form, facility: str, **audience) -> JsonResponse:
-    message = json.dumps({"from": request.user.get_username(), "to": form.addressee,
-                          "text": form.cleaned_data["message"]})
-    received = RedisPublisher(facility=facility, request=request, **audience).publish_message(
-        RedisMessage(message))
+    message = json.dumps(
+        {"from": request.user.get_username(), "to": form.addressee, "text": form.cleaned_data["message"]}
+    )
+    received = RedisPublisher(facility=facility, request=request, **audience).publish_message(RedisMessage(message))
     return JsonResponse({"ok": True, "received": received})
 
 
@@ -55,8 +56,9 @@ def userchat(request):
     if request.method == "POST":
         if not form.is_valid():
             return _invalid(form)
-        message = UserMessage.objects.create(sender=request.user, recipient=form.cleaned_data["user"],
-                                             text=form.cleaned_data["message"])
+        message = UserMessage.objects.create(
+            sender=request.user, recipient=form.cleaned_data["user"], text=form.cleaned_data["message"]
+        )
         return JsonResponse({"ok": True, "id": message.pk})
     return render(request, "chatserver/userchat.html", {"form": form, "history": UserMessage.history(request.user)})
 

@@ -11,6 +11,7 @@ The broadcast chat speaks ws4redis.v2: its socket's URL names no facility
 with ``request.facility`` set to the op's facility and its one flag
 (``["subscribe-broadcast"]``): the same table decides both wires.
 """
+
 from django.core.exceptions import PermissionDenied
 
 #: facility -> the flags its page asks for (see the templates' ws_uri blocks)

@@ -1,4 +1,5 @@
 """Hooks the tests plug in through WS4REDIS_ALLOWED_CHANNELS / _PROCESS_REQUEST."""
+
 import time
 
 from django.contrib.auth import get_user_model

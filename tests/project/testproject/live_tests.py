@@ -1,6 +1,7 @@
 """Tests of a project written with Ws4RedisLiveServerTestCase, as a user
 writes them; tests/test_testing.py runs them with Django's test runner (an
 in-memory SQLite test database, created and destroyed by the runner)."""
+
 import json
 import urllib.parse
 import urllib.request

@@ -8,6 +8,7 @@ sockets caused from another process. What a client sends steers the message
 receivers: ``slow:S`` sleeps S seconds, ``raise:…`` raises, ``reply:X`` answers
 ``re:X`` (bytes for a binary message).
 """
+
 import base64
 import json
 import threading
@@ -26,9 +27,19 @@ def _record(signal: str, request, facility: str, **fields) -> None:
     if _client is None:
         _client = redis_address().redis_py_client()
     tag = request.GET.get("tag") or facility
-    _client.rpush(f"signals:{tag}", json.dumps({
-        "signal": signal, "facility": facility, "thread": threading.current_thread().name,
-        "user": getattr(request.user, "username", None), "returned": time.time(), **fields}))
+    _client.rpush(
+        f"signals:{tag}",
+        json.dumps(
+            {
+                "signal": signal,
+                "facility": facility,
+                "thread": threading.current_thread().name,
+                "user": getattr(request.user, "username", None),
+                "returned": time.time(),
+                **fields,
+            }
+        ),
+    )
 
 
 def _text(message) -> str:
@@ -57,8 +68,7 @@ def recording(sender, request, facility, message, reply, **kwargs):
         reply("re:" + message.removeprefix("reply:"))
     elif isinstance(message, bytes) and message.startswith(b"reply:"):
         reply(b"re:" + message.removeprefix(b"reply:"))
-    _record("message", request, facility, message=_text(message), binary=isinstance(message, bytes),
-            started=started)
+    _record("message", request, facility, message=_text(message), binary=isinstance(message, bytes), started=started)
 
 
 class Recording(AppConfig):

@@ -2,6 +2,7 @@
 
 ``WS4REDIS_TEST_OVERRIDES`` (JSON) replaces any setting, so one project serves
 every configuration under test."""
+
 import json
 import os
 
@@ -22,8 +23,9 @@ MIDDLEWARE = [
 ]
 ROOT_URLCONF = "testproject.urls"
 WSGI_APPLICATION = "testproject.wsgi.application"
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3",
-                         "NAME": os.environ.get("TEST_DB", "/tmp/ws4redis-test.sqlite3")}}
+DATABASES = {
+    "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ.get("TEST_DB", "/tmp/ws4redis-test.sqlite3")}
+}
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"

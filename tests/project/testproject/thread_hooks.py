@@ -1,5 +1,6 @@
 """Hooks that refuse to run on the reactor (main) thread: a handshake through
 them succeeds only if Django's work really is on the thread pool."""
+
 import threading
 
 from django.core.exceptions import PermissionDenied

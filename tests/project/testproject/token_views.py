@@ -1,5 +1,6 @@
 """Views that make tokens and change users in the server's own database, for
 tests/test_token_auth.py (a token is bound to a user's row there)."""
+
 import json
 from datetime import timedelta
 

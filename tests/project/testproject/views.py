@@ -1,4 +1,5 @@
 """Views the tests call over HTTP, served by the same twistd process."""
+
 import hashlib
 import json
 import time
@@ -48,9 +49,13 @@ def _publisher(request) -> tuple[RedisPublisher, dict]:
     sessions, expire} asks for, and that body."""
     spec = json.loads(request.body)
     publisher = RedisPublisher(
-        facility=spec["facility"], broadcast=spec.get("broadcast", False),
-        users=_audience(spec.get("users", [])), groups=_audience(spec.get("groups", [])),
-        sessions=_audience(spec.get("sessions", [])), request=request)
+        facility=spec["facility"],
+        broadcast=spec.get("broadcast", False),
+        users=_audience(spec.get("users", [])),
+        groups=_audience(spec.get("groups", [])),
+        sessions=_audience(spec.get("sessions", [])),
+        request=request,
+    )
     return publisher, spec
 
 
@@ -80,14 +85,16 @@ def _fetched(message: bytes | None) -> JsonResponse:
 
 def fetch(request):
     """GET ?facility=&audience=: the persisted message fetch_message finds."""
-    return _fetched(RedisPublisher().fetch_message(
-        request, request.GET["facility"], request.GET.get("audience", "any")))
+    return _fetched(
+        RedisPublisher().fetch_message(request, request.GET["facility"], request.GET.get("audience", "any"))
+    )
 
 
 async def afetch(request):
     """``fetch`` as an async view, with afetch_message."""
-    return _fetched(await RedisPublisher().afetch_message(
-        request, request.GET["facility"], request.GET.get("audience", "any")))
+    return _fetched(
+        await RedisPublisher().afetch_message(request, request.GET["facility"], request.GET.get("audience", "any"))
+    )
 
 
 def slow(request):

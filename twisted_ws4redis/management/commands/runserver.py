@@ -1,5 +1,6 @@
 """``manage.py runserver``: Django's development server (staticfiles' when that
 app is installed) serving websockets too, on the same port."""
+
 from django.apps import apps
 
 from twisted_ws4redis.checks import STATICFILES

@@ -1,5 +1,6 @@
 """``manage.py runws4redis``: the twistd ws4redis server with its options, in
 the foreground and without autoreload (``runserver`` is the development server)."""
+
 from django.core.management.base import BaseCommand, CommandError
 
 from twisted_ws4redis.server import tap
@@ -12,8 +13,9 @@ class Command(BaseCommand):
         parser.add_argument("--endpoint", action="append", help=tap.ENDPOINT_HELP)
         for name, default, text in tap.OPTIONS:
             if name != "settings":  # manage.py has its own --settings
-                parser.add_argument(f"--{name}", default=default, help=text,
-                                    type=type(default) if default is not None else str)
+                parser.add_argument(
+                    f"--{name}", default=default, help=text, type=type(default) if default is not None else str
+                )
         for name, text in tap.FLAGS:
             parser.add_argument(f"--{name}", action="store_true", help=text)
 

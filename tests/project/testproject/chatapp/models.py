@@ -1,4 +1,5 @@
 """One model per way of declaring a publication."""
+
 import uuid
 
 from django.conf import settings
