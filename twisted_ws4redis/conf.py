@@ -75,6 +75,8 @@ class Settings:
     message_signal: bool
     token_max_age: int
     cluster_plain_publish: bool
+    health_url: str | None
+    metrics_facilities: tuple[re.Pattern, ...]
 
 
 class SettingError(ImproperlyConfigured):
@@ -190,6 +192,41 @@ def _pattern(name: str, value: Any) -> re.Pattern:
         return re.compile(value)
     except (re.error, TypeError) as exc:
         raise ImproperlyConfigured(f"{name} {value!r} is not a regular expression: {exc}") from None
+
+
+#: A path the health check may answer on: printable ASCII, no query or fragment.
+_HEALTH_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
+#: The most patterns WS4REDIS_METRICS_FACILITIES may hold: each is a label value of a metric.
+_MOST_FACILITY_LABELS = 100
+
+
+def _health_url(name: str, value: Any) -> str | None:
+    """None, or a path outside WEBSOCKET_URL (a facility may be called "health")."""
+    if value is None:
+        return None
+    if not (isinstance(value, str) and _HEALTH_PATH.fullmatch(value)):
+        raise ImproperlyConfigured(
+            f"{name} must be None or a path starting with '/' (printable ASCII, no query), got {value!r}"
+        )
+    websocket_url = _raw("WEBSOCKET_URL")
+    if isinstance(websocket_url, str) and websocket_url and value.startswith(websocket_url):
+        raise ImproperlyConfigured(
+            f"{name} {value!r} lies under WEBSOCKET_URL {websocket_url!r}, where it would name a facility"
+        )
+    return value
+
+
+def _facility_patterns(name: str, value: Any) -> tuple[re.Pattern, ...]:
+    if not isinstance(value, (list, tuple)) or len(value) > _MOST_FACILITY_LABELS:
+        raise ImproperlyConfigured(
+            f"{name} must be a list of at most {_MOST_FACILITY_LABELS} regular expressions, got {value!r}"
+        )
+    patterns = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ImproperlyConfigured(f"{name} must hold regular expressions as strings, got {item!r}")
+        patterns.append(_pattern(name, item))
+    return tuple(patterns)
 
 
 def _cipher_string(name: str, value: Any) -> str:
@@ -345,6 +382,18 @@ RULES: dict[str, Rule] = {
         "cluster_plain_publish",
         _bool,
         "True also subscribes every channel with plain SUBSCRIBE on one node.",
+    ),
+    # Health and metrics (server/health.py, server/metrics.py).
+    "WS4REDIS_HEALTH_URL": Rule(
+        None, "twisted_ws4redis.E034", "health_url", _health_url, "For example '/ws4redis/health'; None: off."
+    ),
+    "WS4REDIS_METRICS_FACILITIES": Rule(
+        [],
+        "twisted_ws4redis.E035",
+        "metrics_facilities",
+        _facility_patterns,
+        "For example [r'chat-.*', r'news']: the open websockets of a facility are counted under the first "
+        "pattern that matches it whole, else under 'other'.",
     ),
 }
 

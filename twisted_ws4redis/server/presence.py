@@ -63,6 +63,8 @@ class NodePresence(Service):
         self._refresher.clock = reactor
         #: the last write failed (logged once until one succeeds)
         self._failing = False
+        # What the metrics read (metrics.py).
+        self.joins = self.leaves = self.writes_ok = self.writes_failed = 0
 
     def startService(self) -> None:
         super().startService()
@@ -82,9 +84,11 @@ class NodePresence(Service):
 
     def joined(self, facility: str, user: str | None) -> None:
         """A socket of ``user`` (None: anonymous) is now connected to ``facility``."""
+        self.joins += 1
         self._change(facility, user, 1)
 
     def left(self, facility: str, user: str | None) -> None:
+        self.leaves += 1
         self._change(facility, user, -1)
 
     def _change(self, facility: str, user: str | None, step: int) -> None:
@@ -145,12 +149,14 @@ class NodePresence(Service):
         return self._bus.script(script, keys, args).addCallbacks(self._written, self._failed, errbackArgs=(facility,))
 
     def _written(self, _) -> None:
+        self.writes_ok += 1
         if self._failing:
             self._failing = False
             log.info("Presence is written to Redis again")
 
     def _failed(self, failure, facility: str) -> None:
         # Rewritten whole at the next refresh; the joins and leaves are lost.
+        self.writes_failed += 1
         if not self._failing:
             self._failing = True
             log.warn(

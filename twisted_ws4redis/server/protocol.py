@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from .. import __version__, audience, logsafe
 from ..conf import Settings
 from .descriptors import ConnectionBudget
+from .metrics import Stats, refusal_reason
 from ..django_bridge import Accepted, Handshake, authorize, defer_to_django, reads_nothing
 from .outbox import Outbox, buffered_bytes, socket_transport, write_now
 from .presence import NodePresence
@@ -176,6 +177,12 @@ class WebSocketProtocol(WebSocketServerProtocol):
     _counted = False
     #: its signals (signals.py), once one was sent
     signals: signalling.SocketSignals | None = None
+    #: reactor time the websocket door took the connection over (for the handshake latency)
+    _taken_over = 0.0
+    #: why the handshake is being refused (metrics.REFUSALS), when its raiser knows
+    _refusal: str | None = None
+    #: the refusal was counted already (a timeout, then a late answer of Django)
+    _refusal_counted = False
 
     # -- the write path and back-pressure --------------------------------------------
 
@@ -243,6 +250,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
     def connectionMade(self):
         # Counted from here, so handshakes in progress count too (descriptors.py).
         self.factory.budget.websocket_opened()
+        self._taken_over = self.factory.reactor.seconds()
         super().connectionMade()
         # twisted.web's HTTPChannel, which handed this transport over, is still
         # its producer, and ignores pauses while a request (this upgrade) is
@@ -292,13 +300,17 @@ class WebSocketProtocol(WebSocketServerProtocol):
         try:
             facility = audience.facility_from_path(uri.path, settings.websocket_url)
         except (ValueError, UnicodeDecodeError):
+            self._refusal = "facility"
             raise ConnectionDeny(400, "The facility is not valid UTF-8 under WEBSOCKET_URL") from None
         if not settings.facility_pattern.fullmatch(facility):
+            self._refusal = "facility"
             raise ConnectionDeny(400, "The facility is not allowed (see WS4REDIS_FACILITY_PATTERN)")
         host = settings.origins.request_host(self.http_headers)
         if not settings.origins.valid_host(host):
+            self._refusal = "host"
             raise ConnectionDeny(400, "The Host is not one of ALLOWED_HOSTS")
         if not settings.origins.allows(self.http_headers.get("origin"), host):
+            self._refusal = "origin"
             raise ConnectionDeny(403, "This origin may not open websockets here (see WS4REDIS_ALLOWED_ORIGINS)")
         host, port = _address(self.transport.getPeer())
         handshake = Handshake(
@@ -325,8 +337,10 @@ class WebSocketProtocol(WebSocketServerProtocol):
             # Dropped while Django decided (the opening handshake's deadline, or
             # the client gone): Autobahn would still open it, and the socket
             # would stay among the open ones, subscribed, for ever.
+            self._refusal = "timeout"
             raise ConnectionDeny(408, "The opening handshake timed out")
         if self.factory.session_ended(accepted.session_digest):
+            self._refusal = "session_ended"
             raise ConnectionDeny(403, "This session has ended")
         self.session_digest = accepted.session_digest
         self.django_request = accepted.request
@@ -346,8 +360,10 @@ class WebSocketProtocol(WebSocketServerProtocol):
         if failure.check(ConnectionDeny):
             return failure
         if failure.check(PermissionDenied):
+            self._refusal = "forbidden"
             raise ConnectionDeny(403, str(failure.value) or "Forbidden")
         log.failure("Websocket handshake for {path} failed", failure, path=logsafe.uri(self.http_request_uri))
+        self._refusal = "error"
         raise ConnectionDeny(500, "Internal Server Error")
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
@@ -360,6 +376,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
     def sendHttpErrorResponse(self, code, reason, responseHeaders=None):
         """A complete HTTP response: the reason goes into the body, never into the
         status line (where a client-supplied string would break the response)."""
+        self._count_refusal(refusal_reason(self._refusal, code))
         body = f"{reason}\n".encode("utf-8", "replace")
         try:
             phrase = HTTPStatus(code).phrase
@@ -383,6 +400,16 @@ class WebSocketProtocol(WebSocketServerProtocol):
         )
         self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
+    def onOpenHandshakeTimeout(self) -> None:
+        if self.state == self.STATE_CONNECTING:
+            self._count_refusal("timeout")
+        super().onOpenHandshakeTimeout()
+
+    def _count_refusal(self, reason: str) -> None:
+        if not self._refusal_counted:
+            self._refusal_counted = True
+            self.factory.stats.handshake_refused(reason)
+
     # -- open ------------------------------------------------------------------------
 
     def onOpen(self):
@@ -397,6 +424,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         if settings.max_frame_rate is not None:
             self._frame_bucket = TokenBucket(settings.max_frame_rate, now)
         self.factory.connections.add(self)
+        self.factory.stats.websocket_opened(self.facility, now - self._taken_over)
         if self.session_digest is not None:
             self.factory.sessions.setdefault(self.session_digest, set()).add(self)
         log.info(
@@ -436,6 +464,9 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self.send_queue = ()
 
     def _send_persisted(self, messages: list[bytes]) -> None:
+        bus = self.factory.bus
+        bus.delivered += len(messages)
+        bus.delivered_bytes += sum(len(payload) for payload in messages)
         for payload in messages:
             self._send(PubSubMessage(b"", payload, live=False))
 
@@ -525,6 +556,9 @@ class WebSocketProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.state != self.STATE_OPEN:
             return  # after our close frame, nothing is answered or published
+        stats = self.factory.stats
+        stats.messages_in += 1
+        stats.bytes_in += len(payload)
         if payload == self.factory.settings.heartbeat:
             # Answer at once: a client counting missed heartbeats stays happy
             # even while other traffic keeps the socket busy.
@@ -594,6 +628,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
             self.factory.presence.left(self.facility, self.username)
         if self in self.factory.connections:
             self.factory.connections.discard(self)
+            self.factory.stats.websocket_closed(self.facility, code, wasClean)
             same_session = self.factory.sessions.get(self.session_digest)
             if same_session is not None:
                 same_session.discard(self)
@@ -643,6 +678,8 @@ class WebSocketFactory(WebSocketServerFactory):
         #: digest -> reactor time, oldest first, of sessions recently ended
         self._ended: OrderedDict[str, float] = OrderedDict()
         self.outbox = Outbox(self.reactor, settings.max_buffered_bytes)
+        #: the counters the metrics read (metrics.py)
+        self.stats = Stats(settings.metrics_facilities)
         #: who is connected to which facility (WS4REDIS_PRESENCE; set by the service)
         self.presence: NodePresence | None = None
         self.setProtocolOptions(

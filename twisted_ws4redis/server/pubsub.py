@@ -300,6 +300,7 @@ class ShardSubscriber:
         self._unreachable = False  # an outage has been reported and is not over
         self.failed = False  # an attempt failed, Redis refused us or the connection was lost (since start)
         self.live = False  # Redis confirmed a subscription on the current connection
+        self.connected_before = False  # a connection was made already: the next one is a reconnection
         self._factory = _SubscriberFactory(self, address)
 
     def start(self, endpoint) -> None:
@@ -368,6 +369,9 @@ class ShardSubscriber:
             self.protocol.send(command, group)
 
     def _connected(self, protocol: _SubscriberProtocol) -> None:
+        if self.connected_before:
+            self.bus.reconnects += 1
+        self.connected_before = True
         self.protocol = protocol
         protocol.whenDisconnected().addCallback(self._disconnected)
         self.bus._shard_connected(self)
@@ -415,6 +419,17 @@ class _Bus(Service):
         self._burst: Burst | None = None
         #: fetches of persisted messages waiting for the end of the reactor turn
         self._fetches: list[tuple[list[str], defer.Deferred]] = []
+        # What the metrics read (metrics.py): plain integers, added once per message or burst.
+        #: live messages the subscriber received for listeners
+        self.received = 0
+        #: messages (and their payload bytes) handed to listeners, one per listener
+        self.delivered = 0
+        self.delivered_bytes = 0
+        #: subscriber connections made after the first one (per shard)
+        self.reconnects = 0
+        #: publications recorded in the history, reads of the history
+        self.history_publishes = 0
+        self.recoveries = 0
 
     # -- where things go (the subclass') ---------------------------------------
 
@@ -579,6 +594,7 @@ class _Bus(Service):
                 log.failure("The watcher of {channel!r} failed", channel=channel)
         if channel not in self._listeners:
             return
+        self.received += 1
         message = PubSubMessage(channel, payload)
         held = self._held.get(channel)
         if held is not None:
@@ -606,6 +622,9 @@ class _Bus(Service):
             if message.id is not None:
                 self._last_ids[channel] = message.id
                 break
+        count = len(listeners)
+        self.delivered += count * len(messages)
+        self.delivered_bytes += count * sum([len(message.payload) for message in messages])
         for listener in list(listeners):
             try:
                 listener(messages)
@@ -633,6 +652,7 @@ class _Bus(Service):
         calls = []
         for channel in channels:
             if settings.history_size:
+                self.history_publishes += 1
                 keys = history.publish_keys(channel, settings.prefix, self.sharded)
                 calls.append(
                     self.script(history.PUBLISH_SCRIPT, keys, args).addCallback(lambda reply: reply[1].decode("ascii"))
@@ -680,6 +700,7 @@ class _Bus(Service):
         payload)] in order, or None when the history no longer reaches back to
         ``since`` (history.py)."""
         settings = get_settings()
+        self.recoveries += 1
         d = self.script(
             history.RECOVER_SCRIPT,
             history.recover_keys(channel, settings.prefix, self.sharded),

@@ -37,19 +37,24 @@ class WebSocketDoor(WebSocketResource):
 
     def render(self, request: server.Request):
         # First, before any parsing or Django work: the cheapest refusals.
+        stats = self._factory.stats
         if not self._factory.budget.may_open_websocket():
+            stats.handshake_refused("max_connections")
             return _unavailable(
                 request, "Too many websockets on this server (WS4REDIS_MAX_CONNECTIONS); try again later."
             )
         if not self._factory.bus.reachable:
             # A websocket could not subscribe: the client retries later rather
             # than holding a socket that would receive nothing.
+            stats.handshake_refused("redis_unavailable")
             return _unavailable(request, "Redis is unreachable from this server; try again later.")
         # RFC 6455 4.2.1 asks for 400: Twisted takes no other major version than 1.
         if request.clientproto != b"HTTP/1.1":
+            stats.handshake_refused("bad_request")
             return _refuse(request, 400, "Bad Request", "Websockets need HTTP/1.1.")
         for name, values in request.requestHeaders.getAllRawHeaders():
             if _SMUGGLING.search(name) or any(_SMUGGLING.search(value) for value in values):
+                stats.handshake_refused("bad_request")
                 return _refuse(request, 400, "Bad Request", "Control characters in a header.")
         return super().render(request)
 
@@ -73,11 +78,19 @@ class Root(Resource):
 
     isLeaf = True
 
-    def __init__(self, websocket_url: str, websocket: Resource, wsgi: Resource | None):
+    def __init__(
+        self,
+        websocket_url: str,
+        websocket: Resource,
+        wsgi: Resource | None,
+        health: tuple[str, Resource] | None = None,
+    ):
+        """``health``: (WS4REDIS_HEALTH_URL, its resource), answered before Django."""
         super().__init__()
         self._websocket_url = websocket_url.encode("ascii")
         self._websocket = websocket
         self._wsgi = wsgi or notFound("No Such Resource", "Only websockets are served here.")
+        self._health_url, self._health = (health[0].encode("ascii"), health[1]) if health else (None, None)
         #: HTTP requests being answered, which a graceful stop lets finish.
         self.in_flight: set[server.Request] = set()
 
@@ -88,6 +101,8 @@ class Root(Resource):
     def render(self, request: server.Request):
         if self.is_websocket(request.uri):
             return self._websocket.render(request)
+        if request.path == self._health_url:
+            return self._health.render(request)
         self.in_flight.add(request)
         request.notifyFinish().addBoth(lambda _: self.in_flight.discard(request))
         return self._wsgi.render(request)

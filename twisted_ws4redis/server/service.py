@@ -25,6 +25,7 @@ from .. import audience, conf
 from .control import NodeControl
 from .descriptors import raise_open_files_limit
 from .embedded import EmbeddedRedis, EmbeddedRedisService
+from .health import Health
 from .logbridge import forward_to_stdlib, forward_to_twisted
 from .outbox import buffered_bytes
 from .presence import NodePresence
@@ -54,6 +55,7 @@ class ServerConfig:
     grace: float = 10.0  # seconds a stop waits for HTTP requests being answered
     workers: int | None = None  # worker processes under a supervisor (supervisor.py); None: this process serves
     inherited: list[int] = field(default_factory=list)  # a worker's: the listening descriptor of each endpoint
+    metrics: str | None = None  # endpoint of /metrics and /health (metrics.py); None: none
 
 
 @contextmanager
@@ -120,7 +122,10 @@ class Ws4RedisService(MultiService):
     def stopService(self):
         Service.stopService(self)
         children = list(self)
-        listeners = [s for s in children if isinstance(s, StreamServerEndpointService)]
+        # The metrics endpoint answers (its /health: 503) until the end.
+        listeners = [
+            s for s in children if isinstance(s, StreamServerEndpointService) and not getattr(s, "metrics", False)
+        ]
         yield defer.gatherResults([defer.maybeDeferred(s.stopService) for s in listeners], consumeErrors=True)
         yield self.factory.close_all()
         # Their connections, to see their last bytes written before the reactor
@@ -247,7 +252,13 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
         if config.static:
             application = with_static_files(application)
         wsgi = WSGIResource(reactor, pool, application)
-    root = Root(settings.websocket_url, WebSocketDoor(factory), wsgi)
+    health = Health(bus)
+    root = Root(
+        settings.websocket_url,
+        WebSocketDoor(factory),
+        wsgi,
+        (settings.health_url, health) if settings.health_url else None,
+    )
     site = Site(
         root,
         reactor=reactor,
@@ -260,6 +271,10 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
     )
 
     top = Ws4RedisService(factory, root, reactor, config.grace)
+    health.service = top
+    if config.metrics:
+        # The first child: bound first, stopped last.
+        metrics_listener(config.metrics, factory, pool, health, reactor).setServiceParent(top)
     if embedded is not None:
         EmbeddedRedisService(embedded, reactor).setServiceParent(top)
     ThreadPoolService(pool).setServiceParent(top)
@@ -294,6 +309,23 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
     # LOGGING's dictConfig takes the handlers off django's child loggers.
     forward_to_twisted("django.dispatch", reactor)
     return top
+
+
+def metrics_listener(description: str, factory, pool, health: Health, reactor) -> StreamServerEndpointService:
+    """The ``--metrics`` endpoint's service (metrics.py)."""
+    from .metrics import metrics_site
+
+    try:
+        endpoint = serverFromString(reactor, description)
+    except Exception as exc:
+        raise ImproperlyConfigured(f"--metrics {description!r} is not a valid endpoint: {exc}") from None
+    site, _ = metrics_site(factory, pool, health)
+    listener = StreamServerEndpointService(endpoint, site)
+    listener.description = f"{description} (--metrics)"
+    listener.metrics = True
+    listener._raiseSynchronously = True
+    log.info("Serving metrics on {endpoint} (/metrics, /health)", endpoint=description)
+    return listener
 
 
 def run_in_foreground(service: Service, reactor=None, signal_handlers: bool = True, observer=None) -> None:

@@ -44,7 +44,18 @@ OPTIONS: list[tuple[str, Any, str]] = [
         "that dies, SIGTERM stops all gracefully, SIGHUP restarts them one at a time). "
         "Default: no workers, this process serves.",
     ),
+    (
+        "metrics",
+        None,
+        "Twisted endpoint serving Prometheus metrics (GET /metrics) and the health check (GET /health), "
+        "e.g. tcp:9100:interface=127.0.0.1; default: none.",
+    ),
 ]
+#: Until the supervisor gathers its workers' metrics, the two do not go together.
+METRICS_WITH_WORKERS = (
+    "--metrics cannot be used with --workers yet: each worker is its own process with its own "
+    "counters; run one server per port (or per machine) with its own --metrics instead"
+)
 ENDPOINT_HELP = "Twisted endpoint to listen on (repeatable), e.g. tcp:8000, ssl:8443:privateKey=key.pem, unix:/run/ws.sock; default tcp:8000."
 FLAGS: list[tuple[str, str]] = [
     ("no-wsgi", "Serve websockets only (and static files with --static), not the Django application."),
@@ -77,6 +88,8 @@ class Options(usage.Options):
             worker_count(self["workers"])
         except ValueError as exc:
             raise usage.UsageError(str(exc)) from None
+        if self["metrics"] and self["workers"]:
+            raise usage.UsageError(METRICS_WITH_WORKERS)
 
 
 def server_config(options: dict[str, Any]) -> ServerConfig:
@@ -90,6 +103,7 @@ def server_config(options: dict[str, Any]) -> ServerConfig:
         static=bool(options.get("static")),
         grace=float(ServerConfig.grace if options.get("grace") is None else options["grace"]),
         workers=worker_count(options.get("workers")),
+        metrics=options.get("metrics") or None,
     )
 
 
@@ -146,6 +160,10 @@ def build(config: ServerConfig, reactor=None, logs_to_stdout: bool = True):
     """The server ``config`` asks for: this process serving, or (``--workers``)
     the supervisor of its workers (supervisor.py), whose workers write their
     log lines to its standard output themselves when that is where it logs."""
+    if config.workers and config.metrics:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(METRICS_WITH_WORKERS)
     if not config.workers:
         from .service import make_service
 
