@@ -89,6 +89,10 @@ CASES = [
     ("WS4REDIS_MESSAGE_SIGNAL", "yes", "twisted_ws4redis.E031", "'yes'"),
     ("WS4REDIS_TOKEN_MAX_AGE", 0, "twisted_ws4redis.E032", "got 0"),
     ("WS4REDIS_CLUSTER_PLAIN_PUBLISH", "yes", "twisted_ws4redis.E033", "'yes'"),
+    ("WS4REDIS_HEALTH_URL", "health", "twisted_ws4redis.E034", "'health'"),
+    ("WS4REDIS_HEALTH_URL", "/health?x=1", "twisted_ws4redis.E034", "'/health?x=1'"),
+    ("WS4REDIS_METRICS_FACILITIES", ["chat-("], "twisted_ws4redis.E035", "'chat-('"),
+    ("WS4REDIS_METRICS_FACILITIES", "chat-.*", "twisted_ws4redis.E035", "'chat-.*'"),
 ]
 
 #: Checks and a start-up open no database: none is migrated for them.
@@ -143,6 +147,8 @@ def checked() -> dict[str, Check]:
         clean={},
         typos={"WS4REDIS_EXPIR": 60, "WS4REDIS_ZZQQ": 1},
         two={"WS4REDIS_EXPIRE": "soon", "WEBSOCKET_URL": "ws"},
+        health_under={"WS4REDIS_HEALTH_URL": "/ws/health"},
+        health_beside={"WS4REDIS_HEALTH_URL": "/ws4redis/health", "WS4REDIS_METRICS_FACILITIES": ["chat-.*", "news"]},
     )
     with ThreadPoolExecutor(len(runs)) as pool:
         return dict(zip(runs, pool.map(django_check, runs.values())))
@@ -189,6 +195,15 @@ def test_two_bad_settings_are_reported_at_once(checked):
     assert check.returncode != 0
     found = [(check_id, message.split()[0]) for check_id, message, _ in check.problems("ERRORS")]
     assert sorted(found) == [("twisted_ws4redis.E001", "WEBSOCKET_URL"), ("twisted_ws4redis.E004", "WS4REDIS_EXPIRE")]
+
+
+def test_the_health_url_may_not_lie_under_websocket_url(checked):
+    """A facility could be called "health": the check would answer for it."""
+    check = checked["health_under"]
+    assert check.returncode != 0
+    [(check_id, message, _)] = check.problems("ERRORS")
+    assert check_id == "twisted_ws4redis.E034" and "'/ws/health' lies under WEBSOCKET_URL '/ws/'" in message
+    assert checked["health_beside"].returncode == 0, checked["health_beside"].output
 
 
 def test_a_clean_project_has_no_issue(checked):
