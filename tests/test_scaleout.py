@@ -14,9 +14,12 @@ import pytest
 from websockets.sync.client import connect
 
 from conftest import TwistdServer, free_port, login, unique, wait_for_port, wait_subscribed
+from twisted_ws4redis.server.embedded import EmbeddedRedis
 
 CONFIG = Path(__file__).resolve().parent.parent / "docs" / "deploy" / "haproxy.cfg"
 TIMEOUT = 5
+#: The health check's path in docs/deploy/haproxy.cfg.
+HEALTH = {"WS4REDIS_HEALTH_URL": "/ws4redis/health"}
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"  # Debian package haproxy (.ci/run installs it)
 
@@ -43,6 +46,16 @@ class Proxy:
     def http_url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, text: str, count: int = 1, timeout: float = 30) -> None:
+        """Until HAProxy has logged ``text`` ``count`` times (its health checks' verdicts)."""
+        deadline = time.monotonic() + timeout
+        while self.log().count(text) < count:
+            assert time.monotonic() < deadline, f"no {text!r} in HAProxy's log:\n{self.log()}"
+            time.sleep(0.1)
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(10)
@@ -50,7 +63,7 @@ class Proxy:
 
 @pytest.fixture
 def cluster(tmp_path, redis_server, test_db):
-    nodes = [TwistdServer(redis_server.url, test_db) for _ in range(2)]
+    nodes = [TwistdServer(redis_server.url, test_db, HEALTH) for _ in range(2)]
     proxy = None
     try:
         proxy = Proxy(tmp_path, nodes)
@@ -153,3 +166,41 @@ def test_a_client_reconnects_to_the_node_left_when_one_stops(cluster, redis_clie
         wait_subscribed(redis_client, f"broadcast:{facility}", 1)
         redis_client.publish(f"broadcast:{facility}", "still served")
         assert ws.recv(timeout=TIMEOUT) == "still served"
+
+
+def test_a_node_whose_redis_is_down_is_taken_out_and_comes_back(tmp_path, redis_server, redis_client, test_db):
+    """node2 has a Redis of its own: stopped, its health check answers 503,
+    HAProxy takes it out and sends every new websocket to node1; once that
+    Redis is back, node2 is healthy again and takes new websockets."""
+    own = EmbeddedRedis(port=free_port())
+    own.start()
+    nodes = [
+        TwistdServer(redis_server.url, test_db, HEALTH),
+        TwistdServer(f"redis://127.0.0.1:{own.port}/0", test_db, HEALTH),
+    ]
+    proxy = None
+    try:
+        proxy = Proxy(tmp_path, nodes)
+        own.stop()
+        proxy.wait_for("ws4redis/node2 is DOWN")
+        facility = unique("healthy")
+        path = f"{facility}?subscribe-broadcast"
+        with contextlib.ExitStack() as stack:
+            for _ in range(4):
+                stack.enter_context(connect(proxy.ws_url(path), open_timeout=TIMEOUT))
+            assert counts_once_logged(nodes, facility, [4, 0]) == [4, 0]
+            own = EmbeddedRedis(port=own.port)
+            own.start()
+            proxy.wait_for("ws4redis/node2 is UP")
+            # leastconn: node1 holds the four, so the next ones go to node2.
+            back = unique("back")
+            for _ in range(2):
+                stack.enter_context(connect(proxy.ws_url(f"{back}?subscribe-broadcast"), open_timeout=TIMEOUT))
+            assert counts_once_logged(nodes, back, [0, 2]) == [0, 2]
+        assert "ws4redis/node1 is DOWN" not in proxy.log()
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        for node in nodes:
+            node.stop()
+        own.stop()

@@ -85,3 +85,10 @@ WS4REDIS_HISTORY_SIZE = 100
 WS4REDIS_PRESENCE = True
 # The chat's form takes 2,000 characters (at most 8,000 bytes of UTF-8): no need for 1 MiB.
 WS4REDIS_MAX_MESSAGE_SIZE = 8192
+# Load balancers check this path (docs/deploy/haproxy.cfg): 200 while Redis is
+# reachable and the server is not stopping, else 503. Outside WEBSOCKET_URL.
+WS4REDIS_HEALTH_URL = "/ws4redis/health"
+# Prometheus (twistd ws4redis --metrics=tcp:9100:interface=127.0.0.1): the open
+# websockets of the group and user chats counted apart; the broadcast chat's
+# ws4redis.v2 sockets (no facility in their URL) and any other under "other".
+WS4REDIS_METRICS_FACILITIES = ["groupchat", "userchat"]
