@@ -302,44 +302,7 @@ def test_health_is_503_during_a_graceful_stop(redis_server, test_db):
         node.server.stop()
 
 
-# -- with --workers ------------------------------------------------------------------------
-
-
-def test_metrics_with_workers_is_refused_at_start_naming_the_options(redis_server, test_db):
-    command = [
-        str(BIN / "twistd"),
-        "--nodaemon",
-        "--pidfile=",
-        "ws4redis",
-        "--settings=testproject.settings",
-        f"--endpoint=tcp:{free_port()}:interface=127.0.0.1",
-        f"--redis={redis_server.url}",
-        "--workers=2",
-        f"--metrics=tcp:{free_port()}:interface=127.0.0.1",
-    ]
-    result = subprocess.run(command, env=project_env(test_db), cwd=PROJECT, capture_output=True, text=True, timeout=60)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "--metrics cannot be used with --workers" in output, output
-    assert "Traceback" not in output
-    managed = subprocess.run(
-        [
-            str(BIN / "python"),
-            "-m",
-            "django",
-            "runws4redis",
-            "--workers=2",
-            f"--metrics=tcp:{free_port()}:interface=127.0.0.1",
-            f"--redis={redis_server.url}",
-        ],
-        env=project_env(test_db),
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert managed.returncode != 0
-    assert "--metrics cannot be used with --workers" in managed.stdout + managed.stderr
+# -- manage.py runws4redis ------------------------------------------------------------------
 
 
 def test_runws4redis_serves_metrics(redis_server, test_db):

@@ -5,6 +5,7 @@ worker holds a connection is read from /proc."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -483,3 +485,50 @@ def test_with_a_logfile_the_supervisor_relays_the_workers_events(redis_server, t
     assert re.search(r"\[worker [01] twisted_ws4redis\.server\.worker#info\] Worker [01] \(pid \d+\) is serving", log)
     assert re.search(r'\[worker [01] twisted\.python\.log#info\] "127\.0\.0\.1" .* "GET / HTTP/1\.1" 200', log), log
     assert "unpersistable" not in log
+
+
+def scrape(port: int) -> list[tuple[str, dict, float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT) as response:
+        text = response.read().decode()
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+
+
+def open_per_worker(port: int) -> dict[str, float]:
+    return {
+        labels["worker"]: value
+        for name, labels, value in scrape(port)
+        if name == "ws4redis_websockets_open" and labels["facility"] == "other"
+    }
+
+
+def test_the_supervisor_serves_every_workers_metrics_labelled_by_worker(redis_server, test_db):
+    """--metrics with --workers: the supervisor asks each worker at every
+    scrape (over a private UNIX socket) and labels what it says with its
+    slot; through a SIGHUP roll too; the sockets' directory goes at exit."""
+    sockets_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "ws4redis-metrics-*")))
+    metrics_port = free_port()
+    server, pids = start(redis_server, test_db, f"--metrics=tcp:{metrics_port}:interface=127.0.0.1")
+    try:
+        facility = unique("metered")
+        with contextlib.ExitStack() as stack:
+            held = sockets_on_both(server, pids, f"{facility}?subscribe-broadcast", stack)
+            counts = open_per_worker(metrics_port)
+            assert set(counts) == {"0", "1"}
+            assert sorted(counts.values()) == sorted(len(sockets) for sockets in held.values())
+            ready = [value for name, _, value in scrape(metrics_port) if name == "ws4redis_workers_ready"]
+            assert ready == [2]
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/health", timeout=TIMEOUT) as response:
+                assert response.status == 200 and b'"workers_healthy":2' in response.read()
+        server.process.send_signal(signal.SIGHUP)
+        wait_for_workers(server, 2, other_than=pids)
+        wait_for_line(server, "SIGHUP: every worker restarted")
+        assert open_per_worker(metrics_port) == {"0": 0, "1": 0}  # the new workers' own counts
+    finally:
+        assert server.stop() == 0, server.log()
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "ws4redis-metrics-*"))) == sockets_before

@@ -25,8 +25,8 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
 )
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
-from prometheus_client.twisted import MetricsResource
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -269,9 +269,26 @@ def metrics_site(factory, pool, health: Resource):
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServerCollector(factory, pool, health))
     root = Resource()
-    root.putChild(b"metrics", MetricsResource(registry))
+    root.putChild(b"metrics", MetricsPage(registry))
     root.putChild(b"health", health)
     return QuietSite(root), registry
+
+
+class MetricsPage(Resource):
+    """The exposition of ``registry``, made on the reactor: the collector reads
+    the counters where they change, never from another thread (prometheus_client's
+    own Twisted resource runs it in the reactor's thread pool)."""
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry):
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request) -> bytes:  # noqa: N802 (twisted.web's name)
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        return generate_latest(self._registry)
 
 
 class QuietSite(Site):

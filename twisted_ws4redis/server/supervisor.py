@@ -23,6 +23,7 @@ import sys
 import tempfile
 from typing import Callable
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
@@ -33,6 +34,7 @@ from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 
 from .. import logsafe
 from .embedded import EmbeddedRedis, EmbeddedRedisService
+from .gathered import WorkerSockets, supervisor_site
 from .loadshare import SharedLoad
 from .logbridge import FORWARDED
 from .protocol import wait_until
@@ -87,6 +89,8 @@ def worker_arguments(config: ServerConfig) -> list[str]:
         arguments.append("--static")
     if config.redis:
         arguments.append(f"--redis={config.redis}")
+    if config.metrics:
+        arguments.append(f"--metrics={config.metrics}")
     return arguments
 
 
@@ -131,6 +135,8 @@ class WorkerProcess(ProcessProtocol):
         self.started = started
         self.pid: int | None = None
         self.ready = False
+        #: where it serves its metrics to the supervisor (gathered.py); None without --metrics
+        self.metrics_socket: str | None = None
         #: fires with whether it became ready (Supervisor._watch_readiness)
         self.readiness: defer.Deferred | None = None
         self.exit: str | None = None  # how it ended, once it has
@@ -261,6 +267,17 @@ class Supervisor(MultiService):
         self._stopping = False
         self._ever_ready = False
         self._previous_sighup = None
+        #: --metrics: the workers' sockets, and the endpoint this process serves (gathered.py)
+        self.metrics_sockets: WorkerSockets | None = None
+        if config.metrics:
+            self.metrics_sockets = WorkerSockets()
+            metrics = StreamServerEndpointService(serverFromString(reactor, config.metrics), supervisor_site(self))
+            metrics._raiseSynchronously = True
+            metrics.setServiceParent(self)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     # -- start ---------------------------------------------------------------
 
@@ -271,7 +288,10 @@ class Supervisor(MultiService):
             with listening(description, self.exit_on_listen_error):
                 self.ports.append(bind(serverFromString(self.reactor, description)))
             log.info("Listening on {endpoint} for {count} worker(s)", endpoint=description, count=self.count)
-        super().privilegedStartService()
+        with listening(f"{self.config.metrics} (--metrics)", self.exit_on_listen_error):
+            super().privilegedStartService()
+        if self.config.metrics:
+            log.info("Serving the workers' metrics on {endpoint} (/metrics, /health)", endpoint=self.config.metrics)
 
     def startService(self) -> None:
         super().startService()  # an embedded Redis first: the workers connect to it
@@ -282,8 +302,9 @@ class Supervisor(MultiService):
     def _sighup(self, signum, frame) -> None:
         self.reactor.callFromThread(self.roll)
 
-    def _arguments(self, slot: int) -> list[str]:
-        config = self.config
+    def _arguments(self, slot: int, metrics_socket: str | None = None) -> list[str]:
+        # A worker serves its metrics to this process only, on its own socket.
+        config = ServerConfig(**{**vars(self.config), "metrics": f"unix:{metrics_socket}" if metrics_socket else None})
         if self.embedded is not None:
             config = ServerConfig(**{**vars(config), "redis": f"unix://{self.embedded.socket_path}"})
         descriptors = ",".join(str(FIRST_LISTEN_FD + index) for index in range(len(self.ports)))
@@ -302,6 +323,8 @@ class Supervisor(MultiService):
 
     def _spawn(self, slot: int) -> WorkerProcess:
         worker = WorkerProcess(slot, self.reactor.seconds(), self._became_ready)
+        if self.metrics_sockets is not None:
+            worker.metrics_socket = self.metrics_sockets.next_path(slot)
         child_fds = {0: "w", 1: 1, 2: 2} if self.share_output else {0: "w", 1: "r", 2: "r"}
         child_fds.update({READY_FD: "r", LOAD_FD: self._load_file.fileno()})
         child_fds.update({FIRST_LISTEN_FD + index: port.fileno() for index, port in enumerate(self.ports)})
@@ -311,7 +334,12 @@ class Supervisor(MultiService):
             os.pathsep
         )
         self.reactor.spawnProcess(
-            worker, self.executable, self._arguments(slot), env=env, path=os.getcwd(), childFDs=child_fds
+            worker,
+            self.executable,
+            self._arguments(slot, worker.metrics_socket),
+            env=env,
+            path=os.getcwd(),
+            childFDs=child_fds,
         )
         self.processes.add(worker)
         worker.ended.addCallback(self._ended)
@@ -469,6 +497,8 @@ class Supervisor(MultiService):
         for port in self.ports:
             yield defer.maybeDeferred(port.stopListening)
         yield MultiService.stopService(self)
+        if self.metrics_sockets is not None:
+            self.metrics_sockets.remove()
         if not all(stopped):
             self._exit_failing()  # not a graceful stop: say so to systemd
         # A completed graceful stop is a success (as Ws4RedisService says).

@@ -48,14 +48,10 @@ OPTIONS: list[tuple[str, Any, str]] = [
         "metrics",
         None,
         "Twisted endpoint serving Prometheus metrics (GET /metrics) and the health check (GET /health), "
-        "e.g. tcp:9100:interface=127.0.0.1; default: none.",
+        "e.g. tcp:9100:interface=127.0.0.1; with --workers the supervisor serves it, every worker's "
+        "metrics labelled worker=N. Default: none.",
     ),
 ]
-#: Until the supervisor gathers its workers' metrics, the two do not go together.
-METRICS_WITH_WORKERS = (
-    "--metrics cannot be used with --workers yet: each worker is its own process with its own "
-    "counters; run one server per port (or per machine) with its own --metrics instead"
-)
 ENDPOINT_HELP = "Twisted endpoint to listen on (repeatable), e.g. tcp:8000, ssl:8443:privateKey=key.pem, unix:/run/ws.sock; default tcp:8000."
 FLAGS: list[tuple[str, str]] = [
     ("no-wsgi", "Serve websockets only (and static files with --static), not the Django application."),
@@ -88,8 +84,6 @@ class Options(usage.Options):
             worker_count(self["workers"])
         except ValueError as exc:
             raise usage.UsageError(str(exc)) from None
-        if self["metrics"] and self["workers"]:
-            raise usage.UsageError(METRICS_WITH_WORKERS)
 
 
 def server_config(options: dict[str, Any]) -> ServerConfig:
@@ -160,10 +154,6 @@ def build(config: ServerConfig, reactor=None, logs_to_stdout: bool = True):
     """The server ``config`` asks for: this process serving, or (``--workers``)
     the supervisor of its workers (supervisor.py), whose workers write their
     log lines to its standard output themselves when that is where it logs."""
-    if config.workers and config.metrics:
-        from django.core.exceptions import ImproperlyConfigured
-
-        raise ImproperlyConfigured(METRICS_WITH_WORKERS)
     if not config.workers:
         from .service import make_service
 
