@@ -18,7 +18,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,15 +146,44 @@ def wait_for_workers(log: Path, count: int, process: subprocess.Popen, timeout: 
         time.sleep(0.1)
 
 
+class Scraper(threading.Thread):
+    """GET /metrics once a second, as Prometheus would, until stopped."""
+
+    def __init__(self, port: int):
+        super().__init__(daemon=True)
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.count = self.failed = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(1.0):
+            try:
+                with urllib.request.urlopen(self.url, timeout=10) as response:
+                    response.read()
+                self.count += 1
+            except OSError:
+                self.failed += 1
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(15)
+
+
 @contextlib.contextmanager
 def serving(
-    env: dict, results: list[dict], workers: int | None = None, cpus: str | None = "0", redis_url: str | None = None
+    env: dict,
+    results: list[dict],
+    workers: int | None = None,
+    cpus: str | None = "0",
+    redis_url: str | None = None,
+    metrics: bool = False,
 ):
     """A fresh Redis and twistd ws4redis (on ``cpus`` with taskset; None:
     unpinned), with ``--workers`` if given: yields a Server once it (every
     worker) is ready. ``redis_url`` (e.g. ``redis+cluster://…``): that Redis,
     started by the caller, instead of a fresh one (Server.redis_port is then
-    None). Once it stopped, the count of error lines in its log goes into
+    None). ``metrics``: with ``--metrics``, scraped once a second as
+    Prometheus would (the scrapes' count goes into ``results``). Once it stopped, the count of error lines in its log goes into
     ``results``, and the log is removed (its error lines are printed on
     stderr first)."""
     redis_server = None
@@ -174,14 +205,24 @@ def serving(
     ]
     if workers:
         command.append(f"--workers={workers}")
+    scraper = None
+    if metrics:
+        metrics_port = free_port()
+        command.append(f"--metrics=tcp:{metrics_port}:interface=127.0.0.1")
+        scraper = Scraper(metrics_port)
     server = subprocess.Popen(
         (["taskset", "-c", cpus] if cpus else []) + command, env=env, cwd=EXAMPLE, stdout=log, stderr=log
     )
     try:
         wait_for_port(port, server)
         pids = wait_for_workers(log_path, workers, server) if workers else [server.pid]
+        if scraper is not None:
+            scraper.start()
         yield Server(port, server.pid, redis_server.port if redis_server else None, pids, log_path)
     finally:
+        if scraper is not None:
+            scraper.stop()
+            results.append({"scenario": "scrapes", "scrapes": scraper.count, "failed_scrapes": scraper.failed})
         server.terminate()
         try:
             server.wait(60)
@@ -217,7 +258,7 @@ def one_run(env: dict, size: int, args) -> list[dict]:
     for group, paced in zip(groups, (True, False)):
         if not group:
             continue
-        with serving(env, results) as server:
+        with serving(env, results, metrics=args.metrics) as server:
             port, pid, redis_port = server.port, server.pid, server.redis_port
             common = [
                 "taskset",
@@ -297,6 +338,9 @@ def main() -> None:
         "--protocol", choices=("ws4redis", "v2"), default="ws4redis", help="the wire the load generator's sockets speak"
     )
     parser.add_argument(
+        "--metrics", action="store_true", help="run the server with --metrics and scrape it once a second"
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -324,7 +368,7 @@ def main() -> None:
             raw[size] = runs
     text = table(by_size, args.runs)
     print(text)
-    settings = "".join(f" --set {item}" for item in args.set)
+    settings = "".join(f" --set {item}" for item in args.set) + (" --metrics" if args.metrics else "")
     Path(args.out).write_text(
         f"# twisted_ws4redis benchmark\n\n`python bench/run.py --sizes {args.sizes} --runs {args.runs}{settings}`, "
         f"{time.strftime('%Y-%m-%d')}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs "
