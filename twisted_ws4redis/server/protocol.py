@@ -177,8 +177,10 @@ class WebSocketProtocol(WebSocketServerProtocol):
     _counted = False
     #: its signals (signals.py), once one was sent
     signals: signalling.SocketSignals | None = None
-    #: reactor time the websocket door took the connection over (for the handshake latency)
-    _taken_over = 0.0
+    #: reactor time of the last frame to the client; until the websocket
+    #: opens, of the door's takeover (the handshake latency's start: one
+    #: attribute for both, none more per socket)
+    _last_sent = 0.0
     #: why the handshake is being refused (metrics.REFUSALS), when its raiser knows
     _refusal: str | None = None
     #: the refusal was counted already (a timeout, then a late answer of Django)
@@ -250,7 +252,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
     def connectionMade(self):
         # Counted from here, so handshakes in progress count too (descriptors.py).
         self.factory.budget.websocket_opened()
-        self._taken_over = self.factory.reactor.seconds()
+        self._last_sent = self.factory.reactor.seconds()
         super().connectionMade()
         # twisted.web's HTTPChannel, which handed this transport over, is still
         # its producer, and ignores pauses while a request (this upgrade) is
@@ -417,14 +419,15 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self._ready = False
         self._backlog: list[PubSubMessage] = []
         self._last_published: bytes | None = None
-        self._last_sent = now = self.factory.reactor.seconds()
+        now = self.factory.reactor.seconds()
+        taken_over, self._last_sent = self._last_sent, now
         settings = self.factory.settings
         if settings.max_publish_rate is not None:
             self._publish_bucket = TokenBucket(settings.max_publish_rate, now)
         if settings.max_frame_rate is not None:
             self._frame_bucket = TokenBucket(settings.max_frame_rate, now)
         self.factory.connections.add(self)
-        self.factory.stats.websocket_opened(self.facility, now - self._taken_over)
+        self.factory.stats.websocket_opened(self.facility, now - taken_over)
         if self.session_digest is not None:
             self.factory.sessions.setdefault(self.session_digest, set()).add(self)
         log.info(
