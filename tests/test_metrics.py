@@ -331,3 +331,35 @@ def test_runws4redis_serves_metrics(redis_server, test_db):
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(20)
+
+
+@pytest.mark.parametrize("workers", [(), ("--workers=2",)], ids=["one process", "workers"])
+def test_a_bad_or_busy_metrics_endpoint_ends_the_start_with_one_line(redis_server, test_db, workers):
+    base = [
+        str(BIN / "twistd"),
+        "--nodaemon",
+        "--pidfile=",
+        "ws4redis",
+        "--settings=testproject.settings",
+        f"--endpoint=tcp:{free_port()}:interface=127.0.0.1",
+        f"--redis={redis_server.url}",
+        *workers,
+    ]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        for metrics, said in (
+            ("bogus:1", "--metrics 'bogus:1' is not a valid endpoint"),
+            (f"tcp:{busy.getsockname()[1]}:interface=127.0.0.1", "(--metrics): Couldn't listen"),
+        ):
+            result = subprocess.run(
+                [*base, f"--metrics={metrics}"],
+                env=project_env(test_db),
+                cwd=PROJECT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            output = result.stdout + result.stderr
+            assert result.returncode != 0 and said in output, output
+            assert "Traceback" not in output

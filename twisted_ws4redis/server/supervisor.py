@@ -267,11 +267,14 @@ class Supervisor(MultiService):
         self._stopping = False
         self._ever_ready = False
         self._previous_sighup = None
-        #: --metrics: the workers' sockets, and the endpoint this process serves (gathered.py)
+        #: --metrics: the workers' sockets (made at start), and the endpoint this process serves (gathered.py)
         self.metrics_sockets: WorkerSockets | None = None
         if config.metrics:
-            self.metrics_sockets = WorkerSockets()
-            metrics = StreamServerEndpointService(serverFromString(reactor, config.metrics), supervisor_site(self))
+            try:
+                endpoint = serverFromString(reactor, config.metrics)
+            except Exception as exc:
+                raise ValueError(f"--metrics {config.metrics!r} is not a valid endpoint: {exc}") from None
+            metrics = StreamServerEndpointService(endpoint, supervisor_site(self))
             metrics._raiseSynchronously = True
             metrics.setServiceParent(self)
 
@@ -296,6 +299,8 @@ class Supervisor(MultiService):
     def startService(self) -> None:
         super().startService()  # an embedded Redis first: the workers connect to it
         self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+        if self.config.metrics:
+            self.metrics_sockets = WorkerSockets()
         for slot in range(self.count):
             self._start(slot)
 
