@@ -230,6 +230,33 @@ def test_client_chosen_facilities_add_no_label(metered):
     assert "random-" not in text
 
 
+def test_history_and_presence_operations_are_counted_when_they_are_on(redis_server, redis_client, test_db):
+    node = Metered(redis_server.url, test_db, overrides={"WS4REDIS_HISTORY_SIZE": 10, "WS4REDIS_PRESENCE": True})
+    try:
+        before = node.scrape()
+        facility = unique("chat")
+        with open_ws(node.server, f"{facility}?subscribe-broadcast&publish-broadcast&echo") as ws:
+            ws.send("recorded")
+            assert ws.recv(timeout=TIMEOUT) == "recorded"
+            during = node.scrape()
+        assert (
+            value(during, "ws4redis_history_publishes_total") - value(before, "ws4redis_history_publishes_total") == 1
+        )
+        changes = "ws4redis_presence_changes_total"
+        assert value(during, changes, change="join") - value(before, changes, change="join") == 1
+        eventually(
+            lambda: value(node.scrape(), changes, change="leave") - value(before, changes, change="leave") == 1,
+            what="the leave was not counted",
+        )
+        eventually(
+            lambda: value(node.scrape(), "ws4redis_presence_writes_total", result="ok") >= 2,
+            what="the join and the leave were not written",
+        )
+        assert value(node.scrape(), "ws4redis_presence_writes_total", result="failed") == 0
+    finally:
+        node.server.stop()
+
+
 # -- health --------------------------------------------------------------------------------
 
 
