@@ -273,6 +273,12 @@ def test_health_answers_on_the_main_port_and_on_the_metrics_endpoint(metered):
     # The health check is not Django's: no session, no cookie, no access to the database.
     assert "set-cookie" not in health(main)[1]
     assert value(metered.scrape(), "ws4redis_healthy") == 1
+    # Not in the access log (a load balancer's checks would be most of it); other requests are.
+    marker = f"/after-health-{uuid.uuid4().hex}"
+    with contextlib.suppress(urllib.error.HTTPError):
+        urllib.request.urlopen(metered.server.http_url(marker), timeout=TIMEOUT).close()
+    eventually(lambda: marker in metered.server.log(), what="the request after the health checks was not logged")
+    assert HEALTH_URL not in metered.server.log()
 
 
 def test_health_follows_redis(test_db):

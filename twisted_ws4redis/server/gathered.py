@@ -130,7 +130,8 @@ class _Gathering(Resource):
         return defer.gatherResults(asked).addCallback(lambda answers: list(zip(workers, answers)))
 
     def _answer(self, request: server.Request, status: int, content_type: bytes, body: bytes) -> None:
-        if request.finished or request._disconnected:
+        """The response, unless the client has gone meanwhile (``_watch``)."""
+        if request.finished or getattr(request, "ws4redis_gone", False):
             return
         request.setResponseCode(status)
         request.setHeader(b"content-type", content_type)
@@ -141,16 +142,26 @@ class _Gathering(Resource):
         request.finish()
 
 
+def _watch(request: server.Request) -> None:
+    """Mark ``request`` once its client has gone, so that nothing is written to it."""
+
+    def gone(_) -> None:
+        request.ws4redis_gone = True
+
+    request.notifyFinish().addErrback(gone)
+
+
 class GatheredMetrics(_Gathering):
     """``/metrics`` of the supervisor: every worker's, labelled ``worker``."""
 
     def render_GET(self, request: server.Request):  # noqa: N802 (twisted.web's name)
+        _watch(request)
+
         def gathered(answers) -> None:
             texts = [
-                (worker.slot, body.decode("utf-8"))
+                (worker.slot, answer[1].decode("utf-8"))
                 for worker, answer in answers
                 if answer is not None and answer[0] == 200
-                for body in (answer[1],)
             ]
             ready = GaugeMetricFamily(
                 "ws4redis_workers_ready", "Workers of the supervisor that are ready and answered this scrape."
@@ -172,6 +183,8 @@ class GatheredHealth(_Gathering):
     """``/health`` of the supervisor: 200 while it is not stopping and a worker is healthy."""
 
     def render_GET(self, request: server.Request):  # noqa: N802
+        _watch(request)
+
         def gathered(answers) -> None:
             healthy = sum(1 for _, answer in answers if answer is not None and answer[0] == 200)
             stopping = self._supervisor.stopping
@@ -189,8 +202,6 @@ class GatheredHealth(_Gathering):
             lambda failure: log.failure("Asking the workers' health failed", failure)
         )
         return server.NOT_DONE_YET
-
-    render_HEAD = render_GET
 
 
 def supervisor_site(supervisor) -> server.Site:

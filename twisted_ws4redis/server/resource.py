@@ -98,10 +98,14 @@ class Root(Resource):
         """Whether a request-target (path and query) leads to the websocket door."""
         return target.split(b"?", 1)[0].startswith(self._websocket_url)
 
+    def is_health(self, path: bytes) -> bool:
+        """Whether a request's path is WS4REDIS_HEALTH_URL."""
+        return path == self._health_url
+
     def render(self, request: server.Request):
         if self.is_websocket(request.uri):
             return self._websocket.render(request)
-        if request.path == self._health_url:
+        if self.is_health(request.path):
             return self._health.render(request)
         self.in_flight.add(request)
         request.notifyFinish().addBoth(lambda _: self.in_flight.discard(request))
@@ -333,7 +337,8 @@ def access_log_line(timestamp: str, request: server.Request) -> str:
 
 class Site(server.Site):
     """The server's site: its channels are ``Channel``, its requests ``Request``,
-    its access log ``access_log_line``."""
+    its access log ``access_log_line`` (without the health checks: a load
+    balancer's, every few seconds, would be most of it)."""
 
     protocol = Channel
     requestFactory = Request
@@ -358,3 +363,7 @@ class Site(server.Site):
         self.body_min_rate = body_min_rate
         #: every connection of this site counts against the descriptors (descriptors.py)
         self.budget = budget
+
+    def log(self, request: server.Request) -> None:
+        if not self.resource.is_health(request.path):
+            super().log(request)
