@@ -199,6 +199,36 @@ def test_refused_handshakes_are_counted_by_reason(metered):
     )
 
 
+def test_a_handshake_that_times_out_is_counted_once(redis_server, test_db):
+    """Django (the hook) takes 0.3 s, the handshake's deadline is 0.2 s: the
+    deadline drops the connection, and Django's late answer is not a second refusal."""
+    node = Metered(
+        redis_server.url,
+        test_db,
+        overrides={
+            "WS4REDIS_HANDSHAKE_TIMEOUT": 0.2,
+            "WS4REDIS_ALLOWED_CHANNELS": "testproject.hooks.probing_allowed_channels",
+        },
+    )
+    try:
+        warm_up(node.server)
+        before = node.scrape()
+        with pytest.raises(Exception):
+            connect(node.server.ws_url(unique("slow") + "?subscribe-broadcast"), open_timeout=TIMEOUT)
+        eventually(lambda: refused(node.scrape(), "timeout") - refused(before, "timeout") == 1, what="no timeout")
+        time.sleep(0.5)  # Django's answer, 0.1 s after the deadline, has come
+        after = node.scrape()
+        assert refused(after, "timeout") - refused(before, "timeout") == 1
+        total = "ws4redis_handshakes_total"
+        assert (
+            sum(v for (name, _), v in after.items() if name == total)
+            - sum(v for (name, _), v in before.items() if name == total)
+            == 1
+        )
+    finally:
+        node.server.stop()
+
+
 def test_closes_are_counted_by_code(metered):
     before = metered.scrape()
     for code in (1000, 4000, 4000):
