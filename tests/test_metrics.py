@@ -300,6 +300,10 @@ def test_health_answers_on_the_main_port_and_on_the_metrics_endpoint(metered):
         status, headers, body = health(url, "HEAD")
         assert status == 200 and body == {} and headers["cache-control"] == "no-store"
     assert health(main, "POST")[0] == 405
+    # The metrics endpoint takes no request body (its site is the main port's, bounded the same way).
+    with pytest.raises(urllib.error.HTTPError) as body:
+        urllib.request.urlopen(f"http://127.0.0.1:{metered.metrics_port}/metrics", data=b"x" * 10, timeout=TIMEOUT)
+    assert body.value.code == 413
     # The health check is not Django's: no session, no cookie, no access to the database.
     assert "set-cookie" not in health(main)[1]
     assert value(metered.scrape(), "ws4redis_healthy") == 1

@@ -205,9 +205,11 @@ class GatheredHealth(_Gathering):
 
 
 def supervisor_site(supervisor) -> server.Site:
-    from .metrics import QuietSite
+    from .. import conf
+    from .descriptors import ConnectionBudget
+    from .metrics import endpoint_site
 
-    root = Resource()
-    root.putChild(b"metrics", GatheredMetrics(supervisor))
-    root.putChild(b"health", GatheredHealth(supervisor))
-    return QuietSite(root)
+    settings = conf.get_settings()
+    children = {b"metrics": GatheredMetrics(supervisor), b"health": GatheredHealth(supervisor)}
+    # The supervisor's only clients: its budget is not capped (no limit applied).
+    return endpoint_site(children, settings, ConnectionBudget(settings.reserved_descriptors, None))

@@ -28,7 +28,9 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+
+from .descriptors import ConnectionBudget
+from .resource import Site
 
 #: The label of a facility that no pattern of WS4REDIS_METRICS_FACILITIES matches.
 OTHER = "other"
@@ -268,10 +270,8 @@ def metrics_site(factory, pool, health: Resource):
     """The metrics endpoint's site: ``/metrics`` (this server's registry) and ``/health``."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServerCollector(factory, pool, health))
-    root = Resource()
-    root.putChild(b"metrics", MetricsPage(registry))
-    root.putChild(b"health", health)
-    return QuietSite(root), registry
+    site = endpoint_site({b"metrics": MetricsPage(registry), b"health": health}, factory.settings, factory.budget)
+    return site, registry
 
 
 class MetricsPage(Resource):
@@ -291,8 +291,32 @@ class MetricsPage(Resource):
         return generate_latest(self._registry)
 
 
-class QuietSite(Site):
-    """No access log line per scrape or health check."""
+class _EndpointRoot(Resource):
+    """The metrics endpoint's root, for the server's hardened site: no websocket door here."""
+
+    def is_websocket(self, target: bytes) -> bool:
+        return False
+
+
+class EndpointSite(Site):
+    """The server's site (resource.py: the same bounds on a request's head, no
+    body at all) without an access log line per scrape or health check."""
 
     def log(self, request) -> None:
         pass
+
+
+def endpoint_site(children: dict[bytes, Resource], settings, budget: ConnectionBudget) -> EndpointSite:
+    """The site of a metrics endpoint serving ``children``; its connections count in ``budget``."""
+    root = _EndpointRoot()
+    for name, child in children.items():
+        root.putChild(name, child)
+    return EndpointSite(
+        root,
+        head_timeout=settings.handshake_timeout,
+        max_head_size=settings.max_header_size,
+        max_body_size=0,
+        body_timeout=settings.body_timeout,
+        body_min_rate=settings.body_min_rate,
+        budget=budget,
+    )
