@@ -13,18 +13,18 @@ import timeit
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
 os.environ.setdefault("TEST_DB", os.path.join(tempfile.gettempdir(), "metrics-cost.sqlite3"))
 sys.path[:0] = ["tests/project", "."]
-import django  # noqa: E402
+import django
 
 django.setup()
-from prometheus_client.exposition import generate_latest  # noqa: E402
-from twisted.python.threadpool import ThreadPool  # noqa: E402
+from prometheus_client.exposition import generate_latest
+from twisted.python.threadpool import ThreadPool
 
-from twisted_ws4redis.conf import get_settings  # noqa: E402
-from twisted_ws4redis.redis_address import RedisAddress  # noqa: E402
-from twisted_ws4redis.server.health import Health  # noqa: E402
-from twisted_ws4redis.server.metrics import metrics_site  # noqa: E402
-from twisted_ws4redis.server.protocol import WebSocketFactory  # noqa: E402
-from twisted_ws4redis.server.pubsub import Burst, PubSubMessage, RedisBus  # noqa: E402
+from twisted_ws4redis.conf import get_settings
+from twisted_ws4redis.redis_address import RedisAddress
+from twisted_ws4redis.server.health import Health
+from twisted_ws4redis.server.metrics import metrics_site
+from twisted_ws4redis.server.protocol import WebSocketFactory
+from twisted_ws4redis.server.pubsub import Burst, PubSubMessage, RedisBus
 
 bus = RedisBus(RedisAddress.from_url("redis://127.0.0.1:1/0"))
 key = b"broadcast:x"

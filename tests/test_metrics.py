@@ -17,10 +17,6 @@ import urllib.request
 import uuid
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
-
 from conftest import (
     BIN,
     PROJECT,
@@ -35,6 +31,10 @@ from conftest import (
     wait_subscribed,
     warm_up,
 )
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.sync.client import connect
+
 from twisted_ws4redis.server.embedded import EmbeddedRedis
 
 HEALTH_URL = "/ws4redis/health"
@@ -213,7 +213,7 @@ def test_a_handshake_that_times_out_is_counted_once(redis_server, test_db):
     try:
         warm_up(node.server)
         before = node.scrape()
-        with pytest.raises(Exception):
+        with pytest.raises(InvalidHandshake):
             connect(node.server.ws_url(unique("slow") + "?subscribe-broadcast"), open_timeout=TIMEOUT)
         eventually(lambda: refused(node.scrape(), "timeout") - refused(before, "timeout") == 1, what="no timeout")
         time.sleep(0.5)  # Django's answer, 0.1 s after the deadline, has come

@@ -9,10 +9,11 @@ worker answers 200 to its own."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
-from typing import Iterable
+from collections.abc import Iterable
 
 from prometheus_client.core import CollectorRegistry, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -58,7 +59,7 @@ class _ToSocket:
         self._reactor = reactor
         self._paths = paths
 
-    def endpointForURI(self, uri):  # noqa: N802 (Twisted's name)
+    def endpointForURI(self, uri):
         return UNIXClientEndpoint(self._reactor, self._paths[uri.host], timeout=WORKER_TIMEOUT)
 
 
@@ -124,7 +125,6 @@ class _Gathering(Resource):
                 path=path.decode(),
                 error=failure.getErrorMessage(),
             )
-            return None
 
         asked = [_ask(reactor, worker.metrics_socket, path).addErrback(failed, worker) for worker in workers]
         return defer.gatherResults(asked).addCallback(lambda answers: list(zip(workers, answers)))
@@ -154,7 +154,7 @@ def _watch(request: server.Request) -> None:
 class GatheredMetrics(_Gathering):
     """``/metrics`` of the supervisor: every worker's, labelled ``worker``."""
 
-    def render_GET(self, request: server.Request):  # noqa: N802 (twisted.web's name)
+    def render_GET(self, request: server.Request):
         _watch(request)
 
         def gathered(answers) -> None:
@@ -182,17 +182,15 @@ class GatheredMetrics(_Gathering):
 class GatheredHealth(_Gathering):
     """``/health`` of the supervisor: 200 while it is not stopping and a worker is healthy."""
 
-    def render_GET(self, request: server.Request):  # noqa: N802
+    def render_GET(self, request: server.Request):
         _watch(request)
 
         def gathered(answers) -> None:
             healthy = sum(1 for _, answer in answers if answer is not None and answer[0] == 200)
             stopping = self._supervisor.stopping
             ok = healthy > 0 and not stopping
-            body = (
-                '{"status":"%s","workers_healthy":%d,"stopping":%s}\n'
-                % ("ok" if ok else "unavailable", healthy, "true" if stopping else "false")
-            ).encode("ascii")
+            answer = {"status": "ok" if ok else "unavailable", "workers_healthy": healthy, "stopping": stopping}
+            body = json.dumps(answer, separators=(",", ":")).encode("ascii") + b"\n"
             self._answer(request, 200 if ok else 503, b"application/json", body)
 
         if self._supervisor.stopping:

@@ -28,7 +28,7 @@ class Health(Resource):
     def healthy(self) -> bool:
         return bool(self._bus.reachable) and not self.stopping()
 
-    def render_GET(self, request: server.Request) -> bytes:  # noqa: N802 (twisted.web's name)
+    def render_GET(self, request: server.Request) -> bytes:
         redis, stopping = bool(self._bus.reachable), self.stopping()
         healthy = redis and not stopping
         request.setResponseCode(200 if healthy else 503)
@@ -37,7 +37,7 @@ class Health(Resource):
         body = {"status": "ok" if healthy else "unavailable", "redis": redis, "stopping": stopping}
         return json.dumps(body, separators=(",", ":")).encode("ascii") + b"\n"
 
-    def render_HEAD(self, request: server.Request) -> bytes:  # noqa: N802
+    def render_HEAD(self, request: server.Request) -> bytes:
         """GET's status and headers, no body (which twisted.web would log a warning about)."""
         body = self.render_GET(request)
         request.setHeader(b"content-length", b"%d" % len(body))

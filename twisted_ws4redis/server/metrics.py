@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -71,14 +71,14 @@ class Stats:
 
     __slots__ = (
         "_patterns",
+        "bytes_in",
+        "closed",
+        "latency_counts",
+        "latency_sum",
+        "messages_in",
         "open",
         "opened",
         "refused",
-        "closed",
-        "messages_in",
-        "bytes_in",
-        "latency_counts",
-        "latency_sum",
     )
 
     def __init__(self, patterns: tuple[re.Pattern, ...] = ()):
@@ -285,7 +285,7 @@ class MetricsPage(Resource):
         super().__init__()
         self._registry = registry
 
-    def render_GET(self, request) -> bytes:  # noqa: N802 (twisted.web's name)
+    def render_GET(self, request) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
         return generate_latest(self._registry)
