@@ -34,11 +34,11 @@ from pathlib import Path
 import redis
 from redis.crc import key_slot
 
-from run import ROOT, free_port, number, prepare_project, serving
 import workers
+from run import ROOT, free_port, number, prepare_project, serving
+from twisted_ws4redis.server.embedded import EmbeddedRedis, redis_server_binary
 from workers import cell
 from wsload import cpu_seconds
-from twisted_ws4redis.server.embedded import EmbeddedRedis, redis_server_binary
 
 sys.path.insert(0, str(ROOT / "tests"))
 from test_cluster import cluster_port  # noqa: E402  (the tests' way of choosing a node's ports)

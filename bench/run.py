@@ -11,8 +11,8 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import re
 import os
+import re
 import socket
 import statistics
 import subprocess

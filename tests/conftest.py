@@ -14,8 +14,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.parse
-import uuid
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest

@@ -20,11 +20,11 @@ from websockets.sync.client import connect, unix_connect
 from conftest import (
     BIN,
     PROJECT,
-    self_signed_certificate,
     TwistdServer,
     free_port,
     http_post_json,
     project_env,
+    self_signed_certificate,
     unique,
     wait_for_port,
     wait_subscribed,

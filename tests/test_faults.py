@@ -217,11 +217,11 @@ def private_redis_client(instance) -> redis.Redis:
 @pytest.mark.usefixtures("django_in_process")
 def test_the_publisher_raises_redis_unavailable_while_redis_is_down(private_redis):
     from twisted_ws4redis.conf import set_redis_override
-    from twisted_ws4redis.server.embedded import EmbeddedRedis
     from twisted_ws4redis.exceptions import RedisUnavailable
     from twisted_ws4redis.publisher import RedisPublisher
     from twisted_ws4redis.redis_address import RedisAddress
     from twisted_ws4redis.redis_store import RedisMessage
+    from twisted_ws4redis.server.embedded import EmbeddedRedis
 
     set_redis_override(RedisAddress(host="127.0.0.1", port=private_redis.port))
     try:

@@ -8,7 +8,8 @@ import re
 import socket
 from urllib.parse import quote
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from test_door import assert_still_serving
 from test_hostile import RawSocket

@@ -25,9 +25,8 @@ def settings_now():
 def test_the_defaults_are_those_of_ws4redis():
     from django.conf import settings
 
-    from twisted_ws4redis.subscriber import RedisSubscriber
-
     from twisted_ws4redis.conf import get_settings
+    from twisted_ws4redis.subscriber import RedisSubscriber
 
     with override_settings():
         for name in UNSET:
@@ -70,8 +69,8 @@ def test_the_request_body_limits_have_bounded_defaults():
 def test_the_host_check_is_djangos():
     """``HttpRequest.get_host()``'s rules: ALLOWED_HOSTS patterns, '*', the DEBUG
     fallback, X-Forwarded-Host only with USE_X_FORWARDED_HOST."""
-    from django.http import HttpRequest
     from django.core.exceptions import DisallowedHost
+    from django.http import HttpRequest
 
     def both(host, forwarded=None):
         headers = {"host": host} if forwarded is None else {"host": host, "x-forwarded-host": forwarded}

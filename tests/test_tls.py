@@ -24,10 +24,10 @@ from websockets.sync.client import connect
 from conftest import (
     BIN,
     PROJECT,
-    self_signed_certificate,
     TwistdServer,
     free_port,
     project_env,
+    self_signed_certificate,
     unique,
     wait_for_port,
     wait_subscribed,

@@ -24,9 +24,8 @@ import redis
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from twisted_ws4redis import history
-
 from conftest import TwistdServer, http_post_json, login, open_ws, recording, unique, wait_subscribed, warm_up
+from twisted_ws4redis import history
 
 TIMEOUT = 5
 V2 = "ws4redis.v2"

@@ -23,12 +23,12 @@ from websockets.sync.client import connect
 
 from conftest import (
     PROJECT,
-    self_signed_certificate,
     TwistdServer,
     free_port,
     http_post_json,
     new_log_path,
     project_env,
+    self_signed_certificate,
     unique,
     warm_up,
 )

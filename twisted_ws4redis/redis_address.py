@@ -18,8 +18,8 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from zope.interface import implementer
 from twisted.internet.interfaces import IStreamClientEndpoint
+from zope.interface import implementer
 
 if TYPE_CHECKING:
     import redis

@@ -30,7 +30,6 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-
 from zope.interface import implementer
 
 from .. import logsafe

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 
-from twisted.logger import ILogObserver, LogEvent, LogLevel, LogPublisher, Logger, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, LogPublisher, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import provider
 

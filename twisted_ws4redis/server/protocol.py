@@ -23,12 +23,12 @@ from twisted.logger import Logger
 
 from .. import __version__, audience, logsafe
 from ..conf import Settings
-from .descriptors import ConnectionBudget
 from ..django_bridge import Accepted, Handshake, authorize, defer_to_django, reads_nothing
+from . import signalling
+from .descriptors import ConnectionBudget
 from .outbox import Outbox, buffered_bytes, socket_transport, write_now
 from .presence import NodePresence
 from .pubsub import REDIS_WAIT, Burst, PubSubMessage, RedisBus
-from . import signalling
 from .v2 import SUBPROTOCOL, V2Session
 
 log = Logger()

@@ -22,6 +22,8 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.wsgi import WSGIResource
 
 from .. import audience, conf
+from ..redis_address import RedisAddress
+from .cluster import ClusterBus
 from .control import NodeControl
 from .descriptors import raise_open_files_limit
 from .embedded import EmbeddedRedis, EmbeddedRedisService
@@ -29,10 +31,8 @@ from .logbridge import forward_to_stdlib, forward_to_twisted
 from .outbox import buffered_bytes
 from .presence import NodePresence
 from .protocol import WebSocketFactory, wait_until
-from .cluster import ClusterBus
 from .pubsub import RedisBus
 from .reactor_thread import daemon_thread
-from ..redis_address import RedisAddress
 from .resource import Root, Site, WebSocketDoor
 from .sharedports import AdoptedEndpoint
 from .tls import harden

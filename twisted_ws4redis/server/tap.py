@@ -9,7 +9,6 @@ import sys
 from typing import Any, Callable, TypeVar
 
 import django
-
 from twisted.logger import Logger
 from twisted.python import usage
 

@@ -27,8 +27,8 @@ from twisted.python.failure import Failure
 
 from .. import audience, history, logsafe, presence
 from ..django_bridge import authorize_op, defer_to_django
-from .pubsub import REDIS_WAIT, Burst, PubSubMessage, Replayed
 from . import signalling
+from .pubsub import REDIS_WAIT, Burst, PubSubMessage, Replayed
 
 if TYPE_CHECKING:
     from .protocol import WebSocketProtocol
