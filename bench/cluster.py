@@ -41,7 +41,7 @@ from workers import cell
 from wsload import cpu_seconds
 
 sys.path.insert(0, str(ROOT / "tests"))
-from test_cluster import cluster_port  # noqa: E402  (the tests' way of choosing a node's ports)
+from test_cluster import cluster_port  # the tests' way of choosing a node's ports
 
 PREFIX = "demo:broadcast:"
 

@@ -355,7 +355,7 @@ async def open_clients(
                 _, client = await target.connect(lambda: Client(f"{target.host}:{target.port}", path, cookie, ignore))
                 await asyncio.wait_for(client.opened, 30)
                 return client
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 FAILURES[f"{type(exc).__name__}: {exc}"[:80]] += 1
                 return None
 
@@ -435,7 +435,7 @@ async def scenario_fanout(target: Target, args) -> dict:
         pipe.execute()
     try:
         await asyncio.wait_for(deliveries.done.wait(), args.timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     span = max(1, deliveries.last_ns - first_ns) / 1e9
     busy = phase.busy(span, deliveries.count - before, "delivery")
@@ -474,7 +474,7 @@ async def scenario_chat(target: Target, args) -> dict:
         await asyncio.sleep(0)
     try:
         await asyncio.wait_for(deliveries.done.wait(), args.timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     span = max(1, deliveries.last_ns - first_ns) / 1e9
     busy = phase.busy(span, deliveries.count - before, "delivery")
@@ -530,7 +530,7 @@ async def scenario_churn(target: Target, args) -> dict:
                 client.close()
                 await asyncio.wait_for(client.closed, 10)
                 done += 1
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 failed += 1
 
     publishing = asyncio.ensure_future(publisher())
@@ -617,7 +617,7 @@ async def scenario_hold(target: Target, args) -> dict:
         deliveries.done.set()
     try:
         await asyncio.wait_for(deliveries.done.wait(), args.timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     print(
         json.dumps(

@@ -22,7 +22,7 @@ from redis.cluster import ClusterNode, RedisCluster
 
 from conftest import TwistdServer, login, open_ws, project_env, session_key, unique, wait_for_port, warm_up
 from test_cli import run_twistd
-from test_v2 import message, open_v2
+from test_v2 import open_v2
 from twisted_ws4redis.server.embedded import redis_server_binary
 
 TIMEOUT = 5

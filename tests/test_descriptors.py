@@ -286,5 +286,5 @@ def test_a_reserve_or_cap_that_cannot_work_stops_the_start(test_db, redis_server
 def test_the_systemd_unit_sets_the_open_files_limit():
     """Distributions' defaults differ (1024, or 1024 soft and 524288 hard): the unit says it."""
     unit = (Path(__file__).resolve().parent.parent / "docs" / "deploy" / "ws4redis@.service").read_text()
-    (value,) = re.findall(r"^LimitNOFILE=(\d+)$", unit, re.M)
+    (value,) = re.findall(r"^LimitNOFILE=(\d+)$", unit, re.MULTILINE)
     assert int(value) - RESERVE >= 50_000  # the caps the README gives for the unit

@@ -285,7 +285,7 @@ def test_fragments_with_a_ping_between_them_make_one_message(server, redis_clien
     ws = RawSocket(server.port, f"/ws/{facility}?subscribe-broadcast&publish-broadcast&echo")
     try:
         wait_subscribed(redis_client, f"broadcast:{facility}")
-        ws.send_frame(0x1, "frag".encode(), fin=False)
+        ws.send_frame(0x1, b"frag", fin=False)
         ws.send_frame(0x9, b"are you there")
         ws.send_frame(0x0, "ment é".encode())
         assert ws.read_frame() == (0xA, b"are you there")

@@ -59,7 +59,7 @@ class Flood(threading.Thread):
             while self.running:
                 try:
                     sent = self.sock.send(view[self.sent % len(self.blob) :])
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 self.sent += sent
                 self.progressed = time.monotonic()
@@ -245,7 +245,7 @@ def test_unsolicited_pongs_do_not_keep_a_dead_peer_alive(twistd_servers, redis_c
                 try:
                     if not liar.sock.recv(4096):
                         raise ConnectionError("closed by the server")
-                except socket.timeout:
+                except TimeoutError:
                     pass
                 liar.send_frame(0xA, b"ws4redis")
                 liar.send_frame(0xA)

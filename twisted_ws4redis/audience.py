@@ -23,7 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from typing import Any, Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
+from typing import Any
 from urllib.parse import unquote_to_bytes
 from weakref import WeakKeyDictionary
 
@@ -116,7 +117,7 @@ class _Read:
     """One thing SELF's resolution reads from Django, both ways: ``sync()`` on a
     thread, ``await asynchronous()`` on an event loop (never a blocking call there)."""
 
-    __slots__ = ("sync", "asynchronous")
+    __slots__ = ("asynchronous", "sync")
 
     def __init__(self, sync: Callable[[], Any], asynchronous: Callable[[], Awaitable[Any]]):
         self.sync = sync

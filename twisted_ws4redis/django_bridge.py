@@ -10,10 +10,11 @@ any read.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import import_module
 from io import BytesIO
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from django.apps import apps

@@ -7,8 +7,9 @@ is in ``publisher``); the websockets use the non-blocking clients in
 
 from __future__ import annotations
 
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
-from typing import Any, Generator, Iterator
+from typing import Any
 
 import redis
 

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from http.cookies import SimpleCookie
 from importlib import import_module
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from django.test import TransactionTestCase
@@ -140,7 +141,7 @@ class WebSocketClient:
     def __enter__(self) -> WebSocketClient:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
@@ -254,7 +255,7 @@ class LiveServer:
     def __enter__(self) -> LiveServer:
         return self.start()
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     # -- use -----------------------------------------------------------------------------

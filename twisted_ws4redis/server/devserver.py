@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socketserver
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.error import CannotListenError

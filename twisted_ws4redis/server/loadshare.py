@@ -21,7 +21,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall

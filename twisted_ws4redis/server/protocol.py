@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from http import HTTPStatus
 from pprint import pformat
-from typing import Callable
 from urllib.parse import urlsplit
 
 import txaio
@@ -92,7 +92,7 @@ def _address(address) -> tuple[str, int]:
 class TokenBucket:
     """A rate with bursts of up to one second's worth."""
 
-    __slots__ = ("rate", "_tokens", "_checked")
+    __slots__ = ("_checked", "_tokens", "rate")
 
     def __init__(self, rate: float, now: float):
         self.rate = rate

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import txredisapi
 from redis.crc import key_slot
@@ -53,7 +53,7 @@ class PubSubMessage:
     history's envelope taken off (``id`` is None without one), each websocket
     frame built once, by the first listener that needs it."""
 
-    __slots__ = ("channel", "payload", "id", "is_binary", "_prepared", "_framed")
+    __slots__ = ("_framed", "_prepared", "channel", "id", "is_binary", "payload")
 
     def __init__(self, channel: bytes, payload: bytes, *, live: bool = True, message_id: str | None = None):
         """``live``: what the channel carried (maybe an envelope); else a
@@ -94,7 +94,7 @@ class Burst(list):
     burst costs each websocket one write, not one per message (at 19,500
     sockets the per-message calls were most of a delivery's cost)."""
 
-    __slots__ = ("channel", "_writes")
+    __slots__ = ("_writes", "channel")
 
     def __init__(self, channel: bytes, messages: Iterable[PubSubMessage] = ()):
         super().__init__(messages)

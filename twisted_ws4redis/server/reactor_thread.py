@@ -10,7 +10,8 @@ exits without stopping it (stopping it would mean it can never run again).
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from twisted.internet import threads
 

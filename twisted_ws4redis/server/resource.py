@@ -141,7 +141,7 @@ class Channel(http.HTTPChannel):
     _refused = False  # a refusal was sent: what the client still sends is not served
 
     @property
-    def MAX_LENGTH(self) -> int:  # noqa: N802 (LineReceiver's name): the longest line
+    def MAX_LENGTH(self) -> int:  # LineReceiver's name: the longest line
         return self.site.max_head_size
 
     def connectionMade(self) -> None:
@@ -303,7 +303,7 @@ class _Redacted:
         self._request = request
         self.uri = logsafe.redact_query(request.uri)
 
-    def getHeader(self, name: bytes) -> bytes | None:  # noqa: N802 (twisted.web's name)
+    def getHeader(self, name: bytes) -> bytes | None:  # twisted.web's name
         value = self._request.getHeader(name)
         return logsafe.redact_query(value) if value is not None and name.lower() == b"referer" else value
 

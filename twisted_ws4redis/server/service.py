@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured

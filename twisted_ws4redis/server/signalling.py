@@ -9,8 +9,9 @@ nobody listens a socket costs no thread hop and no state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from django.dispatch import Signal
 from twisted.internet import defer
@@ -33,7 +34,7 @@ Deliver = Callable[[bytes, bool], None]
 class SocketSignals:
     """The signals of one websocket, made when its first one is sent."""
 
-    __slots__ = ("protocol", "_tail", "holding")
+    __slots__ = ("_tail", "holding", "protocol")
 
     def __init__(self, protocol: WebSocketProtocol):
         self.protocol = protocol

@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.application.service import MultiService
 from twisted.internet import defer

@@ -88,7 +88,7 @@ def message_frame(pair: Pair, message: PubSubMessage) -> bytes:
 class Subscription:
     """One (facility, audience) of a websocket: a listener of its channels."""
 
-    __slots__ = ("session", "pair", "channels", "backlog", "replayed", "counted", "watch")
+    __slots__ = ("backlog", "channels", "counted", "pair", "replayed", "session", "watch")
 
     def __init__(self, session: V2Session, pair: Pair, channels: list[str]):
         self.session = session
@@ -121,7 +121,7 @@ class PresenceWatch:
     many of its subscriptions asked for them. They wait until the first
     ``subscribed`` reply has gone (with the state they follow)."""
 
-    __slots__ = ("session", "channel", "subscriptions", "backlog")
+    __slots__ = ("backlog", "channel", "session", "subscriptions")
 
     def __init__(self, session: V2Session, channel: str):
         self.session = session
