@@ -17,7 +17,7 @@ setup(
     long_description_content_type="text/x-rst",
     license="MIT",
     python_requires=">=3.11",
-    packages=find_packages(include=["twisted_ws4redis", "twisted_ws4redis.*"]) + ["twisted.plugins"],
+    packages=[*find_packages(include=["twisted_ws4redis", "twisted_ws4redis.*"]), "twisted.plugins"],
     package_data={
         "twisted.plugins": ["ws4redis_plugin.py"],
         "twisted_ws4redis": ["static/twisted_ws4redis/js/*"],

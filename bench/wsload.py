@@ -112,7 +112,7 @@ class Client(asyncio.Protocol):
             end = offset + header + length
             if end > size:
                 break
-            if opcode == 1 or opcode == 2:
+            if opcode in {1, 2}:
                 messages.append(data[offset + header : end])
             elif opcode == 9:
                 self._send(0xA, data[offset + header : end])

@@ -5,6 +5,7 @@ under ``asyncio.run`` against the real test Redis, compared with the blocking AP
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import subprocess
@@ -72,7 +73,7 @@ def test_an_async_view_publishes_to_self_of_a_logged_in_user(server, redis_clien
         "sessions": [f"session:{key}:{facility}"],
     }
     with open_ws(server, f"{facility}?subscribe-user&subscribe-group&subscribe-session", cookie) as ws:
-        for channel in sum(expected.values(), []):
+        for channel in itertools.chain.from_iterable(expected.values()):
             wait_subscribed(redis_client, channel)
         for audience, channels in expected.items():
             answer = http_post_json(
@@ -216,11 +217,11 @@ def test_async_and_blocking_calls_return_the_same(redis_client):
         assert listener.get_message(timeout=TIMEOUT)["type"] == "subscribe"
     request, anonymous = django_request("john"), django_request()
     audiences = [
-        dict(broadcast=True),
-        dict(users=[SELF], broadcast=True),
-        dict(users=["nobody"]),
-        dict(users=[SELF], request=anonymous),
-        dict(sessions=[SELF], groups=[SELF]),
+        {"broadcast": True},
+        {"users": [SELF], "broadcast": True},
+        {"users": ["nobody"]},
+        {"users": [SELF], "request": anonymous},
+        {"sessions": [SELF], "groups": [SELF]},
     ]
 
     def blocking(message, expire):

@@ -75,10 +75,9 @@ def example_env(tmp_path_factory, redis_server) -> dict:
 
 
 def start_example(redis_server, env: dict, port: int | None = None) -> TwistdServer:
-    server = TwistdServer(
+    return TwistdServer(
         redis_server.url, "", args=("--static",), port=port, project=EXAMPLE, settings="chatserver.settings", env=env
     )
-    return server
 
 
 @pytest.fixture(scope="module")
@@ -510,8 +509,8 @@ def test_v2_page_gets_what_it_missed_on_each_facility_across_a_server_restart(re
             message="the messages after the restart",
         )
         state = page_state(driver)
-        assert messages(driver) == chat + ["after"]
-        assert state["userchat"] == userchat + ["u after"]
+        assert messages(driver) == [*chat, "after"]
+        assert state["userchat"] == [*userchat, "u after"]
         assert state["groupchat"] == ["g down 2"]
         assert state["recovered"] == {"userchat": [True], "groupchat": [False]}
         screenshot(driver, "chat-recovered")
@@ -575,18 +574,23 @@ def test_v2_client_callbacks(chat_server, open_browser):
     assert all(re.fullmatch(r"\d+-\d+", message_id) for message_id in ids), ids
     assert ids == sorted(ids, key=lambda message_id: tuple(map(int, message_id.split("-"))))
     assert len(set(ids)) == 4
-    assert out["subscribed"]["op"] == "subscribed" and isinstance(out["subscribed"]["ref"], int)
+    assert out["subscribed"]["op"] == "subscribed"
+    assert isinstance(out["subscribed"]["ref"], int)
     assert (out["subscribed"]["facility"], out["subscribed"]["audience"]) == ("chat", "broadcast")
-    assert "recovered" not in out["subscribed"] and "recovered" not in out and "subscribeError" not in out
+    assert "recovered" not in out["subscribed"]
+    assert "recovered" not in out
+    assert "subscribeError" not in out
     # The channel's persisted message first (the welcome), then the four, each with its id.
     expected = [[f"{tag} early", ids[0]], [[0, 1, 2, 255], ids[1]], [f"{tag} one", ids[2]], [f"{tag} two", ids[3]]]
     assert out["received"][1:] == expected, out["received"]
-    assert out["refused"]["code"] == 403 and out["notPublished"]["error"]["code"] == 403
+    assert out["refused"]["code"] == 403
+    assert out["notPublished"]["error"]["code"] == 403
     assert out["notPublished"]["id"] is None
     assert out["unsubscribed"] is None
     assert out["afterUnsubscribe"]["error"] is None
     assert out["sub"] == {"facility": "chat", "audience": "broadcast", "last_id": ids[3]}
-    assert out["afterClose"]["error"]["code"] == 0 and out["afterClose"]["id"] is None
+    assert out["afterClose"]["error"]["code"] == 0
+    assert out["afterClose"]["id"] is None
     assert out["unmatched"] == []
 
 

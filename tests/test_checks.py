@@ -156,7 +156,7 @@ def round_of(name: str, value) -> str:
     )
 
 
-@pytest.mark.parametrize("name, value, check_id, shown", CASES, ids=[f"{n}={v!r}" for n, v, _, _ in CASES])
+@pytest.mark.parametrize(("name", "value", "check_id", "shown"), CASES, ids=[f"{n}={v!r}" for n, v, _, _ in CASES])
 def test_a_bad_value_fails_the_check_with_its_id_name_and_value(checked, name, value, check_id, shown):
     check = checked[round_of(name, value)]
     assert check.returncode != 0, check.output
@@ -164,7 +164,8 @@ def test_a_bad_value_fails_the_check_with_its_id_name_and_value(checked, name, v
     assert len(mine) == 1, check.output
     message, _ = mine[0]
     assert name in message and shown in message, message
-    assert "hunter2" not in check.output and "\x1b" not in check.output
+    assert "hunter2" not in check.output
+    assert "\x1b" not in check.output
 
 
 def test_every_setting_is_among_the_cases():
@@ -180,7 +181,8 @@ def test_a_typo_warns_with_the_closest_name_and_passes(checked):
     warnings = {message.split()[0]: (check_id, hint) for check_id, message, hint in check.problems("WARNINGS")}
     assert warnings["WS4REDIS_EXPIR"] == ("twisted_ws4redis.W001", "Did you mean WS4REDIS_EXPIRE?")
     check_id, hint = warnings["WS4REDIS_ZZQQ"]
-    assert check_id == "twisted_ws4redis.W001" and "Did you mean" not in hint
+    assert check_id == "twisted_ws4redis.W001"
+    assert "Did you mean" not in hint
     assert check.problems("ERRORS") == []
 
 
@@ -210,9 +212,9 @@ def test_twistd_refuses_to_start_with_the_same_messages(checked):
     assert result.returncode != 0
     assert "Traceback" not in output
     said = {(check_id, message, hint) for check_id, message, hint in PROBLEM.findall(output)}
-    expected = set(checked["two"].problems("ERRORS")) | set(
+    expected = set(checked["two"].problems("ERRORS")) | {
         problem for problem in checked["typos"].problems("WARNINGS") if problem[1].startswith("WS4REDIS_EXPIR ")
-    )
+    }
     assert said == expected and len(said) == 3, output
 
 

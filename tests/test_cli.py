@@ -220,7 +220,7 @@ def test_sigterm_closes_websockets_with_1001_and_exits_0(redis_server, test_db):
 
 
 @pytest.mark.parametrize(
-    "args, overrides, says",
+    ("args", "overrides", "says"),
     [
         (["--threads=many"], {}, "--threads must be a whole number"),
         (["--threads=0"], {}, "--threads must be at least 1"),

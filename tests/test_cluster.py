@@ -418,7 +418,8 @@ def test_bad_cluster_settings_are_named(test_db):
     from twisted_ws4redis.redis_address import RedisAddress
 
     address = RedisAddress.from_dict({"startup_nodes": ["10.0.0.1:7000", ("10.0.0.2", 7001)], "password": "pw"})
-    assert address.cluster and address.startup_nodes == (("10.0.0.1", 7000), ("10.0.0.2", 7001))
+    assert address.cluster
+    assert address.startup_nodes == (("10.0.0.1", 7000), ("10.0.0.2", 7001))
     assert str(RedisAddress.from_url("rediss+cluster://u:pw@h:1,h:2/0")) == "rediss+cluster://h:1,h:2"
     for bad in (
         {"startup_nodes": []},

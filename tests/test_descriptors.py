@@ -179,7 +179,8 @@ def test_a_flood_of_websockets_past_the_cap_gets_503_and_costs_no_one_else(redis
         status, _, _ = raw_request(server.port, handshake(f"/ws/{facility}", drop=("Upgrade",)))
         assert status == 426  # past the cap check, to the next one
         assert server.process.poll() is None
-        assert "EMFILE" not in server.log() and "Traceback" not in server.log()
+        assert "EMFILE" not in server.log()
+        assert "Traceback" not in server.log()
     finally:
         for sock in sockets:
             sock.close()
@@ -225,7 +226,8 @@ def test_connections_past_the_reserve_are_closed_at_once_and_redis_and_pages_com
             assert time.monotonic() < deadline, status
             time.sleep(0.1)
         assert server.process.poll() is None
-        assert "EMFILE" not in server.log() and "Traceback" not in server.log()
+        assert "EMFILE" not in server.log()
+        assert "Traceback" not in server.log()
         # One warning for the episode, not a line per refused connection.
         assert server.log().count("Client connections at their cap") == 1
         assert "HTTP 503 to" not in server.log()
@@ -252,7 +254,7 @@ def test_the_soft_limit_is_raised_to_the_hard_one(redis_server, test_db):
 
 
 @pytest.mark.parametrize(
-    "overrides, says",
+    ("overrides", "says"),
     [
         ({"WS4REDIS_RESERVED_DESCRIPTORS": LIMIT}, "WS4REDIS_RESERVED_DESCRIPTORS (1024) leaves no descriptor"),
         ({"WS4REDIS_RESERVED_DESCRIPTORS": 0}, "WS4REDIS_RESERVED_DESCRIPTORS must be a positive integer"),

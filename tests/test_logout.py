@@ -184,7 +184,8 @@ def test_logout_succeeds_when_redis_is_down(django_in_process, caplog):
     down = {"host": "127.0.0.1", "port": free_port(), "db": 0, "socket_connect_timeout": 1}
     with override_settings(WS4REDIS_CONNECTION=down), caplog.at_level(logging.WARNING, "twisted_ws4redis"):
         logout(request)
-    assert request.session.session_key is None and not request.user.is_authenticated
+    assert request.session.session_key is None
+    assert not request.user.is_authenticated
     records = [record for record in caplog.records if record.name == "twisted_ws4redis.receivers"]
     warnings = [record.getMessage() for record in records]
     assert len(warnings) == 1 and session_digest(key) in warnings[0] and key not in warnings[0], warnings
@@ -205,7 +206,8 @@ def test_an_ended_session_is_refused_for_ten_seconds_then_forgotten(django_in_pr
     factory = WebSocketFactory(get_settings(), bus=None, pool=None, reactor=clock)
     first, second = "0" * 16, "1" * 16
     assert factory.close_session(first) == 0  # no websocket of it here
-    assert factory.session_ended(first) and not factory.session_ended(second)
+    assert factory.session_ended(first)
+    assert not factory.session_ended(second)
     clock.advance(SESSION_ENDED_MEMORY - 0.1)
     assert factory.session_ended(first)
     clock.advance(0.1)

@@ -173,7 +173,8 @@ def test_a_regular_install_serves_django_static_files_and_websockets(
         assert (response.status, response.read()) == (200, b"testproject")
         connection.request("GET", "/static/twisted_ws4redis/js/ws4redis.js")
         response = connection.getresponse()
-        assert response.status == 200 and b"function WS4Redis" in response.read()
+        assert response.status == 200
+        assert b"function WS4Redis" in response.read()
         connection.close()
         facility = unique("wheel")
         with connect(f"ws://127.0.0.1:{port}/ws/{facility}?subscribe-broadcast", open_timeout=TIMEOUT) as ws:
@@ -243,7 +244,8 @@ def test_missing_system_packages_are_named_in_one_line_before_any_test(tmp_path)
         text=True,
         timeout=30,
     )
-    assert result.returncode == 1 and result.stdout == ""
+    assert result.returncode == 1
+    assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     for package in ("redis-server", "chromium", "chromium-driver"):

@@ -149,7 +149,8 @@ def test_a_websocket_receives_what_is_published_on_redis(dev_server, redis_clien
 def test_pages_and_static_files_are_served(dev_server):
     assert dev_server.get("/") == (200, b"testproject")
     status, body = dev_server.get("/static/testproject/hello.txt")
-    assert status == 200 and body.startswith(b"hello from the test project")
+    assert status == 200
+    assert body.startswith(b"hello from the test project")
     # staticfiles' handler, as Django's runserver: the app's own static files too.
     assert dev_server.get("/static/twisted_ws4redis/js/ws4redis.js")[0] == 200
 
@@ -201,7 +202,8 @@ def test_noreload_nothreading_and_nostatic(redis_server, redis_client, test_db):
         # signal handlers: Ctrl-C is a graceful stop.
         assert server.stop(signal.SIGINT) == 0, server.log()
         log = server.log()
-        assert "Watching for file changes" not in log and "Main loop terminated." in log
+        assert "Watching for file changes" not in log
+        assert "Main loop terminated." in log
     finally:
         server.stop()
 
@@ -271,7 +273,7 @@ def test_redis_unreachable_at_start(test_db):
 
 
 @pytest.mark.parametrize(
-    "apps, warned",
+    ("apps", "warned"),
     [
         (APPS, False),
         (["django.contrib.staticfiles", *[app for app in APPS if app != "django.contrib.staticfiles"]], True),

@@ -28,7 +28,8 @@ class Proxy:
         text = text.replace("bind 127.0.0.1:8000", f"bind 127.0.0.1:{self.port}")
         for number, node in enumerate(nodes, 1):
             text = text.replace(f"127.0.0.1:800{number}", f"127.0.0.1:{node.port}")
-        assert text.count("bind 127.0.0.1:") == 1 and "127.0.0.1:8001" not in text
+        assert text.count("bind 127.0.0.1:") == 1
+        assert "127.0.0.1:8001" not in text
         path = tmp_path / "haproxy.cfg"
         path.write_text(text)
         subprocess.run([HAPROXY, "-c", "-q", "-f", str(path)], check=True)

@@ -268,7 +268,8 @@ def test_a_tmpdir_too_long_for_the_embedded_redis_socket_stops_the_start_with_on
         twistd_command("--redis=embedded", f"--endpoint=tcp:{free_port()}:interface=127.0.0.1"), env
     )
     assert code not in (0, None), output
-    assert "set TMPDIR to a shorter directory" in output and "Traceback" not in output
+    assert "set TMPDIR to a shorter directory" in output
+    assert "Traceback" not in output
     assert list(long_tmpdir.iterdir()) == []
 
 
@@ -378,7 +379,8 @@ def test_static_serves_the_file_django_finds_first(static_server):
 def test_static_without_wsgi_serves_static_files_and_websockets_only(twistd_servers, redis_client):
     server = twistd_servers(args=("--static", "--no-wsgi"))
     status, _, body = http_get(server.port, "/static/testproject/hello.txt")
-    assert status == 200 and body
+    assert status == 200
+    assert body
     assert http_get(server.port, "/")[0] == 404
     assert http_get(server.port, "/login/")[0] == 404
     facility = unique("static-ws")
@@ -445,7 +447,7 @@ def assert_fails_with_one_line(code: int | None, output: str, elapsed: float, sa
 
 
 @pytest.mark.parametrize(
-    "endpoint, says",
+    ("endpoint", "says"),
     [
         ("tcp:{taken}:interface=127.0.0.1", "Address already in use"),
         ("unix:/nonexistent-ws4redis-dir/ws.sock", "/nonexistent-ws4redis-dir/ws.sock"),
@@ -589,7 +591,7 @@ def test_runws4redis_no_wsgi_and_ctrl_c(redis_server, test_db, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "option, says",
+    ("option", "says"),
     [
         ("--redis=ftp://x", "is not a Redis URL"),
         ("--threads=0", "--threads must be at least 1"),

@@ -97,7 +97,7 @@ REFUSED = {
 }
 
 
-@pytest.mark.parametrize("version, cipher", ACCEPTED.values(), ids=ACCEPTED.keys())
+@pytest.mark.parametrize(("version", "cipher"), ACCEPTED.values(), ids=ACCEPTED.keys())
 def test_modern_clients_are_accepted(tls_server, certificate, version, cipher):
     got_version, got_cipher = negotiate(tls_server.port, client_context(certificate, version=version, ciphers=cipher))
     assert got_version == {ssl.TLSVersion.TLSv1_2: "TLSv1.2", ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version]
@@ -105,7 +105,7 @@ def test_modern_clients_are_accepted(tls_server, certificate, version, cipher):
         assert got_cipher == cipher
 
 
-@pytest.mark.parametrize("version, cipher", REFUSED.values(), ids=REFUSED.keys())
+@pytest.mark.parametrize(("version", "cipher"), REFUSED.values(), ids=REFUSED.keys())
 def test_old_protocols_and_ciphers_without_forward_secrecy_are_refused(tls_server, certificate, version, cipher):
     with pytest.raises(ssl.SSLError):
         negotiate(tls_server.port, client_context(certificate, version=version, ciphers=cipher))
@@ -298,7 +298,8 @@ def test_harden_rebuilds_the_parsed_options_and_keeps_an_explicit_method(certifi
     description = ssl_endpoint(certificate, 0)
     hardened = harden(endpoints.serverFromString(MemoryReactor(), description), "ECDHE+AESGCM")
     options = hardened._sslContextFactory.getContext().set_options(0)  # returns the options in force
-    assert options & SSL.OP_NO_TLSv1_1 and not options & SSL.OP_NO_TLSv1_2
+    assert options & SSL.OP_NO_TLSv1_1
+    assert not options & SSL.OP_NO_TLSv1_2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # sslmethod= is deprecated in Twisted
         fixed = endpoints.serverFromString(MemoryReactor(), f"{description}:sslmethod=TLSv1_2_METHOD")

@@ -310,7 +310,8 @@ def test_a_bad_request_is_a_400_and_the_socket_stays_open(server, name):
         ws.ws.send(json.dumps(frame) if isinstance(frame, dict) else frame)
         error = ws.recv()
         assert {**error, "reason": None} == {"op": "error", "ref": ref, "code": 400, "reason": None}, error
-        assert isinstance(error["reason"], str) and error["reason"]
+        assert isinstance(error["reason"], str)
+        assert error["reason"]
         ws.subscribe(facility)
         published = ws.publish(facility, "still open")
         assert ws.message() == message(facility, "still open", published)

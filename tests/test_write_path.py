@@ -133,7 +133,7 @@ FLOODS = {
 }
 
 
-@pytest.mark.parametrize("frame, overrides", FLOODS.values(), ids=FLOODS.keys())
+@pytest.mark.parametrize(("frame", "overrides"), FLOODS.values(), ids=FLOODS.keys())
 def test_a_flood_of_questions_from_a_client_that_never_reads_is_closed(twistd_servers, redis_client, frame, overrides):
     """Two clients send what the server answers (pings, heartbeats) and read
     nothing: past WS4REDIS_MAX_BUFFERED_BYTES of answers each is closed
@@ -434,7 +434,8 @@ def test_autobahn_unregisters_the_producer_before_it_drops_the_connection():
     protocol, transport = _open_autobahn_protocol()
     transport.registerProducer(protocol, True)
     protocol.dropConnection(abort=False)
-    assert transport.producer is None and transport.disconnecting
+    assert transport.producer is None
+    assert transport.disconnecting
 
 
 def test_autobahn_calls_on_frame_begin_for_every_frame_with_its_opcode():
@@ -504,14 +505,16 @@ def test_a_socket_transport_pauses_its_producer_past_its_buffer_size_and_resumes
     transport, producer = _Stuck(reactor=MemoryReactor()), _Producer()
     transport.registerProducer(producer, True)
     transport.write(b"x" * transport.bufferSize)
-    assert producer.calls == [] and buffered_bytes(transport) == transport.bufferSize
+    assert producer.calls == []
+    assert buffered_bytes(transport) == transport.bufferSize
     transport.write(b"y")
     assert producer.calls == ["pause"]
     transport.doWrite()  # the kernel takes nothing
     assert buffered_bytes(transport) == transport.bufferSize + 1
     transport.blocked = False
     transport.doWrite()
-    assert producer.calls == ["pause", "resume"] and buffered_bytes(transport) == 0
+    assert producer.calls == ["pause", "resume"]
+    assert buffered_bytes(transport) == 0
 
 
 def test_autobahn_looks_up_its_debug_formatters_when_it_logs_so_they_can_be_skipped():

@@ -272,8 +272,8 @@ def fetch_steps(prefix: str, facility: str, request: Any, audience: str = "any")
     """The channels whose persisted message a websocket of ``request`` would get
     for ``facility``, most specific first: ``audience`` is 'session', 'user',
     'group', 'broadcast' or 'any' (all of them, in that order)."""
-    if audience not in ("any",) + AUDIENCES:
-        raise ValueError(f"audience must be one of {('any',) + AUDIENCES}, got {audience!r}")
+    if audience not in ("any", *AUDIENCES):
+        raise ValueError(f"audience must be one of {('any', *AUDIENCES)}, got {audience!r}")
     order = ("session", "user", "group", "broadcast") if audience == "any" else (audience,)
     channels = []
     for name in order:

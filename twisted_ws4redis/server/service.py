@@ -240,10 +240,7 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
     bus.watch(audience.control_channel(settings.prefix), NodeControl(factory))
     wsgi = None
     if config.serve_wsgi or config.static:
-        if not config.serve_wsgi:
-            application = static_only
-        else:
-            application = config.application or load_wsgi_application(config.wsgi)
+        application = static_only if not config.serve_wsgi else config.application or load_wsgi_application(config.wsgi)
         if config.static:
             application = with_static_files(application)
         wsgi = WSGIResource(reactor, pool, application)
