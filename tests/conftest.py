@@ -389,7 +389,8 @@ def recording(redis_server, facility: str, pattern: str | None = None):
     else:
         pubsub.subscribe(pattern)
     confirmation = pubsub.get_message(timeout=5.0)
-    assert confirmation and confirmation["type"] in ("psubscribe", "subscribe"), confirmation
+    assert confirmation, confirmation
+    assert confirmation["type"] in ("psubscribe", "subscribe"), confirmation
     try:
         yield Recorder(pubsub)
     finally:

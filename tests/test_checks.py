@@ -163,7 +163,8 @@ def test_a_bad_value_fails_the_check_with_its_id_name_and_value(checked, name, v
     mine = [(message, hint) for found_id, message, hint in check.problems("ERRORS") if found_id == check_id]
     assert len(mine) == 1, check.output
     message, _ = mine[0]
-    assert name in message and shown in message, message
+    assert name in message, message
+    assert shown in message, message
     assert "hunter2" not in check.output
     assert "\x1b" not in check.output
 
@@ -215,7 +216,8 @@ def test_twistd_refuses_to_start_with_the_same_messages(checked):
     expected = set(checked["two"].problems("ERRORS")) | {
         problem for problem in checked["typos"].problems("WARNINGS") if problem[1].startswith("WS4REDIS_EXPIR ")
     }
-    assert said == expected and len(said) == 3, output
+    assert said == expected, output
+    assert len(said) == 3, output
 
 
 def log_once_serving(server: TwistdServer) -> str:
@@ -232,7 +234,8 @@ def test_twistd_logs_a_typo_and_serves(redis_server):
     try:
         log = log_once_serving(server)
         lines = [line for line in log.splitlines() if "twisted_ws4redis.W001" in line]
-        assert len(lines) == 1 and "WS4REDIS_EXPIR is not" in lines[0], log
+        assert len(lines) == 1, log
+        assert "WS4REDIS_EXPIR is not" in lines[0], log
         assert "Did you mean WS4REDIS_EXPIRE?" in lines[0]
     finally:
         server.stop()  # maybe before twistd handles SIGTERM: its exit code is test_cli's concern

@@ -439,14 +439,16 @@ def test_bad_cluster_settings_are_named(test_db):
         timeout=60,
     )
     assert result.returncode != 0
-    assert "twisted_ws4redis.E002" in result.stderr and "only database 0" in result.stderr, result.stderr
+    assert "twisted_ws4redis.E002" in result.stderr, result.stderr
+    assert "only database 0" in result.stderr, result.stderr
     for url, says in (
         ("redis+cluster://", "startup_nodes must be a non-empty list"),
         ("redis+cluster://h:1/5", "only database 0"),
         ("redis+cluster://h:port", "a cluster node"),
     ):
         result = run_twistd(["--settings=testproject.settings", f"--redis={url}"], project_env(test_db))
-        assert result.returncode != 0 and says in result.stdout + result.stderr, result.stdout + result.stderr
+        assert result.returncode != 0, result.stdout + result.stderr
+        assert says in result.stdout + result.stderr, result.stdout + result.stderr
         assert "Traceback" not in result.stdout + result.stderr
 
 

@@ -72,7 +72,8 @@ def status_of(head: bytes) -> int | None:
 def read_text_frame(sock: socket.socket) -> bytes:
     """One short unmasked text frame from the server."""
     header = sock.recv(2, socket.MSG_WAITALL)
-    assert header[:1] == b"\x81" and header[1] < 126, header
+    assert header[:1] == b"\x81", header
+    assert header[1] < 126, header
     return sock.recv(header[1], socket.MSG_WAITALL)
 
 
@@ -153,7 +154,8 @@ def test_a_flood_of_websockets_past_the_cap_gets_503_and_costs_no_one_else(redis
         assert statuses == {101: WEBSOCKET_CAP, 503: 1100 - WEBSOCKET_CAP}, statuses
         head, _, body = refusal.partition(b"\r\n\r\n")
         headers = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:])
-        assert headers[b"retry-after"] == b"10" and headers[b"connection"] == b"close", headers
+        assert headers[b"retry-after"] == b"10", headers
+        assert headers[b"connection"] == b"close", headers
         # Complete: its body ends where the server closes (or at its Content-Length).
         assert int(headers.get(b"content-length", len(body))) == len(body), refusal
         assert b"WS4REDIS_MAX_CONNECTIONS" in body, refusal
@@ -161,7 +163,8 @@ def test_a_flood_of_websockets_past_the_cap_gets_503_and_costs_no_one_else(redis
 
         # Pages are still served, while every descriptor for websockets is taken.
         status, seconds = timed_get(server.port)
-        assert status == 200 and seconds < 2.0, (status, seconds)
+        assert status == 200, (status, seconds)
+        assert seconds < 2.0, (status, seconds)
 
         # Every websocket that was let in receives a broadcast.
         wait_subscribed(redis_client, f"broadcast:{facility}")

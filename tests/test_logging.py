@@ -217,7 +217,8 @@ def test_an_http_refusal_before_django_is_one_line_and_a_record(logged):
     assert_fields_are_extra(record)
     time.sleep(0.3)
     lines = new_lines(server, since)
-    assert len(lines) == 1 and "[twisted_ws4redis.server.resource#info] HTTP 431 to " in lines[0], lines
+    assert len(lines) == 1, lines
+    assert "[twisted_ws4redis.server.resource#info] HTTP 431 to " in lines[0], lines
 
 
 def test_a_policy_close_is_a_warning(logged):
@@ -308,9 +309,13 @@ def test_manage_py_runws4redis_logs_to_logging_too(redis_server, test_db, tmp_pa
         output = process.communicate(timeout=TIMEOUT)[0]
     records = [json.loads(line) for line in path.read_text().splitlines()]
     serving = [r for r in records if r["message"].startswith("Serving websockets under")]
-    assert len(serving) == 1 and serving[0]["name"] == "twisted_ws4redis.server.service", records
+    assert len(serving) == 1, records
+    assert serving[0]["name"] == "twisted_ws4redis.server.service", records
     rejected = [r for r in records if r["message"].startswith(f"WSREJECT /ws/{facility}")]
-    assert len(rejected) == 1 and rejected[0]["fields"]["code"] == 400, records
+    assert len(rejected) == 1, records
+    assert rejected[0]["fields"]["code"] == 400, records
     # The command's own log: the same lines as before, once.
-    assert output.count(f"WSREJECT /ws/{facility}") == 1 and output.count("Serving websockets under") == 1, output
-    assert "failing WebSocket opening handshake" not in output and "[stderr#" not in output, output
+    assert output.count(f"WSREJECT /ws/{facility}") == 1, output
+    assert output.count("Serving websockets under") == 1, output
+    assert "failing WebSocket opening handshake" not in output, output
+    assert "[stderr#" not in output, output

@@ -108,7 +108,9 @@ def test_logout_closes_that_sessions_websockets_on_every_node(nodes, redis_clien
     digest = session_digest(session_key(leaving))
     for node in nodes:
         ended = [line for line in node.log().splitlines() if "WSSESSIONEND" in line]
-        assert len(ended) == 1 and digest in ended[0] and session_key(leaving) not in ended[0], ended
+        assert len(ended) == 1, ended
+        assert digest in ended[0], ended
+        assert session_key(leaving) not in ended[0], ended
 
 
 def test_garbage_on_the_control_channel_is_ignored_and_the_nodes_keep_serving(nodes, redis_client):
@@ -188,7 +190,9 @@ def test_logout_succeeds_when_redis_is_down(django_in_process, caplog):
     assert not request.user.is_authenticated
     records = [record for record in caplog.records if record.name == "twisted_ws4redis.receivers"]
     warnings = [record.getMessage() for record in records]
-    assert len(warnings) == 1 and session_digest(key) in warnings[0] and key not in warnings[0], warnings
+    assert len(warnings) == 1, warnings
+    assert session_digest(key) in warnings[0], warnings
+    assert key not in warnings[0], warnings
     # The fields every twisted_ws4redis record carries (README, Logging).
     assert records[0].ws4redis["session"] == records[0].ws4redis_session == session_digest(key)
     assert key not in repr(records[0].ws4redis)

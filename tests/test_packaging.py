@@ -256,4 +256,5 @@ def test_missing_system_packages_are_named_in_one_line_before_any_test(tmp_path)
 def test_the_system_packages_of_this_machine_are_all_there():
     """`make test` ran the script before this suite; on this machine it finds everything."""
     result = subprocess.run([str(ROOT / "tests" / "system_packages.sh")], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0 and result.stdout == result.stderr == "", result
+    assert result.returncode == 0, result
+    assert result.stdout == result.stderr == "", result

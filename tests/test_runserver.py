@@ -225,7 +225,8 @@ def test_ipv6_address_insecure_and_a_port_in_use(tmp_path, redis_server, test_db
                     assert response.read() == b"testproject"
                 break
             except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "v6.log").read_text()
+                assert process.poll() is None, (tmp_path / "v6.log").read_text()
+                assert time.monotonic() < deadline, (tmp_path / "v6.log").read_text()
                 time.sleep(0.1)
         with urllib.request.urlopen(f"http://[::1]:{port}/static/testproject/hello.txt", timeout=TIMEOUT) as response:
             assert response.read().startswith(b"hello from the test project")

@@ -398,7 +398,8 @@ def test_static_serves_nothing_outside_its_directories(static_server):
         "/static/nothing.txt",
     ):
         status, _, body = http_get(static_server.port, path)
-        assert status == 404 and b"SECRET_KEY" not in body, path
+        assert status == 404, path
+        assert b"SECRET_KEY" not in body, path
 
 
 def test_static_serves_static_root_after_collectstatic(twistd_servers, test_db, tmp_path_factory):

@@ -102,7 +102,8 @@ class Client:
     def publish(self, facility: str, data: str, audience: str = "broadcast") -> str | None:
         """Publishes; the id the server answers with."""
         reply = self.call("publish", facility=facility, audience=audience, data=data)
-        assert reply["op"] == "published" and set(reply) == {"op", "ref", "id"}, reply
+        assert reply["op"] == "published", reply
+        assert set(reply) == {"op", "ref", "id"}, reply
         return reply["id"]
 
 
@@ -120,7 +121,8 @@ def message(facility: str, data: str, id: str | None, audience: str = "broadcast
 
 def id_key(value: str) -> tuple[int, int]:
     """Ids compare as numbers (``<ms>-<seq>``), not as strings."""
-    assert isinstance(value, str) and ID.fullmatch(value), f"not a message id: {value!r}"
+    assert isinstance(value, str), f"not a message id: {value!r}"
+    assert ID.fullmatch(value), f"not a message id: {value!r}"
     ms, seq = value.split("-")
     return int(ms), int(seq)
 
@@ -570,7 +572,8 @@ def test_since_at_either_end_of_the_ids_is_a_subscription(twistd_servers, redis_
     with open_v2(server) as ws:
         ws.publish(facility, "kept")
         reply = ws.call("subscribe", facility=facility, audience="broadcast", since=since)
-        assert reply["op"] == "subscribed" and isinstance(reply["recovered"], bool), reply
+        assert reply["op"] == "subscribed", reply
+        assert isinstance(reply["recovered"], bool), reply
         if not reply["recovered"]:
             assert ws.message()["data"] == "kept"  # the persisted message
         published = ws.publish(facility, "live")
@@ -662,7 +665,8 @@ def test_publications_during_the_replay_are_neither_lost_nor_doubled(twistd_serv
     sockets = []
     try:
         for k, milestone in enumerate(milestones):
-            assert ready[k].wait(30) and not failures, failures
+            assert ready[k].wait(30), failures
+            assert not failures, failures
             sockets.append(open_v2(server).__enter__())
             sockets[-1].send(
                 op="subscribe", facility=facility, audience="broadcast", since=ids[milestone - back - 1], ref="race"

@@ -265,7 +265,8 @@ def test_sighup_restarts_the_workers_one_at_a_time_without_refusing_a_connection
         assert not new & pids
         assert not workers_of(server.process.pid) & pids
         failed = [outcome for outcome in outcomes if outcome != b"HTTP/1.1 200 OK"]
-        assert len(outcomes) > 50 and not failed, (len(outcomes), failed[:5])
+        assert len(outcomes) > 50, (len(outcomes), failed[:5])
+        assert not failed, (len(outcomes), failed[:5])
     finally:
         stop.set()
         assert server.stop() == 0, server.log()
@@ -441,7 +442,8 @@ def test_runws4redis_takes_workers_too(redis_server, test_db):
         try:
             deadline = time.monotonic() + 30
             while len(workers_of(process.pid)) < 2 or b"is ready" not in Path(log.name).read_bytes():
-                assert process.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()
+                assert process.poll() is None, Path(log.name).read_text()
+                assert time.monotonic() < deadline, Path(log.name).read_text()
                 time.sleep(0.05)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=TIMEOUT) as response:
                 assert response.read() == b"testproject"
@@ -474,7 +476,8 @@ def test_with_a_logfile_the_supervisor_relays_the_workers_events(redis_server, t
     try:
         deadline = time.monotonic() + 30
         while not log_file.exists() or log_file.read_text().count(") is ready") < 2:
-            assert process.poll() is None and time.monotonic() < deadline, log_file.read_text()
+            assert process.poll() is None, log_file.read_text()
+            assert time.monotonic() < deadline, log_file.read_text()
             time.sleep(0.05)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=TIMEOUT) as response:
             assert response.read() == b"testproject"

@@ -303,7 +303,8 @@ def test_a_tiny_fragment_flood_is_closed_and_the_server_stays_responsive(server,
         assert flood.error is None, flood.error  # not read any more, and not yet dropped
         growth = (process.memory_info().rss - before) / MIB
         latencies.sort()
-        assert latencies[len(latencies) // 2] < 0.25 and latencies[-1] < 1, latencies
+        assert latencies[len(latencies) // 2] < 0.25, latencies
+        assert latencies[-1] < 1, latencies
         assert growth < 8, f"server grew by {growth:.1f} MiB"
         line = wait_for_policy_line(server, facility)
         assert "WS4REDIS_MAX_FRAME_RATE" in line or "WS4REDIS_MAX_FRAGMENTS" in line
