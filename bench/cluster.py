@@ -250,6 +250,7 @@ def measure(env: dict, mode: str, rate: float, args, work: Path) -> dict:
                 capture_output=True,
                 text=True,
                 timeout=args.seconds + 120,
+                check=False,
             )
             if published.returncode:
                 raise RuntimeError(f"publisher.py failed: {published.stderr[-2000:]}")
@@ -469,7 +470,7 @@ def main() -> None:
 
 
 def _redis_version() -> str:
-    found = subprocess.run([redis_server_binary(), "--version"], capture_output=True, text=True).stdout
+    found = subprocess.run([redis_server_binary(), "--version"], capture_output=True, text=True, check=False).stdout
     return found.split("v=")[1].split()[0] if "v=" in found else found.strip()
 
 

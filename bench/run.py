@@ -238,7 +238,9 @@ def one_run(env: dict, size: int, args) -> list[dict]:
             if paced:
                 passes.append(("fanout", ["--messages=50", "--interval=0.02"]))
             for scenarios, extra in passes:
-                done = subprocess.run([*common, f"--scenarios={scenarios}", *extra], capture_output=True, text=True)
+                done = subprocess.run(
+                    [*common, f"--scenarios={scenarios}", *extra], capture_output=True, text=True, check=False
+                )
                 if done.returncode:
                     sys.exit(f"wsload.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
                 for line in done.stdout.splitlines():

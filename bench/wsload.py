@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import base64
 import collections
+import contextlib
 import json
 import os
 import re
@@ -433,10 +434,8 @@ async def scenario_fanout(target: Target, args) -> dict:
         for sequence in range(args.messages):
             pipe.publish(target.channel("bench-fanout"), stamp(sequence))
         pipe.execute()
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(deliveries.done.wait(), args.timeout)
-    except TimeoutError:
-        pass
     span = max(1, deliveries.last_ns - first_ns) / 1e9
     busy = phase.busy(span, deliveries.count - before, "delivery")
     latencies = deliveries.latencies_ns()
@@ -472,10 +471,8 @@ async def scenario_chat(target: Target, args) -> dict:
             client.send_text(stamp(sequence))
             sequence += 1
         await asyncio.sleep(0)
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(deliveries.done.wait(), args.timeout)
-    except TimeoutError:
-        pass
     span = max(1, deliveries.last_ns - first_ns) / 1e9
     busy = phase.busy(span, deliveries.count - before, "delivery")
     latencies = deliveries.latencies_ns()
@@ -615,10 +612,8 @@ async def scenario_hold(target: Target, args) -> dict:
     deliveries.expected = before + len(clients) * messages
     if deliveries.count >= deliveries.expected:
         deliveries.done.set()
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(deliveries.done.wait(), args.timeout)
-    except TimeoutError:
-        pass
     print(
         json.dumps(
             {

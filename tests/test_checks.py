@@ -119,6 +119,7 @@ def django_check(overrides: dict) -> Check:
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     return Check(result.returncode, result.stdout + result.stderr)
 
@@ -207,7 +208,13 @@ def test_twistd_refuses_to_start_with_the_same_messages(checked):
     overrides = {"WS4REDIS_EXPIRE": "soon", "WEBSOCKET_URL": "ws", "WS4REDIS_EXPIR": 60}
     command = [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis", "--settings=testproject.settings"]
     result = subprocess.run(
-        command, env=project_env(NO_DATABASE, overrides), cwd=PROJECT, capture_output=True, text=True, timeout=30
+        command,
+        env=project_env(NO_DATABASE, overrides),
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0

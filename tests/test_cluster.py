@@ -437,6 +437,7 @@ def test_bad_cluster_settings_are_named(test_db):
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert result.returncode != 0
     assert "twisted_ws4redis.E002" in result.stderr, result.stderr

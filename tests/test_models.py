@@ -206,6 +206,7 @@ def test_a_model_without_an_audience_fails_the_check_and_cannot_be_saved(tmp_pat
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     check, _, refused = result.stdout.partition("refused: ")
     assert "badpublish.Forgotten: (twisted_ws4redis.E040) The model declares no audience" in check, result.stderr

@@ -117,14 +117,24 @@ def test_twistd_lists_the_plugin_after_a_regular_install(venv_python, tmp_path):
     ).stdout
     assert all(line.startswith(str(venv)) for line in where.split()), where
     listing = subprocess.run(
-        [venv_python, "-c", TWISTD, "--help"], capture_output=True, text=True, cwd=tmp_path, env=clean_env()
+        [venv_python, "-c", TWISTD, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(),
+        check=False,
     )
     assert "ws4redis" in listing.stdout, listing.stdout + listing.stderr
 
 
 def test_twistd_ws4redis_help_lists_its_options_after_a_regular_install(venv_python, tmp_path):
     usage = subprocess.run(
-        [venv_python, "-c", TWISTD, "ws4redis", "--help"], capture_output=True, text=True, cwd=tmp_path, env=clean_env()
+        [venv_python, "-c", TWISTD, "ws4redis", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(),
+        check=False,
     )
     assert usage.returncode == 0, usage.stdout + usage.stderr
     for option in OPTIONS:
@@ -196,7 +206,7 @@ def test_twistd_works_without_the_plugin_after_an_uninstall(wheel, tmp_path):
     list ws4redis nor fail."""
     python = fresh_venv(tmp_path, wheel)
     before = subprocess.run(
-        [python, "-c", TWISTD, "--help"], capture_output=True, text=True, cwd=tmp_path, env=clean_env()
+        [python, "-c", TWISTD, "--help"], capture_output=True, text=True, cwd=tmp_path, env=clean_env(), check=False
     )
     assert "ws4redis" in before.stdout  # the cache now knows the plugin
     subprocess.run(
@@ -206,7 +216,7 @@ def test_twistd_works_without_the_plugin_after_an_uninstall(wheel, tmp_path):
         env=clean_env(),
     )
     after = subprocess.run(
-        [python, "-c", TWISTD, "--help"], capture_output=True, text=True, cwd=tmp_path, env=clean_env()
+        [python, "-c", TWISTD, "--help"], capture_output=True, text=True, cwd=tmp_path, env=clean_env(), check=False
     )
     assert after.returncode == 0, after.stderr
     assert "ws4redis" not in after.stdout + after.stderr
@@ -214,12 +224,14 @@ def test_twistd_works_without_the_plugin_after_an_uninstall(wheel, tmp_path):
 
 
 def test_twistd_lists_the_plugin_after_the_editable_install():
-    listing = subprocess.run([str(BIN / "twistd"), "--help"], capture_output=True, text=True, cwd="/")
+    listing = subprocess.run([str(BIN / "twistd"), "--help"], capture_output=True, text=True, cwd="/", check=False)
     assert "ws4redis" in listing.stdout
 
 
 def test_twistd_ws4redis_help_lists_its_options():
-    usage = subprocess.run([str(BIN / "twistd"), "ws4redis", "--help"], capture_output=True, text=True, cwd="/")
+    usage = subprocess.run(
+        [str(BIN / "twistd"), "ws4redis", "--help"], capture_output=True, text=True, cwd="/", check=False
+    )
     assert usage.returncode == 0, usage.stdout + usage.stderr
     for option in OPTIONS:
         assert option in usage.stdout
@@ -243,6 +255,7 @@ def test_missing_system_packages_are_named_in_one_line_before_any_test(tmp_path)
         capture_output=True,
         text=True,
         timeout=30,
+        check=False,
     )
     assert result.returncode == 1
     assert result.stdout == ""
@@ -255,6 +268,8 @@ def test_missing_system_packages_are_named_in_one_line_before_any_test(tmp_path)
 
 def test_the_system_packages_of_this_machine_are_all_there():
     """`make test` ran the script before this suite; on this machine it finds everything."""
-    result = subprocess.run([str(ROOT / "tests" / "system_packages.sh")], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [str(ROOT / "tests" / "system_packages.sh")], capture_output=True, text=True, timeout=30, check=False
+    )
     assert result.returncode == 0, result
     assert result.stdout == result.stderr == "", result

@@ -156,6 +156,7 @@ def test_a_bad_cipher_list_stops_the_start_naming_the_setting(test_db, redis_ser
         capture_output=True,
         text=True,
         timeout=30,
+        check=False,
     )
     assert result.returncode != 0
     assert "WS4REDIS_TLS_CIPHERS" in result.stdout + result.stderr

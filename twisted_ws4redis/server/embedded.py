@@ -4,6 +4,7 @@ the tests. The system's binary is preferred; the one shipped in the
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import secrets
@@ -140,10 +141,8 @@ class EmbeddedRedis:
         """Blocking stop: SIGTERM, then SIGKILL after ``timeout``."""
         self.terminate()
         if self.process is not None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         self.cleanup()
 
 

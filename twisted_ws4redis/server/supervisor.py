@@ -17,6 +17,7 @@ events that the supervisor passes to its own log observers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -192,10 +193,8 @@ class WorkerProcess(ProcessProtocol):
         self.ended.callback(self)
 
     def signal(self, name: str) -> None:
-        try:
+        with contextlib.suppress(ProcessExitedAlready, OSError):
             self.transport.signalProcess(name)
-        except (ProcessExitedAlready, OSError):
-            pass
 
 
 def _outcome(d: defer.Deferred) -> defer.Deferred:
