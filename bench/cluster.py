@@ -181,7 +181,7 @@ def wait_subscribed(plan: dict[int, list[str]], sharded: bool, timeout: float = 
         while True:
             if sharded:
                 reply = db.execute_command("PUBSUB", "SHARDNUMSUB", *names)
-                counts = dict(zip(reply[::2], reply[1::2]))
+                counts = dict(zip(reply[::2], reply[1::2], strict=False))
             else:
                 counts = dict(db.pubsub_numsub(*names))
             if all(counts.get(name.encode(), 0) >= 1 for name in names):

@@ -214,7 +214,7 @@ def one_run(env: dict, size: int, args) -> list[dict]:
     asked = args.scenarios.split(",")
     groups = [[name for name in asked if name != "persisted"], ["persisted"] if "persisted" in asked else []]
     results: list[dict] = []
-    for group, paced in zip(groups, (True, False)):
+    for group, paced in zip(groups, (True, False), strict=False):
         if not group:
             continue
         with serving(env, results) as server:

@@ -157,7 +157,7 @@ def measure(env: dict, workers: int | None, size: int, args, work: Path) -> dict
             cpu_held, supervisor_held = [cpu_seconds(pid) for pid in pids], cpu_seconds(server.pid)
             time.sleep(1)
             rss_held = [rss_kib(pid) for pid in pids]
-            per_worker = [socket_fds(pid) - before for pid, before in zip(pids, sockets_before)]
+            per_worker = [socket_fds(pid) - before for pid, before in zip(pids, sockets_before, strict=False)]
             subscribed = dict(db.pubsub_numsub(CHANNEL)).get(CHANNEL.encode(), 0)
             # The burst: published at once, once every loader holds its sockets.
             cpu_burst = [cpu_seconds(pid) for pid in pids]
@@ -183,8 +183,8 @@ def measure(env: dict, workers: int | None, size: int, args, work: Path) -> dict
     deliveries = sum(found["deliveries"] for found in bursts)
     burst_span = max(1, max(found["last_ns"] for found in bursts) - first_ns) / 1e9
     log = results[0]
-    handshake_cpu = [after - before for before, after in zip(cpu_before, cpu_held)]
-    burst_cpu = [after - before for before, after in zip(cpu_burst, cpu_after)]
+    handshake_cpu = [after - before for before, after in zip(cpu_before, cpu_held, strict=False)]
+    burst_cpu = [after - before for before, after in zip(cpu_burst, cpu_after, strict=False)]
     return {
         "workers": workers or 1,
         "size": size,

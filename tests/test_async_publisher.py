@@ -358,7 +358,10 @@ def test_every_kind_of_address_works_both_ways(redis_server, tls_redis, sentinel
             assert asyncio.run(publisher.apublish_message(RedisMessage(f"{kind} async"), expire=60)) == 0
             assert publisher.fetch_message(None, facility, "broadcast") == f"{kind} async".encode()
             deadline = time.monotonic() + TIMEOUT
-            while any(client.info("clients")["connected_clients"] > count for client, count in zip(counted, before)):
+            while any(
+                client.info("clients")["connected_clients"] > count
+                for client, count in zip(counted, before, strict=True)
+            ):
                 assert time.monotonic() < deadline, f"{kind}: the asyncio client's connections stayed open"
                 time.sleep(0.02)
             for client in counted:

@@ -107,7 +107,7 @@ class Check:
     def problems(self, level: str) -> list[tuple[str, str, str | None]]:
         """(id, message, hint) of the twisted_ws4redis problems under ``ERRORS:`` or ``WARNINGS:``."""
         sections = re.split(r"^(ERRORS|WARNINGS):$", self.output, flags=re.MULTILINE)
-        texts = [text for name, text in zip(sections[1::2], sections[2::2]) if name == level]
+        texts = [text for name, text in zip(sections[1::2], sections[2::2], strict=True) if name == level]
         return [match.groups() for text in texts for match in PROBLEM.finditer(text)]
 
 
@@ -146,7 +146,7 @@ def checked() -> dict[str, Check]:
         two={"WS4REDIS_EXPIRE": "soon", "WEBSOCKET_URL": "ws"},
     )
     with ThreadPoolExecutor(len(runs)) as pool:
-        return dict(zip(runs, pool.map(django_check, runs.values())))
+        return dict(zip(runs, pool.map(django_check, runs.values()), strict=True))
 
 
 def round_of(name: str, value) -> str:

@@ -82,8 +82,8 @@ def test_each_publication_is_recorded_and_published_with_its_id(api, redis_clien
         ids = [entry_id.decode() for entry_id, _ in recorded]
         assert ordered(ids), ids
         raw = [data for name, data in seen if name == channel.encode()]
-        assert raw == [history.ENVELOPE_MAGIC + i.encode() + b"\0" + p for i, p in zip(ids, payloads)]
-        assert [history.unwrap(data) for data in raw] == list(zip(ids, payloads))
+        assert raw == [history.ENVELOPE_MAGIC + i.encode() + b"\0" + p for i, p in zip(ids, payloads, strict=True)]
+        assert [history.unwrap(data) for data in raw] == list(zip(ids, payloads, strict=True))
         assert redis_client.get(channel) == payloads[-1], "the persisted message stays raw"
         assert 0 < redis_client.ttl(channel) <= 60
         assert 240 < redis_client.ttl(history.history_key(channel, "")) <= 300

@@ -187,7 +187,7 @@ def test_subscriptions_come_back_after_redis_restarts(private_server):
             for facility in facilities:
                 wait_subscribed(fresh, f"broadcast:{facility}", timeout=15)
             wait_subscribed(fresh, "ws4redis:control")  # the node control channel is back too
-            for ws, facility in zip(sockets, facilities):
+            for ws, facility in zip(sockets, facilities, strict=True):
                 fresh.publish(f"broadcast:{facility}", f"back for {facility}")
                 assert ws.recv(timeout=TIMEOUT) == f"back for {facility}"
             fresh.close()

@@ -514,7 +514,9 @@ def test_recovery_after_a_reconnect(twistd_servers, redis_client, django_in_proc
     with open_v2(server) as a, open_v2(server) as b:
         a.subscribe(facility)
         ids = [b.publish(facility, f"m{n}") for n in (1, 2, 3)]
-        assert [a.message() for _ in ids] == [message(facility, f"m{n}", i) for n, i in zip((1, 2, 3), ids)]
+        assert [a.message() for _ in ids] == [
+            message(facility, f"m{n}", i) for n, i in zip((1, 2, 3), ids, strict=True)
+        ]
         assert_increasing(ids)
     # while A is away: another v2 socket, the server's Django side, another process' Django
     with open_v2(server) as b:
@@ -672,13 +674,13 @@ def test_publications_during_the_replay_are_neither_lost_nor_doubled(twistd_serv
                 op="subscribe", facility=facility, audience="broadcast", since=ids[milestone - back - 1], ref="race"
             )
             go[k].set()
-        for ws, milestone in zip(sockets, milestones):
+        for ws, milestone in zip(sockets, milestones, strict=True):
             reply = ws.reply("race")
             assert reply.get("recovered") is True, reply
             expected = list(range(milestone - back + 1, total + 1))
             received = [ws.message() for _ in expected]
             numbers = [int(m["data"]) for m in received]
-            assert numbers == expected, [(i, n) for i, n in zip(expected, numbers) if i != n][:20]
+            assert numbers == expected, [(i, n) for i, n in zip(expected, numbers, strict=False) if i != n][:20]
             assert [m["id"] for m in received] == ids[milestone - back :]
     finally:
         for event in go:

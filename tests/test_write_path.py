@@ -148,7 +148,7 @@ def test_a_flood_of_questions_from_a_client_that_never_reads_is_closed(twistd_se
             lambda: all(policy_lines(server, facility) for facility in facilities),
         )
         assert growth < 8, f"server grew by {growth:.1f} MiB"
-        for ws, facility in zip(clients, facilities):
+        for ws, facility in zip(clients, facilities, strict=True):
             assert "WS4REDIS_MAX_BUFFERED_BYTES" in policy_lines(server, facility)[0]
             assert final_close_code(ws) in (1008, None)
     finally:

@@ -238,7 +238,7 @@ def publish_args(message: bytes, expire: int, size: int, ttl: int) -> list:
 
 def entry_payload(fields: list) -> bytes:
     """The payload of a stream entry's field list (``[b"m", payload]``)."""
-    values = dict(zip(fields[::2], fields[1::2]))
+    values = dict(zip(fields[::2], fields[1::2], strict=False))
     return values.get(FIELD, b"")
 
 

@@ -96,7 +96,7 @@ def publication_rounds(channels: list[str]) -> Generator[tuple[list[str], bool],
     missing = [index for index, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
     if missing:
         again = yield [channels[index] for index in missing], True
-        for index, reply in zip(missing, again):
+        for index, reply in zip(missing, again, strict=False):
             replies[index] = reply
     total = 0
     for reply in replies:

@@ -336,8 +336,8 @@ class ClusterBus(_Bus):
 
         def assemble(replies: list) -> list:
             values = [None] * len(keys)
-            for group, reply in zip(groups, replies):
-                for index, value in zip(group, reply):
+            for group, reply in zip(groups, replies, strict=False):
+                for index, value in zip(group, reply, strict=False):
                     values[index] = value
             return values
 

@@ -663,7 +663,7 @@ class _Bus(Service):
         keys = list(dict.fromkeys(key for wanted, _ in fetches for key in wanted))
 
         def spread(values: list) -> None:
-            found = dict(zip(keys, values))
+            found = dict(zip(keys, values, strict=False))
             for wanted, fetched in fetches:
                 if not fetched.called:  # not given up (a websocket's REDIS_WAIT)
                     fetched.callback([found[key] for key in wanted])

@@ -376,7 +376,7 @@ class V2Session:
             current = yield defer.gatherResults(
                 [
                     bus.current(channel) if entries is None else defer.succeed(None)
-                    for channel, entries in zip(channels, found)
+                    for channel, entries in zip(channels, found, strict=False)
                 ],
                 consumeErrors=True,
             ).addTimeout(REDIS_WAIT, reactor)
@@ -399,7 +399,7 @@ class V2Session:
         if subscription.watch is not None:
             subscription.watch.go_live()
         replay = []
-        for channel, entries, kept in zip(channels, found, current):
+        for channel, entries, kept in zip(channels, found, current, strict=False):
             key = channel.encode("utf-8")
             if kept is not None:
                 replay.append((None, key, kept))
