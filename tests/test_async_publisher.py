@@ -256,9 +256,9 @@ def test_async_and_blocking_calls_return_the_same(redis_client):
     assert fetcher.fetch_message(request, facility) == b"u"
     assert fetcher.fetch_message(anonymous, facility) == b"b"
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="audience must be one of"):
         asyncio.run(fetcher.afetch_message(request, facility, "everyone"))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="message must be a RedisMessage"):
         asyncio.run(RedisPublisher(facility=facility, broadcast=True).apublish_message("not a RedisMessage"))
 
 

@@ -213,7 +213,9 @@ def test_broadcast_chat_between_two_browsers(chat_server, open_browser):
         wait_connected(driver)
     send(first, "Hi from the first window")
     for driver in (first, second):
-        wait_until(lambda: "Hi from the first window" in messages(driver), message="the message in both windows")
+        wait_until(
+            lambda driver=driver: "Hi from the first window" in messages(driver), message="the message in both windows"
+        )
     send(second, "And hello back")
     wait_until(lambda: messages(first)[-1:] == ["And hello back"], message="the reply in the first window")
     screenshot(first, "chat")
@@ -245,7 +247,9 @@ def test_user_chat_reaches_only_the_addressee(chat_server, open_browser):
     # Stored (a PublishableModel): both pages show it again from the database.
     for driver, meta in ((mary, "john → mary"), (john, "you → mary")):
         driver.get(chat_server.http_url("/userchat/"))
-        wait_until(lambda: "Just for you, Mary" in messages(driver), message="the message from the history")
+        wait_until(
+            lambda driver=driver: "Just for you, Mary" in messages(driver), message="the message from the history"
+        )
         assert meta in driver.find_element(By.CSS_SELECTOR, "#messages li").text
 
 
@@ -303,7 +307,7 @@ def test_group_chat_reaches_only_members(chat_server, open_browser):
     Select(john.find_element(By.NAME, "group")).select_by_value("chatusers")
     send(john, "Hello chatusers")
     for member in (john, mary):
-        wait_until(lambda: "Hello chatusers" in messages(member), message="every member to receive it")
+        wait_until(lambda member=member: "Hello chatusers" in messages(member), message="every member to receive it")
     time.sleep(0.5)
     assert messages(admin) == []
     screenshot(mary, "groupchat")

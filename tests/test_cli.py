@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect, unix_connect
 
 from conftest import (
@@ -210,7 +211,7 @@ def test_sigterm_closes_websockets_with_1001_and_exits_0(redis_server, test_db):
     server = TwistdServer(redis_server.url, test_db)
     with connect(server.ws_url("bye?subscribe-broadcast")) as ws:
         server.process.send_signal(signal.SIGTERM)
-        with pytest.raises(Exception):
+        with pytest.raises(ConnectionClosed):
             ws.recv(timeout=TIMEOUT)
         assert ws.close_code == 1001
     assert server.process.wait(TIMEOUT) == 0

@@ -19,6 +19,7 @@ import pytest
 import redis
 from django.test import override_settings
 from redis.cluster import ClusterNode, RedisCluster
+from websockets.exceptions import ConnectionClosed
 
 from conftest import TwistdServer, login, open_ws, project_env, session_key, unique, wait_for_port, warm_up
 from test_cli import run_twistd
@@ -343,7 +344,7 @@ def test_logout_closes_sockets_through_the_control_channel(on_cluster, plain, re
         on_cluster.wait_subscribed(f"user:ann:{facility}", 2)
         assert close_session_websockets(session_key(cookie)) >= 2  # both servers watch the control channel
         for ws in (one, two):
-            with pytest.raises(Exception):
+            with pytest.raises(ConnectionClosed):
                 while True:
                     ws.recv(timeout=TIMEOUT)
             assert ws.close_code == 4401

@@ -12,7 +12,7 @@ import urllib.request
 import psutil
 import pytest
 import redis
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import TwistdServer, free_port, unique, wait_subscribed
@@ -105,14 +105,14 @@ def test_sigterm_lets_a_request_being_answered_finish(redis_server, redis_client
             client.start()
             time.sleep(0.5)  # the view is sleeping now
             server.process.send_signal(signal.SIGTERM)
-            with pytest.raises(Exception):
+            with pytest.raises(ConnectionClosed):
                 ws.recv(timeout=TIMEOUT)
             assert ws.close_code == 1001
             client.join(15)
         assert answer == {"status": 200, "body": b"slow and done"}
         assert server.process.wait(15) == 0
         # Nobody new got in while it was stopping.
-        with pytest.raises(OSError):
+        with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
     finally:
         server.stop()

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from conftest import TwistdServer, free_port, login, unique, wait_for_port, wait_subscribed
@@ -135,7 +136,7 @@ def test_a_client_reconnects_to_the_node_left_when_one_stops(cluster, redis_clie
         counts = counts_once_logged(nodes, facility, [1])
         owner = nodes[counts.index(1)]
         owner.stop()
-        with pytest.raises(Exception):
+        with pytest.raises(ConnectionClosed):
             ws.recv(timeout=TIMEOUT)
         assert ws.close_code == 1001
     survivor = next(node for node in nodes if node is not owner)

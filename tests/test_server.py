@@ -26,6 +26,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect, unix_connect
 
 from conftest import BIN, PROJECT, TwistdServer, free_port, open_ws, project_env, unique, wait_for_port, wait_subscribed
@@ -234,7 +235,7 @@ def test_daemonized_twistd_with_embedded_redis_stops_cleanly(test_db, tmp_path, 
             publish_until_received(port, facility, "to a daemon")
             assert ws.recv(timeout=TIMEOUT) == "to a daemon"
             daemon.send_signal(signal.SIGTERM)
-            with pytest.raises(Exception):
+            with pytest.raises(ConnectionClosed):
                 ws.recv(timeout=TIMEOUT)
             assert ws.close_code == 1001
         assert is_gone(daemon, 10), logfile.read_text()
@@ -286,7 +287,7 @@ def test_ctrl_c_closes_every_websocket_with_1001_and_exits_0(redis_server, test_
             ]
             server.process.send_signal(signal.SIGINT)
             for ws in sockets:
-                with pytest.raises(Exception):
+                with pytest.raises(ConnectionClosed):
                     ws.recv(timeout=TIMEOUT)
                 assert ws.close_code == 1001
         assert server.process.wait(TIMEOUT) == 0, server.log()
@@ -583,7 +584,7 @@ def test_runws4redis_no_wsgi_and_ctrl_c(redis_server, test_db, tmp_path):
             client.close()
             assert ws.recv(timeout=TIMEOUT) == "no wsgi"
             server.process.send_signal(signal.SIGINT)
-            with pytest.raises(Exception):
+            with pytest.raises(ConnectionClosed):
                 ws.recv(timeout=TIMEOUT)
             assert ws.close_code == 1001
         assert server.process.wait(TIMEOUT) == 0, server.log()

@@ -17,7 +17,7 @@ from twisted_ws4redis.testing import LiveServer, ws4redis_live_server  # noqa: F
 
 
 @pytest.fixture
-def live(django_in_process, ws4redis_live_server) -> LiveServer:
+def live(django_in_process, ws4redis_live_server) -> LiveServer:  # noqa: F811 (the imported fixture, by name)
     return ws4redis_live_server
 
 

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import (
@@ -176,7 +176,7 @@ def test_sigterm_closes_every_socket_of_every_worker_with_1001_and_exits_0(redis
         time.sleep(0.5)
         server.process.send_signal(signal.SIGTERM)
         for ws in [ws for sockets in held.values() for ws in sockets]:
-            with pytest.raises(Exception):
+            with pytest.raises(ConnectionClosed):
                 ws.recv(timeout=TIMEOUT)
             assert ws.close_code == 1001
         client.join(15)
