@@ -149,7 +149,7 @@ def machine_busy_seconds() -> float:
     """CPU time every core of the machine has spent busy (``/proc/stat``: all but idle and iowait)."""
     with open("/proc/stat") as stat:
         fields = [int(value) for value in stat.readline().split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq, steal = fields[:8]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
@@ -457,7 +457,8 @@ def main() -> None:
         f"--facilities {args.facilities} --sockets {args.sockets} --drain {args.drain:g}"
         + (f" --workers {args.workers}" if args.workers else "")
         + f"`, {time.strftime('%Y-%m-%d %H:%M')}, "
-        f"Python {sys.version.split()[0]}, redis-server {_redis_version()} (default client-output-buffer-limit), 2 CPUs "
+        f"Python {sys.version.split()[0]}, redis-server {_redis_version()} (default client-output-buffer-limit), "
+        "2 CPUs "
         "shared by Redis, the server, the publisher and the client (nothing pinned); the cluster has 3 masters "
         "and no replicas; "
         + (f"--workers {args.workers}" if args.workers else "one server process")

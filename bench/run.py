@@ -162,7 +162,6 @@ def serving(
         redis_url = f"redis://127.0.0.1:{redis_server.port}/0"
     port = free_port()
     log_path = Path(env.get("BENCH_WORK") or tempfile.gettempdir()) / f"twistd-{port}.log"
-    log = open(log_path, "wb")
     command = [
         str(BIN / "twistd"),
         "--nodaemon",
@@ -174,9 +173,10 @@ def serving(
     ]
     if workers:
         command.append(f"--workers={workers}")
-    server = subprocess.Popen(
-        (["taskset", "-c", cpus] if cpus else []) + command, env=env, cwd=EXAMPLE, stdout=log, stderr=log
-    )
+    with open(log_path, "wb") as log:  # the server writes to its own copy
+        server = subprocess.Popen(
+            (["taskset", "-c", cpus] if cpus else []) + command, env=env, cwd=EXAMPLE, stdout=log, stderr=log
+        )
     try:
         wait_for_port(port, server)
         pids = wait_for_workers(log_path, workers, server) if workers else [server.pid]
@@ -188,7 +188,6 @@ def serving(
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-        log.close()
         if redis_server is not None:
             redis_server.stop()
     with open(log_path, errors="replace") as lines:

@@ -20,6 +20,7 @@ from ``/proc`` for each worker (the supervisor's apart).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import queue
 import statistics
@@ -69,10 +70,8 @@ def socket_fds(pid: int) -> int:
     fds = Path(f"/proc/{pid}/fd")
     count = 0
     for fd in fds.iterdir():
-        try:
+        with contextlib.suppress(OSError):  # closed meanwhile
             count += fd.readlink().name.startswith("socket:")
-        except OSError:  # closed meanwhile
-            pass
     return count
 
 
@@ -318,7 +317,7 @@ def main() -> None:
         points = [
             (
                 (processes, size),
-                f"{'--workers %d' % processes if processes > 1 else '1 process'}, N = {sockets(size, processes)}",
+                f"{f'--workers {processes}' if processes > 1 else '1 process'}, N = {sockets(size, processes)}",
             )
             for size in sizes
             for processes in (1, args.workers)

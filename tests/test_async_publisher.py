@@ -190,7 +190,7 @@ def test_self_is_read_with_async_apis_on_the_loop(redis_client):
     async def publish():
         # The control: the blocking resolution, on the loop, is caught by Django.
         with pytest.raises(SynchronousOnlyOperation):
-            RedisPublisher(facility=facility, request=middleware_request(key), **everyone)._publishers
+            _ = RedisPublisher(facility=facility, request=middleware_request(key), **everyone)._publishers
         publisher = RedisPublisher(facility=facility, request=middleware_request(key), **everyone)
         return await publisher.apublish_message(RedisMessage("hi"), expire=60), publisher._publishers
 

@@ -391,7 +391,7 @@ def test_missed_heartbeats_close_and_reconnect(chat_server, open_browser):
         });
     """)
     probe = wait_until(
-        lambda: (lambda p: p if p["opened"] >= 2 else None)(driver.execute_script("return probe")),
+        lambda: p if (p := driver.execute_script("return probe"))["opened"] >= 2 else None,
         message="a second connection after the missed heartbeats",
     )
     assert probe["closes"][0] == 4000

@@ -110,7 +110,7 @@ def test_an_old_protocol_version_is_told_which_one_to_use(server):
 def test_the_reason_of_a_refusal_stays_in_the_body(server):
     """A client-chosen string (the facility) never reaches the status line or
     the headers, where it could forge a response."""
-    got, headers, body = raw_request(server.port, handshake("/ws/%ff%0d%0aX-Evil:%20yes?subscribe-broadcast"))
+    got, headers, _ = raw_request(server.port, handshake("/ws/%ff%0d%0aX-Evil:%20yes?subscribe-broadcast"))
     assert got == 400
     assert "x-evil" not in headers
 
@@ -122,7 +122,7 @@ def test_websocket_url_without_upgrade_is_not_passed_to_django(server):
 
 
 def test_django_is_served_beside_the_websockets(server):
-    got, headers, body = raw_request(server.port, b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    got, _, body = raw_request(server.port, b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
     assert (got, body) == (200, b"testproject")
 
 

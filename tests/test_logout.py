@@ -31,7 +31,7 @@ def nodes(redis_server, test_db):
     started: list[TwistdServer] = []
     try:
         for _ in range(2):
-            started.append(TwistdServer(redis_server.url, test_db, {"WS4REDIS_PREFIX": PREFIX}))
+            started.append(TwistdServer(redis_server.url, test_db, {"WS4REDIS_PREFIX": PREFIX}))  # noqa: PERF401 (as above)
         yield started
     finally:
         for node in started:

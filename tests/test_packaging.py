@@ -106,8 +106,10 @@ def test_twistd_lists_the_plugin_after_a_regular_install(venv_python, tmp_path):
         [
             venv_python,
             "-c",
-            "import twisted_ws4redis, twisted.plugins.ws4redis_plugin as p; "
-            "print(twisted_ws4redis.__file__); print(p.__file__)",
+            (
+                "import twisted_ws4redis, twisted.plugins.ws4redis_plugin as p; "
+                "print(twisted_ws4redis.__file__); print(p.__file__)"
+            ),
         ],
         check=True,
         capture_output=True,

@@ -76,7 +76,7 @@ class Runserver:
             )
         try:
             wait_for_port(self.port, timeout=30, process=self.process)
-        except Exception:
+        except (RuntimeError, TimeoutError):  # what wait_for_port raises
             self.stop()
             raise RuntimeError(f"runserver did not start:\n{self.log()}") from None
 
@@ -261,8 +261,8 @@ def test_redis_unreachable_at_start(test_db):
                 try:
                     assert_websockets_work(server, redis.Redis(host="127.0.0.1", port=redis_port))
                     break
-                except InvalidStatus as refusal:  # noqa: PT017 (a retry loop: only a 503 may be retried)
-                    assert refusal.response.status_code == 503
+                except InvalidStatus as refusal:
+                    assert refusal.response.status_code == 503  # noqa: PT017 (a retry loop: only a 503 is retried)
                     assert time.monotonic() < deadline, f"still refused 15 s after Redis started:\n{server.log()}"
                     time.sleep(0.2)
             log = server.wait_for_log(f"Redis at redis://127.0.0.1:{redis_port}/0 is reachable again")

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import connect
 
 from conftest import TwistdServer, free_port, login, unique, wait_for_port, wait_subscribed
@@ -147,7 +147,7 @@ def test_a_client_reconnects_to_the_node_left_when_one_stops(cluster, redis_clie
         try:
             ws = connect(proxy.ws_url(f"{facility}?subscribe-broadcast"), open_timeout=TIMEOUT)
             break
-        except Exception:
+        except (OSError, InvalidHandshake):  # refused, or HAProxy's 503
             assert time.monotonic() < deadline
             time.sleep(0.2)
     with ws:

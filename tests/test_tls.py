@@ -4,6 +4,7 @@ clients against a real server."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import resource
@@ -57,10 +58,8 @@ def tls_server(redis_server, test_db, certificate):
         # Django's first request in a process imports and connects, which on a
         # busy machine can outlast a websocket client's opening timeout: warm up.
         context = ssl.create_default_context(cafile=str(certificate[1]))
-        try:
+        with contextlib.suppress(urllib.error.HTTPError):  # an answer all the same
             urllib.request.urlopen(f"https://localhost:{port}/", timeout=30, context=context).close()
-        except urllib.error.HTTPError:
-            pass  # an answer all the same
         yield server
     finally:
         server.stop()
@@ -77,9 +76,11 @@ def client_context(certificate, *, version: ssl.TLSVersion, ciphers: str | None 
 
 def negotiate(port: int, context: ssl.SSLContext) -> tuple[str, str]:
     """(protocol version, cipher) the server agrees to, or ssl.SSLError."""
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
-        with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            return tls.version(), tls.cipher()[0]
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        return tls.version(), tls.cipher()[0]
 
 
 ACCEPTED = {
@@ -250,12 +251,10 @@ def test_idle_and_past_the_cap_tls_connections_are_closed(redis_server, test_db,
         wait_for_port(port, process=server.process)
         idle = SilentTLSClient(port, certificate)
         for _ in range(limit - reserve + 40):
-            try:
+            # Past the cap the server drops a connection at once: on a busy
+            # machine, before this process has seen its connect() complete.
+            with contextlib.suppress(ConnectionResetError):
                 sockets.append(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT))
-            except ConnectionResetError:
-                # Past the cap the server drops a connection at once: on a busy
-                # machine, before this process has seen its connect() complete.
-                pass
         assert len(sockets) >= limit - reserve - 5, len(sockets)
         time.sleep(1)
         open_now = len(os.listdir(f"/proc/{server.process.pid}/fd"))

@@ -18,6 +18,7 @@ import json
 import re
 import threading
 import time
+from typing import Self
 
 import pytest
 import redis
@@ -55,7 +56,7 @@ class Client:
         self.inbox: collections.deque[dict] = collections.deque()
         self._refs = itertools.count()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         self.ws.__enter__()
         return self
 

@@ -316,7 +316,7 @@ def test_a_replay_to_a_client_that_does_not_read_is_cut_at_the_cap(twistd_server
         assert json.loads(frames[0][1])["recovered"] is True
         replayed = [json.loads(payload)["data"][:2] for _, payload in frames[1:]]
         assert 1 <= len(replayed) < 39, len(replayed)
-        assert replayed == ["%02d" % n for n in range(1, 1 + len(replayed))]
+        assert replayed == [f"{n:02d}" for n in range(1, 1 + len(replayed))]
     finally:
         ws.close()
 

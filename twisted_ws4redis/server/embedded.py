@@ -98,7 +98,10 @@ class EmbeddedRedis:
             os.path.join(self.directory, "redis.log"),
         ]
         self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 (no other way to PR_SET_PDEATHSIG)
         )
         deadline = time.monotonic() + timeout
         while not self._answers():
