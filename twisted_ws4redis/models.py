@@ -73,8 +73,10 @@ class Publication:
                     "declares no audience"
                     if self.audience is None
                     else "declares both a fixed audience and an audience method",
-                    "Give exactly one: an audience (RedisPublisher keyword arguments, e.g. "
-                    "{'users': ['john']}) or a method returning them; nobody is the default.",
+                    (
+                        "Give exactly one: an audience (RedisPublisher keyword arguments, e.g. "
+                        "{'users': ['john']}) or a method returning them; nobody is the default."
+                    ),
                 )
             )
         elif self.audience is not None and not _fixed_audience_ok(self.audience):
@@ -92,8 +94,10 @@ class Publication:
                 (
                     "twisted_ws4redis.E043",
                     "declares no data" if self.fields is None else "declares both a field list and a data method",
-                    f"Give exactly one: a list of field names (or '{ALL_FIELDS}', to publish every "
-                    f"field) or a method returning the message's data.",
+                    (
+                        f"Give exactly one: a list of field names (or '{ALL_FIELDS}', to publish every "
+                        f"field) or a method returning the message's data."
+                    ),
                 )
             )
         elif self.fields is not None:
@@ -232,7 +236,7 @@ def _publish(
     try:
         publisher.publish_message(message, expire)
     except redis.RedisError as exc:
-        logger.error(
+        logger.error(  # noqa: TRY400 (one line per failure: a Redis outage must not flood the log with tracebacks)
             "%s %s (%s) was not published: %s: %s", model._meta.label, text(pk), event, type(exc).__name__, text(exc)
         )
 

@@ -79,7 +79,7 @@ class RedisAddress:
         """Validate a redis-py style dict; errors name the setting."""
         if not isinstance(values, dict):
             url = " (a Redis URL is what the server's --redis option takes)" if isinstance(values, str) else ""
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004 (callers catch ValueError for every bad setting)
                 f"{name} must be a dict such as {{'host': 'localhost', 'port': 6379, 'db': 0}}, "
                 f"got {type(values).__name__}{url}"
             )
@@ -351,11 +351,12 @@ def _node_list(value, name: str, key: str, what: str) -> tuple[tuple[str, int], 
         raise ValueError(f"{name}: {key} must be a non-empty list of (host, port), got {value!r}")
     sentinels = []
     for item in value:
+        pair = item
         if isinstance(item, str):
             host, _, port = item.rpartition(":")
-            item = (host, port)
+            pair = (host, port)
         try:
-            host, port = item
+            host, port = pair
             port = int(port)
             if not host or not 0 < port < 65536:
                 raise ValueError

@@ -188,7 +188,7 @@ class RedisStore:
         (``publication_rounds``); ``sharded``: SPUBLISH and the history's
         cluster names, for a Redis Cluster."""
         if not isinstance(message, RedisMessage):
-            raise ValueError("message must be a RedisMessage")
+            raise ValueError("message must be a RedisMessage")  # noqa: TRY004 (ws4redis raised ValueError)
         settings = get_settings()
         expire = self._expire if expire is None else expire
         source, digest = history.publish_script(sharded)

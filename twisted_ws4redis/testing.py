@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterator
 from http.cookies import SimpleCookie
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import quote
 
 from django.test import TransactionTestCase
@@ -138,7 +138,7 @@ class WebSocketClient:
     def close(self) -> None:
         self._closing.close()
 
-    def __enter__(self) -> WebSocketClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -169,7 +169,7 @@ class LiveServer:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def start(self) -> LiveServer:
+    def start(self) -> Self:
         from .server.service import ServerConfig, ThreadPoolService, make_service
 
         if self._service is not None:
@@ -252,7 +252,7 @@ class LiveServer:
             self.redis.stop()
             self.redis = None
 
-    def __enter__(self) -> LiveServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -186,7 +186,7 @@ class ClusterBus(_Bus):
                         self._timeout, self._reactor
                     )
                     return reply, master.node
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 (whatever one node's failure, the next is asked)
                     errors.append(f"{master.subscriber.label}: {exc}")
         for node in dict.fromkeys(self._known + list(self.address.startup_nodes)):
             if node in self._masters and self._masters[node].commands.size:
@@ -199,7 +199,7 @@ class ClusterBus(_Bus):
                 handler = yield probe.deferred.addTimeout(self.address.socket_connect_timeout, self._reactor)
                 reply = yield handler.execute_command("CLUSTER", "SLOTS").addTimeout(self._timeout, self._reactor)
                 return reply, node
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (as above; all are reported in ClusterUnavailable)
                 errors.append(f"{node[0]}:{node[1]}: {exc}")
             finally:
                 probe.disconnect().addErrback(lambda _: None)

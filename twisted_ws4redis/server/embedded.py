@@ -44,10 +44,8 @@ def redis_server_binary() -> str:
 
 def die_with_parent() -> None:
     """In a child process (a redis-server, a worker): get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 class EmbeddedRedis:
@@ -97,7 +95,7 @@ class EmbeddedRedis:
             "--logfile",
             os.path.join(self.directory, "redis.log"),
         ]
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(  # noqa: S603 (redis-server, found by redis_server_binary)
             args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

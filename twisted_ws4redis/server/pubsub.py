@@ -575,7 +575,7 @@ class _Bus(Service):
             self._dispatch_burst()  # what came before a control message goes first
             try:
                 watcher(payload)
-            except Exception:
+            except Exception:  # noqa: BLE001 (log.failure logs the traceback; the dispatch goes on)
                 log.failure("The watcher of {channel!r} failed", channel=channel)
         if channel not in self._listeners:
             return
@@ -609,7 +609,7 @@ class _Bus(Service):
         for listener in list(listeners):
             try:
                 listener(messages)
-            except Exception:
+            except Exception:  # noqa: BLE001 (as above)
                 log.failure("A listener of {channel!r} failed", channel=logsafe.channel(channel, get_settings().prefix))
 
     # -- commands --------------------------------------------------------------

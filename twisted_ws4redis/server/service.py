@@ -276,7 +276,7 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
     for index, description in enumerate(config.endpoints):
         try:
             endpoint = serverFromString(reactor, description)
-        except Exception as exc:  # a bad string, or files (ssl: keys, certificates) that cannot be used
+        except Exception as exc:  # noqa: BLE001 a bad string, or files (ssl: keys, certificates) that cannot be used
             raise ImproperlyConfigured(f"--endpoint {description!r} is not a valid endpoint: {exc}") from None
         endpoint = harden(endpoint, settings.tls_ciphers)
         if config.inherited:

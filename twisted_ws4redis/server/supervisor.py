@@ -169,7 +169,7 @@ class WorkerProcess(ProcessProtocol):
 
     def _relay(self, line: bytes) -> None:
         """One JSON event of the worker, to the supervisor's observers."""
-        before, separator, record = line.rpartition(b"\x1e")
+        before, _, record = line.rpartition(b"\x1e")
         self._text(before)  # something else wrote to its stdout
         try:
             event = eventFromJSON(record.strip().decode("utf-8"))
@@ -246,7 +246,7 @@ class Supervisor(MultiService):
             EmbeddedRedisService(embedded, reactor).setServiceParent(self)
         self.ports: list[IListeningPort] = []
         # Each worker's websockets and cap, for the others to see (loadshare.py).
-        self._load_file = tempfile.TemporaryFile()
+        self._load_file = tempfile.TemporaryFile()  # noqa: SIM115 (open for the supervisor's life: mmap'ed)
         self._load_file.truncate(SharedLoad.size(count))
         self.load = SharedLoad(self._load_file.fileno(), count)
         #: slot -> the worker serving it
