@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 EXAMPLE := examples/chatserver
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install clean bench bench-workers bench-cluster system-packages
+.PHONY: test demo install clean bench bench-workers bench-cluster system-packages lint
 
 # The editable install uses "compat" mode: with the default mode, twistd cannot
 # see the plugin in twisted/plugins/ of a flat layout. The last line refreshes
@@ -31,6 +31,15 @@ system-packages:
 
 test: system-packages $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Code quality gates (config in pyproject.toml): ruff's rules and format, mypy
+# with the Django (test project settings) and zope.interface plugins.
+LINT_TOOLS := ruff==0.17.6 mypy==2.4.1 django-stubs==6.1.2 mypy-zope==1.0.17
+lint: $(STAMP)
+	$(BIN)/python -m pip install --quiet $(LINT_TOOLS)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 demo: $(STAMP)
 	cd $(EXAMPLE) && ../../$(BIN)/python manage.py migrate --noinput
@@ -59,4 +68,4 @@ bench-cluster: $(STAMP)
 	$(BIN)/python bench/cluster.py $(BENCH_CLUSTER_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

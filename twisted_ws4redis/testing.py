@@ -52,6 +52,9 @@ if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
     from django.http import HttpRequest
 
+    from .redis_address import RedisAddress
+    from .server.service import Ws4RedisService
+
 __all__ = [
     "LiveServer",
     "WebSocketClient",
@@ -77,7 +80,7 @@ def force_login(request: HttpRequest, user: AbstractBaseUser) -> None:
     backend = next(path for path in settings.AUTHENTICATION_BACKENDS if hasattr(load_backend(path), "get_user"))
     if getattr(request, "session", None) is None:
         request.session = import_module(settings.SESSION_ENGINE).SessionStore()
-    login(request, user, backend)
+    login(request, user, backend)  # type: ignore[arg-type]  # any AUTH_USER_MODEL; the stubs know only User
     request.session.save()
 
 
@@ -90,7 +93,10 @@ def session_cookie(user: AbstractBaseUser) -> str:
     request = HttpRequest()
     force_login(request, user)
     cookie = SimpleCookie()
-    cookie[settings.SESSION_COOKIE_NAME] = request.session.session_key
+    key = request.session.session_key
+    if key is None:  # save() gave the session its key
+        raise RuntimeError("the session has no key")
+    cookie[settings.SESSION_COOKIE_NAME] = key
     return cookie.output(header="", attrs=[]).strip()
 
 
@@ -162,10 +168,10 @@ class LiveServer:
         self.static = static
         self.threads = threads
         self.redis: EmbeddedRedis | None = None
-        self._service = None
+        self._service: Ws4RedisService | None = None
         self._shared_connections: list = []
-        self._previous_override = None
-        self._hosts = None
+        self._previous_override: RedisAddress | None = None
+        self._hosts: modify_settings | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -193,20 +199,21 @@ class LiveServer:
                 threads=self.threads,
                 grace=1.0,
             )
-            self._service = make_service(config, running_reactor())
-            pool = next(child for child in self._service if isinstance(child, ThreadPoolService)).pool
+            service = self._service = make_service(config, running_reactor())
+            pool = next(child for child in service if isinstance(child, ThreadPoolService)).pool
             pool.threadFactory = self._thread_factory()
-            self.port = call_in_reactor(self._listen).getHost().port
+            self.port = call_in_reactor(self._listen, service).getHost().port
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _listen(self):
+    @staticmethod
+    def _listen(service: Ws4RedisService):
         """On the reactor: start everything; a Deferred of the listening port."""
-        self._service.privilegedStartService()
-        self._service.startService()
-        listener = next(child for child in self._service if isinstance(child, StreamServerEndpointService))
+        service.privilegedStartService()
+        service.startService()
+        listener = next(child for child in service if isinstance(child, StreamServerEndpointService))
         return listener._waitingForPort  # the endpoint's listen() Deferred
 
     def _thread_factory(self):
@@ -217,7 +224,7 @@ class LiveServer:
         self._shared_connections = [
             connection
             for connection in connections.all()
-            if connection.vendor == "sqlite" and connection.is_in_memory_db()
+            if connection.vendor == "sqlite" and connection.is_in_memory_db()  # type: ignore[attr-defined]  # sqlite's
         ]
         for connection in self._shared_connections:
             connection.inc_thread_sharing()
@@ -303,6 +310,8 @@ class LiveServer:
             return WebSocketClient(connection, url, conf.get_settings().heartbeat, closing.pop_all())
 
     def _wait_live(self, client_port: int, timeout: float) -> None:
+        if self._service is None:
+            raise RuntimeError("this LiveServer is not running")
         factory = self._service.factory
 
         def live() -> bool:
@@ -310,7 +319,7 @@ class LiveServer:
             return any(
                 getattr(protocol, "_ready", False)
                 for protocol in factory.connections
-                if protocol.transport.getPeer().port == client_port
+                if protocol.transport.getPeer().port == client_port  # type: ignore[union-attr]  # connected, TCP
             )
 
         deadline = time.monotonic() + timeout
