@@ -23,12 +23,13 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable
+from types import FrameType
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 
@@ -100,7 +101,7 @@ class _Lines:
         self._dropping = False
         self.dropped = 0
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> list[bytearray]:
         if self._dropping:
             end = data.find(b"\n")
             if end < 0:
@@ -111,7 +112,7 @@ class _Lines:
         if len(rest) > MAX_LINE:
             self.dropped += 1
             self._dropping = True
-            rest = b""
+            rest = bytearray()
         self._buffer[:] = rest
         return lines
 
@@ -135,14 +136,14 @@ class WorkerProcess(ProcessProtocol):
         #: fires with whether it became ready (Supervisor._watch_readiness)
         self.readiness: defer.Deferred | None = None
         self.exit: str | None = None  # how it ended, once it has
-        self.ended = defer.Deferred()
+        self.ended: defer.Deferred[WorkerProcess] = defer.Deferred()
         self._on_ready = on_ready
         self._observer = observer
         self._out = _Lines()
         self._err = _Lines()
 
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid
+        self.pid = self.transport.pid  # type: ignore[union-attr]  # set before connectionMade
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == READY_FD:
@@ -163,11 +164,11 @@ class WorkerProcess(ProcessProtocol):
         for line in self._err.feed(data):
             self._text(line)
 
-    def _text(self, line: bytes) -> None:
+    def _text(self, line: bytes | bytearray) -> None:
         if line.strip():
             log.warn("worker {slot}: {line}", slot=self.slot, line=logsafe.text(line.decode("utf-8", "replace")))
 
-    def _relay(self, line: bytes) -> None:
+    def _relay(self, line: bytes | bytearray) -> None:
         """One JSON event of the worker, to the supervisor's observers."""
         before, _, record = line.rpartition(b"\x1e")
         self._text(before)  # something else wrote to its stdout
@@ -194,12 +195,12 @@ class WorkerProcess(ProcessProtocol):
 
     def signal(self, name: str) -> None:
         with contextlib.suppress(ProcessExitedAlready, OSError):
-            self.transport.signalProcess(name)
+            self.transport.signalProcess(name)  # type: ignore[union-attr]  # a lost one raises ProcessExitedAlready
 
 
 def _outcome(d: defer.Deferred) -> defer.Deferred:
     """A new Deferred with ``d``'s result, ``d`` keeping it for its other readers."""
-    copy = defer.Deferred()
+    copy: defer.Deferred = defer.Deferred()
 
     def both(result):
         copy.callback(result)
@@ -237,6 +238,8 @@ class Supervisor(MultiService):
         of this process per line (measured: 13 % of a core at 1,670 requests/s)."""
         super().__init__()
         self.config = config
+        if not config.workers:
+            raise ValueError("a Supervisor needs config.workers")
         self.count = count = config.workers
         self.reactor = reactor
         self.executable = executable
@@ -254,12 +257,12 @@ class Supervisor(MultiService):
         #: every worker process not ended yet (a roll's new and old ones too)
         self.processes: set[WorkerProcess] = set()
         self._quick_deaths = [0] * count
-        self._restarts: dict[int, object] = {}
+        self._restarts: dict[int, IDelayedCall] = {}
         self._rolling = False
         self._roll_again = False
         self._stopping = False
         self._ever_ready = False
-        self._previous_sighup = None
+        self._previous_sighup: Callable[[int, FrameType | None], object] | int | None = None
 
     # -- start ---------------------------------------------------------------
 
@@ -301,9 +304,11 @@ class Supervisor(MultiService):
 
     def _spawn(self, slot: int) -> WorkerProcess:
         worker = WorkerProcess(slot, self.reactor.seconds(), self._became_ready)
-        child_fds = {0: "w", 1: 1, 2: 2} if self.share_output else {0: "w", 1: "r", 2: "r"}
+        child_fds: dict[int, str | int] = {0: "w", 1: 1, 2: 2} if self.share_output else {0: "w", 1: "r", 2: "r"}
         child_fds.update({READY_FD: "r", LOAD_FD: self._load_file.fileno()})
-        child_fds.update({FIRST_LISTEN_FD + index: port.fileno() for index, port in enumerate(self.ports)})
+        child_fds.update(
+            {FIRST_LISTEN_FD + index: port.fileno() for index, port in enumerate(self.ports)}  # type: ignore[attr-defined]  # tcp/unix Ports
+        )
         env = dict(os.environ)
         # What this process imports from (manage.py's directory, --pythonpath), the workers too.
         env["PYTHONPATH"] = os.pathsep.join([path for path in sys.path if path] + [env.get("PYTHONPATH", "")]).rstrip(
@@ -379,7 +384,8 @@ class Supervisor(MultiService):
         if self.workers.get(worker.slot) is not worker:
             return  # replaced in a roll, or never taken on
         del self.workers[worker.slot]
-        self.load.clear(worker.slot, worker.pid)  # no room there until its successor says so
+        if worker.pid is not None:  # (None: it never started)
+            self.load.clear(worker.slot, worker.pid)  # no room there until its successor says so
         if self._stopping:
             return
         if not self._ever_ready:
@@ -428,7 +434,7 @@ class Supervisor(MultiService):
                 if self._stopping:
                     return
                 new = self._spawn(slot)
-                ready = yield _outcome(new.readiness)
+                ready = yield _outcome(new.readiness)  # type: ignore[arg-type]  # set by _spawn
                 if not ready or self._stopping:
                     new.signal("TERM")
                     if not self._stopping:
