@@ -591,7 +591,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
             self.v2.close()
         if self._counted:
             self._counted = False
-            self.factory.presence.left(self.facility, self.username)
+            self.factory.presence.left(self.facility, self.username)  # type: ignore[union-attr]  # counted: presence is on
         if self in self.factory.connections:
             self.factory.connections.discard(self)
             same_session = self.factory.sessions.get(self.session_digest)
