@@ -31,6 +31,7 @@ import txredisapi
 from redis.crc import key_slot
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -144,10 +145,10 @@ class _WholeReads:
     _leftover = b""
 
     def dataReceived(self, data, unpause=False):
-        super().dataReceived(data, unpause)
+        super().dataReceived(data, unpause)  # type: ignore[misc]  # a mixin over txredisapi's protocol
         while self._leftover:
             data, self._leftover = self._leftover, b""
-            super().dataReceived(data)
+            super().dataReceived(data)  # type: ignore[misc]
 
     def setLineMode(self, extra=b""):
         # txredisapi pauses the socket and parses the rest of a read in the next
@@ -461,7 +462,7 @@ class _Bus(Service):
         listeners.add(listener)
         if key in self._confirmed:
             return defer.succeed(None)
-        waiting = defer.Deferred()
+        waiting: defer.Deferred[None] = defer.Deferred()
         self._waiting.setdefault(key, []).append(waiting)
         return waiting
 
@@ -552,7 +553,7 @@ class _Bus(Service):
                 ),
             )
             if entries and key in self._listeners:
-                self._replayed.note(key, history.parse_id(entries[-1][0]))
+                self._replayed.note(key, history.parse_id(entries[-1][0]))  # type: ignore[arg-type]  # Redis's id
 
         def failed(failure: Failure) -> None:
             log.warn(
@@ -654,7 +655,7 @@ class _Bus(Service):
             return defer.succeed([])
         if not self._fetches:
             self._reactor.callLater(0, self._fetch_together)
-        fetched = defer.Deferred()
+        fetched: defer.Deferred[list] = defer.Deferred()
         self._fetches.append((keys, fetched))
         return fetched
 
@@ -690,7 +691,7 @@ class _Bus(Service):
             if reply is None:
                 return None
             trimmed, entries = reply
-            if history.parse_id(trimmed.decode("ascii")) > history.parse_id(since):
+            if history.parse_id(trimmed.decode("ascii")) > history.parse_id(since):  # type: ignore[operator]  # both well-formed
                 return None
             return [(entry_id.decode("ascii"), history.entry_payload(fields)) for entry_id, fields in entries]
 
@@ -728,7 +729,7 @@ class RedisBus(_Bus):
 
     def __init__(self, address: RedisAddress, reactor=None):
         super().__init__(address, reactor)
-        self._endpoint = None
+        self._endpoint: IStreamClientEndpoint | None = None
         self._shard = ShardSubscriber(self, address, str(address))
         self._commands = command_factory(address, str(address))
 
@@ -758,8 +759,9 @@ class RedisBus(_Bus):
     def stopService(self) -> defer.Deferred:
         super().stopService()
         stopping = [self._shard.stop(), self._commands.disconnect()]
-        if hasattr(self._endpoint, "disconnect"):  # Sentinel connections
-            stopping.append(self._endpoint.disconnect())
+        disconnect = getattr(self._endpoint, "disconnect", None)  # Sentinel connections
+        if disconnect is not None:
+            stopping.append(disconnect())
         return defer.gatherResults(stopping, consumeErrors=True)
 
     @property
