@@ -302,7 +302,7 @@ def parse_flags(query_string: str, recognised: Iterable[str]) -> tuple[list[str]
     return flags, echo
 
 
-def requested_audiences(flags: Iterable[str], kind: str) -> dict[str, list]:
+def requested_audiences(flags: Iterable[str], kind: str) -> dict[str, list | bool]:
     """Keyword arguments for ``message_channels`` from flags like 'subscribe-user'
     (``kind`` is 'subscribe' or 'publish'): every audience is SELF."""
     wanted = {flag.split("-", 1)[1] for flag in flags if flag.startswith(kind + "-")}

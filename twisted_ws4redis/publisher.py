@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -59,7 +59,7 @@ async def _aconnection() -> redis.asyncio.Redis:
 
 async def _closed_with_loop(
     loop: asyncio.AbstractEventLoop, address: RedisAddress, client: redis.asyncio.Redis
-) -> AsyncIterator[None]:
+) -> AsyncGenerator[None]:
     """Waits at ``yield`` for as long as ``loop`` runs: a loop shutting down
     closes its async generators (``asyncio.run`` does, and so asgiref and the
     ASGI servers), which closes the client's connections on that loop."""

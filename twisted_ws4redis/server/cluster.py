@@ -24,6 +24,8 @@ messages carry no history id, so they are not caught up after an outage.
 
 from __future__ import annotations
 
+from typing import cast
+
 import txredisapi
 from redis.crc import key_slot
 from twisted.internet import defer
@@ -157,7 +159,7 @@ class ClusterBus(_Bus):
     def _refresh(self) -> defer.Deferred:
         """Ask the slot table again (one asking at a time, shared by its
         callers) and apply it. Fires with None, even when no node answered."""
-        waiting = defer.Deferred()
+        waiting: defer.Deferred[None] = defer.Deferred()
         if self._asking is not None:
             self._asking.append(waiting)
             return waiting
@@ -342,6 +344,6 @@ class ClusterBus(_Bus):
             return values
 
         def first(failure: Failure) -> Failure:
-            return failure.value.subFailure if failure.check(defer.FirstError) else failure
+            return cast(defer.FirstError, failure.value).subFailure if failure.check(defer.FirstError) else failure
 
         return defer.gatherResults(calls, consumeErrors=True).addCallbacks(assemble, first)

@@ -109,7 +109,7 @@ class AcceptBalancer:
         if pause != self.paused:
             self.paused = pause
             for port in self.ports:
-                port.stopReading() if pause else port.startReading()
+                port.stopReading() if pause else port.startReading()  # type: ignore[attr-defined]  # tcp/unix Ports
             log.info(
                 "Worker {slot} {what} ({connections} connections, {websockets} websockets, cap {cap})",
                 slot=self.slot,

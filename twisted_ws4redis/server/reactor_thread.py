@@ -38,7 +38,7 @@ def running_reactor(timeout: float = 10.0):
                 raise RuntimeError("the reactor already runs in this process, not in a thread started here")
             started = threading.Event()
             reactor.callWhenRunning(started.set)
-            reactor.getThreadPool().threadFactory = daemon_thread
+            reactor.getThreadPool().threadFactory = daemon_thread  # type: ignore[attr-defined]  # IReactorThreads
             _thread = threading.Thread(
                 target=reactor.run, kwargs={"installSignalHandlers": False}, name="twisted-reactor", daemon=True
             )

@@ -60,7 +60,7 @@ class ServerTLS(BufferingTLSTransport):
         if not self._aborted:
             # Our close_notify is written; the closer need not wait for the
             # peer's (RFC 8446 6.1): TCP closes once its buffer is written.
-            self.transport.loseConnection()
+            self.transport.loseConnection()  # type: ignore[union-attr]  # connected
 
 
 class ServerTLSEndpoint(SSL4ServerEndpoint):
