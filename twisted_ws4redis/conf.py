@@ -15,7 +15,7 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
@@ -25,6 +25,9 @@ from django.utils.module_loading import import_string
 from . import logsafe
 from .origin import OriginPolicy
 from .redis_address import RedisAddress
+
+if TYPE_CHECKING:
+    from .subscriber import RedisSubscriber
 
 #: Django settings the origin check reads.
 _ORIGIN_SETTINGS = ("ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "DEBUG", "USE_X_FORWARDED_HOST")
@@ -47,7 +50,7 @@ class Settings:
     connection: RedisAddress
     prefix: str
     expire: int
-    subscriber: type
+    subscriber: type[RedisSubscriber]
     heartbeat: bytes | None
     allowed_channels: Callable | None
     process_request: Callable | None

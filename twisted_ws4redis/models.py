@@ -137,12 +137,13 @@ class Publication:
     def field_data(self, instance: models.Model) -> dict:
         """The listed fields' values (a relation's as its key), by field name."""
         meta = self.model._meta
-        fields = meta.concrete_fields if self.fields == ALL_FIELDS else [meta.get_field(name) for name in self.fields]
-        return {field.name: field.value_from_object(instance) for field in fields}
+        names = self.fields or ()  # (set: checked by manage.py check, E043)
+        fields = meta.concrete_fields if names == ALL_FIELDS else [meta.get_field(name) for name in names]
+        return {field.name: field.value_from_object(instance) for field in fields}  # type: ignore[union-attr]  # concrete
 
     def prepare(self, instance: models.Model, event: str) -> tuple[RedisPublisher, RedisMessage]:
         """The publisher and the message for ``event`` on ``instance``, as it is now."""
-        audience = dict(self.audience) if self.audience_for is None else dict(self.audience_for(instance))
+        audience = dict(self.audience) if self.audience_for is None else dict(self.audience_for(instance))  # type: ignore[arg-type]  # E040: one is set
         facility = audience.pop("facility", self.facility)
         if not (isinstance(facility, str) and facility) or not AUDIENCE_KEYS.issuperset(audience):
             raise ImproperlyConfigured(

@@ -8,6 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from http import HTTPStatus
 from pprint import pformat
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import txaio
@@ -30,6 +31,9 @@ from .outbox import Outbox, buffered_bytes, socket_transport, write_now
 from .presence import NodePresence
 from .pubsub import REDIS_WAIT, Burst, PubSubMessage, RedisBus
 from .v2 import SUBPROTOCOL, V2Session
+
+if TYPE_CHECKING:
+    from .cluster import ClusterBus
 
 log = Logger()
 
@@ -627,7 +631,7 @@ def wait_until(reactor, done: Callable[[], bool], timeout: float, every: float =
 class WebSocketFactory(WebSocketServerFactory):
     protocol = WebSocketProtocol
 
-    def __init__(self, settings: Settings, bus: RedisBus, pool, reactor=None):
+    def __init__(self, settings: Settings, bus: RedisBus | ClusterBus, pool, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         super().__init__(server=f"twisted_ws4redis/{__version__}", reactor=reactor)

@@ -13,7 +13,7 @@ from twisted.internet.address import IPv4Address
 from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.pages import errorPage, notFound
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 
 from .. import logsafe
 from .descriptors import ConnectionBudget
@@ -73,7 +73,7 @@ class Root(Resource):
 
     isLeaf = True
 
-    def __init__(self, websocket_url: str, websocket: Resource, wsgi: Resource | None):
+    def __init__(self, websocket_url: str, websocket: IResource, wsgi: IResource | None):
         super().__init__()
         self._websocket_url = websocket_url.encode("ascii")
         self._websocket = websocket

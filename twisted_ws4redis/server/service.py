@@ -142,7 +142,7 @@ class Ws4RedisService(MultiService):
             self.reactor,
             lambda: (
                 not any(
-                    transport is not None and transport.connected and buffered_bytes(transport)
+                    transport is not None and transport.connected and buffered_bytes(transport)  # type: ignore[attr-defined]  # TCP
                     for transport in answering
                 )
             ),
@@ -234,7 +234,7 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
     pool = ThreadPool(minthreads=1, maxthreads=config.threads, name="ws4redis-django")
     # Daemons: a process that ends without stopping its pool (the autoreloader's
     # child, on a code change) is not kept alive by it.
-    pool.threadFactory = daemon_thread
+    pool.threadFactory = daemon_thread  # type: ignore[assignment]  # a Thread factory, as ThreadPool calls it
     bus = (ClusterBus if address.cluster else RedisBus)(address, reactor)
     factory = WebSocketFactory(settings, bus, pool, reactor)
     bus.watch(audience.control_channel(settings.prefix), NodeControl(factory))
@@ -282,7 +282,7 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
         if config.inherited:
             endpoint = AdoptedEndpoint(endpoint, config.inherited[index], reactor)
         listener = StreamServerEndpointService(endpoint, site)
-        listener.description = description
+        listener.description = description  # type: ignore[attr-defined]  # for listening()'s message
         # A port that cannot be bound must stop the start-up, not just be logged.
         listener._raiseSynchronously = True
         listener.setServiceParent(top)

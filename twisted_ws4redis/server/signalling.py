@@ -50,7 +50,7 @@ class SocketSignals:
         protocol = self.protocol
         factory = protocol.factory
         job = partial(signal.send_robust, WebSocketProtocol, request=protocol.django_request, **kwargs)
-        done = defer.Deferred()
+        done: defer.Deferred[None] = defer.Deferred()
 
         def failed(failure: Failure) -> None:
             # send_robust catches what receivers raise: this is Django's own hygiene failing.
@@ -94,10 +94,13 @@ def connected(protocol: WebSocketProtocol) -> None:
         return
     if protocol._wants_v2:
         channels = [
-            channel for flag, names in protocol._flags.items() if flag.startswith("subscribe-") for channel in names
+            channel
+            for flag, names in protocol._flags.items()  # type: ignore[union-attr]  # set by the handshake
+            if flag.startswith("subscribe-")
+            for channel in names
         ]
     else:
-        channels = list(protocol.subscriber.subscribed)
+        channels = list(protocol.subscriber.subscribed)  # type: ignore[union-attr]  # set by the handshake
     _signals(protocol).send(websocket_connected, facility=protocol.facility, channels=channels)
 
 

@@ -177,7 +177,7 @@ def makeService(options: Options):
     naming it (every bad setting at once)."""
     setup_django(options["settings"])
 
-    twistd = options.parent or {}
+    twistd: Any = options.parent or {}  # twistd's Options, a mapping
     logs_to_stdout = bool(twistd.get("nodaemon") and twistd.get("logfile") in (None, "-") and not twistd.get("syslog"))
 
     def checked():
