@@ -10,7 +10,9 @@ import re
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.pages import errorPage, notFound
 from twisted.web.resource import IResource, Resource
@@ -65,7 +67,7 @@ def _refuse(request: server.Request, code: int, brief: str, detail: str) -> byte
     an upgrade has nothing more to say on it."""
     request.setHeader(b"connection", b"close")
     request.channel.persistent = False
-    return errorPage(code, brief, detail).render(request)
+    return errorPage(code, brief, detail).render(request)  # type: ignore[return-value]  # a page's bytes
 
 
 class Root(Resource):
@@ -104,6 +106,8 @@ class Request(server.Request):
     """``twisted.web.wsgi`` reads ``.host``/``.port`` of both addresses, which a
     ``unix:`` endpoint's addresses lack; give it a local stand-in."""
 
+    channel: Channel
+
     def getHost(self):
         address = super().getHost()
         return address if hasattr(address, "port") else _LocalAddress()
@@ -139,9 +143,10 @@ class Channel(http.HTTPChannel):
     _body_bytes = 0  # of this request's body, received so far
     _body_started = 0.0  # reactor time the body's headers were complete
     _refused = False  # a refusal was sent: what the client still sends is not served
+    site: Site  # set by the Site that made it
 
     @property
-    def MAX_LENGTH(self) -> int:  # LineReceiver's name: the longest line
+    def MAX_LENGTH(self) -> int:  # type: ignore[override]  # LineReceiver's name: the longest line
         return self.site.max_head_size
 
     def connectionMade(self) -> None:
@@ -287,7 +292,7 @@ class Channel(http.HTTPChannel):
         # first: a TLS transport does not close while one is registered.
         self.loseConnection()  # LineReceiver parses no further line
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         # Not called once the connection became a websocket: the websocket
         # protocol, its new owner, tells the budget when it is lost.
         self.site.budget.connection_closed()
@@ -320,7 +325,7 @@ class Site(server.Site):
     """The server's site: its channels are ``Channel``, its requests ``Request``,
     its access log ``access_log_line``."""
 
-    protocol = Channel
+    protocol = Channel  # type: ignore[assignment]  # an HTTPChannel, as Site builds it
     requestFactory = Request
 
     def __init__(
