@@ -100,7 +100,7 @@ def connected(protocol: WebSocketProtocol) -> None:
             for channel in names
         ]
     else:
-        channels = list(protocol.subscriber.subscribed)  # type: ignore[union-attr]  # set by the handshake
+        channels = list(protocol.subscriber.subscribed)
     _signals(protocol).send(websocket_connected, facility=protocol.facility, channels=channels)
 
 
