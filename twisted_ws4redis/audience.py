@@ -66,7 +66,7 @@ class _Self:
 
     _instance = None
 
-    def __new__(cls):
+    def __new__(cls) -> _Self:  # noqa: PYI034 (always the one instance, SELF)
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -74,7 +74,7 @@ class _Self:
     def __repr__(self) -> str:
         return "SELF"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[_Self], tuple[()]]:
         return (_Self, ())
 
 
@@ -155,10 +155,10 @@ def _authenticated(user: Any) -> Any:
 def _user_steps(request: Any) -> Steps:
     """The authenticated user of ``request``, or None."""
 
-    def sync():
+    def sync() -> Any:
         return _authenticated(getattr(request, "user", None))
 
-    async def asynchronous():
+    async def asynchronous() -> Any:
         # ``auser`` is AuthenticationMiddleware's; a request made by hand has only ``user``.
         auser = getattr(request, "auser", None)
         return _authenticated(await auser()) if auser else await sync_to_async(sync)()

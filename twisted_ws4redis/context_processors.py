@@ -2,12 +2,13 @@
 
 import json
 
+from django.http import HttpRequest
 from django.utils.safestring import mark_safe
 
 from .conf import get_settings
 
 
-def default(request) -> dict:
+def default(request: HttpRequest) -> dict:
     settings = get_settings()
     scheme = "wss://" if request.is_secure() else "ws://"
     heartbeat = settings.heartbeat

@@ -144,7 +144,7 @@ class RedisPublisher(RedisStore):
                 except StopIteration as done:
                     return done.value
 
-    def fetch_message(self, request, facility: str, audience: str = "any") -> bytes | None:
+    def fetch_message(self, request: Any, facility: str, audience: str = "any") -> bytes | None:
         """The persisted message a websocket of ``request`` would get for ``facility``.
         ``audience`` is 'session', 'user', 'group', 'broadcast' or 'any' (searched
         in that order, the first one found wins)."""
@@ -154,7 +154,7 @@ class RedisPublisher(RedisStore):
         with reaching_redis():
             return _first_found(_mget(self._connection, channels))
 
-    async def afetch_message(self, request, facility: str, audience: str = "any") -> bytes | None:
+    async def afetch_message(self, request: Any, facility: str, audience: str = "any") -> bytes | None:
         """``fetch_message`` without blocking the event loop."""
         channels = await wire.aresolved(wire.fetch_steps(self.get_prefix(), facility, request, audience))
         if not channels:

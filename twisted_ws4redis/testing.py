@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.cookies import SimpleCookie
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Self
@@ -49,8 +49,11 @@ from .server.embedded import EmbeddedRedis
 from .server.reactor_thread import call_in_reactor, daemon_thread, running_reactor
 
 if TYPE_CHECKING:
+    import threading
+
     from django.contrib.auth.base_user import AbstractBaseUser
     from django.http import HttpRequest
+    from websockets.sync.client import ClientConnection
 
     from .redis_address import RedisAddress
     from .server.service import Ws4RedisService
@@ -106,7 +109,7 @@ class WebSocketClient:
     messages are skipped. A context manager; ``connection`` is the
     ``websockets.sync.client.ClientConnection``."""
 
-    def __init__(self, connection, url: str, heartbeat: bytes | None, closing: contextlib.ExitStack):
+    def __init__(self, connection: ClientConnection, url: str, heartbeat: bytes | None, closing: contextlib.ExitStack):
         self.connection = connection
         self.url = url
         self._closing = closing
@@ -201,7 +204,7 @@ class LiveServer:
             )
             service = self._service = make_service(config, running_reactor())
             pool = next(child for child in service if isinstance(child, ThreadPoolService)).pool
-            pool.threadFactory = self._thread_factory()
+            pool.threadFactory = self._thread_factory()  # type: ignore[assignment]  # a Thread factory, as ThreadPool calls it
             self.port = call_in_reactor(self._listen, service).getHost().port
         except BaseException:
             self.stop()
@@ -209,14 +212,14 @@ class LiveServer:
         return self
 
     @staticmethod
-    def _listen(service: Ws4RedisService):
+    def _listen(service: Ws4RedisService) -> Any:
         """On the reactor: start everything; a Deferred of the listening port."""
         service.privilegedStartService()
         service.startService()
         listener = next(child for child in service if isinstance(child, StreamServerEndpointService))
         return listener._waitingForPort  # the endpoint's listen() Deferred
 
-    def _thread_factory(self):
+    def _thread_factory(self) -> Callable[..., threading.Thread]:
         """Worker threads that use the test thread's connections to in-memory
         SQLite databases (as Django's LiveServerThread does), as daemons."""
         from django.db import connections
@@ -229,7 +232,7 @@ class LiveServer:
         for connection in self._shared_connections:
             connection.inc_thread_sharing()
 
-        def factory(*args: Any, target, **kwargs: Any):
+        def factory(*args: Any, target: Callable[[], object], **kwargs: Any) -> threading.Thread:
             def run() -> None:
                 for connection in self._shared_connections:
                     connections[connection.alias] = connection
@@ -383,7 +386,7 @@ except ImportError:  # pytest is optional: the fixture exists only where it runs
 else:
 
     @pytest.fixture
-    def ws4redis_live_server(request) -> Iterator[LiveServer]:
+    def ws4redis_live_server(request: Any) -> Iterator[LiveServer]:
         """A ``LiveServer`` for the test. With pytest-django, the test database
         is set up first; mark the test ``django_db(transaction=True)`` so that
         what it creates is visible to the server."""
