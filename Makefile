@@ -67,7 +67,7 @@ $(DOCS_STAMP): docs/requirements.txt $(STAMP)
 
 docs: $(DOCS_STAMP)
 	tests/system_packages.sh dot:graphviz
-	$(BIN)/python -m sphinx -W --keep-going -n -q -b html docs docs/_build/html
+	$(BIN)/python -m sphinx -E -W --keep-going -n -q -b html docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache docs/_build

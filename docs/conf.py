@@ -28,6 +28,9 @@ extensions = [
 exclude_patterns = ["_build", "deploy"]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 html_theme = "alabaster"
+html_theme_options = {"page_width": "1160px", "sidebar_width": "240px"}
+# Quotes and ellipses only: "--workers" stays two hyphens, not a dash.
+smartquotes_action = "qe"
 html_title = "twisted_ws4redis"
 graphviz_output_format = "svg"
 

@@ -334,7 +334,7 @@ do).""",
         doc="""Callable (or dotted path) ``f(request)`` replacing the default authentication; it must set
 ``request.session`` and ``request.user`` (e.g. from a token: see :doc:`tokens`). Runs on a thread.
 ``'twisted_ws4redis.django_bridge.process_request_with_current_groups'`` is the default plus the user's groups
-read from the database at each handshake (see :ref:`group-names`).""",
+read from the database at each handshake (see :ref:`group names <group-names>`).""",
         example="'twisted_ws4redis.auth.process_request'",
     ),
     # Not in ws4redis: limits and checks against hostile or broken clients.

@@ -14,9 +14,10 @@ def _literal(text: str) -> str:
 
 def setting_lines(name: str, rule: conf.Rule) -> list[str]:
     """One setting: a definition list item with its default, example, check id and description."""
-    lines = [f".. _setting-{name}:", "", name]
-    lines.append(f"    Default {_literal(repr(rule.default))}; for example {_literal(f'{name} = {rule.example}')};")
-    lines.append(f"    a bad value is reported as {_literal(rule.check_id)}.")
+    lines = [f".. _setting-{name}:", "", _literal(name)]
+    lines.append(f"    :Default: {_literal(repr(rule.default))}")
+    lines.append(f"    :Example: {_literal(f'{name} = {rule.example}')}")
+    lines.append(f"    :Check id: {_literal(rule.check_id)}")
     lines.append("")
     lines.extend(f"    {line}" if line else "" for line in rule.doc.splitlines())
     lines.append("")
