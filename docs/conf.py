@@ -35,8 +35,10 @@ html_title = "twisted_ws4redis"
 graphviz_output_format = "svg"
 
 autodoc_member_order = "bysource"
+# Types go beside the parameters the docstrings name, and the return type; the
+# pages list each module's public names themselves (api.rst).
 autodoc_typehints = "description"
-autodoc_default_options = {"members": True, "undoc-members": False}
+autodoc_typehints_description_target = "documented_params"
 
 # No intersphinx: it downloads other projects' inventories at every build, and this
 # build must work offline. Names of the standard library's and third-party objects
