@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 EXAMPLE := examples/chatserver
 STAMP := $(VENV)/.installed
 
-.PHONY: test matrix demo install clean bench bench-workers bench-cluster system-packages
+.PHONY: test matrix docs demo install clean bench bench-workers bench-cluster system-packages
 
 # The editable install uses "compat" mode: with the default mode, twistd cannot
 # see the plugin in twisted/plugins/ of a flat layout. The last line refreshes
@@ -65,5 +65,16 @@ bench-cluster: $(STAMP)
 	$(BIN)/python -m pip install --quiet uvloop
 	$(BIN)/python bench/cluster.py $(BENCH_CLUSTER_ARGS)
 
+# The documentation (docs/), HTML into docs/_build/html; a warning fails the build.
+# Sphinx comes from docs/requirements.txt; the diagrams need Graphviz' dot.
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): docs/requirements.txt $(STAMP)
+	$(BIN)/python -m pip install --quiet -r docs/requirements.txt
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	tests/system_packages.sh dot:graphviz
+	$(BIN)/python -m sphinx -E -W --keep-going -n -q -b html docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .nox
+	rm -rf $(VENV) build *.egg-info .pytest_cache .nox docs/_build
