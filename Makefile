@@ -33,7 +33,7 @@ test: system-packages $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The supported Python x Django combinations (noxfile.py), each in its own
-# virtualenv under .nox/: `make matrix MATRIX_ARGS='-k 3.12 -- -x tests/test_v2.py'`.
+# virtualenv under .nox/: `make matrix MATRIX_ARGS='-s "tests(3.12-django6.0)" -- -x tests/test_v2.py'`.
 MATRIX_ARGS ?=
 matrix: system-packages $(STAMP)
 	$(BIN)/python -m pip install --quiet nox==2026.10.20

@@ -1,7 +1,7 @@
 """The Python × Django combinations twisted_ws4redis supports, each in its own
 virtualenv under ``.nox/`` (``make matrix``; README "Development").
 
-``nox`` runs the suite on all three; ``nox -k 3.12`` on one; arguments
+``nox`` runs the suite on all three; ``nox -s "tests(3.12-django6.0)"`` on one; arguments
 after ``--`` go to pytest. An interpreter that cannot be found fails the session
 instead of skipping it, so a green run means all three ran.
 """
