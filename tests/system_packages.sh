@@ -2,14 +2,15 @@
 # The programs the test suite drives that pip cannot install: a real
 # redis-server (Sentinel and Cluster modes included) and redis-cli (it creates
 # the test cluster), headless Chromium and its driver for the browser tests,
-# HAProxy for the scale-out tests. `make test` runs this
+# HAProxy for the scale-out tests, Node.js and npm for the JavaScript
+# package's test (npm pack, TypeScript). `make test` runs this
 # first. As root on a Debian-like system it installs what is missing; anywhere
 # else it names the missing packages and how to install them, in one line,
 # and stops before anything runs.
 set -euo pipefail
 
 # command to look for : Debian package that provides it
-wanted=(redis-server:redis-server redis-cli:redis-tools chromium:chromium chromedriver:chromium-driver haproxy:haproxy)
+wanted=(redis-server:redis-server redis-cli:redis-tools chromium:chromium chromedriver:chromium-driver haproxy:haproxy node:nodejs npm:npm)
 
 missing=()
 for pair in "${wanted[@]}"; do

@@ -341,7 +341,7 @@ def test_missing_system_packages_are_named_in_one_line_before_any_test(tmp_path)
     assert result.returncode == 1 and result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    for package in ("redis-server", "chromium", "chromium-driver"):
+    for package in ("redis-server", "chromium", "chromium-driver", "nodejs", "npm"):
         assert package in lines[0]
     assert "apt-get install -y" in lines[0]
 
