@@ -59,4 +59,4 @@ bench-cluster: $(STAMP)
 	$(BIN)/python bench/cluster.py $(BENCH_CLUSTER_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache
