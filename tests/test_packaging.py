@@ -132,9 +132,7 @@ def test_the_wheel_holds_the_plugin_and_no_twisted_package_files(wheel):
 def test_the_wheel_holds_every_file_of_the_package(wheel):
     """Every file of twisted_ws4redis/ under version control is shipped (a
     forgotten package_data pattern or a package without __init__.py would not be)."""
-    tracked = subprocess.run(
-        ["git", "ls-files", "twisted_ws4redis"], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout.split()
+    tracked = git_files("twisted_ws4redis")
     assert "twisted_ws4redis/management/commands/runws4redis.py" in tracked
     missing = set(tracked) - set(zipfile.ZipFile(wheel).namelist())
     assert not missing
@@ -142,23 +140,27 @@ def test_the_wheel_holds_every_file_of_the_package(wheel):
 
 def test_the_sdist_holds_the_source_license_and_changelog(dists):
     """Everything under version control that the package, its tests and the
-    example need (MANIFEST.in), the license, the changelog; no build debris."""
+    example need (MANIFEST.in), the license, the changelog, and nothing that
+    is not under version control but the metadata setuptools writes."""
     sdist, _ = dists
+    top = sdist.name.removesuffix(".tar.gz")
     with tarfile.open(sdist) as archive:
-        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-        license_text = archive.extractfile(f"{sdist.name.removesuffix('.tar.gz')}/LICENSE").read()
+        names = {member.name.removeprefix(top + "/") for member in archive.getmembers() if member.isfile()}
+        license_text = archive.extractfile(f"{top}/LICENSE").read()
     assert {"LICENSE", "CHANGELOG.rst", "README.rst", "pyproject.toml", "Makefile", "pytest.ini"} <= names
     assert license_text == (ROOT / "LICENSE").read_bytes()
-    tracked = subprocess.run(
-        ["git", "ls-files", "twisted_ws4redis", "twisted", "tests", "examples"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
+    tracked = set(git_files())
+    assert {"tests/conftest.py", "tests/typescript/cjs.ts", "examples/chatserver/manage.py"} <= names
+    assert not set(git_files("twisted_ws4redis", "twisted", "tests", "examples")) - names
+    metadata = {"PKG-INFO", "setup.cfg"}
+    untracked = {name for name in names - tracked - metadata if not name.startswith("twisted_ws4redis.egg-info/")}
+    assert not untracked
+
+
+def git_files(*paths: str) -> list[str]:
+    return subprocess.run(
+        ["git", "ls-files", *paths], cwd=ROOT, check=True, capture_output=True, text=True
     ).stdout.split()
-    assert "tests/conftest.py" in tracked
-    assert not set(tracked) - names
-    assert not [name for name in names if name.endswith((".pyc", "dropin.cache")) or "__pycache__" in name]
 
 
 def test_the_wheel_holds_the_license_the_types_marker_and_the_javascript_client(wheel):
