@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 EXAMPLE := examples/chatserver
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install clean bench bench-workers bench-cluster system-packages
+.PHONY: test matrix docs demo install clean bench bench-workers bench-cluster system-packages
 
 # The editable install uses "compat" mode: with the default mode, twistd cannot
 # see the plugin in twisted/plugins/ of a flat layout. The last line refreshes
@@ -31,6 +31,13 @@ system-packages:
 
 test: system-packages $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The supported Python x Django combinations (noxfile.py), each in its own
+# virtualenv under .nox/: `make matrix MATRIX_ARGS='-k 3.12 -- -x tests/test_v2.py'`.
+MATRIX_ARGS ?=
+matrix: system-packages $(STAMP)
+	$(BIN)/python -m pip install --quiet nox==2026.10.20
+	$(BIN)/nox $(MATRIX_ARGS)
 
 demo: $(STAMP)
 	cd $(EXAMPLE) && ../../$(BIN)/python manage.py migrate --noinput
@@ -58,5 +65,16 @@ bench-cluster: $(STAMP)
 	$(BIN)/python -m pip install --quiet uvloop
 	$(BIN)/python bench/cluster.py $(BENCH_CLUSTER_ARGS)
 
+# The documentation (docs/), HTML into docs/_build/html; a warning fails the build.
+# Sphinx comes from docs/requirements.txt; the diagrams need Graphviz' dot.
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): docs/requirements.txt $(STAMP)
+	$(BIN)/python -m pip install --quiet -r docs/requirements.txt
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	tests/system_packages.sh dot:graphviz
+	$(BIN)/python -m sphinx -E -W --keep-going -n -q -b html docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .nox docs/_build

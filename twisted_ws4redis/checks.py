@@ -27,7 +27,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         problems.append(
             checks.Warning(
                 f"{name} is not a twisted_ws4redis setting: it has no effect",
-                hint=f"Did you mean {suggestion}?" if suggestion else "See the settings in twisted_ws4redis' README.",
+                hint=f"Did you mean {suggestion}?"
+                if suggestion
+                else "See the settings in the documentation, docs/settings.rst.",
                 id="twisted_ws4redis.W001",
             )
         )
