@@ -147,7 +147,7 @@ def test_the_sdist_holds_the_source_license_and_changelog(dists):
     with tarfile.open(sdist) as archive:
         names = {member.name.removeprefix(top + "/") for member in archive.getmembers() if member.isfile()}
         license_text = archive.extractfile(f"{top}/LICENSE").read()
-    assert {"LICENSE", "CHANGELOG.rst", "README.rst", "pyproject.toml", "Makefile", "pytest.ini"} <= names
+    assert {"LICENSE", "CHANGELOG.rst", "README.rst", "pyproject.toml", "Makefile", "pytest.ini", "noxfile.py"} <= names
     assert license_text == (ROOT / "LICENSE").read_bytes()
     tracked = set(git_files())
     assert {"tests/conftest.py", "tests/typescript/cjs.ts", "examples/chatserver/manage.py"} <= names
