@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 # The editable install uses "compat" mode: with the default mode, twistd cannot
 # see the plugin in twisted/plugins/ of a flat layout. The last line refreshes
 # Twisted's plugin cache so that `twistd --help` lists ws4redis at once.
-$(STAMP): setup.py
+$(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is needed, this is " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -77,4 +77,4 @@ docs: $(DOCS_STAMP)
 	$(BIN)/python -m sphinx -E -W --keep-going -n -q -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .nox docs/_build
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .nox docs/_build

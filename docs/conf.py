@@ -9,14 +9,16 @@ import django
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE / "_ext"), str(HERE.parent)]
 
+from twisted_ws4redis import __version__  # noqa: E402 (the checkout first on sys.path)
+
 # autodoc imports Django-side modules (models, auth, testing): Django must be set up.
 os.environ["DJANGO_SETTINGS_MODULE"] = "docs_django_settings"
 django.setup()
 
 project = "twisted_ws4redis"
-author = "the twisted_ws4redis authors"
-copyright = "2026, the twisted_ws4redis authors"
-release = version = "0.1.0"
+author = "the twisted_ws4redis developers"
+copyright = "2026, the twisted_ws4redis developers"
+release = version = __version__
 
 extensions = [
     "sphinx.ext.autodoc",

@@ -2,7 +2,8 @@
 # The programs the test suite drives that pip cannot install: a real
 # redis-server (Sentinel and Cluster modes included) and redis-cli (it creates
 # the test cluster), headless Chromium and its driver for the browser tests,
-# HAProxy for the scale-out tests, Graphviz' dot for the documentation's
+# HAProxy for the scale-out tests, Node.js and npm for the JavaScript
+# package's test (npm pack, TypeScript), Graphviz' dot for the documentation's
 # diagrams. `make test` runs this first; `make docs` runs it with the pairs it
 # needs as arguments (command:package ...), checking those alone. As root on a
 # Debian-like system it installs what is missing; anywhere else it names the
@@ -11,7 +12,7 @@
 set -euo pipefail
 
 # command to look for : Debian package that provides it
-wanted=(redis-server:redis-server redis-cli:redis-tools chromium:chromium chromedriver:chromium-driver haproxy:haproxy dot:graphviz)
+wanted=(redis-server:redis-server redis-cli:redis-tools chromium:chromium chromedriver:chromium-driver haproxy:haproxy node:nodejs npm:npm dot:graphviz)
 [ $# -gt 0 ] && wanted=("$@")
 
 missing=()
