@@ -1,4 +1,4 @@
-"""The Python × Django combinations twisted_ws4redis supports, each in its own
+"""The Python x Django combinations twisted_ws4redis supports, each in its own
 virtualenv under ``.nox/`` (``make matrix``; README "Development").
 
 ``nox`` runs the suite on all three; ``nox -s "tests(3.12-django6.0)"`` on one; arguments

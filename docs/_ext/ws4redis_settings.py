@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from docutils import nodes
 from docutils.statemachine import StringList
+from settings_reference import reference_lines
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
-
-from settings_reference import reference_lines
 
 from twisted_ws4redis import conf
 
