@@ -34,14 +34,14 @@ from pathlib import Path
 import redis
 from redis.crc import key_slot
 
-from run import ROOT, free_port, number, prepare_project, serving
 import workers
+from run import ROOT, free_port, number, prepare_project, serving
+from twisted_ws4redis.server.embedded import EmbeddedRedis, redis_server_binary
 from workers import cell
 from wsload import cpu_seconds
-from twisted_ws4redis.server.embedded import EmbeddedRedis, redis_server_binary
 
 sys.path.insert(0, str(ROOT / "tests"))
-from test_cluster import cluster_port  # noqa: E402  (the tests' way of choosing a node's ports)
+from test_cluster import cluster_port  # the tests' way of choosing a node's ports
 
 PREFIX = "demo:broadcast:"
 
@@ -149,7 +149,7 @@ def machine_busy_seconds() -> float:
     """CPU time every core of the machine has spent busy (``/proc/stat``: all but idle and iowait)."""
     with open("/proc/stat") as stat:
         fields = [int(value) for value in stat.readline().split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq, steal = fields[:8]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
@@ -181,7 +181,7 @@ def wait_subscribed(plan: dict[int, list[str]], sharded: bool, timeout: float = 
         while True:
             if sharded:
                 reply = db.execute_command("PUBSUB", "SHARDNUMSUB", *names)
-                counts = dict(zip(reply[::2], reply[1::2]))
+                counts = dict(zip(reply[::2], reply[1::2], strict=False))
             else:
                 counts = dict(db.pubsub_numsub(*names))
             if all(counts.get(name.encode(), 0) >= 1 for name in names):
@@ -250,6 +250,7 @@ def measure(env: dict, mode: str, rate: float, args, work: Path) -> dict:
                 capture_output=True,
                 text=True,
                 timeout=args.seconds + 120,
+                check=False,
             )
             if published.returncode:
                 raise RuntimeError(f"publisher.py failed: {published.stderr[-2000:]}")
@@ -456,7 +457,8 @@ def main() -> None:
         f"--facilities {args.facilities} --sockets {args.sockets} --drain {args.drain:g}"
         + (f" --workers {args.workers}" if args.workers else "")
         + f"`, {time.strftime('%Y-%m-%d %H:%M')}, "
-        f"Python {sys.version.split()[0]}, redis-server {_redis_version()} (default client-output-buffer-limit), 2 CPUs "
+        f"Python {sys.version.split()[0]}, redis-server {_redis_version()} (default client-output-buffer-limit), "
+        "2 CPUs "
         "shared by Redis, the server, the publisher and the client (nothing pinned); the cluster has 3 masters "
         "and no replicas; "
         + (f"--workers {args.workers}" if args.workers else "one server process")
@@ -469,7 +471,7 @@ def main() -> None:
 
 
 def _redis_version() -> str:
-    found = subprocess.run([redis_server_binary(), "--version"], capture_output=True, text=True).stdout
+    found = subprocess.run([redis_server_binary(), "--version"], capture_output=True, text=True, check=False).stdout
     return found.split("v=")[1].split()[0] if "v=" in found else found.strip()
 
 

@@ -11,8 +11,8 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import re
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -193,7 +193,6 @@ def serving(
         redis_url = f"redis://127.0.0.1:{redis_server.port}/0"
     port = free_port()
     log_path = Path(env.get("BENCH_WORK") or tempfile.gettempdir()) / f"twistd-{port}.log"
-    log = open(log_path, "wb")
     command = [
         str(BIN / "twistd"),
         "--nodaemon",
@@ -210,9 +209,10 @@ def serving(
         metrics_port = free_port()
         command.append(f"--metrics=tcp:{metrics_port}:interface=127.0.0.1")
         scraper = Scraper(metrics_port)
-    server = subprocess.Popen(
-        (["taskset", "-c", cpus] if cpus else []) + command, env=env, cwd=EXAMPLE, stdout=log, stderr=log
-    )
+    with open(log_path, "wb") as log:  # the server writes to its own copy
+        server = subprocess.Popen(
+            (["taskset", "-c", cpus] if cpus else []) + command, env=env, cwd=EXAMPLE, stdout=log, stderr=log
+        )
     try:
         wait_for_port(port, server)
         pids = wait_for_workers(log_path, workers, server) if workers else [server.pid]
@@ -229,7 +229,6 @@ def serving(
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-        log.close()
         if redis_server is not None:
             redis_server.stop()
     with open(log_path, errors="replace") as lines:
@@ -255,7 +254,7 @@ def one_run(env: dict, size: int, args) -> list[dict]:
     asked = args.scenarios.split(",")
     groups = [[name for name in asked if name != "persisted"], ["persisted"] if "persisted" in asked else []]
     results: list[dict] = []
-    for group, paced in zip(groups, (True, False)):
+    for group, paced in zip(groups, (True, False), strict=False):
         if not group:
             continue
         with serving(env, results, metrics=args.metrics) as server:
@@ -279,7 +278,9 @@ def one_run(env: dict, size: int, args) -> list[dict]:
             if paced:
                 passes.append(("fanout", ["--messages=50", "--interval=0.02"]))
             for scenarios, extra in passes:
-                done = subprocess.run(common + [f"--scenarios={scenarios}", *extra], capture_output=True, text=True)
+                done = subprocess.run(
+                    [*common, f"--scenarios={scenarios}", *extra], capture_output=True, text=True, check=False
+                )
                 if done.returncode:
                     sys.exit(f"wsload.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
                 for line in done.stdout.splitlines():

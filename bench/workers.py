@@ -20,6 +20,7 @@ from ``/proc`` for each worker (the supervisor's apart).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import queue
 import statistics
@@ -28,8 +29,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import redis
 
@@ -69,10 +70,8 @@ def socket_fds(pid: int) -> int:
     fds = Path(f"/proc/{pid}/fd")
     count = 0
     for fd in fds.iterdir():
-        try:
+        with contextlib.suppress(OSError):  # closed meanwhile
             count += fd.readlink().name.startswith("socket:")
-        except OSError:  # closed meanwhile
-            pass
     return count
 
 
@@ -157,7 +156,7 @@ def measure(env: dict, workers: int | None, size: int, args, work: Path) -> dict
             cpu_held, supervisor_held = [cpu_seconds(pid) for pid in pids], cpu_seconds(server.pid)
             time.sleep(1)
             rss_held = [rss_kib(pid) for pid in pids]
-            per_worker = [socket_fds(pid) - before for pid, before in zip(pids, sockets_before)]
+            per_worker = [socket_fds(pid) - before for pid, before in zip(pids, sockets_before, strict=False)]
             subscribed = dict(db.pubsub_numsub(CHANNEL)).get(CHANNEL.encode(), 0)
             # The burst: published at once, once every loader holds its sockets.
             cpu_burst = [cpu_seconds(pid) for pid in pids]
@@ -183,8 +182,8 @@ def measure(env: dict, workers: int | None, size: int, args, work: Path) -> dict
     deliveries = sum(found["deliveries"] for found in bursts)
     burst_span = max(1, max(found["last_ns"] for found in bursts) - first_ns) / 1e9
     log = results[0]
-    handshake_cpu = [after - before for before, after in zip(cpu_before, cpu_held)]
-    burst_cpu = [after - before for before, after in zip(cpu_burst, cpu_after)]
+    handshake_cpu = [after - before for before, after in zip(cpu_before, cpu_held, strict=False)]
+    burst_cpu = [after - before for before, after in zip(cpu_burst, cpu_after, strict=False)]
     return {
         "workers": workers or 1,
         "size": size,
@@ -318,7 +317,7 @@ def main() -> None:
         points = [
             (
                 (processes, size),
-                f"{'--workers %d' % processes if processes > 1 else '1 process'}, N = {sockets(size, processes)}",
+                f"{f'--workers {processes}' if processes > 1 else '1 process'}, N = {sockets(size, processes)}",
             )
             for size in sizes
             for processes in (1, args.workers)

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import base64
 import collections
+import contextlib
 import json
 import os
 import re
@@ -112,7 +113,7 @@ class Client(asyncio.Protocol):
             end = offset + header + length
             if end > size:
                 break
-            if opcode == 1 or opcode == 2:
+            if opcode in {1, 2}:
                 messages.append(data[offset + header : end])
             elif opcode == 9:
                 self._send(0xA, data[offset + header : end])
@@ -355,7 +356,7 @@ async def open_clients(
                 _, client = await target.connect(lambda: Client(f"{target.host}:{target.port}", path, cookie, ignore))
                 await asyncio.wait_for(client.opened, 30)
                 return client
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 FAILURES[f"{type(exc).__name__}: {exc}"[:80]] += 1
                 return None
 
@@ -433,10 +434,8 @@ async def scenario_fanout(target: Target, args) -> dict:
         for sequence in range(args.messages):
             pipe.publish(target.channel("bench-fanout"), stamp(sequence))
         pipe.execute()
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(deliveries.done.wait(), args.timeout)
-    except asyncio.TimeoutError:
-        pass
     span = max(1, deliveries.last_ns - first_ns) / 1e9
     busy = phase.busy(span, deliveries.count - before, "delivery")
     latencies = deliveries.latencies_ns()
@@ -472,10 +471,8 @@ async def scenario_chat(target: Target, args) -> dict:
             client.send_text(stamp(sequence))
             sequence += 1
         await asyncio.sleep(0)
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(deliveries.done.wait(), args.timeout)
-    except asyncio.TimeoutError:
-        pass
     span = max(1, deliveries.last_ns - first_ns) / 1e9
     busy = phase.busy(span, deliveries.count - before, "delivery")
     latencies = deliveries.latencies_ns()
@@ -530,7 +527,7 @@ async def scenario_churn(target: Target, args) -> dict:
                 client.close()
                 await asyncio.wait_for(client.closed, 10)
                 done += 1
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 failed += 1
 
     publishing = asyncio.ensure_future(publisher())
@@ -615,10 +612,8 @@ async def scenario_hold(target: Target, args) -> dict:
     deliveries.expected = before + len(clients) * messages
     if deliveries.count >= deliveries.expected:
         deliveries.done.set()
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(deliveries.done.wait(), args.timeout)
-    except asyncio.TimeoutError:
-        pass
     print(
         json.dumps(
             {

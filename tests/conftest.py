@@ -14,8 +14,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.parse
-import uuid
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -240,12 +240,12 @@ class TwistdServer:
                 cwd=project,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=preexec_fn,
+                preexec_fn=preexec_fn,  # noqa: PLW1509 (rlimits, CPU affinity: only a test asks)
             )
         try:
             if endpoint.startswith("tcp:"):
                 wait_for_port(self.port, process=self.process)
-        except Exception:
+        except (RuntimeError, TimeoutError):  # what wait_for_port raises
             self.stop()
             raise RuntimeError(f"twistd did not start:\n{self.log()}") from None
 
@@ -273,10 +273,8 @@ def warm_up(server: TwistdServer) -> None:
     """Django's first request in a process imports and connects: made now, so
     that a test's short deadlines (a 1 s WS4REDIS_HANDSHAKE_TIMEOUT) meet a
     server as it runs, not as it starts."""
-    try:
+    with contextlib.suppress(urllib.error.HTTPError):  # an answer all the same (--no-wsgi: 404)
         urllib.request.urlopen(server.http_url("/"), timeout=20).close()
-    except urllib.error.HTTPError:
-        pass  # an answer all the same (--no-wsgi: 404)
 
 
 @pytest.fixture(scope="session")
@@ -389,7 +387,8 @@ def recording(redis_server, facility: str, pattern: str | None = None):
     else:
         pubsub.subscribe(pattern)
     confirmation = pubsub.get_message(timeout=5.0)
-    assert confirmation and confirmation["type"] in ("psubscribe", "subscribe"), confirmation
+    assert confirmation, confirmation
+    assert confirmation["type"] in ("psubscribe", "subscribe"), confirmation
     try:
         yield Recorder(pubsub)
     finally:

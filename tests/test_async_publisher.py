@@ -5,6 +5,7 @@ under ``asyncio.run`` against the real test Redis, compared with the blocking AP
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import subprocess
@@ -72,7 +73,7 @@ def test_an_async_view_publishes_to_self_of_a_logged_in_user(server, redis_clien
         "sessions": [f"session:{key}:{facility}"],
     }
     with open_ws(server, f"{facility}?subscribe-user&subscribe-group&subscribe-session", cookie) as ws:
-        for channel in sum(expected.values(), []):
+        for channel in itertools.chain.from_iterable(expected.values()):
             wait_subscribed(redis_client, channel)
         for audience, channels in expected.items():
             answer = http_post_json(
@@ -189,7 +190,7 @@ def test_self_is_read_with_async_apis_on_the_loop(redis_client):
     async def publish():
         # The control: the blocking resolution, on the loop, is caught by Django.
         with pytest.raises(SynchronousOnlyOperation):
-            RedisPublisher(facility=facility, request=middleware_request(key), **everyone)._publishers
+            _ = RedisPublisher(facility=facility, request=middleware_request(key), **everyone)._publishers
         publisher = RedisPublisher(facility=facility, request=middleware_request(key), **everyone)
         return await publisher.apublish_message(RedisMessage("hi"), expire=60), publisher._publishers
 
@@ -216,11 +217,11 @@ def test_async_and_blocking_calls_return_the_same(redis_client):
         assert listener.get_message(timeout=TIMEOUT)["type"] == "subscribe"
     request, anonymous = django_request("john"), django_request()
     audiences = [
-        dict(broadcast=True),
-        dict(users=[SELF], broadcast=True),
-        dict(users=["nobody"]),
-        dict(users=[SELF], request=anonymous),
-        dict(sessions=[SELF], groups=[SELF]),
+        {"broadcast": True},
+        {"users": [SELF], "broadcast": True},
+        {"users": ["nobody"]},
+        {"users": [SELF], "request": anonymous},
+        {"sessions": [SELF], "groups": [SELF]},
     ]
 
     def blocking(message, expire):
@@ -255,9 +256,9 @@ def test_async_and_blocking_calls_return_the_same(redis_client):
     assert fetcher.fetch_message(request, facility) == b"u"
     assert fetcher.fetch_message(anonymous, facility) == b"b"
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="audience must be one of"):
         asyncio.run(fetcher.afetch_message(request, facility, "everyone"))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="message must be a RedisMessage"):
         asyncio.run(RedisPublisher(facility=facility, broadcast=True).apublish_message("not a RedisMessage"))
 
 
@@ -357,7 +358,10 @@ def test_every_kind_of_address_works_both_ways(redis_server, tls_redis, sentinel
             assert asyncio.run(publisher.apublish_message(RedisMessage(f"{kind} async"), expire=60)) == 0
             assert publisher.fetch_message(None, facility, "broadcast") == f"{kind} async".encode()
             deadline = time.monotonic() + TIMEOUT
-            while any(client.info("clients")["connected_clients"] > count for client, count in zip(counted, before)):
+            while any(
+                client.info("clients")["connected_clients"] > count
+                for client, count in zip(counted, before, strict=True)
+            ):
                 assert time.monotonic() < deadline, f"{kind}: the asyncio client's connections stayed open"
                 time.sleep(0.02)
             for client in counted:

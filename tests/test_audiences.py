@@ -316,7 +316,7 @@ def test_no_flag_socket_open_nothing_subscribed_nothing_published(server, redis_
 
 
 @pytest.mark.parametrize(
-    "path, facility",
+    ("path", "facility"),
     [
         ("{u}%20b/c", "{u} b/c"),
         ("{u}/a%2Fb", "{u}/a/b"),
@@ -338,7 +338,7 @@ def test_facility_is_the_decoded_path_after_websocket_url(server, redis_server, 
         assert ws.recv(timeout=TIMEOUT) == "in"
         ws.send("out")
         assert published.next() == (channel, b"out")
-        assert [name for name in redis_client.pubsub_channels(f"*{token}*")] == [channel.encode()]
+        assert list(redis_client.pubsub_channels(f"*{token}*")) == [channel.encode()]
 
 
 def test_empty_facility(server, redis_server, redis_client):

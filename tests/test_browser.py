@@ -75,10 +75,9 @@ def example_env(tmp_path_factory, redis_server) -> dict:
 
 
 def start_example(redis_server, env: dict, port: int | None = None) -> TwistdServer:
-    server = TwistdServer(
+    return TwistdServer(
         redis_server.url, "", args=("--static",), port=port, project=EXAMPLE, settings="chatserver.settings", env=env
     )
-    return server
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +213,9 @@ def test_broadcast_chat_between_two_browsers(chat_server, open_browser):
         wait_connected(driver)
     send(first, "Hi from the first window")
     for driver in (first, second):
-        wait_until(lambda: "Hi from the first window" in messages(driver), message="the message in both windows")
+        wait_until(
+            lambda driver=driver: "Hi from the first window" in messages(driver), message="the message in both windows"
+        )
     send(second, "And hello back")
     wait_until(lambda: messages(first)[-1:] == ["And hello back"], message="the reply in the first window")
     screenshot(first, "chat")
@@ -246,7 +247,9 @@ def test_user_chat_reaches_only_the_addressee(chat_server, open_browser):
     # Stored (a PublishableModel): both pages show it again from the database.
     for driver, meta in ((mary, "john → mary"), (john, "you → mary")):
         driver.get(chat_server.http_url("/userchat/"))
-        wait_until(lambda: "Just for you, Mary" in messages(driver), message="the message from the history")
+        wait_until(
+            lambda driver=driver: "Just for you, Mary" in messages(driver), message="the message from the history"
+        )
         assert meta in driver.find_element(By.CSS_SELECTOR, "#messages li").text
 
 
@@ -304,7 +307,7 @@ def test_group_chat_reaches_only_members(chat_server, open_browser):
     Select(john.find_element(By.NAME, "group")).select_by_value("chatusers")
     send(john, "Hello chatusers")
     for member in (john, mary):
-        wait_until(lambda: "Hello chatusers" in messages(member), message="every member to receive it")
+        wait_until(lambda member=member: "Hello chatusers" in messages(member), message="every member to receive it")
     time.sleep(0.5)
     assert messages(admin) == []
     screenshot(mary, "groupchat")
@@ -388,7 +391,7 @@ def test_missed_heartbeats_close_and_reconnect(chat_server, open_browser):
         });
     """)
     probe = wait_until(
-        lambda: (lambda p: p if p["opened"] >= 2 else None)(driver.execute_script("return probe")),
+        lambda: p if (p := driver.execute_script("return probe"))["opened"] >= 2 else None,
         message="a second connection after the missed heartbeats",
     )
     assert probe["closes"][0] == 4000
@@ -510,8 +513,8 @@ def test_v2_page_gets_what_it_missed_on_each_facility_across_a_server_restart(re
             message="the messages after the restart",
         )
         state = page_state(driver)
-        assert messages(driver) == chat + ["after"]
-        assert state["userchat"] == userchat + ["u after"]
+        assert messages(driver) == [*chat, "after"]
+        assert state["userchat"] == [*userchat, "u after"]
         assert state["groupchat"] == ["g down 2"]
         assert state["recovered"] == {"userchat": [True], "groupchat": [False]}
         screenshot(driver, "chat-recovered")
@@ -575,18 +578,23 @@ def test_v2_client_callbacks(chat_server, open_browser):
     assert all(re.fullmatch(r"\d+-\d+", message_id) for message_id in ids), ids
     assert ids == sorted(ids, key=lambda message_id: tuple(map(int, message_id.split("-"))))
     assert len(set(ids)) == 4
-    assert out["subscribed"]["op"] == "subscribed" and isinstance(out["subscribed"]["ref"], int)
+    assert out["subscribed"]["op"] == "subscribed"
+    assert isinstance(out["subscribed"]["ref"], int)
     assert (out["subscribed"]["facility"], out["subscribed"]["audience"]) == ("chat", "broadcast")
-    assert "recovered" not in out["subscribed"] and "recovered" not in out and "subscribeError" not in out
+    assert "recovered" not in out["subscribed"]
+    assert "recovered" not in out
+    assert "subscribeError" not in out
     # The channel's persisted message first (the welcome), then the four, each with its id.
     expected = [[f"{tag} early", ids[0]], [[0, 1, 2, 255], ids[1]], [f"{tag} one", ids[2]], [f"{tag} two", ids[3]]]
     assert out["received"][1:] == expected, out["received"]
-    assert out["refused"]["code"] == 403 and out["notPublished"]["error"]["code"] == 403
+    assert out["refused"]["code"] == 403
+    assert out["notPublished"]["error"]["code"] == 403
     assert out["notPublished"]["id"] is None
     assert out["unsubscribed"] is None
     assert out["afterUnsubscribe"]["error"] is None
     assert out["sub"] == {"facility": "chat", "audience": "broadcast", "last_id": ids[3]}
-    assert out["afterClose"]["error"]["code"] == 0 and out["afterClose"]["id"] is None
+    assert out["afterClose"]["error"]["code"] == 0
+    assert out["afterClose"]["id"] is None
     assert out["unmatched"] == []
 
 

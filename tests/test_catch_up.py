@@ -58,7 +58,8 @@ def test_messages_published_while_the_subscriber_reconnects_are_delivered_once_i
         received = [json.loads(v2.recv(timeout=5)) for _ in expected]
         assert [op["data"] for op in received] == expected
         ids = [history.parse_id(op["id"]) for op in received]
-        assert ids == sorted(ids) and len(set(ids)) == len(ids)
+        assert ids == sorted(ids)
+        assert len(set(ids)) == len(ids)
         with pytest.raises(TimeoutError):  # nothing twice
             plain.recv(timeout=0.5)
         with pytest.raises(TimeoutError):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pytest
 
 from conftest import BIN, PROJECT, TwistdServer, project_env
+from twisted_ws4redis import checks
 from twisted_ws4redis.conf import RULES
 
 #: (setting, bad value, the id that reports it, how the message shows the value)
@@ -102,6 +103,13 @@ NO_DATABASE = "/nonexistent/unused.sqlite3"
 #: (manage.py check), or both on one line (twistd).
 PROBLEM = re.compile(r"\((twisted_ws4redis\.[EW]\d{3})\) (.*?)(?:\n?\s*HINT: (.*))?$", re.MULTILINE)
 
+#: ws4redis' context processor, left in TEMPLATES after a migration.
+LEFT_BEHIND_TEMPLATES = {
+    "BACKEND": "django.template.backends.django.DjangoTemplates",
+    "APP_DIRS": True,
+    "OPTIONS": {"context_processors": [checks.WS4REDIS_CONTEXT_PROCESSOR]},
+}
+
 
 @dataclass
 class Check:
@@ -111,7 +119,7 @@ class Check:
     def problems(self, level: str) -> list[tuple[str, str, str | None]]:
         """(id, message, hint) of the twisted_ws4redis problems under ``ERRORS:`` or ``WARNINGS:``."""
         sections = re.split(r"^(ERRORS|WARNINGS):$", self.output, flags=re.MULTILINE)
-        texts = [text for name, text in zip(sections[1::2], sections[2::2]) if name == level]
+        texts = [text for name, text in zip(sections[1::2], sections[2::2], strict=True) if name == level]
         return [match.groups() for text in texts for match in PROBLEM.finditer(text)]
 
 
@@ -123,6 +131,7 @@ def django_check(overrides: dict) -> Check:
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     return Check(result.returncode, result.stdout + result.stderr)
 
@@ -149,9 +158,10 @@ def checked() -> dict[str, Check]:
         two={"WS4REDIS_EXPIRE": "soon", "WEBSOCKET_URL": "ws"},
         health_under={"WS4REDIS_HEALTH_URL": "/ws/health"},
         health_beside={"WS4REDIS_HEALTH_URL": "/ws4redis/health", "WS4REDIS_METRICS_FACILITIES": ["chat-.*", "news"]},
+        leftovers={"WSGI_APPLICATION": checks.WS4REDIS_RUNSERVER, "TEMPLATES": [LEFT_BEHIND_TEMPLATES]},
     )
     with ThreadPoolExecutor(len(runs)) as pool:
-        return dict(zip(runs, pool.map(django_check, runs.values())))
+        return dict(zip(runs, pool.map(django_check, runs.values()), strict=True))
 
 
 def round_of(name: str, value) -> str:
@@ -162,15 +172,17 @@ def round_of(name: str, value) -> str:
     )
 
 
-@pytest.mark.parametrize("name, value, check_id, shown", CASES, ids=[f"{n}={v!r}" for n, v, _, _ in CASES])
+@pytest.mark.parametrize(("name", "value", "check_id", "shown"), CASES, ids=[f"{n}={v!r}" for n, v, _, _ in CASES])
 def test_a_bad_value_fails_the_check_with_its_id_name_and_value(checked, name, value, check_id, shown):
     check = checked[round_of(name, value)]
     assert check.returncode != 0, check.output
     mine = [(message, hint) for found_id, message, hint in check.problems("ERRORS") if found_id == check_id]
     assert len(mine) == 1, check.output
     message, _ = mine[0]
-    assert name in message and shown in message, message
-    assert "hunter2" not in check.output and "\x1b" not in check.output
+    assert name in message, message
+    assert shown in message, message
+    assert "hunter2" not in check.output
+    assert "\x1b" not in check.output
 
 
 def test_every_setting_is_among_the_cases():
@@ -186,7 +198,8 @@ def test_a_typo_warns_with_the_closest_name_and_passes(checked):
     warnings = {message.split()[0]: (check_id, hint) for check_id, message, hint in check.problems("WARNINGS")}
     assert warnings["WS4REDIS_EXPIR"] == ("twisted_ws4redis.W001", "Did you mean WS4REDIS_EXPIRE?")
     check_id, hint = warnings["WS4REDIS_ZZQQ"]
-    assert check_id == "twisted_ws4redis.W001" and "Did you mean" not in hint
+    assert check_id == "twisted_ws4redis.W001"
+    assert "Did you mean" not in hint
     assert check.problems("ERRORS") == []
 
 
@@ -206,6 +219,19 @@ def test_the_health_url_may_not_lie_under_websocket_url(checked):
     assert checked["health_beside"].returncode == 0, checked["health_beside"].output
 
 
+def test_what_a_ws4redis_migration_left_behind_warns(checked):
+    check = checked["leftovers"]
+    assert check.returncode == 0, check.output
+    found = sorted(
+        (check_id, message.split()[0], hint.split()[0]) for check_id, message, hint in check.problems("WARNINGS")
+    )
+    assert found == [
+        ("twisted_ws4redis.W011", "TEMPLATES", "Replace"),
+        ("twisted_ws4redis.W011", "WSGI_APPLICATION", "Point"),
+    ]
+    assert "'twisted_ws4redis.context_processors.default'" in check.output
+
+
 def test_a_clean_project_has_no_issue(checked):
     check = checked["clean"]
     assert check.returncode == 0, check.output
@@ -219,16 +245,23 @@ def test_twistd_refuses_to_start_with_the_same_messages(checked):
     overrides = {"WS4REDIS_EXPIRE": "soon", "WEBSOCKET_URL": "ws", "WS4REDIS_EXPIR": 60}
     command = [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis", "--settings=testproject.settings"]
     result = subprocess.run(
-        command, env=project_env(NO_DATABASE, overrides), cwd=PROJECT, capture_output=True, text=True, timeout=30
+        command,
+        env=project_env(NO_DATABASE, overrides),
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "Traceback" not in output
     said = {(check_id, message, hint) for check_id, message, hint in PROBLEM.findall(output)}
-    expected = set(checked["two"].problems("ERRORS")) | set(
+    expected = set(checked["two"].problems("ERRORS")) | {
         problem for problem in checked["typos"].problems("WARNINGS") if problem[1].startswith("WS4REDIS_EXPIR ")
-    )
-    assert said == expected and len(said) == 3, output
+    }
+    assert said == expected, output
+    assert len(said) == 3, output
 
 
 def log_once_serving(server: TwistdServer) -> str:
@@ -245,7 +278,8 @@ def test_twistd_logs_a_typo_and_serves(redis_server):
     try:
         log = log_once_serving(server)
         lines = [line for line in log.splitlines() if "twisted_ws4redis.W001" in line]
-        assert len(lines) == 1 and "WS4REDIS_EXPIR is not" in lines[0], log
+        assert len(lines) == 1, log
+        assert "WS4REDIS_EXPIR is not" in lines[0], log
         assert "Did you mean WS4REDIS_EXPIRE?" in lines[0]
     finally:
         server.stop()  # maybe before twistd handles SIGTERM: its exit code is test_cli's concern

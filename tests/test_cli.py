@@ -15,16 +15,17 @@ import time
 from pathlib import Path
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect, unix_connect
 
 from conftest import (
     BIN,
     PROJECT,
-    self_signed_certificate,
     TwistdServer,
     free_port,
     http_post_json,
     project_env,
+    self_signed_certificate,
     unique,
     wait_for_port,
     wait_subscribed,
@@ -45,7 +46,7 @@ def http_get(port: int, path: str = "/", **kwargs) -> tuple[int, dict, bytes]:
 def run_twistd(args: list[str], env: dict, timeout: float = 20) -> subprocess.CompletedProcess:
     """A twistd ws4redis that is expected to give up at start."""
     command = [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis", *args]
-    return subprocess.run(command, env=env, cwd=PROJECT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, env=env, cwd=PROJECT, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def children(pid: int) -> list[int]:
@@ -210,7 +211,7 @@ def test_sigterm_closes_websockets_with_1001_and_exits_0(redis_server, test_db):
     server = TwistdServer(redis_server.url, test_db)
     with connect(server.ws_url("bye?subscribe-broadcast")) as ws:
         server.process.send_signal(signal.SIGTERM)
-        with pytest.raises(Exception):
+        with pytest.raises(ConnectionClosed):
             ws.recv(timeout=TIMEOUT)
         assert ws.close_code == 1001
     assert server.process.wait(TIMEOUT) == 0
@@ -220,7 +221,7 @@ def test_sigterm_closes_websockets_with_1001_and_exits_0(redis_server, test_db):
 
 
 @pytest.mark.parametrize(
-    "args, overrides, says",
+    ("args", "overrides", "says"),
     [
         (["--threads=many"], {}, "--threads must be a whole number"),
         (["--threads=0"], {}, "--threads must be at least 1"),

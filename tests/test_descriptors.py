@@ -72,7 +72,8 @@ def status_of(head: bytes) -> int | None:
 def read_text_frame(sock: socket.socket) -> bytes:
     """One short unmasked text frame from the server."""
     header = sock.recv(2, socket.MSG_WAITALL)
-    assert header[:1] == b"\x81" and header[1] < 126, header
+    assert header[:1] == b"\x81", header
+    assert header[1] < 126, header
     return sock.recv(header[1], socket.MSG_WAITALL)
 
 
@@ -153,7 +154,8 @@ def test_a_flood_of_websockets_past_the_cap_gets_503_and_costs_no_one_else(redis
         assert statuses == {101: WEBSOCKET_CAP, 503: 1100 - WEBSOCKET_CAP}, statuses
         head, _, body = refusal.partition(b"\r\n\r\n")
         headers = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:])
-        assert headers[b"retry-after"] == b"10" and headers[b"connection"] == b"close", headers
+        assert headers[b"retry-after"] == b"10", headers
+        assert headers[b"connection"] == b"close", headers
         # Complete: its body ends where the server closes (or at its Content-Length).
         assert int(headers.get(b"content-length", len(body))) == len(body), refusal
         assert b"WS4REDIS_MAX_CONNECTIONS" in body, refusal
@@ -161,7 +163,8 @@ def test_a_flood_of_websockets_past_the_cap_gets_503_and_costs_no_one_else(redis
 
         # Pages are still served, while every descriptor for websockets is taken.
         status, seconds = timed_get(server.port)
-        assert status == 200 and seconds < 2.0, (status, seconds)
+        assert status == 200, (status, seconds)
+        assert seconds < 2.0, (status, seconds)
 
         # Every websocket that was let in receives a broadcast.
         wait_subscribed(redis_client, f"broadcast:{facility}")
@@ -179,7 +182,8 @@ def test_a_flood_of_websockets_past_the_cap_gets_503_and_costs_no_one_else(redis
         status, _, _ = raw_request(server.port, handshake(f"/ws/{facility}", drop=("Upgrade",)))
         assert status == 426  # past the cap check, to the next one
         assert server.process.poll() is None
-        assert "EMFILE" not in server.log() and "Traceback" not in server.log()
+        assert "EMFILE" not in server.log()
+        assert "Traceback" not in server.log()
     finally:
         for sock in sockets:
             sock.close()
@@ -225,7 +229,8 @@ def test_connections_past_the_reserve_are_closed_at_once_and_redis_and_pages_com
             assert time.monotonic() < deadline, status
             time.sleep(0.1)
         assert server.process.poll() is None
-        assert "EMFILE" not in server.log() and "Traceback" not in server.log()
+        assert "EMFILE" not in server.log()
+        assert "Traceback" not in server.log()
         # One warning for the episode, not a line per refused connection.
         assert server.log().count("Client connections at their cap") == 1
         assert "HTTP 503 to" not in server.log()
@@ -252,7 +257,7 @@ def test_the_soft_limit_is_raised_to_the_hard_one(redis_server, test_db):
 
 
 @pytest.mark.parametrize(
-    "overrides, says",
+    ("overrides", "says"),
     [
         ({"WS4REDIS_RESERVED_DESCRIPTORS": LIMIT}, "WS4REDIS_RESERVED_DESCRIPTORS (1024) leaves no descriptor"),
         ({"WS4REDIS_RESERVED_DESCRIPTORS": 0}, "WS4REDIS_RESERVED_DESCRIPTORS must be a positive integer"),
@@ -277,6 +282,7 @@ def test_a_reserve_or_cap_that_cannot_work_stops_the_start(test_db, redis_server
         text=True,
         timeout=30,
         preexec_fn=open_files_limit(LIMIT, LIMIT),
+        check=False,
     )
     assert result.returncode != 0
     assert says in result.stdout + result.stderr
@@ -286,5 +292,5 @@ def test_a_reserve_or_cap_that_cannot_work_stops_the_start(test_db, redis_server
 def test_the_systemd_unit_sets_the_open_files_limit():
     """Distributions' defaults differ (1024, or 1024 soft and 524288 hard): the unit says it."""
     unit = (Path(__file__).resolve().parent.parent / "docs" / "deploy" / "ws4redis@.service").read_text()
-    (value,) = re.findall(r"^LimitNOFILE=(\d+)$", unit, re.M)
+    (value,) = re.findall(r"^LimitNOFILE=(\d+)$", unit, re.MULTILINE)
     assert int(value) - RESERVE >= 50_000  # the caps the README gives for the unit

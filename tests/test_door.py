@@ -91,7 +91,7 @@ BAD_HANDSHAKES = {
 }
 
 
-@pytest.mark.parametrize("request_bytes, status", BAD_HANDSHAKES.values(), ids=BAD_HANDSHAKES.keys())
+@pytest.mark.parametrize(("request_bytes", "status"), BAD_HANDSHAKES.values(), ids=BAD_HANDSHAKES.keys())
 def test_a_bad_handshake_gets_a_complete_error_response(server, redis_client, request_bytes, status):
     got, headers, body = raw_request(server.port, request_bytes)
     assert got == status, body
@@ -110,7 +110,7 @@ def test_an_old_protocol_version_is_told_which_one_to_use(server):
 def test_the_reason_of_a_refusal_stays_in_the_body(server):
     """A client-chosen string (the facility) never reaches the status line or
     the headers, where it could forge a response."""
-    got, headers, body = raw_request(server.port, handshake("/ws/%ff%0d%0aX-Evil:%20yes?subscribe-broadcast"))
+    got, headers, _ = raw_request(server.port, handshake("/ws/%ff%0d%0aX-Evil:%20yes?subscribe-broadcast"))
     assert got == 400
     assert "x-evil" not in headers
 
@@ -122,7 +122,7 @@ def test_websocket_url_without_upgrade_is_not_passed_to_django(server):
 
 
 def test_django_is_served_beside_the_websockets(server):
-    got, headers, body = raw_request(server.port, b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    got, _, body = raw_request(server.port, b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
     assert (got, body) == (200, b"testproject")
 
 
@@ -192,7 +192,8 @@ def test_a_failing_process_request_gives_500_and_a_logged_traceback(twistd_serve
     server = twistd_servers({"WS4REDIS_PROCESS_REQUEST": "testproject.hooks.failing_process_request"})
     assert refused_status(server, "door?subscribe-broadcast") == 500
     log = server.log()
-    assert "Traceback" in log and "the session backend is broken (test)" in log
+    assert "Traceback" in log
+    assert "the session backend is broken (test)" in log
     got, _, body = raw_request(server.port, b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
     assert (got, body) == (200, b"testproject")
 
@@ -207,7 +208,8 @@ def test_a_session_engine_that_fails_gives_500_and_costs_nothing_else(twistd_ser
     )
     assert status == 500
     log = server.log()
-    assert "Traceback" in log and "the session store is unreachable (test)" in log
+    assert "Traceback" in log
+    assert "the session store is unreachable (test)" in log
     assert_still_serving(server, redis_client)
 
 

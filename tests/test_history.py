@@ -5,6 +5,7 @@ current-message scripts run directly; and the id and envelope helpers."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -44,7 +45,8 @@ def received(listener, count: int) -> list[tuple[bytes, bytes]]:
     messages = []
     for _ in range(count):
         message = listener.get_message(timeout=TIMEOUT)
-        assert message is not None and message["type"] == "message"
+        assert message is not None
+        assert message["type"] == "message"
         messages.append((message["channel"], message["data"]))
     return messages
 
@@ -55,7 +57,7 @@ def stream_ids(client: redis.Redis, channel: str, prefix: str = "") -> list[str]
 
 def ordered(ids: list[str]) -> bool:
     parsed = [history.parse_id(value) for value in ids]
-    return all(a < b for a, b in zip(parsed, parsed[1:]))
+    return all(a < b for a, b in itertools.pairwise(parsed))
 
 
 # RedisPublisher with the history on ---------------------------------------------
@@ -80,8 +82,8 @@ def test_each_publication_is_recorded_and_published_with_its_id(api, redis_clien
         ids = [entry_id.decode() for entry_id, _ in recorded]
         assert ordered(ids), ids
         raw = [data for name, data in seen if name == channel.encode()]
-        assert raw == [history.ENVELOPE_MAGIC + i.encode() + b"\0" + p for i, p in zip(ids, payloads)]
-        assert [history.unwrap(data) for data in raw] == list(zip(ids, payloads))
+        assert raw == [history.ENVELOPE_MAGIC + i.encode() + b"\0" + p for i, p in zip(ids, payloads, strict=True)]
+        assert [history.unwrap(data) for data in raw] == list(zip(ids, payloads, strict=True))
         assert redis_client.get(channel) == payloads[-1], "the persisted message stays raw"
         assert 0 < redis_client.ttl(channel) <= 60
         assert 240 < redis_client.ttl(history.history_key(channel, "")) <= 300
@@ -282,7 +284,7 @@ def test_current_gives_the_persisted_message_and_the_last_entry(scripts):
 
 
 @pytest.mark.parametrize(
-    "value, expected",
+    ("value", "expected"),
     [
         ("1733059200000-0", (1733059200000, 0)),
         ("0-0", (0, 0)),
@@ -329,7 +331,7 @@ def test_parse_id_refuses_everything_else(value):
 
 
 @pytest.mark.parametrize(
-    "payload, expected",
+    ("payload", "expected"),
     [
         (history.ENVELOPE_MAGIC + b"5-1\0hello", ("5-1", b"hello")),
         (history.ENVELOPE_MAGIC + b"5-1\0a\0b", ("5-1", b"a\0b")),

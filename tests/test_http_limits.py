@@ -149,14 +149,16 @@ def test_a_handshake_announcing_a_huge_body_gets_400_before_the_body(server, red
     assert b"A websocket handshake has no body." in answer
     rss, temp = attack.growth_mib()
     assert attack.sent < 32 * MiB, f"the server took {attack.sent / MiB:.0f} MiB of the body"
-    assert rss < 8 and temp < 1, f"RSS +{rss:.1f} MiB, temporary files +{temp:.1f} MiB"
+    assert rss < 8, f"RSS +{rss:.1f} MiB, temporary files +{temp:.1f} MiB"
+    assert temp < 1, f"RSS +{rss:.1f} MiB, temporary files +{temp:.1f} MiB"
     assert_still_serving(server, redis_client)
 
 
 @pytest.mark.parametrize("framing", ["Transfer-Encoding: chunked", "Transfer-Encoding: identity", "Content-Length: 1"])
 def test_a_handshake_with_any_body_framing_gets_400_before_the_body(server, framing):
     got, _, body = raw_request(server.port, handshake(extra=f"{framing}\r\n"))
-    assert got == 400 and body == b"A websocket handshake has no body.\n"
+    assert got == 400
+    assert body == b"A websocket handshake has no body.\n"
 
 
 # -- item 4: bodies on the Django side -------------------------------------------------------
@@ -171,10 +173,11 @@ def test_a_body_announced_over_the_limit_gets_413_before_it_is_read(server):
     assert b"over 10485760 bytes (WS4REDIS_MAX_BODY_SIZE)" in answer
     rss, temp = attack.growth_mib()
     assert attack.sent < 32 * MiB, f"the server took {attack.sent / MiB:.0f} MiB of the body"
-    assert rss < 8 and temp < 1, f"RSS +{rss:.1f} MiB, temporary files +{temp:.1f} MiB"
+    assert rss < 8, f"RSS +{rss:.1f} MiB, temporary files +{temp:.1f} MiB"
+    assert temp < 1, f"RSS +{rss:.1f} MiB, temporary files +{temp:.1f} MiB"
 
 
-@pytest.mark.parametrize("path, status", [(b"/", 413), (b"/ws/door", 400)])
+@pytest.mark.parametrize(("path", "status"), [(b"/", 413), (b"/ws/door", 400)])
 def test_a_content_length_of_5000_digits_is_refused_not_a_traceback(server, path, status):
     """Twisted's int() of it raises out of the HTTP parser: no answer, a
     traceback in the log for every such request."""
@@ -220,7 +223,8 @@ def test_a_large_upload_within_the_limit_reaches_django_and_keep_alive_goes_on(s
         assert json.loads(body) == {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
         sock.sendall(post("/body-digest/", None) + b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
         status, body = read_response(sock)
-        assert status == 200 and json.loads(body) == {"size": 11, "sha256": hashlib.sha256(b"hello world").hexdigest()}
+        assert status == 200
+        assert json.loads(body) == {"size": 11, "sha256": hashlib.sha256(b"hello world").hexdigest()}
         sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert read_response(sock) == (200, b"testproject")
 
@@ -262,7 +266,8 @@ def test_a_steady_upload_outlives_the_body_timeout(twistd_servers):
             time.sleep(0.1)
         status, body = read_response(sock)
     assert time.monotonic() - started > 1.5
-    assert status == 200 and json.loads(body)["size"] == len(payload)
+    assert status == 200
+    assert json.loads(body)["size"] == len(payload)
 
 
 # -- item 7: the Host is one of ALLOWED_HOSTS ----------------------------------------------------
@@ -372,14 +377,17 @@ def test_nothing_reaches_django_after_a_body_passed_the_limit():
         + b"\r\n1\r\nb\r\n0\r\n\r\n"
         + b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     )
-    assert transport.value().startswith(b"HTTP/1.1 413 ") and transport.value().count(b"HTTP/1.1") == 1
-    assert django.bodies == [] and transport.disconnecting
+    assert transport.value().startswith(b"HTTP/1.1 413 ")
+    assert transport.value().count(b"HTTP/1.1") == 1
+    assert django.bodies == []
+    assert transport.disconnecting
 
 
 def test_a_body_at_the_limit_reaches_django_whole():
     protocol, transport, _, django = channel()
     protocol.dataReceived(post("/", None) + b"3e8\r\n" + b"a" * 1000 + b"\r\n0\r\n\r\n")
-    assert django.bodies == [b"a" * 1000] and transport.value().startswith(b"HTTP/1.1 200 ")
+    assert django.bodies == [b"a" * 1000]
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
 
 
 def test_the_body_deadline_grows_with_what_was_received():
@@ -390,6 +398,7 @@ def test_the_body_deadline_grows_with_what_was_received():
     clock.advance(1.1)
     assert transport.value() == b""
     clock.advance(0.2)
-    assert transport.value().startswith(b"HTTP/1.1 408 ") and transport.disconnecting
+    assert transport.value().startswith(b"HTTP/1.1 408 ")
+    assert transport.disconnecting
     protocol.dataReceived(b"b" * 400)  # too late: not served
     assert django.bodies == []

@@ -33,12 +33,12 @@ def ours():
 
 
 AUDIENCES = [
-    dict(broadcast=True),
-    dict(users=["john", "ann"]),
-    dict(groups=["chatusers"]),
-    dict(sessions=["abc123"]),
-    dict(users="SELF", groups="SELF", sessions="SELF"),
-    dict(broadcast=True, users=["mary"], groups=["staff", "chatusers"], sessions=["k"]),
+    {"broadcast": True},
+    {"users": ["john", "ann"]},
+    {"groups": ["chatusers"]},
+    {"sessions": ["abc123"]},
+    {"users": "SELF", "groups": "SELF", "sessions": "SELF"},
+    {"broadcast": True, "users": ["mary"], "groups": ["staff", "chatusers"], "sessions": ["k"]},
 ]
 
 
@@ -59,7 +59,8 @@ def test_the_same_request_gives_the_same_channel_names(reference, ours, monkeypa
     with override_settings(WS4REDIS_PREFIX=prefix):
         theirs = names(reference[1], reference[0], reference[1].SELF)
         mine = names(ours[1], ours[0], ours[1].SELF)
-    assert theirs and mine == theirs
+    assert theirs
+    assert mine == theirs
 
 
 def test_the_reference_publisher_reaches_our_websockets(reference, server, redis_client):
@@ -80,7 +81,7 @@ def test_the_reference_publisher_reaches_our_websockets(reference, server, redis
         ):
             wait_subscribed(redis_client, channel)
         sent = []
-        for audience in (dict(broadcast=True), dict(users=["john"]), dict(groups=["chatusers"]), dict(sessions=[key])):
+        for audience in ({"broadcast": True}, {"users": ["john"]}, {"groups": ["chatusers"]}, {"sessions": [key]}):
             text = f"via ws4redis to {audience}"
             publisher.RedisPublisher(facility=facility, **audience).publish_message(message(text), expire=0)
             sent.append(text)

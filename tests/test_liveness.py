@@ -118,8 +118,8 @@ def test_a_channel_lives_as_long_as_its_last_socket(server, redis_client):
 @pytest.fixture
 def private_server(tmp_path, test_db):
     """A server alone on its own redis-server, so CLIENT LIST shows only it."""
-    from twisted_ws4redis.server.embedded import EmbeddedRedis
     from conftest import free_port
+    from twisted_ws4redis.server.embedded import EmbeddedRedis
 
     redis_server = EmbeddedRedis(port=free_port())
     redis_server.start()
@@ -187,7 +187,7 @@ def test_subscriptions_come_back_after_redis_restarts(private_server):
             for facility in facilities:
                 wait_subscribed(fresh, f"broadcast:{facility}", timeout=15)
             wait_subscribed(fresh, "ws4redis:control")  # the node control channel is back too
-            for ws, facility in zip(sockets, facilities):
+            for ws, facility in zip(sockets, facilities, strict=True):
                 fresh.publish(f"broadcast:{facility}", f"back for {facility}")
                 assert ws.recv(timeout=TIMEOUT) == f"back for {facility}"
             fresh.close()
@@ -198,8 +198,8 @@ def test_subscriptions_come_back_after_redis_restarts(private_server):
 def test_a_password_protected_redis(tmp_path, test_db):
     """AUTH on both connections (txredisapi's handshake replies pass through the
     subscriber's own reply routing)."""
-    from twisted_ws4redis.server.embedded import EmbeddedRedis
     from conftest import free_port
+    from twisted_ws4redis.server.embedded import EmbeddedRedis
 
     private = EmbeddedRedis(port=free_port())
     private.start()

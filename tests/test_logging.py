@@ -122,7 +122,8 @@ def test_a_websocket_s_life_reaches_logging_without_the_session_key(logged):
     assert_fields_are_extra(gone)
     text = (logged.path.parent / f"{logged.path.name}.txt").read_text()
     assert f"INFO twisted_ws4redis.server.protocol {gone['message']} {gone['fields']}\n" in text, text
-    assert key not in logged.path.read_text() and key not in server.log()
+    assert key not in logged.path.read_text()
+    assert key not in server.log()
 
 
 def test_start_up_lines_are_passed_on_once(logged):
@@ -161,7 +162,8 @@ def test_a_refusal_is_one_line_in_twistd_s_log_and_one_record(logged, kind):
         assert refused_status(server, path, **kwargs) == status
     record = logged.wait_for("WSREJECT", path=f"/ws/{path}", code=status)
     assert (record["name"], record["level"]) == ("twisted_ws4redis.server.protocol", "INFO")
-    assert record["fields"]["reason"] and record["fields"]["peer"].startswith("tcp4:127.0.0.1:")
+    assert record["fields"]["reason"]
+    assert record["fields"]["peer"].startswith("tcp4:127.0.0.1:")
     assert_fields_are_extra(record)
     time.sleep(0.3)  # anything else this connection logs (its close) is written by now
     lines = new_lines(server, since)
@@ -191,7 +193,8 @@ def test_autobahn_s_other_lines_stay(logged):
         assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
         sock.sendall(b"\x81\x02hi")  # unmasked: clients must mask
         frame = sock.recv(4096)
-        assert frame[0] == 0x88 and frame[2:4] == b"\x03\xea"  # close, 1002 (protocol error)
+        assert frame[0] == 0x88
+        assert frame[2:4] == b"\x03\xea"  # close, 1002 (protocol error)
     deadline = time.monotonic() + TIMEOUT
     while f"tcp4:127.0.0.1:{port} code=1006" not in server.log():  # its WSDISCONNECT: all logged
         assert time.monotonic() < deadline, server.log()
@@ -209,11 +212,13 @@ def test_an_http_refusal_before_django_is_one_line_and_a_record(logged):
     assert raw_request(server.port, handshake(extra=filler))[0] == 431
     record = logged.wait_for("HTTP 431 to", code=431)
     assert (record["name"], record["level"]) == ("twisted_ws4redis.server.resource", "INFO")
-    assert record["fields"]["peer"].startswith("IPv4Address(") and record["fields"]["detail"]
+    assert record["fields"]["peer"].startswith("IPv4Address(")
+    assert record["fields"]["detail"]
     assert_fields_are_extra(record)
     time.sleep(0.3)
     lines = new_lines(server, since)
-    assert len(lines) == 1 and "[twisted_ws4redis.server.resource#info] HTTP 431 to " in lines[0], lines
+    assert len(lines) == 1, lines
+    assert "[twisted_ws4redis.server.resource#info] HTTP 431 to " in lines[0], lines
 
 
 def test_a_policy_close_is_a_warning(logged):
@@ -304,9 +309,13 @@ def test_manage_py_runws4redis_logs_to_logging_too(redis_server, test_db, tmp_pa
         output = process.communicate(timeout=TIMEOUT)[0]
     records = [json.loads(line) for line in path.read_text().splitlines()]
     serving = [r for r in records if r["message"].startswith("Serving websockets under")]
-    assert len(serving) == 1 and serving[0]["name"] == "twisted_ws4redis.server.service", records
+    assert len(serving) == 1, records
+    assert serving[0]["name"] == "twisted_ws4redis.server.service", records
     rejected = [r for r in records if r["message"].startswith(f"WSREJECT /ws/{facility}")]
-    assert len(rejected) == 1 and rejected[0]["fields"]["code"] == 400, records
+    assert len(rejected) == 1, records
+    assert rejected[0]["fields"]["code"] == 400, records
     # The command's own log: the same lines as before, once.
-    assert output.count(f"WSREJECT /ws/{facility}") == 1 and output.count("Serving websockets under") == 1, output
-    assert "failing WebSocket opening handshake" not in output and "[stderr#" not in output, output
+    assert output.count(f"WSREJECT /ws/{facility}") == 1, output
+    assert output.count("Serving websockets under") == 1, output
+    assert "failing WebSocket opening handshake" not in output, output
+    assert "[stderr#" not in output, output

@@ -31,7 +31,7 @@ def nodes(redis_server, test_db):
     started: list[TwistdServer] = []
     try:
         for _ in range(2):
-            started.append(TwistdServer(redis_server.url, test_db, {"WS4REDIS_PREFIX": PREFIX}))
+            started.append(TwistdServer(redis_server.url, test_db, {"WS4REDIS_PREFIX": PREFIX}))  # noqa: PERF401 (as above)
         yield started
     finally:
         for node in started:
@@ -108,7 +108,9 @@ def test_logout_closes_that_sessions_websockets_on_every_node(nodes, redis_clien
     digest = session_digest(session_key(leaving))
     for node in nodes:
         ended = [line for line in node.log().splitlines() if "WSSESSIONEND" in line]
-        assert len(ended) == 1 and digest in ended[0] and session_key(leaving) not in ended[0], ended
+        assert len(ended) == 1, ended
+        assert digest in ended[0], ended
+        assert session_key(leaving) not in ended[0], ended
 
 
 def test_garbage_on_the_control_channel_is_ignored_and_the_nodes_keep_serving(nodes, redis_client):
@@ -184,10 +186,13 @@ def test_logout_succeeds_when_redis_is_down(django_in_process, caplog):
     down = {"host": "127.0.0.1", "port": free_port(), "db": 0, "socket_connect_timeout": 1}
     with override_settings(WS4REDIS_CONNECTION=down), caplog.at_level(logging.WARNING, "twisted_ws4redis"):
         logout(request)
-    assert request.session.session_key is None and not request.user.is_authenticated
+    assert request.session.session_key is None
+    assert not request.user.is_authenticated
     records = [record for record in caplog.records if record.name == "twisted_ws4redis.receivers"]
     warnings = [record.getMessage() for record in records]
-    assert len(warnings) == 1 and session_digest(key) in warnings[0] and key not in warnings[0], warnings
+    assert len(warnings) == 1, warnings
+    assert session_digest(key) in warnings[0], warnings
+    assert key not in warnings[0], warnings
     # The fields every twisted_ws4redis record carries (README, Logging).
     assert records[0].ws4redis["session"] == records[0].ws4redis_session == session_digest(key)
     assert key not in repr(records[0].ws4redis)
@@ -205,7 +210,8 @@ def test_an_ended_session_is_refused_for_ten_seconds_then_forgotten(django_in_pr
     factory = WebSocketFactory(get_settings(), bus=None, pool=None, reactor=clock)
     first, second = "0" * 16, "1" * 16
     assert factory.close_session(first) == 0  # no websocket of it here
-    assert factory.session_ended(first) and not factory.session_ended(second)
+    assert factory.session_ended(first)
+    assert not factory.session_ended(second)
     clock.advance(SESSION_ENDED_MEMORY - 0.1)
     assert factory.session_ended(first)
     clock.advance(0.1)

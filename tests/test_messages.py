@@ -210,7 +210,7 @@ def test_persisted_binary_message_is_replayed_as_binary(server, redis_client):
 
 
 @pytest.mark.parametrize(
-    "payload, expected",
+    ("payload", "expected"),
     [
         (b"\xff\xfe\x00binary", b"\xff\xfe\x00binary"),
         (b"\xc3\x28 invalid utf-8", b"\xc3\x28 invalid utf-8"),
@@ -237,7 +237,7 @@ def test_non_utf8_arrives_as_binary_frame_utf8_as_text(server, redis_client, pay
 
 
 @pytest.mark.parametrize(
-    "frame, expected",
+    ("frame", "expected"),
     [
         (bytes(range(256)), bytes(range(256))),
         (b"\xff\xfe\x00", b"\xff\xfe\x00"),
@@ -265,7 +265,7 @@ def test_binary_frame_round_trip_between_sockets(server, redis_client):
 
 
 @pytest.mark.parametrize(
-    "fragments, expected",
+    ("fragments", "expected"),
     [
         (["part1", "part2", "part3"], b"part1part2part3"),
         ([b"\x00\xff", b"\x80", b"tail"], b"\x00\xff\x80tail"),

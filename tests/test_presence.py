@@ -587,7 +587,8 @@ def test_presence_keys_only_when_on_and_under_the_prefix(test_db, django_in_proc
                 wait_present(facility, state(["john"], 1, 3), WS4REDIS_PREFIX="pfx", **reading)
                 assert present(facility, **reading) == NOBODY
                 keys = {key.decode() for key in client.scan_iter(match="*presence*")}
-                assert keys and all(key.startswith(f"pfx:ws4redis:presence:{{{facility}}}") for key in keys), keys
+                assert keys, keys
+                assert all(key.startswith(f"pfx:ws4redis:presence:{{{facility}}}") for key in keys), keys
             else:
                 deadline = time.monotonic() + 1.0  # three refreshes (TTL/3), had presence been on
                 while time.monotonic() < deadline:

@@ -78,7 +78,7 @@ def test_self_of_an_anonymous_request_is_nobody(api):
 
 def test_a_bad_audience_value_is_refused(api):
     RedisPublisher, _, _ = api
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be a list or tuple"):
         RedisPublisher(facility="f", users=42)
 
 
@@ -112,7 +112,7 @@ def test_fetch_message_searches_session_user_groups_broadcast(api, redis_client)
     assert publisher.fetch_message(request, facility, "group") == b"to the group"
     assert publisher.fetch_message(request, facility, "user") == b"to john"
     assert publisher.fetch_message(django_request(), facility) == b"to all"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="audience must be one of"):
         publisher.fetch_message(request, facility, "everyone")
 
 
@@ -130,5 +130,5 @@ def test_redis_message(api):
 
 def test_publish_message_wants_a_redis_message(api):
     RedisPublisher, _, _ = api
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="message must be a RedisMessage"):
         RedisPublisher(facility="f", broadcast=True).publish_message("plain str")

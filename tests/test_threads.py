@@ -74,7 +74,8 @@ def test_a_handshake_without_a_session_cookie_is_decided_without_a_read(django_i
             accepted = authorize(handshake, "quick", settings, bus=None)
     assert len(queries) == 0
     assert accepted.subscriber.subscribed == ["broadcast:quick"]
-    assert accepted.session_digest is None and accepted.username is None
+    assert accepted.session_digest is None
+    assert accepted.username is None
 
 
 def test_a_session_cookie_or_a_hook_sends_the_handshake_to_a_thread(django_in_process):

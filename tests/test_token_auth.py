@@ -227,7 +227,7 @@ def test_without_a_token_the_session_cookie_still_authenticates(servers, redis_c
 # -- Django REST framework's Token and simplejwt ---------------------------------------------
 
 
-@pytest.mark.parametrize("hook, kind, scheme", [("drf", "drf", "Token"), ("jwt", "jwt-access", "Bearer")])
+@pytest.mark.parametrize(("hook", "kind", "scheme"), [("drf", "drf", "Token"), ("jwt", "jwt-access", "Bearer")])
 def test_drf_and_simplejwt_tokens_open_the_users_channels(servers, redis_client, hook, kind, scheme):
     server = servers(hook)
     name = new_user(server, groups=["staff"])
@@ -246,7 +246,7 @@ def test_drf_and_simplejwt_tokens_open_the_users_channels(servers, redis_client,
 
 
 @pytest.mark.parametrize(
-    "hook, bad",
+    ("hook", "bad"),
     [
         ("drf", "a made-up key"),
         ("drf", "signed"),
@@ -287,7 +287,7 @@ def test_the_drf_hook_without_its_app_says_so(twistd_servers, redis_client):
 
 
 @pytest.mark.parametrize(
-    "target, shown",
+    ("target", "shown"),
     [
         ("/ws/a?subscribe-user&token=s3cret", "/ws/a?subscribe-user&token=[redacted]"),
         # as a query parser reads the names: percent- and plus-decoded; and in any case

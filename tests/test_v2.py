@@ -18,15 +18,15 @@ import json
 import re
 import threading
 import time
+from typing import Self
 
 import pytest
 import redis
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from twisted_ws4redis import history
-
 from conftest import TwistdServer, http_post_json, login, open_ws, recording, unique, wait_subscribed, warm_up
+from twisted_ws4redis import history
 
 TIMEOUT = 5
 V2 = "ws4redis.v2"
@@ -56,7 +56,7 @@ class Client:
         self.inbox: collections.deque[dict] = collections.deque()
         self._refs = itertools.count()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         self.ws.__enter__()
         return self
 
@@ -103,7 +103,8 @@ class Client:
     def publish(self, facility: str, data: str, audience: str = "broadcast") -> str | None:
         """Publishes; the id the server answers with."""
         reply = self.call("publish", facility=facility, audience=audience, data=data)
-        assert reply["op"] == "published" and set(reply) == {"op", "ref", "id"}, reply
+        assert reply["op"] == "published", reply
+        assert set(reply) == {"op", "ref", "id"}, reply
         return reply["id"]
 
 
@@ -121,7 +122,8 @@ def message(facility: str, data: str, id: str | None, audience: str = "broadcast
 
 def id_key(value: str) -> tuple[int, int]:
     """Ids compare as numbers (``<ms>-<seq>``), not as strings."""
-    assert isinstance(value, str) and ID.fullmatch(value), f"not a message id: {value!r}"
+    assert isinstance(value, str), f"not a message id: {value!r}"
+    assert ID.fullmatch(value), f"not a message id: {value!r}"
     ms, seq = value.split("-")
     return int(ms), int(seq)
 
@@ -311,7 +313,8 @@ def test_a_bad_request_is_a_400_and_the_socket_stays_open(server, name):
         ws.ws.send(json.dumps(frame) if isinstance(frame, dict) else frame)
         error = ws.recv()
         assert {**error, "reason": None} == {"op": "error", "ref": ref, "code": 400, "reason": None}, error
-        assert isinstance(error["reason"], str) and error["reason"]
+        assert isinstance(error["reason"], str)
+        assert error["reason"]
         ws.subscribe(facility)
         published = ws.publish(facility, "still open")
         assert ws.message() == message(facility, "still open", published)
@@ -512,7 +515,9 @@ def test_recovery_after_a_reconnect(twistd_servers, redis_client, django_in_proc
     with open_v2(server) as a, open_v2(server) as b:
         a.subscribe(facility)
         ids = [b.publish(facility, f"m{n}") for n in (1, 2, 3)]
-        assert [a.message() for _ in ids] == [message(facility, f"m{n}", i) for n, i in zip((1, 2, 3), ids)]
+        assert [a.message() for _ in ids] == [
+            message(facility, f"m{n}", i) for n, i in zip((1, 2, 3), ids, strict=True)
+        ]
         assert_increasing(ids)
     # while A is away: another v2 socket, the server's Django side, another process' Django
     with open_v2(server) as b:
@@ -570,7 +575,8 @@ def test_since_at_either_end_of_the_ids_is_a_subscription(twistd_servers, redis_
     with open_v2(server) as ws:
         ws.publish(facility, "kept")
         reply = ws.call("subscribe", facility=facility, audience="broadcast", since=since)
-        assert reply["op"] == "subscribed" and isinstance(reply["recovered"], bool), reply
+        assert reply["op"] == "subscribed", reply
+        assert isinstance(reply["recovered"], bool), reply
         if not reply["recovered"]:
             assert ws.message()["data"] == "kept"  # the persisted message
         published = ws.publish(facility, "live")
@@ -662,19 +668,20 @@ def test_publications_during_the_replay_are_neither_lost_nor_doubled(twistd_serv
     sockets = []
     try:
         for k, milestone in enumerate(milestones):
-            assert ready[k].wait(30) and not failures, failures
+            assert ready[k].wait(30), failures
+            assert not failures, failures
             sockets.append(open_v2(server).__enter__())
             sockets[-1].send(
                 op="subscribe", facility=facility, audience="broadcast", since=ids[milestone - back - 1], ref="race"
             )
             go[k].set()
-        for ws, milestone in zip(sockets, milestones):
+        for ws, milestone in zip(sockets, milestones, strict=True):
             reply = ws.reply("race")
             assert reply.get("recovered") is True, reply
             expected = list(range(milestone - back + 1, total + 1))
             received = [ws.message() for _ in expected]
             numbers = [int(m["data"]) for m in received]
-            assert numbers == expected, [(i, n) for i, n in zip(expected, numbers) if i != n][:20]
+            assert numbers == expected, [(i, n) for i, n in zip(expected, numbers, strict=False) if i != n][:20]
             assert [m["id"] for m in received] == ids[milestone - back :]
     finally:
         for event in go:

@@ -59,7 +59,7 @@ class Flood(threading.Thread):
             while self.running:
                 try:
                     sent = self.sock.send(view[self.sent % len(self.blob) :])
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 self.sent += sent
                 self.progressed = time.monotonic()
@@ -133,7 +133,7 @@ FLOODS = {
 }
 
 
-@pytest.mark.parametrize("frame, overrides", FLOODS.values(), ids=FLOODS.keys())
+@pytest.mark.parametrize(("frame", "overrides"), FLOODS.values(), ids=FLOODS.keys())
 def test_a_flood_of_questions_from_a_client_that_never_reads_is_closed(twistd_servers, redis_client, frame, overrides):
     """Two clients send what the server answers (pings, heartbeats) and read
     nothing: past WS4REDIS_MAX_BUFFERED_BYTES of answers each is closed
@@ -148,7 +148,7 @@ def test_a_flood_of_questions_from_a_client_that_never_reads_is_closed(twistd_se
             lambda: all(policy_lines(server, facility) for facility in facilities),
         )
         assert growth < 8, f"server grew by {growth:.1f} MiB"
-        for ws, facility in zip(clients, facilities):
+        for ws, facility in zip(clients, facilities, strict=True):
             assert "WS4REDIS_MAX_BUFFERED_BYTES" in policy_lines(server, facility)[0]
             assert final_close_code(ws) in (1008, None)
     finally:
@@ -245,7 +245,7 @@ def test_unsolicited_pongs_do_not_keep_a_dead_peer_alive(twistd_servers, redis_c
                 try:
                     if not liar.sock.recv(4096):
                         raise ConnectionError("closed by the server")
-                except socket.timeout:
+                except TimeoutError:
                     pass
                 liar.send_frame(0xA, b"ws4redis")
                 liar.send_frame(0xA)
@@ -303,7 +303,8 @@ def test_a_tiny_fragment_flood_is_closed_and_the_server_stays_responsive(server,
         assert flood.error is None, flood.error  # not read any more, and not yet dropped
         growth = (process.memory_info().rss - before) / MIB
         latencies.sort()
-        assert latencies[len(latencies) // 2] < 0.25 and latencies[-1] < 1, latencies
+        assert latencies[len(latencies) // 2] < 0.25, latencies
+        assert latencies[-1] < 1, latencies
         assert growth < 8, f"server grew by {growth:.1f} MiB"
         line = wait_for_policy_line(server, facility)
         assert "WS4REDIS_MAX_FRAME_RATE" in line or "WS4REDIS_MAX_FRAGMENTS" in line
@@ -434,7 +435,8 @@ def test_autobahn_unregisters_the_producer_before_it_drops_the_connection():
     protocol, transport = _open_autobahn_protocol()
     transport.registerProducer(protocol, True)
     protocol.dropConnection(abort=False)
-    assert transport.producer is None and transport.disconnecting
+    assert transport.producer is None
+    assert transport.disconnecting
 
 
 def test_autobahn_calls_on_frame_begin_for_every_frame_with_its_opcode():
@@ -504,14 +506,16 @@ def test_a_socket_transport_pauses_its_producer_past_its_buffer_size_and_resumes
     transport, producer = _Stuck(reactor=MemoryReactor()), _Producer()
     transport.registerProducer(producer, True)
     transport.write(b"x" * transport.bufferSize)
-    assert producer.calls == [] and buffered_bytes(transport) == transport.bufferSize
+    assert producer.calls == []
+    assert buffered_bytes(transport) == transport.bufferSize
     transport.write(b"y")
     assert producer.calls == ["pause"]
     transport.doWrite()  # the kernel takes nothing
     assert buffered_bytes(transport) == transport.bufferSize + 1
     transport.blocked = False
     transport.doWrite()
-    assert producer.calls == ["pause", "resume"] and buffered_bytes(transport) == 0
+    assert producer.calls == ["pause", "resume"]
+    assert buffered_bytes(transport) == 0
 
 
 def test_autobahn_looks_up_its_debug_formatters_when_it_logs_so_they_can_be_skipped():

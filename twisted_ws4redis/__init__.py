@@ -3,4 +3,4 @@
 ``twisted_ws4redis.server`` is the reactor side (never blocks); the modules
 here are the Django side (may block) and the code both sides share."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -23,7 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from typing import Any, Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
+from typing import Any
 from urllib.parse import unquote_to_bytes
 from weakref import WeakKeyDictionary
 
@@ -65,7 +66,7 @@ class _Self:
 
     _instance = None
 
-    def __new__(cls):
+    def __new__(cls) -> _Self:  # noqa: PYI034 (always the one instance, SELF)
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -73,7 +74,7 @@ class _Self:
     def __repr__(self) -> str:
         return "SELF"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[_Self], tuple[()]]:
         return (_Self, ())
 
 
@@ -116,7 +117,7 @@ class _Read:
     """One thing SELF's resolution reads from Django, both ways: ``sync()`` on a
     thread, ``await asynchronous()`` on an event loop (never a blocking call there)."""
 
-    __slots__ = ("sync", "asynchronous")
+    __slots__ = ("asynchronous", "sync")
 
     def __init__(self, sync: Callable[[], Any], asynchronous: Callable[[], Awaitable[Any]]):
         self.sync = sync
@@ -154,10 +155,10 @@ def _authenticated(user: Any) -> Any:
 def _user_steps(request: Any) -> Steps:
     """The authenticated user of ``request``, or None."""
 
-    def sync():
+    def sync() -> Any:
         return _authenticated(getattr(request, "user", None))
 
-    async def asynchronous():
+    async def asynchronous() -> Any:
         # ``auser`` is AuthenticationMiddleware's; a request made by hand has only ``user``.
         auser = getattr(request, "auser", None)
         return _authenticated(await auser()) if auser else await sync_to_async(sync)()
@@ -271,8 +272,8 @@ def fetch_steps(prefix: str, facility: str, request: Any, audience: str = "any")
     """The channels whose persisted message a websocket of ``request`` would get
     for ``facility``, most specific first: ``audience`` is 'session', 'user',
     'group', 'broadcast' or 'any' (all of them, in that order)."""
-    if audience not in ("any",) + AUDIENCES:
-        raise ValueError(f"audience must be one of {('any',) + AUDIENCES}, got {audience!r}")
+    if audience not in ("any", *AUDIENCES):
+        raise ValueError(f"audience must be one of {('any', *AUDIENCES)}, got {audience!r}")
     order = ("session", "user", "group", "broadcast") if audience == "any" else (audience,)
     channels = []
     for name in order:
@@ -301,7 +302,7 @@ def parse_flags(query_string: str, recognised: Iterable[str]) -> tuple[list[str]
     return flags, echo
 
 
-def requested_audiences(flags: Iterable[str], kind: str) -> dict[str, list]:
+def requested_audiences(flags: Iterable[str], kind: str) -> dict[str, list | bool]:
     """Keyword arguments for ``message_channels`` from flags like 'subscribe-user'
     (``kind`` is 'subscribe' or 'publish'): every audience is SELF."""
     wanted = {flag.split("-", 1)[1] for flag in flags if flag.startswith(kind + "-")}

@@ -1,13 +1,15 @@
 """System checks: ``manage.py check`` reports every bad setting and every
 unknown ``WS4REDIS_*`` name (``twistd ws4redis`` runs the same settings checks
 before it starts; the validation itself is conf.py's, the one that
-``get_settings()`` uses), and whether ``manage.py runserver`` is ours."""
+``get_settings()`` uses), whether ``manage.py runserver`` is ours, and what a
+migration from ws4redis left behind."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings
 from django.core import checks
 
 from . import conf
@@ -27,7 +29,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         problems.append(
             checks.Warning(
                 f"{name} is not a twisted_ws4redis setting: it has no effect",
-                hint=f"Did you mean {suggestion}?" if suggestion else "See the settings in twisted_ws4redis' README.",
+                hint=f"Did you mean {suggestion}?"
+                if suggestion
+                else "See the settings in the documentation, docs/settings.rst.",
                 id="twisted_ws4redis.W001",
             )
         )
@@ -48,3 +52,34 @@ def check_runserver_order(app_configs: Any = None, **kwargs: Any) -> list[checks
             )
         ]
     return []
+
+
+#: ws4redis' development-server hook, which WSGI_APPLICATION named under ws4redis.
+WS4REDIS_RUNSERVER = "ws4redis.django_runserver.application"
+WS4REDIS_CONTEXT_PROCESSOR = "ws4redis.context_processors.default"
+
+
+def check_ws4redis_leftovers(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Names of ws4redis that a migration may leave in the settings: nothing
+    else reports them before the server starts (WSGI_APPLICATION) or before a
+    page renders (the context processor)."""
+    problems: list[checks.CheckMessage] = []
+    if getattr(settings, "WSGI_APPLICATION", None) == WS4REDIS_RUNSERVER:
+        problems.append(
+            checks.Warning(
+                f"WSGI_APPLICATION is ws4redis' runserver hook {WS4REDIS_RUNSERVER!r}.",
+                hint="Point it back to your project's WSGI application (e.g. 'mysite.wsgi.application'): "
+                "twistd ws4redis and runserver serve the websockets themselves.",
+                id="twisted_ws4redis.W011",
+            )
+        )
+    problems.extend(
+        checks.Warning(
+            f"TEMPLATES names ws4redis' context processor {WS4REDIS_CONTEXT_PROCESSOR!r}.",
+            hint="Replace it with 'twisted_ws4redis.context_processors.default'.",
+            id="twisted_ws4redis.W011",
+        )
+        for engine in getattr(settings, "TEMPLATES", [])
+        if WS4REDIS_CONTEXT_PROCESSOR in engine.get("OPTIONS", {}).get("context_processors", [])
+    )
+    return problems

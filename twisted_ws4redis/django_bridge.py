@@ -10,10 +10,11 @@ any read.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import import_module
 from io import BytesIO
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from django.apps import apps
@@ -21,6 +22,7 @@ from django.conf import settings as django_settings
 from django.core.exceptions import PermissionDenied
 from django.core.handlers.wsgi import WSGIRequest
 from django.db import close_old_connections
+from django.http import HttpRequest
 from twisted.internet import threads
 
 from . import audience
@@ -71,7 +73,7 @@ class Handshake:
         return environ
 
 
-def process_request(request: WSGIRequest) -> None:
+def process_request(request: HttpRequest) -> None:
     """The default authentication: the session from its cookie and the user
     from the session. Both are loaded here, in the thread, so that later
     reads (``is_authenticated``, group names) never touch the database.
@@ -87,7 +89,7 @@ def process_request(request: WSGIRequest) -> None:
 
         request.user = get_user(request)
     else:
-        request.user = None
+        request.user = None  # type: ignore[assignment]  # no django.contrib.auth: no user at all
 
 
 def process_request_with_current_groups(request: WSGIRequest) -> None:
@@ -152,7 +154,7 @@ def authorize(handshake: Handshake, facility: str, settings: Settings, bus: Any,
     Redis channels (for ``v2``, flag by flag). ``PermissionDenied`` from a
     hook refuses the handshake."""
     request = WSGIRequest(handshake.environ())
-    request.facility = facility
+    request.facility = facility  # type: ignore[attr-defined]  # ws4redis' own attribute for the hooks
     (settings.process_request or process_request)(request)
     flags, echo = audience.parse_flags(handshake.query, settings.subscriber.recognised_flags())
     if settings.allowed_channels is not None:
@@ -166,7 +168,7 @@ def authorize(handshake: Handshake, facility: str, settings: Settings, bus: Any,
         subscriber,
         echo,
         audience.session_digest(key) if key else None,
-        username=user.get_username() if getattr(user, "is_authenticated", False) else None,
+        username=user.get_username() if user is not None and getattr(user, "is_authenticated", False) else None,
     )
     if v2:
         accepted.flags = {flag: _flag_channels(request, flag, settings, bus) for flag in flags}
@@ -184,7 +186,7 @@ def authorize_op(
     ``"presence"`` too (who else is connected is not for everybody)."""
     if flag not in settings.subscriber.recognised_flags():
         raise PermissionDenied(f"{flag} is not offered here")
-    request.facility = facility
+    request.facility = facility  # type: ignore[attr-defined]  # as in authorize()
     if settings.allowed_channels is not None:
         for asked in [flag, "presence"] if presence else [flag]:
             if asked not in settings.allowed_channels(request, [asked]):

@@ -79,7 +79,7 @@ end
 return {redis.call('PUBLISH', KEYS[1], ARGV[5] .. id .. '\\0' .. ARGV[1]), id}
 """
 
-PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT.encode()).hexdigest()
+PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT.encode(), usedforsecurity=False).hexdigest()  # EVALSHA's name
 
 #: KEYS: ``recover_keys``. ARGV: since (an id), most entries. Returns nil when
 #: there is no stream or ``since`` is later than any id it gave (so not one of
@@ -238,9 +238,9 @@ def publish_args(message: bytes, expire: int, size: int, ttl: int) -> list:
 
 def entry_payload(fields: list) -> bytes:
     """The payload of a stream entry's field list (``[b"m", payload]``)."""
-    values = dict(zip(fields[::2], fields[1::2]))
+    values = dict(zip(fields[::2], fields[1::2], strict=False))
     return values.get(FIELD, b"")
 
 
 SHARDED_PUBLISH_SCRIPT = sharded_script(PUBLISH_SCRIPT)
-SHARDED_PUBLISH_SHA = hashlib.sha1(SHARDED_PUBLISH_SCRIPT.encode()).hexdigest()
+SHARDED_PUBLISH_SHA = hashlib.sha1(SHARDED_PUBLISH_SCRIPT.encode(), usedforsecurity=False).hexdigest()

@@ -9,7 +9,8 @@ whoever holds either is that user.
 
 from __future__ import annotations
 
-from typing import AnyStr, Iterable
+from collections.abc import Iterable
+from typing import AnyStr
 from urllib.parse import unquote_plus
 
 from .audience import session_digest

@@ -16,7 +16,7 @@ both its own name) would pass as "the site itself".
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
 from django.http.request import split_domain_port, validate_host

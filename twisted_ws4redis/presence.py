@@ -26,6 +26,9 @@ CONNECTIONS, ANONYMOUS, USER = "c", "a", "u:"
 
 
 class Present(TypedDict):
+    """What ``present()`` returns: the logged-in users' names (sorted, each
+    once), the anonymous visitors' sockets, and every socket."""
+
     users: list[str]
     anonymous: int
     connections: int

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
+from typing import Any
 from weakref import WeakKeyDictionary
 
 import redis
@@ -58,7 +59,7 @@ async def _aconnection() -> redis.asyncio.Redis:
 
 async def _closed_with_loop(
     loop: asyncio.AbstractEventLoop, address: RedisAddress, client: redis.asyncio.Redis
-) -> AsyncIterator[None]:
+) -> AsyncGenerator[None]:
     """Waits at ``yield`` for as long as ``loop`` runs: a loop shutting down
     closes its async generators (``asyncio.run`` does, and so asgiref and the
     ASGI servers), which closes the client's connections on that loop."""
@@ -82,11 +83,20 @@ def _first_found(values: list) -> bytes | None:
 
 
 class RedisPublisher(RedisStore):
-    """``RedisPublisher(facility='foo', broadcast=True, users=['john'], groups=[SELF],
+    """Publishes to the websockets of one audience on one facility:
+    ``RedisPublisher(facility='foo', broadcast=True, users=['john'], groups=[SELF],
     sessions=[...], request=request).publish_message(RedisMessage('hello'))``, or
     ``await ....apublish_message(...)`` in async code. The audience is checked
     here; SELF is resolved when first needed (then in the caller's way: an async
-    view's constructor must not read the database)."""
+    view's constructor must not read the database).
+
+    :param request: the current request, which ``SELF`` stands for.
+    :param facility: the facility (ws4redis' default, ``'{facility}'``, is a name too).
+    :param broadcast: the sockets subscribed with ``subscribe-broadcast``.
+    :param groups: group names, or ``SELF`` for the request's user's groups.
+    :param users: user names, or ``SELF`` for the request's user.
+    :param sessions: session keys, or ``SELF`` for the request's session.
+    """
 
     def __init__(
         self,
@@ -143,7 +153,7 @@ class RedisPublisher(RedisStore):
                 except StopIteration as done:
                     return done.value
 
-    def fetch_message(self, request, facility: str, audience: str = "any") -> bytes | None:
+    def fetch_message(self, request: Any, facility: str, audience: str = "any") -> bytes | None:
         """The persisted message a websocket of ``request`` would get for ``facility``.
         ``audience`` is 'session', 'user', 'group', 'broadcast' or 'any' (searched
         in that order, the first one found wins)."""
@@ -153,7 +163,7 @@ class RedisPublisher(RedisStore):
         with reaching_redis():
             return _first_found(_mget(self._connection, channels))
 
-    async def afetch_message(self, request, facility: str, audience: str = "any") -> bytes | None:
+    async def afetch_message(self, request: Any, facility: str, audience: str = "any") -> bytes | None:
         """``fetch_message`` without blocking the event loop."""
         channels = await wire.aresolved(wire.fetch_steps(self.get_prefix(), facility, request, audience))
         if not channels:

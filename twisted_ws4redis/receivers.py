@@ -9,8 +9,8 @@ import logging
 import redis
 
 from .audience import MEMBEROF_SESSION_KEY, session_digest
-from .server.logbridge import extra
 from .publisher import close_session_websockets
+from .server.logbridge import extra
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from zope.interface import implementer
 from twisted.internet.interfaces import IStreamClientEndpoint
+from zope.interface import implementer
 
 if TYPE_CHECKING:
     import redis
@@ -79,7 +79,7 @@ class RedisAddress:
         """Validate a redis-py style dict; errors name the setting."""
         if not isinstance(values, dict):
             url = " (a Redis URL is what the server's --redis option takes)" if isinstance(values, str) else ""
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004 (callers catch ValueError for every bad setting)
                 f"{name} must be a dict such as {{'host': 'localhost', 'port': 6379, 'db': 0}}, "
                 f"got {type(values).__name__}{url}"
             )
@@ -126,7 +126,7 @@ class RedisAddress:
         username = unquote(parts.username) if parts.username else None
         try:
             if parts.scheme in ("redis", "rediss"):
-                db = int(parts.path.strip("/") or query.get("db", 0))
+                db = int(parts.path.strip("/") or query.get("db", "0"))
                 address = cls(
                     host=parts.hostname or "localhost",
                     port=parts.port or 6379,
@@ -285,7 +285,9 @@ class RedisAddress:
         this address' TLS and timeout (one Redis, or one node of a cluster)."""
         from twisted.internet import endpoints
 
-        endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=self.socket_connect_timeout)
+        endpoint: IStreamClientEndpoint = endpoints.HostnameEndpoint(
+            reactor, host, port, timeout=self.socket_connect_timeout
+        )
         if self.ssl:
             from twisted.internet.ssl import optionsForClientTLS
 
@@ -313,10 +315,11 @@ def _redis_py(asynchronous: bool) -> SimpleNamespace:
         from redis.asyncio.retry import Retry
         from redis.asyncio.sentinel import Sentinel
     else:
-        import redis as flavour
-        from redis.cluster import ClusterNode, RedisCluster
-        from redis.retry import Retry
-        from redis.sentinel import Sentinel
+        # The same names as above, on purpose (the docstring).
+        import redis as flavour  # type: ignore[no-redef]
+        from redis.cluster import ClusterNode, RedisCluster  # type: ignore[assignment]
+        from redis.retry import Retry  # type: ignore[assignment]
+        from redis.sentinel import Sentinel  # type: ignore[assignment]
     return SimpleNamespace(
         Redis=flavour.Redis,
         ConnectionPool=flavour.ConnectionPool,
@@ -349,14 +352,15 @@ def _node_list(value, name: str, key: str, what: str) -> tuple[tuple[str, int], 
     """Sentinels or cluster nodes given as [('host', port), ...] or ['host:port', ...]."""
     if isinstance(value, (str, bytes)) or not value:
         raise ValueError(f"{name}: {key} must be a non-empty list of (host, port), got {value!r}")
-    sentinels = []
+    sentinels: list[tuple[str, int]] = []
     for item in value:
+        pair = item
         if isinstance(item, str):
-            host, _, port = item.rpartition(":")
-            item = (host, port)
+            name_part, _, port_part = item.rpartition(":")
+            pair = (name_part, port_part)
         try:
-            host, port = item
-            port = int(port)
+            host, given = pair
+            port = int(given)
             if not host or not 0 < port < 65536:
                 raise ValueError
         except (TypeError, ValueError):

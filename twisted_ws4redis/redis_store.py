@@ -7,8 +7,9 @@ is in ``publisher``); the websockets use the non-blocking clients in
 
 from __future__ import annotations
 
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
-from typing import Any, Generator, Iterator
+from typing import Any
 
 import redis
 
@@ -95,7 +96,7 @@ def publication_rounds(channels: list[str]) -> Generator[tuple[list[str], bool],
     missing = [index for index, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
     if missing:
         again = yield [channels[index] for index in missing], True
-        for index, reply in zip(missing, again):
+        for index, reply in zip(missing, again, strict=False):
             replies[index] = reply
     total = 0
     for reply in replies:
@@ -187,7 +188,7 @@ class RedisStore:
         (``publication_rounds``); ``sharded``: SPUBLISH and the history's
         cluster names, for a Redis Cluster."""
         if not isinstance(message, RedisMessage):
-            raise ValueError("message must be a RedisMessage")
+            raise ValueError("message must be a RedisMessage")  # noqa: TRY004 (ws4redis raised ValueError)
         settings = get_settings()
         expire = self._expire if expire is None else expire
         source, digest = history.publish_script(sharded)

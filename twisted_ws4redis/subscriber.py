@@ -5,7 +5,8 @@ channels (``set_pubsub_channels``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterator
 from http.cookies import SimpleCookie
 from importlib import import_module
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import quote
 
 from django.test import TransactionTestCase
@@ -48,8 +49,14 @@ from .server.embedded import EmbeddedRedis
 from .server.reactor_thread import call_in_reactor, daemon_thread, running_reactor
 
 if TYPE_CHECKING:
+    import threading
+
     from django.contrib.auth.base_user import AbstractBaseUser
     from django.http import HttpRequest
+    from websockets.sync.client import ClientConnection
+
+    from .redis_address import RedisAddress
+    from .server.service import Ws4RedisService
 
 __all__ = [
     "LiveServer",
@@ -76,7 +83,7 @@ def force_login(request: HttpRequest, user: AbstractBaseUser) -> None:
     backend = next(path for path in settings.AUTHENTICATION_BACKENDS if hasattr(load_backend(path), "get_user"))
     if getattr(request, "session", None) is None:
         request.session = import_module(settings.SESSION_ENGINE).SessionStore()
-    login(request, user, backend)
+    login(request, user, backend)  # type: ignore[arg-type]  # any AUTH_USER_MODEL; the stubs know only User
     request.session.save()
 
 
@@ -89,7 +96,10 @@ def session_cookie(user: AbstractBaseUser) -> str:
     request = HttpRequest()
     force_login(request, user)
     cookie = SimpleCookie()
-    cookie[settings.SESSION_COOKIE_NAME] = request.session.session_key
+    key = request.session.session_key
+    if key is None:  # save() gave the session its key
+        raise RuntimeError("the session has no key")
+    cookie[settings.SESSION_COOKIE_NAME] = key
     return cookie.output(header="", attrs=[]).strip()
 
 
@@ -99,7 +109,7 @@ class WebSocketClient:
     messages are skipped. A context manager; ``connection`` is the
     ``websockets.sync.client.ClientConnection``."""
 
-    def __init__(self, connection, url: str, heartbeat: bytes | None, closing: contextlib.ExitStack):
+    def __init__(self, connection: ClientConnection, url: str, heartbeat: bytes | None, closing: contextlib.ExitStack):
         self.connection = connection
         self.url = url
         self._closing = closing
@@ -137,10 +147,10 @@ class WebSocketClient:
     def close(self) -> None:
         self._closing.close()
 
-    def __enter__(self) -> WebSocketClient:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
@@ -161,14 +171,14 @@ class LiveServer:
         self.static = static
         self.threads = threads
         self.redis: EmbeddedRedis | None = None
-        self._service = None
+        self._service: Ws4RedisService | None = None
         self._shared_connections: list = []
-        self._previous_override = None
-        self._hosts = None
+        self._previous_override: RedisAddress | None = None
+        self._hosts: modify_settings | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def start(self) -> LiveServer:
+    def start(self) -> Self:
         from .server.service import ServerConfig, ThreadPoolService, make_service
 
         if self._service is not None:
@@ -192,23 +202,24 @@ class LiveServer:
                 threads=self.threads,
                 grace=1.0,
             )
-            self._service = make_service(config, running_reactor())
-            pool = next(child for child in self._service if isinstance(child, ThreadPoolService)).pool
-            pool.threadFactory = self._thread_factory()
-            self.port = call_in_reactor(self._listen).getHost().port
+            service = self._service = make_service(config, running_reactor())
+            pool = next(child for child in service if isinstance(child, ThreadPoolService)).pool
+            pool.threadFactory = self._thread_factory()  # type: ignore[assignment]  # a Thread factory, as ThreadPool calls it
+            self.port = call_in_reactor(self._listen, service).getHost().port
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _listen(self):
+    @staticmethod
+    def _listen(service: Ws4RedisService) -> Any:
         """On the reactor: start everything; a Deferred of the listening port."""
-        self._service.privilegedStartService()
-        self._service.startService()
-        listener = next(child for child in self._service if isinstance(child, StreamServerEndpointService))
+        service.privilegedStartService()
+        service.startService()
+        listener = next(child for child in service if isinstance(child, StreamServerEndpointService))
         return listener._waitingForPort  # the endpoint's listen() Deferred
 
-    def _thread_factory(self):
+    def _thread_factory(self) -> Callable[..., threading.Thread]:
         """Worker threads that use the test thread's connections to in-memory
         SQLite databases (as Django's LiveServerThread does), as daemons."""
         from django.db import connections
@@ -216,12 +227,12 @@ class LiveServer:
         self._shared_connections = [
             connection
             for connection in connections.all()
-            if connection.vendor == "sqlite" and connection.is_in_memory_db()
+            if connection.vendor == "sqlite" and connection.is_in_memory_db()  # type: ignore[attr-defined]  # sqlite's
         ]
         for connection in self._shared_connections:
             connection.inc_thread_sharing()
 
-        def factory(*args: Any, target, **kwargs: Any):
+        def factory(*args: Any, target: Callable[[], object], **kwargs: Any) -> threading.Thread:
             def run() -> None:
                 for connection in self._shared_connections:
                     connections[connection.alias] = connection
@@ -251,10 +262,10 @@ class LiveServer:
             self.redis.stop()
             self.redis = None
 
-    def __enter__(self) -> LiveServer:
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     # -- use -----------------------------------------------------------------------------
@@ -302,6 +313,8 @@ class LiveServer:
             return WebSocketClient(connection, url, conf.get_settings().heartbeat, closing.pop_all())
 
     def _wait_live(self, client_port: int, timeout: float) -> None:
+        if self._service is None:
+            raise RuntimeError("this LiveServer is not running")
         factory = self._service.factory
 
         def live() -> bool:
@@ -309,7 +322,7 @@ class LiveServer:
             return any(
                 getattr(protocol, "_ready", False)
                 for protocol in factory.connections
-                if protocol.transport.getPeer().port == client_port
+                if protocol.transport.getPeer().port == client_port  # type: ignore[union-attr]  # connected, TCP
             )
 
         deadline = time.monotonic() + timeout
@@ -373,7 +386,7 @@ except ImportError:  # pytest is optional: the fixture exists only where it runs
 else:
 
     @pytest.fixture
-    def ws4redis_live_server(request) -> Iterator[LiveServer]:
+    def ws4redis_live_server(request: Any) -> Iterator[LiveServer]:
         """A ``LiveServer`` for the test. With pytest-django, the test database
         is set up first; mark the test ``django_db(transaction=True)`` so that
         what it creates is visible to the server."""

@@ -11,6 +11,7 @@ header, not in the URL, which proxies and access logs record.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -40,10 +41,8 @@ def main() -> None:
     token = os.environ.get("WS_TOKEN") or sys.stdin.readline().strip()
     if not token:
         parser.error("no token: pipe one in (manage.py ws_token USERNAME) or set WS_TOKEN")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         listen(arguments.url, token, arguments.count)
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

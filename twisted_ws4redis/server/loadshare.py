@@ -21,7 +21,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
@@ -109,7 +109,7 @@ class AcceptBalancer:
         if pause != self.paused:
             self.paused = pause
             for port in self.ports:
-                port.stopReading() if pause else port.startReading()
+                port.stopReading() if pause else port.startReading()  # type: ignore[attr-defined]  # tcp/unix Ports
             log.info(
                 "Worker {slot} {what} ({connections} connections, {websockets} websockets, cap {cap})",
                 slot=self.slot,

@@ -12,9 +12,9 @@ the reactor: point those at a ``QueueHandler``.
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
+from functools import cache
 
-from twisted.logger import ILogObserver, LogEvent, LogLevel, LogPublisher, Logger, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, LogPublisher, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import provider
 
@@ -57,7 +57,7 @@ def extra(fields: dict[str, object]) -> dict[str, object]:
     return {FIELDS_ATTRIBUTE: fields, **named}
 
 
-@lru_cache(maxsize=None)
+@cache
 def stdlib_logger(namespace: str) -> logging.Logger:
     """The logger named ``namespace``, with a NullHandler: a record no handler
     takes would otherwise be printed once more to stderr (logging's last

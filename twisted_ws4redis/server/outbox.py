@@ -76,7 +76,9 @@ def joined(frames: list[bytes], most: int) -> list[bytes]:
     (a frame larger than that is one write)."""
     if not frames:
         return []
-    writes, run, size = [], [], 0
+    writes: list[bytes] = []
+    run: list[bytes] = []
+    size = 0
     for frame in frames:
         if run and size + len(frame) > most:
             writes.append(b"".join(run))

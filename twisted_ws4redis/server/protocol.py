@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from http import HTTPStatus
 from pprint import pformat
-from typing import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import txaio
@@ -19,18 +20,24 @@ from autobahn.websocket.types import ConnectionDeny
 from django.core.exceptions import PermissionDenied
 from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .. import __version__, audience, logsafe
 from ..conf import Settings
+from ..django_bridge import Accepted, Handshake, authorize, defer_to_django, reads_nothing
+from . import signalling
 from .descriptors import ConnectionBudget
 from .metrics import Stats, refusal_reason
-from ..django_bridge import Accepted, Handshake, authorize, defer_to_django, reads_nothing
 from .outbox import Outbox, buffered_bytes, socket_transport, write_now
 from .presence import NodePresence
 from .pubsub import REDIS_WAIT, Burst, PubSubMessage, RedisBus
-from . import signalling
 from .v2 import SUBPROTOCOL, V2Session
+
+if TYPE_CHECKING:
+    from ..subscriber import RedisSubscriber
+    from .cluster import ClusterBus
 
 log = Logger()
 
@@ -40,7 +47,7 @@ def _only_when_debugging(format_function: Callable[[object], str]) -> Callable[[
     which it calls whether or not debug logging is on: skipped unless it is."""
 
     def formatted(value) -> str:
-        if txaio.get_global_log_level() in ("debug", "trace"):
+        if txaio.get_global_log_level() in ("debug", "trace"):  # type: ignore[attr-defined]  # txaio's, untyped
             return format_function(value)
         return "(not formatted: debug logging is off)"
 
@@ -51,7 +58,7 @@ def _only_when_debugging(format_function: Callable[[object], str]) -> Callable[[
 # connection, whether or not debug logging is on: 40 % of the reactor's time
 # while accepting handshakes (bench/README.md). Its debug lines also name the
 # method they are in with hltype(), ~7 calls per handshake: 3 % more.
-autobahn_protocol.pformat = _only_when_debugging(pformat)
+autobahn_protocol.pformat = _only_when_debugging(pformat)  # type: ignore[assignment]  # called with one argument
 autobahn_protocol.hltype = autobahn_websocket.hltype = _only_when_debugging(autobahn_util.hltype)
 
 #: Autobahn's state of the opening handshake (the request as read, its
@@ -93,7 +100,7 @@ def _address(address) -> tuple[str, int]:
 class TokenBucket:
     """A rate with bursts of up to one second's worth."""
 
-    __slots__ = ("rate", "_tokens", "_checked")
+    __slots__ = ("_checked", "_tokens", "rate")
 
     def __init__(self, rate: float, now: float):
         self.rate = rate
@@ -144,7 +151,7 @@ class WithoutRefusalLines:
 class WebSocketProtocol(WebSocketServerProtocol):
     factory: WebSocketFactory
 
-    subscriber = None
+    subscriber: RedisSubscriber = None  # type: ignore[assignment]  # set by onConnect, before any use
     django_request = None
     echo = False
     #: audience.session_digest of the session this websocket authenticated with
@@ -260,10 +267,10 @@ class WebSocketProtocol(WebSocketServerProtocol):
         # the socket's producer, under any TLS layer. TLS pauses its producer
         # while OpenSSL waits to read (a write that met WantReadError); a pause
         # that stopped reading then would wait for ever.
-        self.transport.unregisterProducer()
-        socket_transport(self.transport).registerProducer(self, True)
+        self.transport.unregisterProducer()  # type: ignore[union-attr]  # connected: a TCP or TLS transport
+        socket_transport(self.transport).registerProducer(self, True)  # type: ignore[union-attr, arg-type]  # a push producer
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         try:
             super().connectionLost(reason)
         finally:
@@ -314,14 +321,14 @@ class WebSocketProtocol(WebSocketServerProtocol):
         if not settings.origins.allows(self.http_headers.get("origin"), host):
             self._refusal = "origin"
             raise ConnectionDeny(403, "This origin may not open websockets here (see WS4REDIS_ALLOWED_ORIGINS)")
-        host, port = _address(self.transport.getPeer())
+        host, port = _address(self.transport.getPeer())  # type: ignore[union-attr]  # connected
         handshake = Handshake(
             path=uri.path,
             query=uri.query,
             headers=dict(self.http_headers),
             remote_addr=host,
             remote_port=port,
-            server_port=_address(self.transport.getHost())[1],
+            server_port=_address(self.transport.getHost())[1],  # type: ignore[union-attr]
             secure=ISSLTransport.providedBy(self.transport),
         )
         self.facility = facility
@@ -444,7 +451,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         signalling.connected(self)
         if self._wants_v2:
             self.v2 = V2Session(self)
-            self.v2.open(self.facility, self._flags)
+            self.v2.open(self.facility, self._flags)  # type: ignore[arg-type]  # set by onConnect for v2
             self._flags = None
             return
         if not signalling.heard_later():
@@ -464,14 +471,14 @@ class WebSocketProtocol(WebSocketServerProtocol):
         # Autobahn's queue for the trickled writes of its own sendData
         # (sync/chopsize), which this one never makes: an empty deque is 760
         # bytes per socket.
-        self.send_queue = ()
+        self.send_queue = ()  # type: ignore[assignment]  # (never appended to: see above)
 
     def _send_persisted(self, messages: list[bytes]) -> None:
         bus = self.factory.bus
         bus.delivered += len(messages)
         bus.delivered_bytes += sum(len(payload) for payload in messages)
         for payload in messages:
-            self._send(PubSubMessage(b"", payload, live=False))
+            self._send_message(PubSubMessage(b"", payload, live=False))
 
     def _redis_unavailable(self, failure) -> None:
         log.warn(
@@ -511,7 +518,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
             outbox.put(self, data)
         self._last_sent = self.factory.reactor.seconds()
 
-    def _send(self, message: PubSubMessage) -> None:
+    def _send_message(self, message: PubSubMessage) -> None:
         if self.state != self.STATE_OPEN:
             return
         self.sendPreparedMessage(message.prepared(self.factory))
@@ -628,15 +635,15 @@ class WebSocketProtocol(WebSocketServerProtocol):
             self.v2.close()
         if self._counted:
             self._counted = False
-            self.factory.presence.left(self.facility, self.username)
+            self.factory.presence.left(self.facility, self.username)  # type: ignore[union-attr]  # counted: presence is on
         if self in self.factory.connections:
             self.factory.connections.discard(self)
             self.factory.stats.websocket_closed(self.facility, code, wasClean)
-            same_session = self.factory.sessions.get(self.session_digest)
+            same_session = self.factory.sessions.get(self.session_digest)  # type: ignore[arg-type]  # None: no entry
             if same_session is not None:
                 same_session.discard(self)
                 if not same_session:
-                    del self.factory.sessions[self.session_digest]
+                    del self.factory.sessions[self.session_digest]  # type: ignore[arg-type]  # (not None: it had one)
             log.info(
                 "WSDISCONNECT {path} {peer} code={code}",
                 path=logsafe.uri(self.http_request_uri),
@@ -649,7 +656,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
 def wait_until(reactor, done: Callable[[], bool], timeout: float, every: float = 0.05) -> defer.Deferred:
     """A Deferred that fires (with ``done()``'s last answer) once ``done()`` is
     true or ``timeout`` seconds have passed."""
-    result = defer.Deferred()
+    result: defer.Deferred[bool] = defer.Deferred()
 
     def check(remaining: float) -> None:
         answer = done()
@@ -663,9 +670,9 @@ def wait_until(reactor, done: Callable[[], bool], timeout: float, every: float =
 
 
 class WebSocketFactory(WebSocketServerFactory):
-    protocol = WebSocketProtocol
+    protocol = WebSocketProtocol  # type: ignore[assignment]  # a protocol class, as Factory wants
 
-    def __init__(self, settings: Settings, bus: RedisBus, pool, reactor=None):
+    def __init__(self, settings: Settings, bus: RedisBus | ClusterBus, pool, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         super().__init__(server=f"twisted_ws4redis/{__version__}", reactor=reactor)
@@ -706,7 +713,7 @@ class WebSocketFactory(WebSocketServerFactory):
         # attributes of a protocol class made for this factory, nothing is copied.
         # (Functions among them, like perMessageCompressionAccept, must not become methods.)
         options = {name: getattr(self, name) for name in self.protocol.CONFIG_ATTRS}
-        self.protocol = type(
+        self.protocol = type(  # type: ignore[assignment]  # a subclass of WebSocketProtocol
             self.protocol.__name__,
             (self.protocol,),
             {name: staticmethod(value) if callable(value) else value for name, value in options.items()},
@@ -754,7 +761,7 @@ class WebSocketFactory(WebSocketServerFactory):
         return len(closing)
 
     def session_ended(self, digest: str | None) -> bool:
-        ended = self._ended.get(digest)
+        ended = self._ended.get(digest)  # type: ignore[arg-type]  # None: never ended
         return ended is not None and self.reactor.seconds() - ended < SESSION_ENDED_MEMORY
 
     def close_all(

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import txredisapi
 from redis.crc import key_slot
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -53,7 +54,7 @@ class PubSubMessage:
     history's envelope taken off (``id`` is None without one), each websocket
     frame built once, by the first listener that needs it."""
 
-    __slots__ = ("channel", "payload", "id", "is_binary", "_prepared", "_framed")
+    __slots__ = ("_framed", "_prepared", "channel", "id", "is_binary", "payload")
 
     def __init__(self, channel: bytes, payload: bytes, *, live: bool = True, message_id: str | None = None):
         """``live``: what the channel carried (maybe an envelope); else a
@@ -94,7 +95,7 @@ class Burst(list):
     burst costs each websocket one write, not one per message (at 19,500
     sockets the per-message calls were most of a delivery's cost)."""
 
-    __slots__ = ("channel", "_writes")
+    __slots__ = ("_writes", "channel")
 
     def __init__(self, channel: bytes, messages: Iterable[PubSubMessage] = ()):
         super().__init__(messages)
@@ -144,10 +145,10 @@ class _WholeReads:
     _leftover = b""
 
     def dataReceived(self, data, unpause=False):
-        super().dataReceived(data, unpause)
+        super().dataReceived(data, unpause)  # type: ignore[misc]  # a mixin over txredisapi's protocol
         while self._leftover:
             data, self._leftover = self._leftover, b""
-            super().dataReceived(data)
+            super().dataReceived(data)  # type: ignore[misc]
 
     def setLineMode(self, extra=b""):
         # txredisapi pauses the socket and parses the rest of a read in the next
@@ -476,7 +477,7 @@ class _Bus(Service):
         listeners.add(listener)
         if key in self._confirmed:
             return defer.succeed(None)
-        waiting = defer.Deferred()
+        waiting: defer.Deferred[None] = defer.Deferred()
         self._waiting.setdefault(key, []).append(waiting)
         return waiting
 
@@ -567,7 +568,7 @@ class _Bus(Service):
                 ),
             )
             if entries and key in self._listeners:
-                self._replayed.note(key, history.parse_id(entries[-1][0]))
+                self._replayed.note(key, history.parse_id(entries[-1][0]))  # type: ignore[arg-type]  # Redis's id
 
         def failed(failure: Failure) -> None:
             log.warn(
@@ -590,7 +591,7 @@ class _Bus(Service):
             self._dispatch_burst()  # what came before a control message goes first
             try:
                 watcher(payload)
-            except Exception:
+            except Exception:  # noqa: BLE001 (log.failure logs the traceback; the dispatch goes on)
                 log.failure("The watcher of {channel!r} failed", channel=channel)
         if channel not in self._listeners:
             return
@@ -628,7 +629,7 @@ class _Bus(Service):
         for listener in list(listeners):
             try:
                 listener(messages)
-            except Exception:
+            except Exception:  # noqa: BLE001 (as above)
                 log.failure("A listener of {channel!r} failed", channel=logsafe.channel(channel, get_settings().prefix))
 
     # -- commands --------------------------------------------------------------
@@ -674,7 +675,7 @@ class _Bus(Service):
             return defer.succeed([])
         if not self._fetches:
             self._reactor.callLater(0, self._fetch_together)
-        fetched = defer.Deferred()
+        fetched: defer.Deferred[list] = defer.Deferred()
         self._fetches.append((keys, fetched))
         return fetched
 
@@ -683,7 +684,7 @@ class _Bus(Service):
         keys = list(dict.fromkeys(key for wanted, _ in fetches for key in wanted))
 
         def spread(values: list) -> None:
-            found = dict(zip(keys, values))
+            found = dict(zip(keys, values, strict=False))
             for wanted, fetched in fetches:
                 if not fetched.called:  # not given up (a websocket's REDIS_WAIT)
                     fetched.callback([found[key] for key in wanted])
@@ -711,7 +712,7 @@ class _Bus(Service):
             if reply is None:
                 return None
             trimmed, entries = reply
-            if history.parse_id(trimmed.decode("ascii")) > history.parse_id(since):
+            if history.parse_id(trimmed.decode("ascii")) > history.parse_id(since):  # type: ignore[operator]  # both well-formed
                 return None
             return [(entry_id.decode("ascii"), history.entry_payload(fields)) for entry_id, fields in entries]
 
@@ -749,7 +750,7 @@ class RedisBus(_Bus):
 
     def __init__(self, address: RedisAddress, reactor=None):
         super().__init__(address, reactor)
-        self._endpoint = None
+        self._endpoint: IStreamClientEndpoint | None = None
         self._shard = ShardSubscriber(self, address, str(address))
         self._commands = command_factory(address, str(address))
 
@@ -779,8 +780,9 @@ class RedisBus(_Bus):
     def stopService(self) -> defer.Deferred:
         super().stopService()
         stopping = [self._shard.stop(), self._commands.disconnect()]
-        if hasattr(self._endpoint, "disconnect"):  # Sentinel connections
-            stopping.append(self._endpoint.disconnect())
+        disconnect = getattr(self._endpoint, "disconnect", None)  # Sentinel connections
+        if disconnect is not None:
+            stopping.append(disconnect())
         return defer.gatherResults(stopping, consumeErrors=True)
 
     @property

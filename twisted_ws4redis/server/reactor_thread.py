@@ -10,7 +10,8 @@ exits without stopping it (stopping it would mean it can never run again).
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from twisted.internet import threads
 
@@ -37,7 +38,7 @@ def running_reactor(timeout: float = 10.0):
                 raise RuntimeError("the reactor already runs in this process, not in a thread started here")
             started = threading.Event()
             reactor.callWhenRunning(started.set)
-            reactor.getThreadPool().threadFactory = daemon_thread
+            reactor.getThreadPool().threadFactory = daemon_thread  # type: ignore[attr-defined]  # IReactorThreads
             _thread = threading.Thread(
                 target=reactor.run, kwargs={"installSignalHandlers": False}, name="twisted-reactor", daemon=True
             )

@@ -10,10 +10,12 @@ import re
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.pages import errorPage, notFound
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 
 from .. import logsafe
 from .descriptors import ConnectionBudget
@@ -70,7 +72,7 @@ def _refuse(request: server.Request, code: int, brief: str, detail: str) -> byte
     an upgrade has nothing more to say on it."""
     request.setHeader(b"connection", b"close")
     request.channel.persistent = False
-    return errorPage(code, brief, detail).render(request)
+    return errorPage(code, brief, detail).render(request)  # type: ignore[return-value]  # a page's bytes
 
 
 class Root(Resource):
@@ -81,9 +83,9 @@ class Root(Resource):
     def __init__(
         self,
         websocket_url: str,
-        websocket: Resource,
-        wsgi: Resource | None,
-        health: tuple[str, Resource] | None = None,
+        websocket: IResource,
+        wsgi: IResource | None,
+        health: tuple[str, IResource] | None = None,
     ):
         """``health``: (WS4REDIS_HEALTH_URL, its resource), answered before Django."""
         super().__init__()
@@ -123,6 +125,8 @@ class Request(server.Request):
     """``twisted.web.wsgi`` reads ``.host``/``.port`` of both addresses, which a
     ``unix:`` endpoint's addresses lack; give it a local stand-in."""
 
+    channel: Channel
+
     def getHost(self):
         address = super().getHost()
         return address if hasattr(address, "port") else _LocalAddress()
@@ -158,9 +162,10 @@ class Channel(http.HTTPChannel):
     _body_bytes = 0  # of this request's body, received so far
     _body_started = 0.0  # reactor time the body's headers were complete
     _refused = False  # a refusal was sent: what the client still sends is not served
+    site: Site  # set by the Site that made it
 
     @property
-    def MAX_LENGTH(self) -> int:  # noqa: N802 (LineReceiver's name): the longest line
+    def MAX_LENGTH(self) -> int:  # type: ignore[override]  # LineReceiver's name: the longest line
         return self.site.max_head_size
 
     def connectionMade(self) -> None:
@@ -306,7 +311,7 @@ class Channel(http.HTTPChannel):
         # first: a TLS transport does not close while one is registered.
         self.loseConnection()  # LineReceiver parses no further line
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         # Not called once the connection became a websocket: the websocket
         # protocol, its new owner, tells the budget when it is lost.
         self.site.budget.connection_closed()
@@ -322,7 +327,7 @@ class _Redacted:
         self._request = request
         self.uri = logsafe.redact_query(request.uri)
 
-    def getHeader(self, name: bytes) -> bytes | None:  # noqa: N802 (twisted.web's name)
+    def getHeader(self, name: bytes) -> bytes | None:  # twisted.web's name
         value = self._request.getHeader(name)
         return logsafe.redact_query(value) if value is not None and name.lower() == b"referer" else value
 
@@ -340,7 +345,7 @@ class Site(server.Site):
     its access log ``access_log_line`` (without the health checks: a load
     balancer's, every few seconds, would be most of it)."""
 
-    protocol = Channel
+    protocol = Channel  # type: ignore[assignment]  # an HTTPChannel, as Site builds it
     requestFactory = Request
 
     def __init__(

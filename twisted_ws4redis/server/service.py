@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
@@ -22,6 +22,8 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.wsgi import WSGIResource
 
 from .. import audience, conf
+from ..redis_address import RedisAddress
+from .cluster import ClusterBus
 from .control import NodeControl
 from .descriptors import raise_open_files_limit
 from .embedded import EmbeddedRedis, EmbeddedRedisService
@@ -30,10 +32,8 @@ from .logbridge import forward_to_stdlib, forward_to_twisted
 from .outbox import buffered_bytes
 from .presence import NodePresence
 from .protocol import WebSocketFactory, wait_until
-from .cluster import ClusterBus
 from .pubsub import RedisBus
 from .reactor_thread import daemon_thread
-from ..redis_address import RedisAddress
 from .resource import Root, Site, WebSocketDoor
 from .sharedports import AdoptedEndpoint
 from .tls import harden
@@ -147,7 +147,7 @@ class Ws4RedisService(MultiService):
             self.reactor,
             lambda: (
                 not any(
-                    transport is not None and transport.connected and buffered_bytes(transport)
+                    transport is not None and transport.connected and buffered_bytes(transport)  # type: ignore[attr-defined]  # TCP
                     for transport in answering
                 )
             ),
@@ -239,16 +239,13 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
     pool = ThreadPool(minthreads=1, maxthreads=config.threads, name="ws4redis-django")
     # Daemons: a process that ends without stopping its pool (the autoreloader's
     # child, on a code change) is not kept alive by it.
-    pool.threadFactory = daemon_thread
+    pool.threadFactory = daemon_thread  # type: ignore[assignment]  # a Thread factory, as ThreadPool calls it
     bus = (ClusterBus if address.cluster else RedisBus)(address, reactor)
     factory = WebSocketFactory(settings, bus, pool, reactor)
     bus.watch(audience.control_channel(settings.prefix), NodeControl(factory))
     wsgi = None
     if config.serve_wsgi or config.static:
-        if not config.serve_wsgi:
-            application = static_only
-        else:
-            application = config.application or load_wsgi_application(config.wsgi)
+        application = static_only if not config.serve_wsgi else config.application or load_wsgi_application(config.wsgi)
         if config.static:
             application = with_static_files(application)
         wsgi = WSGIResource(reactor, pool, application)
@@ -294,13 +291,13 @@ def make_service(config: ServerConfig, reactor=None) -> Ws4RedisService:
     for index, description in enumerate(config.endpoints):
         try:
             endpoint = serverFromString(reactor, description)
-        except Exception as exc:  # a bad string, or files (ssl: keys, certificates) that cannot be used
+        except Exception as exc:  # noqa: BLE001 a bad string, or files (ssl: keys, certificates) that cannot be used
             raise ImproperlyConfigured(f"--endpoint {description!r} is not a valid endpoint: {exc}") from None
         endpoint = harden(endpoint, settings.tls_ciphers)
         if config.inherited:
             endpoint = AdoptedEndpoint(endpoint, config.inherited[index], reactor)
         listener = StreamServerEndpointService(endpoint, site)
-        listener.description = description
+        listener.description = description  # type: ignore[attr-defined]  # for listening()'s message
         # A port that cannot be bound must stop the start-up, not just be logged.
         listener._raiseSynchronously = True
         listener.setServiceParent(top)

@@ -73,7 +73,9 @@ class AdoptedEndpoint:
         if isinstance(self._endpoint, ServerTLSEndpoint):
             factory = self._endpoint.wrap(factory)
         elif isinstance(self._endpoint, SSL4ServerEndpoint):
-            raise ValueError("an ssl: endpoint must be hardened (tls.harden) before it is shared")
+            raise ValueError(  # noqa: TRY004 (a configuration mistake, not a wrong type)
+                "an ssl: endpoint must be hardened (tls.harden) before it is shared"
+            )
         probe = socket.socket(fileno=self._fd)
         family = probe.family
         probe.detach()

@@ -9,8 +9,9 @@ nobody listens a socket costs no thread hop and no state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from django.dispatch import Signal
 from twisted.internet import defer
@@ -33,7 +34,7 @@ Deliver = Callable[[bytes, bool], None]
 class SocketSignals:
     """The signals of one websocket, made when its first one is sent."""
 
-    __slots__ = ("protocol", "_tail", "holding")
+    __slots__ = ("_tail", "holding", "protocol")
 
     def __init__(self, protocol: WebSocketProtocol):
         self.protocol = protocol
@@ -49,7 +50,7 @@ class SocketSignals:
         protocol = self.protocol
         factory = protocol.factory
         job = partial(signal.send_robust, WebSocketProtocol, request=protocol.django_request, **kwargs)
-        done = defer.Deferred()
+        done: defer.Deferred[None] = defer.Deferred()
 
         def failed(failure: Failure) -> None:
             # send_robust catches what receivers raise: this is Django's own hygiene failing.
@@ -93,7 +94,10 @@ def connected(protocol: WebSocketProtocol) -> None:
         return
     if protocol._wants_v2:
         channels = [
-            channel for flag, names in protocol._flags.items() if flag.startswith("subscribe-") for channel in names
+            channel
+            for flag, names in protocol._flags.items()  # type: ignore[union-attr]  # set by the handshake
+            if flag.startswith("subscribe-")
+            for channel in names
         ]
     else:
         channels = list(protocol.subscriber.subscribed)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 import django
-
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -29,20 +29,24 @@ OPTIONS: list[tuple[str, Any, str]] = [
     (
         "redis",
         None,
-        "Redis to use instead of WS4REDIS_CONNECTION: redis://host:port/db, "
-        "rediss://…, unix:///path?db=N, redis+sentinel://host:port[,…]/service[/db], "
-        "redis+cluster://host:port[,host:port…] (a Redis Cluster's startup nodes; "
-        "rediss+cluster:// for TLS), or 'embedded' for a private redis-server "
-        "on a unix socket of this process only (a publisher in another process, "
-        "e.g. manage.py shell or a task worker, cannot reach it).",
+        (
+            "Redis to use instead of WS4REDIS_CONNECTION: redis://host:port/db, "
+            "rediss://…, unix:///path?db=N, redis+sentinel://host:port[,…]/service[/db], "
+            "redis+cluster://host:port[,host:port…] (a Redis Cluster's startup nodes; "
+            "rediss+cluster:// for TLS), or 'embedded' for a private redis-server "
+            "on a unix socket of this process only (a publisher in another process, "
+            "e.g. manage.py shell or a task worker, cannot reach it)."
+        ),
     ),
     (
         "workers",
         None,
-        "Worker processes sharing the endpoints: a number, or 'auto' (one per CPU). Each has "
-        "its own threads and Redis connections; this process supervises them (restarts one "
-        "that dies, SIGTERM stops all gracefully, SIGHUP restarts them one at a time). "
-        "Default: no workers, this process serves.",
+        (
+            "Worker processes sharing the endpoints: a number, or 'auto' (one per CPU). Each has "
+            "its own threads and Redis connections; this process supervises them (restarts one "
+            "that dies, SIGTERM stops all gracefully, SIGHUP restarts them one at a time). "
+            "Default: no workers, this process serves."
+        ),
     ),
     (
         "metrics",
@@ -52,7 +56,10 @@ OPTIONS: list[tuple[str, Any, str]] = [
         "metrics labelled worker=N. Default: none.",
     ),
 ]
-ENDPOINT_HELP = "Twisted endpoint to listen on (repeatable), e.g. tcp:8000, ssl:8443:privateKey=key.pem, unix:/run/ws.sock; default tcp:8000."
+ENDPOINT_HELP = (
+    "Twisted endpoint to listen on (repeatable), e.g. tcp:8000, ssl:8443:privateKey=key.pem, unix:/run/ws.sock; "
+    "default tcp:8000."
+)
 FLAGS: list[tuple[str, str]] = [
     ("no-wsgi", "Serve websockets only (and static files with --static), not the Django application."),
     ("static", "Serve STATIC_URL (from STATIC_ROOT, or the static files finders when it is not set)."),
@@ -62,8 +69,8 @@ FLAGS: list[tuple[str, str]] = [
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "Websockets for Django (ws4redis-compatible) and the Django application, on one port."
-    optParameters = [[name, None, default, help] for name, default, help in OPTIONS]
-    optFlags = [[name, None, help] for name, help in FLAGS]
+    optParameters: ClassVar[list[list]] = [[name, None, default, help] for name, default, help in OPTIONS]
+    optFlags: ClassVar[list[list]] = [[name, None, help] for name, help in FLAGS]
 
     def __init__(self):
         super().__init__()
@@ -178,7 +185,7 @@ def makeService(options: Options):
     naming it (every bad setting at once)."""
     setup_django(options["settings"])
 
-    twistd = options.parent or {}
+    twistd: Any = options.parent or {}  # twistd's Options, a mapping
     logs_to_stdout = bool(twistd.get("nodaemon") and twistd.get("logfile") in (None, "-") and not twistd.get("syslog"))
 
     def checked():

@@ -60,7 +60,7 @@ class ServerTLS(BufferingTLSTransport):
         if not self._aborted:
             # Our close_notify is written; the closer need not wait for the
             # peer's (RFC 8446 6.1): TCP closes once its buffer is written.
-            self.transport.loseConnection()
+            self.transport.loseConnection()  # type: ignore[union-attr]  # connected
 
 
 class ServerTLSEndpoint(SSL4ServerEndpoint):
@@ -91,10 +91,8 @@ def harden(endpoint: IStreamServerEndpoint, cipher_string: str) -> IStreamServer
     if not isinstance(endpoint, SSL4ServerEndpoint):
         return endpoint
     parsed: CertificateOptions = endpoint._sslContextFactory
-    if parsed.method == SSL.TLS_METHOD:
-        version = {"raiseMinimumTo": TLSVersion.TLSv1_2}
-    else:  # sslmethod= chose a fixed protocol version: the operator's choice
-        version = {"method": parsed.method}
+    # sslmethod= chose a fixed protocol version: the operator's choice.
+    version = {"raiseMinimumTo": TLSVersion.TLSv1_2} if parsed.method == SSL.TLS_METHOD else {"method": parsed.method}
     options = CertificateOptions(
         privateKey=parsed.privateKey,
         certificate=parsed.certificate,

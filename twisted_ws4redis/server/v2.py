@@ -17,7 +17,7 @@ import base64
 import binascii
 import json
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import txredisapi
 from django.core.exceptions import PermissionDenied
@@ -27,8 +27,8 @@ from twisted.python.failure import Failure
 
 from .. import audience, history, logsafe, presence
 from ..django_bridge import authorize_op, defer_to_django
-from .pubsub import REDIS_WAIT, Burst, PubSubMessage, Replayed
 from . import signalling
+from .pubsub import REDIS_WAIT, Burst, PubSubMessage, Replayed
 
 if TYPE_CHECKING:
     from .protocol import WebSocketProtocol
@@ -88,7 +88,7 @@ def message_frame(pair: Pair, message: PubSubMessage) -> bytes:
 class Subscription:
     """One (facility, audience) of a websocket: a listener of its channels."""
 
-    __slots__ = ("session", "pair", "channels", "backlog", "replayed", "counted", "watch")
+    __slots__ = ("backlog", "channels", "counted", "pair", "replayed", "session", "watch")
 
     def __init__(self, session: V2Session, pair: Pair, channels: list[str]):
         self.session = session
@@ -121,7 +121,7 @@ class PresenceWatch:
     many of its subscriptions asked for them. They wait until the first
     ``subscribed`` reply has gone (with the state they follow)."""
 
-    __slots__ = ("session", "channel", "subscriptions", "backlog")
+    __slots__ = ("backlog", "channel", "session", "subscriptions")
 
     def __init__(self, session: V2Session, channel: str):
         self.session = session
@@ -228,14 +228,17 @@ class V2Session:
                 ref = None
                 raise Refused(400, "ref must be a JSON value (no NaN or infinity)") from None
             name = op.get("op")
+            work: defer.Deferred | None
             if name == "subscribe":
                 work = self._subscribe(op, ref)
             elif name == "publish":
                 work = self._publish(op, ref)
             elif name == "unsubscribe":
-                work = self._unsubscribe(op, ref)
+                self._unsubscribe(op, ref)
+                work = None
             elif name == "send":
-                work = self._send(op, ref)
+                self._send(op, ref)
+                work = None
             else:
                 raise Refused(400, "op must be 'subscribe', 'unsubscribe', 'publish' or 'send'")
         except Refused as refused:
@@ -299,9 +302,10 @@ class V2Session:
 
         def failed(failure: Failure) -> None:
             while failure.check(defer.FirstError):  # from gatherResults: the error itself
-                failure = failure.value.subFailure
+                failure = cast(defer.FirstError, failure.value).subFailure
             if failure.check(Refused):
-                self._error(ref, failure.value.code, failure.value.reason)
+                refused = cast(Refused, failure.value)
+                self._error(ref, refused.code, refused.reason)
             elif failure.check(*REDIS_FAILURES):
                 self._error(ref, 503, "Redis did not answer")
             else:
@@ -360,11 +364,11 @@ class V2Session:
             state = None
             if wants_presence:
                 # Written before it is read (one connection, in order): this socket counts.
-                self.factory.presence.flush()
+                self.factory.presence.flush()  # type: ignore[union-attr]  # asked only when presence is on
                 keys, args = presence.read_call(pair[0], self.settings.prefix)
                 state = yield bus.script(presence.READ_SCRIPT, keys, args).addTimeout(REDIS_WAIT, reactor)
             recovered = None
-            found = [None] * len(channels)
+            found: list[list | None] = [None] * len(channels)  # each channel's history entries, if recovered
             if since is not None and self.settings.history_size:
                 found = yield defer.gatherResults(
                     [bus.recover(channel, since) for channel in channels], consumeErrors=True
@@ -376,7 +380,7 @@ class V2Session:
             current = yield defer.gatherResults(
                 [
                     bus.current(channel) if entries is None else defer.succeed(None)
-                    for channel, entries in zip(channels, found)
+                    for channel, entries in zip(channels, found, strict=False)
                 ],
                 consumeErrors=True,
             ).addTimeout(REDIS_WAIT, reactor)
@@ -398,12 +402,12 @@ class V2Session:
         self._reply(reply)
         if subscription.watch is not None:
             subscription.watch.go_live()
-        replay = []
-        for channel, entries, kept in zip(channels, found, current):
+        replay: list[tuple[tuple[int, int] | None, bytes, Any]] = []
+        for channel, entries, kept in zip(channels, found, current, strict=False):
             key = channel.encode("utf-8")
             if kept is not None:
                 replay.append((None, key, kept))
-            for message_id, payload in entries or ():
+            for message_id, payload in entries or []:
                 replay.append((history.parse_id(message_id), key, (message_id, payload)))
         # Persisted messages first (in channel order), then the history by id.
         replay.sort(key=lambda item: (item[0] is not None, item[0] or (0, 0)))
@@ -530,7 +534,7 @@ class V2Session:
             self._counted[facility] -= 1
             if not self._counted[facility]:
                 del self._counted[facility]
-                self.factory.presence.left(facility, self.protocol.username)
+                self.factory.presence.left(facility, self.protocol.username)  # type: ignore[union-attr]  # as counted
         watch, subscription.watch = subscription.watch, None
         if watch is not None:
             watch.subscriptions -= 1

@@ -11,7 +11,7 @@ import copy
 import os
 import signal
 import sys
-from typing import IO
+from typing import IO, ClassVar
 
 from twisted.logger import ILogObserver, Logger, jsonFileLogObserver, textFileLogObserver
 from twisted.python import usage
@@ -24,7 +24,8 @@ log = Logger(namespace=__name__ if __name__ != "__main__" else "twisted_ws4redis
 
 
 class WorkerOptions(tap.Options):
-    optParameters = tap.Options.optParameters + [
+    optParameters: ClassVar[list[list]] = [
+        *tap.Options.optParameters,
         ["listen-fds", None, "", "The inherited listening descriptor of each --endpoint, comma-separated."],
         ["slot", None, "0", "This worker's number, in the supervisor's log."],
         ["slots", None, "1", "How many workers the supervisor runs."],

@@ -10,12 +10,12 @@ from twisted_ws4redis.server.devserver import TwistedDevServer
 if apps.is_installed(STATICFILES):
     from django.contrib.staticfiles.management.commands.runserver import Command as DjangoRunserver
 else:
-    from django.core.management.commands.runserver import Command as DjangoRunserver
+    from django.core.management.commands.runserver import Command as DjangoRunserver  # type: ignore[assignment]
 
 
 class Command(DjangoRunserver):
     help = f"{DjangoRunserver.help.rstrip('.')}, with websockets (twisted_ws4redis) on the same port."
-    server_cls = TwistedDevServer
+    server_cls = TwistedDevServer  # type: ignore[assignment]  # Django's WSGIServer interface, not its class
 
     def on_bind(self, server_port):
         super().on_bind(server_port)

@@ -1,0 +1,5 @@
+from django.shortcuts import render
+
+
+def room(request):
+    return render(request, "chat/room.html")
