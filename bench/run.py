@@ -183,9 +183,9 @@ def serving(
     worker) is ready. ``redis_url`` (e.g. ``redis+cluster://…``): that Redis,
     started by the caller, instead of a fresh one (Server.redis_port is then
     None). ``metrics``: with ``--metrics``, scraped once a second as
-    Prometheus would (the scrapes' count goes into ``results``). Once it stopped, the count of error lines in its log goes into
-    ``results``, and the log is removed (its error lines are printed on
-    stderr first)."""
+    Prometheus would (the scrapes' count goes into ``results``). Once it
+    stopped, the count of error lines in its log goes into ``results``, and
+    the log is removed (its error lines are printed on stderr first)."""
     redis_server = None
     if redis_url is None:
         redis_server = EmbeddedRedis(port=free_port())

@@ -215,7 +215,8 @@ def test_the_health_url_may_not_lie_under_websocket_url(checked):
     check = checked["health_under"]
     assert check.returncode != 0
     [(check_id, message, _)] = check.problems("ERRORS")
-    assert check_id == "twisted_ws4redis.E034" and "'/ws/health' lies under WEBSOCKET_URL '/ws/'" in message
+    assert check_id == "twisted_ws4redis.E034"
+    assert "'/ws/health' lies under WEBSOCKET_URL '/ws/'" in message
     assert checked["health_beside"].returncode == 0, checked["health_beside"].output
 
 

@@ -529,7 +529,8 @@ def test_the_supervisor_serves_every_workers_metrics_labelled_by_worker(redis_se
             ready = [value for name, _, value in scrape(metrics_port) if name == "ws4redis_workers_ready"]
             assert ready == [2]
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/health", timeout=TIMEOUT) as response:
-                assert response.status == 200 and b'"workers_healthy":2' in response.read()
+                assert response.status == 200
+                assert b'"workers_healthy":2' in response.read()
         server.process.send_signal(signal.SIGHUP)
         wait_for_workers(server, 2, other_than=pids)
         wait_for_line(server, "SIGHUP: every worker restarted")

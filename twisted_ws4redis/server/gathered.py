@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client.core import CollectorRegistry, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -127,11 +127,13 @@ class _Gathering(Resource):
             )
 
         asked = [_ask(reactor, worker.metrics_socket, path).addErrback(failed, worker) for worker in workers]
-        return defer.gatherResults(asked).addCallback(lambda answers: list(zip(workers, answers)))
+        return defer.gatherResults(asked).addCallback(lambda answers: list(zip(workers, answers, strict=True)))
 
-    def _answer(self, request: server.Request, status: int, content_type: bytes, body: bytes) -> None:
-        """The response, unless the client has gone meanwhile (``_watch``)."""
-        if request.finished or getattr(request, "ws4redis_gone", False):
+    def _answer(
+        self, request: server.Request, gone: Callable[[], bool], status: int, content_type: bytes, body: bytes
+    ) -> None:
+        """The response, unless the client has gone meanwhile (``gone``, from ``_watch``)."""
+        if request.finished or gone():
             return
         request.setResponseCode(status)
         request.setHeader(b"content-type", content_type)
@@ -142,20 +144,18 @@ class _Gathering(Resource):
         request.finish()
 
 
-def _watch(request: server.Request) -> None:
-    """Mark ``request`` once its client has gone, so that nothing is written to it."""
-
-    def gone(_) -> None:
-        request.ws4redis_gone = True
-
-    request.notifyFinish().addErrback(gone)
+def _watch(request: server.Request) -> Callable[[], bool]:
+    """Whether ``request``'s client has gone (nothing may be written to it then)."""
+    lost: list[bool] = []
+    request.notifyFinish().addErrback(lambda _: lost.append(True))
+    return lambda: bool(lost)
 
 
 class GatheredMetrics(_Gathering):
     """``/metrics`` of the supervisor: every worker's, labelled ``worker``."""
 
     def render_GET(self, request: server.Request):
-        _watch(request)
+        gone = _watch(request)
 
         def gathered(answers) -> None:
             texts = [
@@ -171,7 +171,7 @@ class GatheredMetrics(_Gathering):
             configured.add_metric([], self._supervisor.count)
             registry = CollectorRegistry(auto_describe=False)
             registry.register(_Fixed([ready, configured, *relabelled(texts)]))
-            self._answer(request, 200, CONTENT_TYPE_LATEST.encode("ascii"), generate_latest(registry))
+            self._answer(request, gone, 200, CONTENT_TYPE_LATEST.encode("ascii"), generate_latest(registry))
 
         self._each(b"/metrics").addCallback(gathered).addErrback(
             lambda failure: log.failure("Gathering the workers' metrics failed", failure)
@@ -183,7 +183,7 @@ class GatheredHealth(_Gathering):
     """``/health`` of the supervisor: 200 while it is not stopping and a worker is healthy."""
 
     def render_GET(self, request: server.Request):
-        _watch(request)
+        gone = _watch(request)
 
         def gathered(answers) -> None:
             healthy = sum(1 for _, answer in answers if answer is not None and answer[0] == 200)
@@ -191,7 +191,7 @@ class GatheredHealth(_Gathering):
             ok = healthy > 0 and not stopping
             answer = {"status": "ok" if ok else "unavailable", "workers_healthy": healthy, "stopping": stopping}
             body = json.dumps(answer, separators=(",", ":")).encode("ascii") + b"\n"
-            self._answer(request, 200 if ok else 503, b"application/json", body)
+            self._answer(request, gone, 200 if ok else 503, b"application/json", body)
 
         if self._supervisor.stopping:
             gathered([])

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import cast
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -30,7 +31,7 @@ from prometheus_client.registry import Collector
 from twisted.web.resource import Resource
 
 from .descriptors import ConnectionBudget
-from .resource import Site
+from .resource import Root, Site
 
 #: The label of a facility that no pattern of WS4REDIS_METRICS_FACILITIES matches.
 OTHER = "other"
@@ -161,7 +162,7 @@ class ServerCollector(Collector):
             "Seconds from the websocket handshake's request to the open websocket (Django's decision included).",
         )
         cumulative, buckets = 0, []
-        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), stats.latency_counts):
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), stats.latency_counts, strict=True):
             cumulative += count
             buckets.append((_bound(bound), cumulative))
         latency.add_metric([], buckets, stats.latency_sum)
@@ -297,6 +298,9 @@ class _EndpointRoot(Resource):
     def is_websocket(self, target: bytes) -> bool:
         return False
 
+    def is_health(self, path: bytes) -> bool:
+        return False
+
 
 class EndpointSite(Site):
     """The server's site (resource.py: the same bounds on a request's head, no
@@ -306,13 +310,13 @@ class EndpointSite(Site):
         pass
 
 
-def endpoint_site(children: dict[bytes, Resource], settings, budget: ConnectionBudget) -> EndpointSite:
+def endpoint_site(children: Mapping[bytes, Resource], settings, budget: ConnectionBudget) -> EndpointSite:
     """The site of a metrics endpoint serving ``children``; its connections count in ``budget``."""
     root = _EndpointRoot()
     for name, child in children.items():
         root.putChild(name, child)
     return EndpointSite(
-        root,
+        cast("Root", root),  # what the site's channel asks of its resource: is_websocket()
         head_timeout=settings.handshake_timeout,
         max_head_size=settings.max_header_size,
         max_body_size=0,

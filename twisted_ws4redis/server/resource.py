@@ -92,7 +92,8 @@ class Root(Resource):
         self._websocket_url = websocket_url.encode("ascii")
         self._websocket = websocket
         self._wsgi = wsgi or notFound("No Such Resource", "Only websockets are served here.")
-        self._health_url, self._health = (health[0].encode("ascii"), health[1]) if health else (None, None)
+        self._health_url: bytes | None = health[0].encode("ascii") if health else None
+        self._health: IResource | None = health[1] if health else None
         #: HTTP requests being answered, which a graceful stop lets finish.
         self.in_flight: set[server.Request] = set()
 
@@ -107,7 +108,7 @@ class Root(Resource):
     def render(self, request: server.Request):
         if self.is_websocket(request.uri):
             return self._websocket.render(request)
-        if self.is_health(request.path):
+        if self._health is not None and self.is_health(request.path):
             return self._health.render(request)
         self.in_flight.add(request)
         request.notifyFinish().addBoth(lambda _: self.in_flight.discard(request))
@@ -369,6 +370,6 @@ class Site(server.Site):
         #: every connection of this site counts against the descriptors (descriptors.py)
         self.budget = budget
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: http.Request) -> None:
         if not self.resource.is_health(request.path):
             super().log(request)

@@ -314,12 +314,12 @@ def metrics_listener(description: str, factory, pool, health: Health, reactor) -
 
     try:
         endpoint = serverFromString(reactor, description)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (a bad string, or files it names that cannot be used)
         raise ImproperlyConfigured(f"--metrics {description!r} is not a valid endpoint: {exc}") from None
     site, _ = metrics_site(factory, pool, health)
     listener = StreamServerEndpointService(endpoint, site)
-    listener.description = f"{description} (--metrics)"
-    listener.metrics = True
+    listener.description = f"{description} (--metrics)"  # type: ignore[attr-defined]  # for listening()'s message
+    listener.metrics = True  # type: ignore[attr-defined]  # stopped last (Ws4RedisService.stopService)
     listener._raiseSynchronously = True
     log.info("Serving metrics on {endpoint} (/metrics, /health)", endpoint=description)
     return listener

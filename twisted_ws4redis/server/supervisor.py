@@ -274,7 +274,7 @@ class Supervisor(MultiService):
         if config.metrics:
             try:
                 endpoint = serverFromString(reactor, config.metrics)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (a bad string, or files it names that cannot be used)
                 raise ValueError(f"--metrics {config.metrics!r} is not a valid endpoint: {exc}") from None
             metrics = StreamServerEndpointService(endpoint, supervisor_site(self))
             metrics._raiseSynchronously = True

@@ -51,9 +51,11 @@ OPTIONS: list[tuple[str, Any, str]] = [
     (
         "metrics",
         None,
-        "Twisted endpoint serving Prometheus metrics (GET /metrics) and the health check (GET /health), "
-        "e.g. tcp:9100:interface=127.0.0.1; with --workers the supervisor serves it, every worker's "
-        "metrics labelled worker=N. Default: none.",
+        (
+            "Twisted endpoint serving Prometheus metrics (GET /metrics) and the health check (GET /health), "
+            "e.g. tcp:9100:interface=127.0.0.1; with --workers the supervisor serves it, every worker's "
+            "metrics labelled worker=N. Default: none."
+        ),
     ),
 ]
 ENDPOINT_HELP = (
