@@ -190,8 +190,13 @@ def test_refused_handshakes_are_counted_by_reason(metered):
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as raw:
         raw.sendall(b"GET /ws/chat-x HTTP/1.0\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\r\n")
         assert b" 400 " in raw.recv(100).split(b"\r\n")[0]
+    # No websocket handshake at all: Autobahn's 405 (a POST) and 426 (no Upgrade).
+    for request, status in ((b"POST /ws/chat-x HTTP/1.1", b" 405 "), (b"GET /ws/chat-x HTTP/1.1", b" 426 ")):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as raw:
+            raw.sendall(request + b"\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n")
+            assert status in raw.recv(100).split(b"\r\n")[0]
     after = metered.scrape()
-    for reason, count in (("origin", 1), ("forbidden", 1), ("facility", 1), ("bad_request", 1), ("timeout", 0)):
+    for reason, count in (("origin", 1), ("forbidden", 1), ("facility", 1), ("bad_request", 3), ("timeout", 0)):
         assert refused(after, reason) - refused(before, reason) == count, reason
     accepted = "ws4redis_handshakes_total"
     assert value(after, accepted, outcome="accepted", reason="") == value(

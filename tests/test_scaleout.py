@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -170,10 +171,16 @@ def test_a_client_reconnects_to_the_node_left_when_one_stops(cluster, redis_clie
         assert ws.recv(timeout=TIMEOUT) == "still served"
 
 
+def node_pages(node: TwistdServer) -> int:
+    """The page requests (``GET /``) in a node's access log."""
+    return node.log().count('"GET / HTTP/1.1" 200')
+
+
 def test_a_node_whose_redis_is_down_is_taken_out_and_comes_back(tmp_path, redis_server, redis_client, test_db):
     """node2 has a Redis of its own: stopped, its health check answers 503,
-    HAProxy takes it out and sends every new websocket to node1; once that
-    Redis is back, node2 is healthy again and takes new websockets."""
+    HAProxy takes it out and sends every new websocket to node1, while node2
+    goes on serving pages (they need no Redis); once that Redis is back,
+    node2 is healthy again and takes new websockets."""
     own = EmbeddedRedis(port=free_port())
     own.start()
     nodes = [
@@ -191,6 +198,12 @@ def test_a_node_whose_redis_is_down_is_taken_out_and_comes_back(tmp_path, redis_
             for _ in range(4):
                 stack.enter_context(connect(proxy.ws_url(path), open_timeout=TIMEOUT))
             assert counts_once_logged(nodes, facility, [4, 0]) == [4, 0]
+            # Pages need no Redis: node2 stays in the pages' backend and serves its share.
+            pages_before = node_pages(nodes[1])
+            for _ in range(4):
+                with urllib.request.urlopen(proxy.http_url("/"), timeout=TIMEOUT) as response:
+                    assert response.status == 200
+            assert node_pages(nodes[1]) > pages_before, "node2 served no page while its Redis was down"
             own = EmbeddedRedis(port=own.port)
             own.start()
             proxy.wait_for("ws4redis/node2 is UP")
@@ -200,6 +213,7 @@ def test_a_node_whose_redis_is_down_is_taken_out_and_comes_back(tmp_path, redis_
                 stack.enter_context(connect(proxy.ws_url(f"{back}?subscribe-broadcast"), open_timeout=TIMEOUT))
             assert counts_once_logged(nodes, back, [0, 2]) == [0, 2]
         assert "ws4redis/node1 is DOWN" not in proxy.log()
+        assert "django/node2 is DOWN" not in proxy.log(), "a Redis outage took pages out too"
     finally:
         if proxy is not None:
             proxy.stop()

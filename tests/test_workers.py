@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -538,3 +539,28 @@ def test_the_supervisor_serves_every_workers_metrics_labelled_by_worker(redis_se
     finally:
         assert server.stop() == 0, server.log()
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "ws4redis-metrics-*"))) == sockets_before
+
+
+def test_a_hung_worker_delays_neither_the_supervisors_health_nor_its_scrapes_for_ever(redis_server, test_db):
+    """One worker stopped (SIGSTOP): /health still answers 200 (the other is
+    healthy) within the 1 s it gives each worker, and scrapes, ten at once,
+    answer after the 5 s a worker has, with one worker ready."""
+    metrics_port = free_port()
+    server, pids = start(redis_server, test_db, f"--metrics=tcp:{metrics_port}:interface=127.0.0.1")
+    hung = min(pids)
+    try:
+        os.kill(hung, signal.SIGSTOP)
+        started = time.monotonic()
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/health", timeout=TIMEOUT) as response:
+            assert response.status == 200
+            assert b'"workers_healthy":1' in response.read()
+        assert time.monotonic() - started < 2, "the health check waited for the hung worker past 1 s"
+        with ThreadPoolExecutor(10) as pool:
+            started = time.monotonic()
+            rounds = list(pool.map(lambda _: scrape(metrics_port), range(10)))
+        assert time.monotonic() - started < 9, "the scrapes waited for the hung worker past its 5 s"
+        for samples in rounds:
+            assert [value for name, _, value in samples if name == "ws4redis_workers_ready"] == [1]
+    finally:
+        os.kill(hung, signal.SIGCONT)
+        assert server.stop() == 0, server.log()

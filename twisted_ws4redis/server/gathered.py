@@ -9,6 +9,7 @@ worker answers 200 to its own."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from prometheus_client.registry import Collector
 from twisted.internet import defer
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.logger import Logger
+from twisted.python import failure
 from twisted.web import server
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory, readBody
 from twisted.web.iweb import IAgentEndpointFactory
@@ -31,8 +33,13 @@ from zope.interface import implementer
 
 log = Logger()
 
-#: Seconds a worker has to answer the supervisor's scrape or health check.
+#: Seconds a worker has to answer the supervisor's scrape.
 WORKER_TIMEOUT = 5.0
+
+#: Seconds a worker has to answer the supervisor's health check: well within a
+#: load balancer's own (HAProxy's ``inter 2s``), so that one hung worker does
+#: not make the whole node's check time out.
+HEALTH_TIMEOUT = 1.0
 
 
 class WorkerSockets:
@@ -47,6 +54,12 @@ class WorkerSockets:
         self._spawned += 1
         return os.path.join(self.directory, f"worker-{slot}-{self._spawned}.sock")
 
+    def discard(self, path: str) -> None:
+        """A worker's socket and its lock file, once the worker has ended."""
+        for name in (path, f"{path}.lock"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -55,26 +68,27 @@ class WorkerSockets:
 class _ToSocket:
     """An agent's endpoints: the URI's path on the socket given as its host."""
 
-    def __init__(self, reactor, paths: dict[bytes, str]):
+    def __init__(self, reactor, paths: dict[bytes, str], timeout: float):
         self._reactor = reactor
         self._paths = paths
+        self._timeout = timeout
 
     def endpointForURI(self, uri):
-        return UNIXClientEndpoint(self._reactor, self._paths[uri.host], timeout=WORKER_TIMEOUT)
+        return UNIXClientEndpoint(self._reactor, self._paths[uri.host], timeout=self._timeout)
 
 
 class _QuietFactory(_HTTP11ClientFactory):
     noisy = False  # no "Starting factory" line per worker and scrape
 
 
-def _ask(reactor, socket_path: str, path: bytes) -> defer.Deferred:
-    """(status, body) of GET ``path`` on a worker's metrics socket."""
+def _ask(reactor, socket_path: str, path: bytes, timeout: float) -> defer.Deferred:
+    """(status, body) of GET ``path`` on a worker's metrics socket, within ``timeout`` seconds."""
     pool = HTTPConnectionPool(reactor, persistent=False)
     pool._factory = _QuietFactory
-    agent = Agent.usingEndpointFactory(reactor, _ToSocket(reactor, {b"worker": socket_path}), pool=pool)
+    agent = Agent.usingEndpointFactory(reactor, _ToSocket(reactor, {b"worker": socket_path}, timeout), pool=pool)
     d = agent.request(b"GET", b"http://worker" + path)
     d.addCallback(lambda response: readBody(response).addCallback(lambda body: (response.code, body)))
-    return d.addTimeout(WORKER_TIMEOUT, reactor)
+    return d.addTimeout(timeout, reactor)
 
 
 def relabelled(answers: Iterable[tuple[int, str]]) -> list[Metric]:
@@ -100,10 +114,14 @@ class _Fixed(Collector):
 
 class _Gathering(Resource):
     isLeaf = True
+    #: Seconds each worker has to answer.
+    timeout = WORKER_TIMEOUT
 
     def __init__(self, supervisor):
         super().__init__()
         self._supervisor = supervisor
+        #: The requests waiting for the gathering under way, if one is.
+        self._waiting: list[defer.Deferred] | None = None
 
     def _ready(self) -> list:
         """The workers serving a slot now, ready, with a metrics socket."""
@@ -112,6 +130,26 @@ class _Gathering(Resource):
             for _, worker in sorted(self._supervisor.workers.items())
             if worker.ready and worker.exit is None and worker.metrics_socket
         ]
+
+    def _shared(self, path: bytes) -> defer.Deferred:
+        """``_each(path)``, one gathering for every request that comes while it runs:
+        a flood of scrapes asks each worker once at a time, not once per request."""
+        mine: defer.Deferred = defer.Deferred()
+        if self._waiting is not None:
+            self._waiting.append(mine)
+            return mine
+        waiting = self._waiting = [mine]
+
+        def fan_out(result):
+            self._waiting = None
+            for each in waiting:
+                if isinstance(result, failure.Failure):
+                    each.errback(result)
+                else:
+                    each.callback(result)
+
+        self._each(path).addBoth(fan_out)
+        return mine
 
     def _each(self, path: bytes) -> defer.Deferred:
         """Fires with [(worker, (status, body) or None)] of every ready worker."""
@@ -126,7 +164,9 @@ class _Gathering(Resource):
                 error=failure.getErrorMessage(),
             )
 
-        asked = [_ask(reactor, worker.metrics_socket, path).addErrback(failed, worker) for worker in workers]
+        asked = [
+            _ask(reactor, worker.metrics_socket, path, self.timeout).addErrback(failed, worker) for worker in workers
+        ]
         return defer.gatherResults(asked).addCallback(lambda answers: list(zip(workers, answers, strict=True)))
 
     def _answer(
@@ -142,6 +182,15 @@ class _Gathering(Resource):
         if request.method != b"HEAD":
             request.write(body)
         request.finish()
+
+    def _failed(self, request: server.Request, gone: Callable[[], bool], what: str):
+        """An errback: the failure logged and the request answered 500 (never left hanging)."""
+
+        def failed(reason: failure.Failure) -> None:
+            log.failure(what, reason)
+            self._answer(request, gone, 500, b"text/plain; charset=utf-8", b"Internal Server Error\n")
+
+        return failed
 
 
 def _watch(request: server.Request) -> Callable[[], bool]:
@@ -173,14 +222,16 @@ class GatheredMetrics(_Gathering):
             registry.register(_Fixed([ready, configured, *relabelled(texts)]))
             self._answer(request, gone, 200, CONTENT_TYPE_LATEST.encode("ascii"), generate_latest(registry))
 
-        self._each(b"/metrics").addCallback(gathered).addErrback(
-            lambda failure: log.failure("Gathering the workers' metrics failed", failure)
+        self._shared(b"/metrics").addCallback(gathered).addErrback(
+            self._failed(request, gone, "Gathering the workers' metrics failed")
         )
         return server.NOT_DONE_YET
 
 
 class GatheredHealth(_Gathering):
     """``/health`` of the supervisor: 200 while it is not stopping and a worker is healthy."""
+
+    timeout = HEALTH_TIMEOUT
 
     def render_GET(self, request: server.Request):
         gone = _watch(request)
@@ -196,8 +247,8 @@ class GatheredHealth(_Gathering):
         if self._supervisor.stopping:
             gathered([])
             return server.NOT_DONE_YET
-        self._each(b"/health").addCallback(gathered).addErrback(
-            lambda failure: log.failure("Asking the workers' health failed", failure)
+        self._shared(b"/health").addCallback(gathered).addErrback(
+            self._failed(request, gone, "Asking the workers' health failed")
         )
         return server.NOT_DONE_YET
 

@@ -51,7 +51,16 @@ REFUSALS = (
     "other",  # any other code
 )
 #: The reason of a refusal that names none, by HTTP status.
-_REFUSAL_BY_STATUS = {400: "bad_request", 403: "forbidden", 408: "timeout", 500: "error", 503: "max_connections"}
+#: 405 and 426 are Autobahn's answers to a request that is no websocket handshake (a POST, no Upgrade).
+_REFUSAL_BY_STATUS = {
+    400: "bad_request",
+    403: "forbidden",
+    405: "bad_request",
+    408: "timeout",
+    426: "bad_request",
+    500: "error",
+    503: "max_connections",
+}
 
 #: Close codes counted under their own number; any other is ``other``.
 CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 4401})

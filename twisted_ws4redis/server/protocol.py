@@ -345,7 +345,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
         if self.state != self.STATE_CONNECTING:
             # Dropped while Django decided (the opening handshake's deadline, or
             # the client gone): Autobahn would still open it, and the socket
-            # would stay among the open ones, subscribed, for ever.
+            # would stay among the open ones, subscribed, for ever. (A client that
+            # leaves meanwhile is not seen: its socket is not read until then.)
             self._refusal = "timeout"
             raise ConnectionDeny(408, "The opening handshake timed out")
         if self.factory.session_ended(accepted.session_digest):
@@ -627,18 +628,23 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self.sendCloseFrame(code=1008, reasonUtf8=reason.encode("utf-8"), isReply=False)
 
     def onClose(self, wasClean, code, reason):
-        if self._heartbeat_call is not None and self._heartbeat_call.active():
-            self._heartbeat_call.cancel()
-        if self.subscriber is not None:
-            self.subscriber.release()
-        if self.v2 is not None:
-            self.v2.close()
-        if self._counted:
-            self._counted = False
-            self.factory.presence.left(self.facility, self.username)  # type: ignore[union-attr]  # counted: presence is on
-        if self in self.factory.connections:
-            self.factory.connections.discard(self)
-            self.factory.stats.websocket_closed(self.facility, code, wasClean)
+        try:
+            if self._heartbeat_call is not None and self._heartbeat_call.active():
+                self._heartbeat_call.cancel()
+            if self.subscriber is not None:
+                self.subscriber.release()
+            if self.v2 is not None:
+                self.v2.close()
+            if self._counted:
+                self._counted = False
+                self.factory.presence.left(self.facility, self.username)  # type: ignore[union-attr]  # counted: presence is on
+        finally:
+            # Whatever failed above, the socket leaves the open ones (and the gauge) once.
+            opened = self in self.factory.connections
+            if opened:
+                self.factory.connections.discard(self)
+                self.factory.stats.websocket_closed(self.facility, code, wasClean)
+        if opened:
             same_session = self.factory.sessions.get(self.session_digest)  # type: ignore[arg-type]  # None: no entry
             if same_session is not None:
                 same_session.discard(self)

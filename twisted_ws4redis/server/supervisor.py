@@ -28,7 +28,7 @@ from types import FrameType
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.protocol import ProcessProtocol
@@ -311,7 +311,12 @@ class Supervisor(MultiService):
 
     def _arguments(self, slot: int, metrics_socket: str | None = None) -> list[str]:
         # A worker serves its metrics to this process only, on its own socket.
-        config = ServerConfig(**{**vars(self.config), "metrics": f"unix:{metrics_socket}" if metrics_socket else None})
+        config = ServerConfig(
+            **{
+                **vars(self.config),
+                "metrics": f"unix:{quoteStringArgument(metrics_socket)}" if metrics_socket else None,
+            }
+        )
         if self.embedded is not None:
             config = ServerConfig(**{**vars(config), "redis": f"unix://{self.embedded.socket_path}"})
         descriptors = ",".join(str(FIRST_LISTEN_FD + index) for index in range(len(self.ports)))
@@ -414,6 +419,8 @@ class Supervisor(MultiService):
 
     def _ended(self, worker: WorkerProcess) -> None:
         self.processes.discard(worker)
+        if self.metrics_sockets is not None and worker.metrics_socket:
+            self.metrics_sockets.discard(worker.metrics_socket)  # a dead worker's (each spawn has its own)
         if self.workers.get(worker.slot) is not worker:
             return  # replaced in a roll, or never taken on
         del self.workers[worker.slot]
@@ -503,12 +510,14 @@ class Supervisor(MultiService):
             signal.signal(signal.SIGHUP, self._previous_sighup)
         running = list(self.processes)
         log.info("Stopping {count} worker(s)", count=len(running))
-        stopped = yield defer.gatherResults([self._stop_worker(worker) for worker in running])
-        for port in self.ports:
-            yield defer.maybeDeferred(port.stopListening)
-        yield MultiService.stopService(self)
-        if self.metrics_sockets is not None:
-            self.metrics_sockets.remove()
+        try:
+            stopped = yield defer.gatherResults([self._stop_worker(worker) for worker in running])
+            for port in self.ports:
+                yield defer.maybeDeferred(port.stopListening)
+            yield MultiService.stopService(self)
+        finally:
+            if self.metrics_sockets is not None:
+                self.metrics_sockets.remove()
         if not all(stopped):
             self._exit_failing()  # not a graceful stop: say so to systemd
         # A completed graceful stop is a success (as Ws4RedisService says).
