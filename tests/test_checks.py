@@ -157,6 +157,7 @@ def checked() -> dict[str, Check]:
         typos={"WS4REDIS_EXPIR": 60, "WS4REDIS_ZZQQ": 1},
         two={"WS4REDIS_EXPIRE": "soon", "WEBSOCKET_URL": "ws"},
         health_under={"WS4REDIS_HEALTH_URL": "/ws/health"},
+        health_shadow={"WS4REDIS_HEALTH_URL": "/slow/"},
         health_beside={"WS4REDIS_HEALTH_URL": "/ws4redis/health", "WS4REDIS_METRICS_FACILITIES": ["chat-.*", "news"]},
         leftovers={"WSGI_APPLICATION": checks.WS4REDIS_RUNSERVER, "TEMPLATES": [LEFT_BEHIND_TEMPLATES]},
     )
@@ -218,6 +219,17 @@ def test_the_health_url_may_not_lie_under_websocket_url(checked):
     assert check_id == "twisted_ws4redis.E034"
     assert "'/ws/health' lies under WEBSOCKET_URL '/ws/'" in message
     assert checked["health_beside"].returncode == 0, checked["health_beside"].output
+    assert "W012" not in checked["health_beside"].output
+
+
+def test_a_health_url_that_a_view_also_has_warns(checked):
+    """The server answers the health path before Django: that view would never run."""
+    check = checked["health_shadow"]
+    assert check.returncode == 0, check.output
+    [(check_id, message, hint)] = check.problems("WARNINGS")
+    assert check_id == "twisted_ws4redis.W012"
+    assert "'/slow/' is also a URL of the project (view testproject.views.slow)" in message
+    assert "'/ws4redis/health'" in hint
 
 
 def test_what_a_ws4redis_migration_left_behind_warns(checked):

@@ -16,6 +16,7 @@ class Ws4RedisConfig(AppConfig):
         django_checks.register(checks.check_settings, checks.TAG)
         django_checks.register(checks.check_runserver_order, checks.TAG)
         django_checks.register(checks.check_ws4redis_leftovers, checks.TAG)
+        django_checks.register(checks.check_health_url, checks.TAG)
         django_checks.register(check_publishable_models, checks.TAG, django_checks.Tags.models)
 
         user_logged_in.connect(store_groups_in_session, dispatch_uid="twisted_ws4redis.memberof")

@@ -11,6 +11,7 @@ from typing import Any
 from django.apps import apps
 from django.conf import settings
 from django.core import checks
+from django.urls import Resolver404, resolve
 
 from . import conf
 
@@ -83,3 +84,24 @@ def check_ws4redis_leftovers(app_configs: Any = None, **kwargs: Any) -> list[che
         if WS4REDIS_CONTEXT_PROCESSOR in engine.get("OPTIONS", {}).get("context_processors", [])
     )
     return problems
+
+
+def check_health_url(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """The server answers ``WS4REDIS_HEALTH_URL`` itself, before Django: a view
+    of the project at that path would never be reached."""
+    health = getattr(settings, "WS4REDIS_HEALTH_URL", None)
+    if not isinstance(health, str) or not health.startswith("/") or not getattr(settings, "ROOT_URLCONF", None):
+        return []  # off, or a bad value (E034 says so)
+    try:
+        match = resolve(health)
+    except Resolver404:
+        return []
+    view = match.view_name or f"{match.func.__module__}.{match.func.__qualname__}"
+    return [
+        checks.Warning(
+            f"WS4REDIS_HEALTH_URL {health!r} is also a URL of the project (view {view}): the server answers it, "
+            "so that view is never reached.",
+            hint="Choose a path that no view uses, such as '/ws4redis/health'.",
+            id="twisted_ws4redis.W012",
+        )
+    ]

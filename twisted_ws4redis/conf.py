@@ -657,7 +657,8 @@ foreign publisher's plain ``PUBLISH`` (a ws4redis 0.6 process, ``redis-cli``) re
         "For example '/ws4redis/health'; None: off.",
         doc="""A path (outside ``WEBSOCKET_URL``, no query) where the main port answers load balancers' health
 checks on the reactor, without Django: 200 while Redis is reachable and the server is not stopping, else 503
-(:doc:`metrics`). ``None``: no health check there.""",
+(:doc:`metrics`). ``None``: no health check there. A view of the project at the same path would never run
+(``manage.py check`` warns: ``twisted_ws4redis.W012``).""",
         example="'/ws4redis/health'",
     ),
     "WS4REDIS_METRICS_FACILITIES": Rule(
