@@ -327,6 +327,36 @@ def test_health_answers_on_the_main_port_and_on_the_metrics_endpoint(metered):
     assert HEALTH_URL not in metered.server.log()
 
 
+def test_health_turns_503_when_redis_freezes_and_back_when_it_thaws(test_db):
+    """A Redis that stops answering without closing anything (SIGSTOP: as one
+    cut off by the network) is noticed by the subscriber's PING: after
+    PING_TIMEOUT the connection is dropped and the health says 503."""
+    from twisted_ws4redis.server.pubsub import PING_INTERVAL, PING_TIMEOUT
+
+    redis = EmbeddedRedis(port=free_port())
+    redis.start()
+    node = None
+    try:
+        node = Metered(f"redis://127.0.0.1:{redis.port}/0", test_db)
+        main = node.server.http_url(HEALTH_URL)
+        eventually(lambda: health(main)[0] == 200, what="not healthy at start")
+        redis.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+        frozen = time.monotonic()
+        eventually(
+            lambda: health(main)[0] == 503, timeout=PING_INTERVAL + PING_TIMEOUT + 10, what="healthy with Redis frozen"
+        )
+        assert time.monotonic() - frozen >= PING_TIMEOUT - 1, "503 before a PING could have timed out"
+        assert "has not answered a PING" in node.server.log()
+        redis.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        eventually(lambda: health(main)[0] == 200, timeout=20, what="not healthy again once Redis thawed")
+    finally:
+        if redis.process is not None:
+            redis.process.send_signal(signal.SIGCONT)
+        if node is not None:
+            node.server.stop()
+        redis.stop()
+
+
 def test_health_follows_redis(test_db):
     redis = EmbeddedRedis(port=free_port())
     redis.start()

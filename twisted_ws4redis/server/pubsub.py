@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 import txredisapi
 from redis.crc import key_slot
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -47,6 +47,12 @@ RECONNECT_INITIAL_DELAY = 0.5
 RECONNECT_MAX_DELAY = 5.0
 #: Seconds a websocket waits for Redis (its subscriptions, persisted or recorded messages).
 REDIS_WAIT = 5.0
+#: Seconds between the subscriber connection's PINGs, and the longest a PING may
+#: go unanswered before that connection is dropped (and Redis counts as
+#: unreachable until a new one is subscribed): a connection that only listens
+#: never notices a Redis that is frozen or cut off without a FIN or a reset.
+PING_INTERVAL = 5.0
+PING_TIMEOUT = 10.0
 
 
 class PubSubMessage:
@@ -176,13 +182,43 @@ class _SubscriberProtocol(_WholeReads, txredisapi.SubscriberProtocol):
     is parsed at once, and dispatched at the end of the read. Messages go to
     the factory's bus, the rest to its shard (``ShardSubscriber``)."""
 
+    _pinger: task.LoopingCall | None = None
+    _ping_sent: float | None = None  # when the PING waiting for its answer went out
+
     def dataReceived(self, data, unpause=False):
         try:
             super().dataReceived(data, unpause)
         finally:
             self.factory.bus._dispatch_burst()
 
+    def start_pinging(self, clock) -> None:
+        """PING every PING_INTERVAL once subscribed (connected: AUTH and SELECT are answered)."""
+        self._pinger = task.LoopingCall(self._ping)
+        self._pinger.clock = clock
+        self._pinger.start(PING_INTERVAL, now=False)
+
+    def _ping(self) -> None:
+        now = self._pinger.clock.seconds()  # type: ignore[union-attr]  # set by start_pinging
+        if self._ping_sent is None:
+            self._ping_sent = now
+            self.send("PING", [])
+        elif now - self._ping_sent >= PING_TIMEOUT:
+            log.warn(
+                "Redis at {address} has not answered a PING for {seconds:.0f} s: dropping the subscriber connection",
+                address=self.factory.shard.label,
+                seconds=now - self._ping_sent,
+            )
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        if self._pinger is not None and self._pinger.running:
+            self._pinger.stop()
+        super().connectionLost(reason)
+
     def replyReceived(self, reply):
+        if reply == [b"pong", b""] or reply in (b"PONG", "PONG"):  # subscribed, or not (no channel yet)
+            self._ping_sent = None
+            return
         bus = self.factory.bus
         pushed = isinstance(reply, list) and len(reply) == 3
         if pushed and reply[0] in _MESSAGES:
@@ -375,6 +411,7 @@ class ShardSubscriber:
         self.connected_before = True
         self.protocol = protocol
         protocol.whenDisconnected().addCallback(self._disconnected)
+        protocol.start_pinging(self.bus._reactor)
         self.bus._shard_connected(self)
 
     def _disconnected(self, protocol: _SubscriberProtocol) -> None:
