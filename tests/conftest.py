@@ -200,6 +200,16 @@ def django_request(username: str | None = None, path: str = "/"):
     return request
 
 
+def twistd_command(*args: str, settings: str = "testproject.settings") -> list[str]:
+    """``twistd -n ws4redis`` with ``args`` (the venv's twistd, no pidfile)."""
+    return [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis", f"--settings={settings}", *args]
+
+
+def runws4redis_command(*args: str) -> list[str]:
+    """``manage.py runws4redis`` with ``args`` (run in the project's folder)."""
+    return [sys.executable, "-m", "django", "runws4redis", *args]
+
+
 class TwistdServer:
     """``twistd -n ws4redis`` in a subprocess, its output kept in a file."""
 
@@ -223,16 +233,7 @@ class TwistdServer:
         self.port = port or free_port()
         self.log_path = new_log_path("twistd-")
         endpoint = endpoint or f"tcp:{self.port}:interface=127.0.0.1"
-        command = [
-            str(BIN / "twistd"),
-            "--nodaemon",
-            "--pidfile=",
-            "ws4redis",
-            f"--settings={settings}",
-            f"--endpoint={endpoint}",
-            f"--redis={redis_url}",
-            *args,
-        ]
+        command = twistd_command(f"--endpoint={endpoint}", f"--redis={redis_url}", *args, settings=settings)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 command,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from conftest import BIN, PROJECT, TwistdServer, project_env
+from conftest import PROJECT, TwistdServer, project_env, twistd_command
 from twisted_ws4redis import checks
 from twisted_ws4redis.conf import RULES
 
@@ -256,7 +256,7 @@ def test_a_clean_project_has_no_issue(checked):
 
 def test_twistd_refuses_to_start_with_the_same_messages(checked):
     overrides = {"WS4REDIS_EXPIRE": "soon", "WEBSOCKET_URL": "ws", "WS4REDIS_EXPIR": 60}
-    command = [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis", "--settings=testproject.settings"]
+    command = twistd_command()
     result = subprocess.run(
         command,
         env=project_env(NO_DATABASE, overrides),

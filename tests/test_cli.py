@@ -10,7 +10,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from conftest import (
     free_port,
     http_post_json,
     project_env,
+    runws4redis_command,
     self_signed_certificate,
     unique,
     wait_for_port,
@@ -277,14 +277,7 @@ def test_a_port_in_use_stops_the_start(test_db, redis_server, workers):
 
 def test_runws4redis_serves_the_same_site(redis_server, redis_client, test_db):
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "django",
-        "runws4redis",
-        f"--endpoint=tcp:{port}:interface=127.0.0.1",
-        f"--redis={redis_server.url}",
-    ]
+    command = runws4redis_command(f"--endpoint=tcp:{port}:interface=127.0.0.1", f"--redis={redis_server.url}")
     process = subprocess.Popen(
         command, env=project_env(test_db), cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )

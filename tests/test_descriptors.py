@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, PROJECT, TwistdServer, free_port, project_env, unique, wait_subscribed
+from conftest import PROJECT, TwistdServer, free_port, project_env, twistd_command, unique, wait_subscribed
 from test_door import handshake, raw_request
 
 TIMEOUT = 10
@@ -265,15 +265,7 @@ def test_the_soft_limit_is_raised_to_the_hard_one(redis_server, test_db):
     ],
 )
 def test_a_reserve_or_cap_that_cannot_work_stops_the_start(test_db, redis_server, overrides, says):
-    command = [
-        str(BIN / "twistd"),
-        "--nodaemon",
-        "--pidfile=",
-        "ws4redis",
-        "--settings=testproject.settings",
-        f"--endpoint=tcp:{free_port()}:interface=127.0.0.1",
-        f"--redis={redis_server.url}",
-    ]
+    command = twistd_command(f"--endpoint=tcp:{free_port()}:interface=127.0.0.1", f"--redis={redis_server.url}")
     result = subprocess.run(
         command,
         env=project_env(test_db, overrides),

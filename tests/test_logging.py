@@ -8,7 +8,6 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
@@ -22,6 +21,7 @@ from conftest import (
     login,
     open_ws,
     project_env,
+    runws4redis_command,
     session_key,
     unique,
     wait_for_port,
@@ -280,14 +280,7 @@ def test_manage_py_runws4redis_logs_to_logging_too(redis_server, test_db, tmp_pa
     """Any caller of make_service gets the bridge: here the management command,
     whose own log (stdout) begins after the server is made."""
     path, port = tmp_path / "records.jsonl", free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "django",
-        "runws4redis",
-        f"--endpoint=tcp:{port}:interface=127.0.0.1",
-        f"--redis={redis_server.url}",
-    ]
+    command = runws4redis_command(f"--endpoint=tcp:{port}:interface=127.0.0.1", f"--redis={redis_server.url}")
     process = subprocess.Popen(
         command,
         env=project_env(test_db, {"LOGGING": logging_to(path)}),

@@ -22,7 +22,6 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import (
-    BIN,
     PROJECT,
     TwistdServer,
     free_port,
@@ -30,6 +29,8 @@ from conftest import (
     open_ws,
     project_env,
     round_trip,
+    runws4redis_command,
+    twistd_command,
     unique,
     wait_for_port,
     wait_subscribed,
@@ -421,15 +422,11 @@ def test_runws4redis_serves_metrics(redis_server, test_db):
     port, metrics_port = free_port(), free_port()
     with open(new_log_path("runws4redis-"), "wb") as log:
         process = subprocess.Popen(
-            [
-                str(BIN / "python"),
-                "-m",
-                "django",
-                "runws4redis",
+            runws4redis_command(
                 f"--endpoint=tcp:{port}:interface=127.0.0.1",
                 f"--metrics=tcp:{metrics_port}:interface=127.0.0.1",
                 f"--redis={redis_server.url}",
-            ],
+            ),
             env=project_env(test_db, OVERRIDES),
             cwd=PROJECT,
             stdout=log,
@@ -447,16 +444,7 @@ def test_runws4redis_serves_metrics(redis_server, test_db):
 
 @pytest.mark.parametrize("workers", [(), ("--workers=2",)], ids=["one process", "workers"])
 def test_a_bad_or_busy_metrics_endpoint_ends_the_start_with_one_line(redis_server, test_db, workers):
-    base = [
-        str(BIN / "twistd"),
-        "--nodaemon",
-        "--pidfile=",
-        "ws4redis",
-        "--settings=testproject.settings",
-        f"--endpoint=tcp:{free_port()}:interface=127.0.0.1",
-        f"--redis={redis_server.url}",
-        *workers,
-    ]
+    base = twistd_command(f"--endpoint=tcp:{free_port()}:interface=127.0.0.1", f"--redis={redis_server.url}", *workers)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -30,7 +30,19 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect, unix_connect
 
-from conftest import BIN, PROJECT, TwistdServer, free_port, open_ws, project_env, unique, wait_for_port, wait_subscribed
+from conftest import (
+    BIN,
+    PROJECT,
+    TwistdServer,
+    free_port,
+    open_ws,
+    project_env,
+    runws4redis_command,
+    twistd_command,
+    unique,
+    wait_for_port,
+    wait_subscribed,
+)
 
 TIMEOUT = 5
 #: How long a start that must fail may take.
@@ -164,14 +176,6 @@ def run_to_failure(command: list[str], env: dict) -> tuple[int | None, str, floa
         process.kill()
         output, _ = process.communicate()
         return None, output, time.monotonic() - started
-
-
-def twistd_command(*args: str) -> list[str]:
-    return [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "ws4redis", "--settings=testproject.settings", *args]
-
-
-def runws4redis_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "django", "runws4redis", *args]
 
 
 @pytest.fixture

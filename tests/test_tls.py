@@ -23,12 +23,12 @@ from twisted.internet.testing import MemoryReactor
 from websockets.sync.client import connect
 
 from conftest import (
-    BIN,
     PROJECT,
     TwistdServer,
     free_port,
     project_env,
     self_signed_certificate,
+    twistd_command,
     unique,
     wait_for_port,
     wait_subscribed,
@@ -141,15 +141,7 @@ def test_the_cipher_list_is_a_setting(redis_server, test_db, certificate):
 
 @pytest.mark.parametrize("ciphers", ["NO-SUCH-CIPHER", "", "!ALL"])
 def test_a_bad_cipher_list_stops_the_start_naming_the_setting(test_db, redis_server, certificate, ciphers):
-    command = [
-        str(BIN / "twistd"),
-        "--nodaemon",
-        "--pidfile=",
-        "ws4redis",
-        "--settings=testproject.settings",
-        f"--endpoint={ssl_endpoint(certificate, free_port())}",
-        f"--redis={redis_server.url}",
-    ]
+    command = twistd_command(f"--endpoint={ssl_endpoint(certificate, free_port())}", f"--redis={redis_server.url}")
     result = subprocess.run(
         command,
         env=project_env(test_db, {"WS4REDIS_TLS_CIPHERS": ciphers}),

@@ -31,6 +31,7 @@ from conftest import (
     http_post_json,
     new_log_path,
     project_env,
+    runws4redis_command,
     self_signed_certificate,
     unique,
     warm_up,
@@ -431,15 +432,9 @@ def test_workers_share_an_embedded_redis_that_goes_with_them(test_db):
 
 def test_runws4redis_takes_workers_too(redis_server, test_db):
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "django",
-        "runws4redis",
-        f"--endpoint=tcp:{port}:interface=127.0.0.1",
-        f"--redis={redis_server.url}",
-        "--workers=2",
-    ]
+    command = runws4redis_command(
+        f"--endpoint=tcp:{port}:interface=127.0.0.1", f"--redis={redis_server.url}", "--workers=2"
+    )
     with open(new_log_path("runws4redis-"), "w+b") as log:
         process = subprocess.Popen(command, env=project_env(test_db), cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT)
         try:
